@@ -1,0 +1,930 @@
+"""An honest CUDA simulator: fixes to Numba's CPU simulator so kernel tests mean something.
+
+Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) runs a ``@cuda.jit`` kernel as plain Python,
+one OS thread per CUDA thread.  That is what lets this tutorial test its kernels on a laptop,
+but the stock simulator has gaps that make some tests pass for the wrong reason:
+
+* it runs the blocks of a launch **one after another**, so ``cuda.cg.this_grid().sync()``
+  only synchronises one block: a kernel whose blocks exchange data through a grid barrier
+  silently computes garbage, with no error;
+* it has no warp primitives (``cuda.shfl_down_sync`` and friends are missing);
+* ``numba.cuda.libdevice.*`` functions return ``None``;
+* ``max_cooperative_grid_blocks`` always says 1.
+
+``install()`` patches the simulator so that:
+
+* all blocks of a launch run **concurrently**, so a grid barrier is a real barrier over every
+  thread of every block (a reusable barrier with a generation counter, safe for any number of
+  successive syncs);
+* warp primitives exist with GPU semantics over 32-lane warps made of consecutive linear thread
+  ids of a block: ``shfl_sync``, ``shfl_up_sync``, ``shfl_down_sync``, ``shfl_xor_sync``,
+  ``syncwarp``, ``all_sync``, ``any_sync``, ``eq_sync``, ``ballot_sync``, ``match_any_sync``,
+  ``match_all_sync``, ``activemask``, ``lanemask_lt``.  Each is a per-warp exchange: every
+  lane posts its value, the warp meets at a barrier, every lane reads what it needs;
+* an exception in any simulated thread aborts every barrier (no deadlock) and is re-raised in
+  the launching thread, same exception type, with the thread and block that raised it;
+* a launch where every live thread waits on a barrier that can never complete (divergent
+  ``syncthreads``, a warp op only some lanes reach, a block that returned before a grid sync)
+  fails with ``SimulatorDeadlock`` instead of hanging;
+* a launch of more than ``MAX_SIM_THREADS`` threads is refused: each simulated thread is a
+  Python thread, so big launches take minutes.  Tests must use tiny configurations;
+* shared and local arrays start filled with 0xFF bytes (NaN for floats, -1 for ints) instead of
+  whatever ``np.empty`` returns, so reading memory no thread wrote shows up in results;
+* common float32 ``libdevice`` functions get Python fallbacks (see ``LIBDEVICE_FALLBACKS``);
+* CPU ``torch.Tensor`` kernel arguments are passed as NumPy views (results land in the tensor),
+  so host code can launch the same way it does on the GPU with CUDA tensors;
+* ``cuda.jit`` accepts (and ignores) GPU-only code generation options such as ``lineinfo``
+  and ``launch_bounds``, so one kernel source serves both targets.
+
+Limits that remain (write kernels so they do not matter):
+
+* warp primitives need **every lane of the warp** to take part (a full mask, no lane returned
+  early).  Sub-warp masks raise ``NotImplementedError``; a lane that has exited raises.
+* call warp primitives as ``cuda.shfl_xor_sync(...)``: the simulator swaps the module object
+  named ``cuda`` in the kernel's globals, so ``from numba.cuda import shfl_xor_sync`` cannot
+  work.  Likewise use ``libdevice.expf(x)`` after ``from numba.cuda import libdevice``.
+* ``activemask()`` reports the lanes that exist and have not exited; the simulator cannot see
+  divergence.
+* libdevice functions without a fallback still return ``None``: use ``math.*`` for those.
+* ``cuda.external_stream`` raises in the simulator (there are no streams); launch on the
+  default stream when ``numba.config.ENABLE_CUDASIM`` is set.
+* one launch at a time; Python floats stay float64 (``math.exp(x)`` returns a Python float in the
+  simulator, float32 on the GPU), so float64 promotion is caught by ``megakernel.ptx_check``,
+  not here.
+
+Usage: importing ``megakernel`` calls ``install()`` when the simulator is enabled.
+``stock_simulator()`` temporarily restores the stock behaviour (the tests use it to show the
+difference).  ``install()`` may only be called with ``NUMBA_ENABLE_CUDASIM=1``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import struct
+import sys
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+
+# Largest launch we agree to simulate (one Python thread per CUDA thread; ~0.1 ms each to
+# start, more to run).  Raise it locally if you must, but CI configs should stay tiny.
+MAX_SIM_THREADS = 8192
+# Python's default GIL switch interval (5 ms) makes every barrier wait cost milliseconds; a
+# short interval during a launch makes barrier-heavy kernels several times faster.
+SWITCH_INTERVAL = 2e-5
+# Deadlock watchdog: how often the launching thread looks at the barriers, and for how many
+# consecutive looks everything must be stuck before the launch is declared deadlocked.
+WATCHDOG_PERIOD = 0.25
+WATCHDOG_STRIKES = 4
+# After an error, how long the other threads get to notice before they are interrupted.
+ABORT_GRACE = 2.0
+
+WARP_SIZE = 32
+FULL_MASK = 0xFFFFFFFF
+
+
+class SimulatorLimitError(RuntimeError):
+    """The launch is too big (or invalid) for the simulator."""
+
+
+class SimulatorDeadlock(RuntimeError):
+    """Every live simulated thread waits on a barrier that can never complete."""
+
+
+class _Aborted(Exception):
+    """Raised in simulated threads woken up because another thread failed."""
+
+
+# --------------------------------------------------------------------------------------
+# Barriers
+# --------------------------------------------------------------------------------------
+
+
+class _Barrier:
+    """A reusable barrier whose number of parties can shrink as threads exit.
+
+    ``threading.Barrier`` cannot shrink, but ``syncthreads`` on a GPU (and in the stock
+    simulator) only waits for threads that have not exited.  Reuse is handled with a
+    generation counter: a waiter sleeps until the generation it arrived in has been released,
+    so a fast thread re-entering the barrier counts towards the next generation only.
+    """
+
+    __slots__ = ("cond", "parties", "count", "gen", "error", "name")
+
+    def __init__(self, parties: int, name: str):
+        self.cond = threading.Condition(threading.Lock())
+        self.parties = parties
+        self.count = 0
+        self.gen = 0
+        self.error: BaseException | None = None
+        self.name = name
+
+    def wait(self, thread) -> None:
+        with self.cond:
+            if self.error is not None:
+                raise _Aborted(str(self.error))
+            gen = self.gen
+            self.count += 1
+            if self.count >= self.parties:
+                self._release()
+                return
+            thread.waiting_on = (self, gen)
+            while gen == self.gen and self.error is None:
+                self.cond.wait()
+            thread.waiting_on = None
+            if gen == self.gen:
+                raise _Aborted(str(self.error))
+
+    def _release(self) -> None:
+        self.count = 0
+        self.gen += 1
+        self.cond.notify_all()
+
+    def leave(self) -> None:
+        """A party exited for good: stop waiting for it."""
+        with self.cond:
+            self.parties -= 1
+            if self.count and self.count >= self.parties:
+                self._release()
+
+    def abort(self, error: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = error
+            self.cond.notify_all()
+
+    def stuck(self, gen: int) -> bool:
+        return self.gen == gen and self.error is None
+
+
+class _GridBarrier(_Barrier):
+    """The barrier behind ``this_grid().sync()``: all threads of all blocks.
+
+    On a GPU a block that has finished never arrives at a grid barrier again, so the other
+    blocks hang forever.  Here that is an immediate error instead.
+    """
+
+    __slots__ = ("dead_block",)
+
+    def __init__(self, parties: int, name: str):
+        super().__init__(parties, name)
+        self.dead_block = None
+
+    def _dead_error(self):
+        return SimulatorDeadlock(
+            f"block {self.dead_block} finished while other blocks use this_grid().sync(): "
+            "every block must reach every grid barrier (on the GPU this hangs)"
+        )
+
+    def wait(self, thread) -> None:
+        if self.dead_block is not None:
+            raise self._dead_error()
+        super().wait(thread)
+
+    def leave_thread(self, block_finished, block_idx) -> None:
+        with self.cond:
+            self.parties -= 1
+            if block_finished:
+                self.dead_block = block_idx
+                if self.count:  # somebody is waiting for a block that will never come
+                    err = self._dead_error()
+                    thread = threading.current_thread()
+                    thread.launch.fail(thread, err)
+                    return
+            if self.count and self.count >= self.parties:
+                self._release()
+
+
+# --------------------------------------------------------------------------------------
+# Warps, blocks, threads
+# --------------------------------------------------------------------------------------
+
+# Value types a shuffle accepts on the GPU (numba types i4, i8, f4, f8).
+_SHFL_TYPES = (int, float, np.int32, np.int64, np.float32, np.float64)
+
+
+def _as_i32(bits: int) -> np.int32:
+    bits &= FULL_MASK
+    return np.int32(bits - (1 << 32) if bits >= 1 << 31 else bits)
+
+
+class _Warp:
+    """Exchange area of one warp: every lane posts a value, meets the others, reads.
+
+    Two buffers alternate between successive warp operations, so a single barrier per
+    operation suffices: a lane can only overwrite buffer k again after every lane has passed
+    the next operation's barrier, i.e. after everybody has finished reading buffer k.
+    """
+
+    __slots__ = ("index", "n", "full", "barrier", "vals", "kinds", "exited", "block_idx")
+
+    def __init__(self, index: int, nlanes: int, block_idx):
+        self.index = index
+        self.n = nlanes
+        self.full = (1 << nlanes) - 1
+        self.barrier = _Barrier(nlanes, f"warp {index} of block {block_idx}")
+        self.vals = ([None] * WARP_SIZE, [None] * WARP_SIZE)
+        self.kinds = ([None] * WARP_SIZE, [None] * WARP_SIZE)
+        self.exited = 0
+        self.block_idx = block_idx
+
+    def lane_exited(self, lane: int) -> None:
+        with self.barrier.cond:
+            self.exited |= 1 << lane
+            waiting = self.barrier.count
+        if waiting:
+            self.barrier.abort(
+                RuntimeError(
+                    f"lane {lane} of warp {self.index} in block {self.block_idx} exited while "
+                    "other lanes wait in a warp primitive (partial-warp calls are not supported)"
+                )
+            )
+
+
+class _BlockShared:
+    """``cuda.shared`` of one block (the stock simulator shares one across all blocks).
+
+    Like the stock simulator, a static shared array is identified by the source line that
+    declares it, so declare each shared array on its own line.
+    """
+
+    def __init__(self, dynshared_size: int):
+        self._allocations: dict = {}
+        self._dynshared = np.full(dynshared_size, 0xFF, dtype=np.uint8)
+
+    def array(self, shape, dtype, alignment=None):
+        dtype = _np_dtype(dtype)
+        if shape == 0:  # dynamic shared memory: every such array aliases one buffer
+            count = self._dynshared.size // dtype.itemsize
+            return np.frombuffer(self._dynshared.data, dtype=dtype, count=count)
+        frame = sys._getframe(1)
+        key = (frame.f_code.co_filename, frame.f_lineno)
+        res = self._allocations.get(key)
+        if res is None:
+            # setdefault is atomic, so all threads of the block get the same array.
+            res = self._allocations.setdefault(key, _poisoned(shape, dtype))
+        return res
+
+
+class _Local:
+    def array(self, shape, dtype, alignment=None):
+        return _poisoned(shape, _np_dtype(dtype))
+
+
+def _np_dtype(dtype):
+    from numba.cuda import types
+    from numba.cuda.np import numpy_support
+
+    if isinstance(dtype, types.Type):
+        return numpy_support.as_dtype(dtype)
+    return np.dtype(dtype)
+
+
+def _poisoned(shape, dtype):
+    """Uninitialised memory made visible: 0xFF bytes are NaN as floats and -1 as ints."""
+    a = np.empty(shape, dtype)
+    a.view(np.uint8).fill(0xFF)
+    return a
+
+
+class _Block:
+    __slots__ = ("idx", "barrier", "shared", "state", "live", "warps")
+
+    def __init__(self, idx, nthreads: int, dynshared_size: int):
+        self.idx = idx
+        self.barrier = _Barrier(nthreads, f"syncthreads of block {idx}")
+        self.shared = _BlockShared(dynshared_size)
+        self.state = np.zeros(nthreads, dtype=np.int64)  # for syncthreads_count/and/or
+        self.live = nthreads
+        self.warps = [
+            _Warp(w, min(WARP_SIZE, nthreads - w * WARP_SIZE), idx)
+            for w in range((nthreads + WARP_SIZE - 1) // WARP_SIZE)
+        ]
+
+
+class _SimThread(threading.Thread):
+    """One simulated CUDA thread.  The attribute and method names it shares with the stock
+    simulator's ``BlockThread`` (threadIdx, blockIdx, thread_id, syncthreads...) are what the
+    stock ``FakeCUDAModule`` calls through ``threading.current_thread()``."""
+
+    def __init__(self, launch, block, linear_id, thread_idx, block_idx, target, args):
+        super().__init__(daemon=True, name=f"cudasim{tuple(block_idx)}{tuple(thread_idx)}")
+        self.launch = launch
+        self.block = block
+        self.thread_id = linear_id
+        self.threadIdx = thread_idx
+        self.blockIdx = block_idx
+        self.lane = linear_id % WARP_SIZE
+        self.warp = block.warps[linear_id // WARP_SIZE]
+        self.warp_gen = 0
+        self.waiting_on = None
+        self._target_fn = target
+        self._target_args = args
+
+    def run(self):
+        launch = self.launch
+        try:
+            np.seterr(all="raise" if launch.debug else "ignore")
+            self._target_fn(*self._target_args)
+        except BaseException as exc:  # noqa: BLE001 - everything must reach the launcher
+            launch.fail(self, exc)
+        finally:
+            launch.thread_done(self)
+
+    # -- block level ------------------------------------------------------------------
+    def syncthreads(self):
+        self.block.barrier.wait(self)
+
+    def _syncthreads_reduce(self, value, op):
+        state = self.block.state
+        state[self.thread_id] = 1 if value else 0
+        self.syncthreads()
+        res = op(state[: self.block.live + 0])
+        self.syncthreads()
+        return res
+
+    def syncthreads_count(self, value):
+        return self._syncthreads_reduce(value, lambda s: int(np.count_nonzero(s)))
+
+    def syncthreads_and(self, value):
+        return self._syncthreads_reduce(value, lambda s: 1 if np.all(s) else 0)
+
+    def syncthreads_or(self, value):
+        return self._syncthreads_reduce(value, lambda s: 1 if np.any(s) else 0)
+
+    # -- warp level -------------------------------------------------------------------
+    def warp_exchange(self, kind: str, mask, value):
+        """Post ``value``, wait for the whole warp, return the lane -> value list."""
+        warp = self.warp
+        mask = int(mask) & FULL_MASK
+        if mask & warp.full != warp.full:
+            raise NotImplementedError(
+                f"{kind}: mask {mask:#010x} leaves out lanes of warp {warp.index} "
+                f"(lanes {warp.full:#010x} exist); the simulator only supports warp "
+                "primitives that the whole warp executes together with a full mask"
+            )
+        if warp.exited:
+            raise RuntimeError(
+                f"{kind} in warp {warp.index} of block {warp.block_idx} after lanes "
+                f"{warp.exited:#010x} exited; every lane of the warp must take part"
+            )
+        gen = self.warp_gen
+        self.warp_gen = gen ^ 1
+        vals = warp.vals[gen]
+        kinds = warp.kinds[gen]
+        vals[self.lane] = value
+        kinds[self.lane] = kind
+        warp.barrier.wait(self)
+        if self.lane == 0 and kinds.count(kind) != warp.n:
+            seen = sorted({k for k in kinds[: warp.n]})
+            raise RuntimeError(
+                f"lanes of warp {warp.index} in block {warp.block_idx} met in different warp "
+                f"primitives {seen}: divergent warp code is not supported by the simulator"
+            )
+        return vals
+
+    def read_lane(self, kind, vals, src):
+        if src >= self.warp.n:
+            raise RuntimeError(
+                f"{kind}: lane {self.lane} reads lane {src}, which does not exist in warp "
+                f"{self.warp.index} (block size not a multiple of 32); on the GPU the value "
+                "is undefined"
+            )
+        return vals[src]
+
+
+# --------------------------------------------------------------------------------------
+# The cuda module seen by kernels during a launch
+# --------------------------------------------------------------------------------------
+
+
+def _check_shfl_value(kind, value):
+    if type(value) not in _SHFL_TYPES:
+        raise TypeError(
+            f"{kind}: the GPU only shuffles int32, int64, float32 and float64 values, got "
+            f"{type(value).__name__}; cast first (e.g. int32(x))"
+        )
+
+
+class _GridGroup:
+    __slots__ = ("_barrier",)
+
+    def __init__(self, barrier):
+        self._barrier = barrier
+
+    def sync(self):
+        self._barrier.wait(threading.current_thread())
+
+
+class _Cg:
+    def __init__(self, barrier):
+        self._group = _GridGroup(barrier)
+
+    def this_grid(self):
+        return self._group
+
+
+def _make_module_class():
+    """Built lazily: importing this module must not import numba.cuda."""
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+
+    class HonestCUDAModule(FakeCUDAModule):
+        """The object that replaces ``cuda`` inside a kernel during a launch."""
+
+        def __init__(self, launch, grid_dim, block_dim, dynshared_size):
+            super().__init__(grid_dim, block_dim, 0)
+            self._cg = _Cg(launch.grid_barrier)
+            self._local = _Local()
+
+        @property
+        def shared(self):
+            return threading.current_thread().block.shared
+
+        # shuffles: width 32, as numba passes c = 0x1f (idx/down/xor) or 0 (up)
+        def shfl_sync(self, mask, value, src_lane):
+            _check_shfl_value("shfl_sync", value)
+            th = threading.current_thread()
+            vals = th.warp_exchange("shfl_sync", mask, value)
+            return th.read_lane("shfl_sync", vals, int(src_lane) & 31)
+
+        def shfl_up_sync(self, mask, value, delta):
+            _check_shfl_value("shfl_up_sync", value)
+            th = threading.current_thread()
+            vals = th.warp_exchange("shfl_up_sync", mask, value)
+            src = th.lane - (int(delta) & FULL_MASK)
+            return value if src < 0 else th.read_lane("shfl_up_sync", vals, src)
+
+        def shfl_down_sync(self, mask, value, delta):
+            _check_shfl_value("shfl_down_sync", value)
+            th = threading.current_thread()
+            vals = th.warp_exchange("shfl_down_sync", mask, value)
+            src = th.lane + (int(delta) & FULL_MASK)
+            return value if src >= WARP_SIZE else th.read_lane("shfl_down_sync", vals, src)
+
+        def shfl_xor_sync(self, mask, value, lane_mask):
+            _check_shfl_value("shfl_xor_sync", value)
+            th = threading.current_thread()
+            vals = th.warp_exchange("shfl_xor_sync", mask, value)
+            src = th.lane ^ (int(lane_mask) & FULL_MASK)
+            return value if src >= WARP_SIZE else th.read_lane("shfl_xor_sync", vals, src)
+
+        def syncwarp(self, mask=FULL_MASK):
+            threading.current_thread().warp_exchange("syncwarp", mask, None)
+
+        def _votes(self, kind, mask, predicate):
+            th = threading.current_thread()
+            vals = th.warp_exchange(kind, mask, bool(predicate))
+            return vals[: th.warp.n]
+
+        def all_sync(self, mask, predicate):
+            return all(self._votes("all_sync", mask, predicate))
+
+        def any_sync(self, mask, predicate):
+            return any(self._votes("any_sync", mask, predicate))
+
+        def eq_sync(self, mask, predicate):
+            votes = self._votes("eq_sync", mask, predicate)
+            return all(votes) or not any(votes)
+
+        def ballot_sync(self, mask, predicate):
+            votes = self._votes("ballot_sync", mask, predicate)
+            return _as_i32(sum(1 << i for i, v in enumerate(votes) if v))  # int32, as numba
+
+        def match_any_sync(self, mask, value):
+            th = threading.current_thread()
+            vals = th.warp_exchange("match_any_sync", mask, value)[: th.warp.n]
+            return _as_i32(sum(1 << i for i, v in enumerate(vals) if v == value))
+
+        def match_all_sync(self, mask, value):
+            th = threading.current_thread()
+            vals = th.warp_exchange("match_all_sync", mask, value)[: th.warp.n]
+            same = all(v == value for v in vals)
+            return (_as_i32(th.warp.full) if same else np.int32(0)), same
+
+        def activemask(self):
+            warp = threading.current_thread().warp
+            return np.uint32(warp.full & ~warp.exited)
+
+        def lanemask_lt(self):
+            return np.uint32((1 << threading.current_thread().lane) - 1)
+
+    return HonestCUDAModule
+
+
+# --------------------------------------------------------------------------------------
+# Launch
+# --------------------------------------------------------------------------------------
+
+_active_launch: _Launch | None = None
+
+
+class _Launch:
+    def __init__(self, kernel, grid_dim, block_dim, dynshared_size):
+        self.kernel = kernel
+        self.name = getattr(kernel.fn, "__qualname__", repr(kernel.fn))
+        self.grid_dim = grid_dim
+        self.block_dim = block_dim
+        self.debug = bool(getattr(kernel, "_debug", False))
+        self.block_threads = block_dim[0] * block_dim[1] * block_dim[2]
+        self.nblocks = grid_dim[0] * grid_dim[1] * grid_dim[2]
+        self.nthreads = self.block_threads * self.nblocks
+        self.grid_barrier = _GridBarrier(self.nthreads, "this_grid().sync()")
+        self.module = _module_class()(self, grid_dim, block_dim, dynshared_size)
+        self.dynshared_size = dynshared_size
+        self.lock = threading.Lock()
+        self.error: tuple | None = None  # (thread, exception) of the first failure
+        self.blocks: list[_Block] = []
+        self.threads: list[_SimThread] = []
+        self.live = 0
+        self.done = threading.Event()
+        self.swapped: set[int] = set()
+        self.exits = ExitStack()
+
+    # -- globals swapping for device functions ----------------------------------------
+    def swap_in(self, fn):
+        from numba.cuda.simulator.kernelapi import swapped_cuda_module
+
+        with self.lock:
+            gid = id(fn.__globals__)
+            if gid not in self.swapped:
+                self.exits.enter_context(swapped_cuda_module(fn, self.module))
+                self.swapped.add(gid)
+
+    # -- failure handling ---------------------------------------------------------------
+    def fail(self, thread, exc):
+        with self.lock:
+            if self.error is None or (
+                isinstance(self.error[1], _Aborted) and not isinstance(exc, _Aborted)
+            ):
+                self.error = (thread, exc)
+            first = self.error[1]
+        for barrier in self._all_barriers():
+            barrier.abort(first)
+
+    def _all_barriers(self):
+        yield self.grid_barrier
+        for b in self.blocks:
+            yield b.barrier
+            for w in b.warps:
+                yield w.barrier
+
+    def thread_done(self, th):
+        block = th.block
+        with self.lock:
+            block.live -= 1
+            finished = block.live == 0
+        block.barrier.leave()
+        th.warp.lane_exited(th.lane)
+        self.grid_barrier.leave_thread(finished, tuple(block.idx))
+        with self.lock:
+            self.live -= 1
+            if self.live == 0:
+                self.done.set()
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, args):
+        from numba.cuda.simulator.kernelapi import Dim3
+
+        fn = self.kernel.fn
+        gx, gy, gz = self.grid_dim
+        bx, by, bz = self.block_dim
+        for k in range(gz):
+            for j in range(gy):
+                for i in range(gx):
+                    bidx = Dim3(i, j, k)
+                    block = _Block(bidx, self.block_threads, self.dynshared_size)
+                    self.blocks.append(block)
+                    for z in range(bz):
+                        for y in range(by):
+                            for x in range(bx):
+                                tid = x + bx * (y + by * z)
+                                self.threads.append(
+                                    _SimThread(self, block, tid, Dim3(x, y, z), bidx, fn, args)
+                                )
+        self.live = len(self.threads)
+        for n, th in enumerate(self.threads):
+            if self.error is not None:  # no point starting the rest
+                for rest in self.threads[n:]:
+                    self.thread_done(rest)
+                break
+            th.start()
+        self._wait()
+        if self.error is not None:
+            self._raise()
+
+    def _wait(self):
+        strikes = 0
+        aborted_at = None
+        while not self.done.wait(WATCHDOG_PERIOD):
+            if self.error is not None:
+                aborted_at = aborted_at or time.monotonic()
+                if time.monotonic() - aborted_at > ABORT_GRACE:
+                    self._interrupt_stragglers()
+                    if time.monotonic() - aborted_at > 2 * ABORT_GRACE:
+                        return  # threads stuck in C code; they are daemons, leave them
+                continue
+            if self._deadlocked():
+                strikes += 1
+                if strikes >= WATCHDOG_STRIKES:
+                    err = SimulatorDeadlock(self._deadlock_report())
+                    self.fail(None, err)
+            else:
+                strikes = 0
+
+    def _deadlocked(self) -> bool:
+        waiting = 0
+        for th in self.threads:
+            if not th.is_alive():
+                continue
+            w = th.waiting_on
+            if w is None or not w[0].stuck(w[1]):
+                return False
+            waiting += 1
+        return waiting > 0
+
+    def _deadlock_report(self) -> str:
+        lines = []
+        for barrier in self._all_barriers():
+            if barrier.count:
+                lines.append(f"  {barrier.name}: {barrier.count} of {barrier.parties} arrived")
+        return (
+            f"kernel {self.name}: every live thread waits on a barrier that cannot complete "
+            "(divergent syncthreads, a warp primitive not all lanes reach, ...):\n"
+            + "\n".join(lines)
+        )
+
+    def _interrupt_stragglers(self):
+        """Threads spinning in Python loops never see a broken barrier: inject _Aborted."""
+        for th in self.threads:
+            if th.is_alive() and th.ident is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(th.ident), ctypes.py_object(_Aborted)
+                )
+
+    def _raise(self):
+        thread, exc = self.error
+        if thread is None:
+            where = ""
+        else:
+            where = (
+                f" in thread threadIdx={tuple(thread.threadIdx)} "
+                f"blockIdx={tuple(thread.blockIdx)}"
+            )
+        msg = f"simulated kernel {self.name}{where}: {type(exc).__name__}: {exc}"
+        try:
+            new = type(exc)(msg)
+        except Exception:  # noqa: BLE001 - exception types with unusual constructors
+            new = RuntimeError(msg)
+        raise new.with_traceback(exc.__traceback__) from exc
+
+
+_module_cls = None
+
+
+def _module_class():
+    global _module_cls
+    if _module_cls is None:
+        _module_cls = _make_module_class()
+    return _module_cls
+
+
+def _launch(kernel, args):
+    global _active_launch
+    from numba.cuda.errors import normalize_kernel_dimensions
+    from numba.cuda.simulator import kernel as kmod
+    from numba.cuda.simulator.kernelapi import swapped_cuda_module
+
+    grid_dim, block_dim = normalize_kernel_dimensions(kernel.grid_dim, kernel.block_dim)
+    block_threads = block_dim[0] * block_dim[1] * block_dim[2]
+    nthreads = block_threads * grid_dim[0] * grid_dim[1] * grid_dim[2]
+    name = getattr(kernel.fn, "__qualname__", "kernel")
+    if block_threads > 1024:
+        raise SimulatorLimitError(
+            f"{name}: a CUDA block has at most 1024 threads, got block {tuple(block_dim)}"
+        )
+    if nthreads > MAX_SIM_THREADS:
+        raise SimulatorLimitError(
+            f"{name}: launch of grid {tuple(grid_dim)} x block {tuple(block_dim)} = {nthreads} "
+            f"threads is more than the simulator runs ({MAX_SIM_THREADS}, one Python thread "
+            "per CUDA thread); pick a tiny config for simulator tests (a few blocks of "
+            "32-128 threads, hidden size ~64)"
+        )
+
+    launch = _Launch(kernel, grid_dim, block_dim, kernel.dynshared_size)
+    retr: list = []
+    fake_args = [_fake_arg(kernel, a, retr) for a in args]
+    old_interval = sys.getswitchinterval()
+    with kmod._push_kernel_context(launch.module):
+        _active_launch = launch
+        launch.swapped.add(id(kernel.fn.__globals__))
+        try:
+            with swapped_cuda_module(kernel.fn, launch.module), launch.exits:
+                sys.setswitchinterval(SWITCH_INTERVAL)
+                launch.run(fake_args)
+        finally:
+            sys.setswitchinterval(old_interval)
+            _active_launch = None
+    for wb in retr:
+        wb()
+
+
+def _fake_arg(kernel, arg, retr):
+    """Same argument conversion as the stock simulator, plus CPU torch tensors."""
+    import functools
+
+    from numba.cuda.simulator.args import ArgHint, InOut
+    from numba.cuda.simulator.cudadrv.devicearray import (
+        FakeCUDAArray,
+        FakeWithinKernelCUDAArray,
+    )
+
+    _, arg = functools.reduce(
+        lambda ty_val, ext: ext.prepare_args(*ty_val, stream=0, retr=retr),
+        kernel.extensions,
+        (None, arg),
+    )
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(arg, torch.Tensor):
+        if arg.device.type != "cpu":
+            raise TypeError("the simulator runs on the CPU: pass CPU tensors")
+        arg = arg.detach().numpy()  # shares memory: results land in the tensor
+    if isinstance(arg, np.ndarray) and arg.ndim > 0:
+        ret = InOut(arg).to_device(retr)
+    elif isinstance(arg, ArgHint):
+        ret = arg.to_device(retr)
+    elif isinstance(arg, np.void):
+        ret = FakeCUDAArray(arg)
+    else:
+        ret = arg
+    if isinstance(ret, FakeCUDAArray):
+        return FakeWithinKernelCUDAArray(ret)
+    return ret
+
+
+# --------------------------------------------------------------------------------------
+# libdevice fallbacks (float32 in, float32 out, like the GPU)
+# --------------------------------------------------------------------------------------
+
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_F32 = struct.Struct("<f")
+_f32 = np.float32
+
+
+def _u1(ufunc):
+    return lambda x: ufunc(_f32(x))
+
+
+def _u2(ufunc):
+    return lambda x, y: ufunc(_f32(x), _f32(y))
+
+
+LIBDEVICE_FALLBACKS = {
+    "expf": _u1(np.exp),
+    "fast_expf": _u1(np.exp),
+    "exp2f": _u1(np.exp2),
+    "exp10f": lambda x: np.power(_f32(10), _f32(x)),
+    "fast_exp10f": lambda x: np.power(_f32(10), _f32(x)),
+    "expm1f": _u1(np.expm1),
+    "logf": _u1(np.log),
+    "fast_logf": _u1(np.log),
+    "log2f": _u1(np.log2),
+    "fast_log2f": _u1(np.log2),
+    "log10f": _u1(np.log10),
+    "fast_log10f": _u1(np.log10),
+    "log1pf": _u1(np.log1p),
+    "sqrtf": _u1(np.sqrt),
+    "rsqrtf": lambda x: _f32(1) / np.sqrt(_f32(x)),
+    "tanhf": _u1(np.tanh),
+    "sinf": _u1(np.sin),
+    "cosf": _u1(np.cos),
+    "fast_sinf": _u1(np.sin),
+    "fast_cosf": _u1(np.cos),
+    "powf": _u2(np.power),
+    "fast_powf": _u2(np.power),
+    "fdividef": _u2(np.divide),
+    "fast_fdividef": _u2(np.divide),
+    "fmaxf": _u2(np.fmax),
+    "fminf": _u2(np.fmin),
+    "fabsf": _u1(np.abs),
+    "floorf": _u1(np.floor),
+    "ceilf": _u1(np.ceil),
+    "truncf": _u1(np.trunc),
+    "rintf": _u1(np.rint),
+    "erff": lambda x: _f32(math.erf(float(x))),
+    "fmaf": lambda x, y, z: _f32(float(_f32(x)) * float(_f32(y)) + float(_f32(z))),
+    "isnanf": lambda x: int(math.isnan(x)),
+    "isinff": lambda x: int(math.isinf(x)),
+    "float_as_int": lambda x: np.int32(_I32.unpack(_F32.pack(x))[0]),
+    "float_as_uint": lambda x: np.uint32(_U32.unpack(_F32.pack(x))[0]),
+    "int_as_float": lambda x: np.frombuffer(_U32.pack(int(x) & FULL_MASK), np.float32)[0],
+    "uint_as_float": lambda x: np.frombuffer(_U32.pack(int(x) & FULL_MASK), np.float32)[0],
+}
+
+
+# --------------------------------------------------------------------------------------
+# install / uninstall
+# --------------------------------------------------------------------------------------
+
+_saved: dict | None = None
+_GPU_ONLY_JIT_OPTIONS = ("lineinfo", "launch_bounds", "forceinline", "lto", "max_registers")
+
+
+def _kernel_call(self, *args):
+    """Replacement for FakeCUDAKernel.__call__."""
+    from numba.cuda.simulator import kernel as kmod
+
+    if self._device or kmod._kernel_context:
+        launch = _active_launch
+        if launch is None:
+            return _saved["kernel_call"](self, *args)
+        if id(self.fn.__globals__) not in launch.swapped:
+            launch.swap_in(self.fn)
+        return self.fn(*args)
+    return _launch(self, args)
+
+
+def _max_cooperative_grid_blocks(self, blockdim):
+    if isinstance(blockdim, int):
+        nthreads = blockdim
+    else:
+        nthreads = int(np.prod(tuple(blockdim)))
+    return max(1, MAX_SIM_THREADS // max(1, nthreads))
+
+
+def is_installed() -> bool:
+    return _saved is not None
+
+
+def install() -> None:
+    """Patch Numba's CUDA simulator (idempotent).  Needs NUMBA_ENABLE_CUDASIM=1."""
+    global _saved
+    if _saved is not None:
+        return
+    from numba.cuda.core import config
+
+    if not config.ENABLE_CUDASIM:
+        raise RuntimeError("megakernel.simulator.install() needs NUMBA_ENABLE_CUDASIM=1")
+    import numba.cuda
+    from numba.cuda import libdevice
+    from numba.cuda import simulator as sim
+    from numba.cuda.simulator import kernel as kmod
+
+    stock_jit = numba.cuda.jit
+
+    def jit(func_or_sig=None, **options):
+        for opt in _GPU_ONLY_JIT_OPTIONS:
+            options.pop(opt, None)
+        return stock_jit(func_or_sig, **options)
+
+    jit.__doc__ = stock_jit.__doc__
+    saved = {
+        "kernel_call": kmod.FakeCUDAKernel.__call__,
+        "max_coop": kmod.FakeOverload.max_cooperative_grid_blocks,
+        "jit": stock_jit,
+        "sim_jit": getattr(sim, "jit", None),
+        "libdevice": {name: getattr(libdevice, name) for name in LIBDEVICE_FALLBACKS
+                      if hasattr(libdevice, name)},
+    }
+    kmod.FakeCUDAKernel.__call__ = _kernel_call
+    kmod.FakeOverload.max_cooperative_grid_blocks = _max_cooperative_grid_blocks
+    numba.cuda.jit = jit
+    sim.jit = jit
+    for name in saved["libdevice"]:
+        setattr(libdevice, name, LIBDEVICE_FALLBACKS[name])
+    _saved = saved
+
+
+def uninstall() -> None:
+    """Restore the stock simulator (no-op if not installed)."""
+    global _saved
+    if _saved is None:
+        return
+    import numba.cuda
+    from numba.cuda import libdevice
+    from numba.cuda import simulator as sim
+    from numba.cuda.simulator import kernel as kmod
+
+    saved, _saved = _saved, None
+    kmod.FakeCUDAKernel.__call__ = saved["kernel_call"]
+    kmod.FakeOverload.max_cooperative_grid_blocks = saved["max_coop"]
+    numba.cuda.jit = saved["jit"]
+    if saved["sim_jit"] is not None:
+        sim.jit = saved["sim_jit"]
+    for name, fn in saved["libdevice"].items():
+        setattr(libdevice, name, fn)
+
+
+@contextmanager
+def stock_simulator():
+    """Run a block of code with Numba's unpatched simulator (to show what the layer fixes)."""
+    was_installed = is_installed()
+    uninstall()
+    try:
+        yield
+    finally:
+        if was_installed:
+            install()

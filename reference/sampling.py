@@ -1,0 +1,46 @@
+"""Choosing the next token from logits: greedy, or sampled with temperature, top-k and top-p (nucleus).
+
+One function, used by every stage (reference, layered decoder, megakernel) so that "sampled" means the same
+thing everywhere and a seed reproduces a run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_sampling_args(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> int:
+    """logits: [V]. temperature 0 is greedy (argmax, smallest index on ties); otherwise sample from
+    softmax(logits / temperature) restricted to the top_k most likely tokens (0 = all) and then to the smallest
+    set whose probability reaches top_p."""
+    check_sampling_args(temperature, top_k, top_p)
+    logits = logits.float()
+    if temperature == 0.0:
+        return int(torch.argmax(logits))
+    logits = logits / temperature
+    if 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # keep a token if the mass before it is < top_p (so the most likely token is always kept)
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        logits = logits.scatter(0, order[drop], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
