@@ -4,11 +4,11 @@ Each channel c has its own K taps: ``out[c, t] = act(sum_j w[c, j] * x[c, t - (K
 before the first token come from the conv state (the previous K-1 inputs; zeros at the start). Decode keeps only
 that state: ``C x (K-1)`` values per layer.
 
-Rounding follows transformers (``F.conv1d`` in the weight dtype, then the activation in that dtype): the tap sum
-is done in fp32, rounded to the weight dtype, the activation computed in fp32 and rounded again.
+Rounding follows transformers: the conv runs in the weight dtype and the activation in that dtype.
 """
 
 import torch
+import torch.nn.functional as F
 
 from .activations import activation as activation_fn
 
@@ -28,12 +28,15 @@ def causal_conv1d(
     if state is None:
         state = x.new_zeros(C, K - 1)
     full = torch.cat([state.to(x.dtype), x], dim=-1).to(weight.dtype)  # [C, K-1+T]
-    acc = torch.zeros(C, T, dtype=torch.float32, device=x.device)
-    for j in range(K):  # tap j multiplies the input (K-1-j) steps back
-        acc += weight[:, j : j + 1].float() * full[:, j : j + T].float()
-    out = acc.to(weight.dtype)
+    # out[c, t] = sum_j weight[c, j] * full[c, t + j]: a grouped (depthwise) conv. F.conv1d sums the taps as
+    # transformers does; it also takes the same path (zero padding rather than zero columns) for a fresh state,
+    # which changes fp32 rounding, so fp32 results agree bit for bit.
+    if not bool(state.any()):
+        out = F.conv1d(x[None].to(weight.dtype), weight[:, None, :], padding=K - 1, groups=C)[0, :, :T]
+    else:
+        out = F.conv1d(full[None], weight[:, None, :], groups=C)[0]
     if activation is not None:
-        out = activation_fn(activation)(out.float()).to(weight.dtype)
+        out = activation_fn(activation)(out)
     return out.to(x.dtype), full[:, T:].to(x.dtype)
 
 
@@ -41,5 +44,12 @@ def causal_conv1d_step(
     x_t: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, activation: str | None = "silu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step: x_t [C]; state [C, K-1]; weight [C, K]. Returns (out [C], new_state [C, K-1])."""
-    out, new_state = causal_conv1d(x_t[:, None], weight, state, activation)
-    return out[:, 0], new_state
+    C, K = weight.shape
+    window = torch.cat([state.to(x_t.dtype), x_t[:, None]], dim=-1).to(weight.dtype)  # [C, K]
+    # out[c] = sum_j weight[c, j] * window[c, j]. transformers keeps K past inputs and convolves K+1 columns;
+    # convolving the same (zero-extended) length makes F.conv1d round identically in fp32.
+    extended = torch.cat([window.new_zeros(C, 1), window], dim=-1)
+    out = F.conv1d(extended[None], weight[:, None, :], groups=C)[0, :, -1]
+    if activation is not None:
+        out = activation_fn(activation)(out)
+    return out.to(x_t.dtype), window[:, 1:].to(x_t.dtype)

@@ -13,7 +13,7 @@ x is the input-normed hidden state [T, D]. The conv and recurrent states are upd
 import torch
 import torch.nn.functional as F
 
-from .conv1d import causal_conv1d
+from .conv1d import causal_conv1d, causal_conv1d_step
 from .gated_delta_rule import chunked_gated_delta_rule, recurrent_gated_delta_rule
 from .rmsnorm import gated_rms_norm
 
@@ -36,7 +36,7 @@ def gated_deltanet(
     w: {"in_proj_qkv" [C, D], "in_proj_z" [Hv*Dv, D], "in_proj_b" [Hv, D], "in_proj_a" [Hv, D],
         "conv1d" [C, K], "A_log" [Hv], "dt_bias" [Hv], "norm" [Dv], "out_proj" [D, Hv*Dv]}
     conv_state: [C, K-1] (model dtype); recurrent_state: [Hv, Dk, Dv] fp32; both updated in place.
-    decode=True takes the one-token recurrent path (as transformers does once a cache exists),
+    decode=True takes the one-token path (conv step + recurrent rule, as transformers does once a cache exists),
     otherwise the chunked prefill path. Returns [T, D] in x's dtype.
     """
     T = x.shape[0]
@@ -47,9 +47,13 @@ def gated_deltanet(
     b = F.linear(x, w["in_proj_b"])
     a = F.linear(x, w["in_proj_a"])
 
-    mixed, new_conv_state = causal_conv1d(qkv.transpose(0, 1), w["conv1d"], conv_state, config.hidden_act)
+    if decode:
+        mixed, new_conv_state = causal_conv1d_step(qkv[0], conv_state, w["conv1d"], config.hidden_act)
+        mixed = mixed[None]  # [1, C]
+    else:
+        mixed, new_conv_state = causal_conv1d(qkv.transpose(0, 1), w["conv1d"], conv_state, config.hidden_act)
+        mixed = mixed.transpose(0, 1)  # [T, C]
     conv_state.copy_(new_conv_state)
-    mixed = mixed.transpose(0, 1)  # [T, C]
     q = mixed[:, : Hk * Dk].reshape(T, Hk, Dk)
     k = mixed[:, Hk * Dk : 2 * Hk * Dk].reshape(T, Hk, Dk)
     v = mixed[:, 2 * Hk * Dk :].reshape(T, Hv, Dv)

@@ -44,11 +44,14 @@ def _prepare(q, k, v, g, beta, use_qk_l2norm):
         )
     if Hv % Hk:
         raise ValueError(f"value heads ({Hv}) must be a multiple of key heads ({Hk})")
-    q, k, v, g, beta = (t.float() for t in (q, k, v, g, beta))
-    if use_qk_l2norm:
-        q, k = l2_normalize(q), l2_normalize(k)
     if Hv != Hk:  # value head h reads key head h // (Hv/Hk)
         q, k = q.repeat_interleave(Hv // Hk, dim=1), k.repeat_interleave(Hv // Hk, dim=1)
+    # head-major, contiguous fp32 [H, T, D] (the layout also fixes the reduction order, so fp32 results match
+    # transformers bit for bit)
+    q, k, v, g, beta = (t.transpose(0, 1).to(torch.float32, memory_format=torch.contiguous_format)
+                        for t in (q, k, v, g, beta))
+    if use_qk_l2norm:
+        q, k = l2_normalize(q), l2_normalize(k)
     return q, k, v, g, beta
 
 
@@ -86,15 +89,15 @@ def recurrent_gated_delta_rule(
     use_qk_l2norm: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token form. Returns (o [T, Hv, Dv] fp32, final state [Hv, Dk, Dv] fp32)."""
-    q, k, v, g, beta = _prepare(q, k, v, g, beta, use_qk_l2norm)
-    T, Hv, Dk = k.shape
+    q, k, v, g, beta = _prepare(q, k, v, g, beta, use_qk_l2norm)  # [H, T, D]
+    Hv, T, Dk = k.shape
     Dv = v.shape[-1]
     q = q / (Dk**0.5)  # decode divides (prefill multiplies by Dk**-0.5; transformers does the same)
     state = _initial_state(initial_state, Hv, Dk, Dv, v.device)
-    out = torch.empty(T, Hv, Dv, dtype=torch.float32, device=v.device)
+    out = torch.empty(Hv, T, Dv, dtype=torch.float32, device=v.device)
     for t in range(T):
-        out[t], state = gated_delta_rule_step(q[t], k[t], v[t], g[t], beta[t], state)
-    return out, state
+        out[:, t], state = gated_delta_rule_step(q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], state)
+    return out.transpose(0, 1).contiguous(), state
 
 
 def chunked_gated_delta_rule(
@@ -108,18 +111,18 @@ def chunked_gated_delta_rule(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked (prefill) form; see the module docstring. Same signature and results as the recurrent form."""
-    q, k, v, g, beta = _prepare(q, k, v, g, beta, use_qk_l2norm)
-    T, Hv, Dk = k.shape
+    q, k, v, g, beta = _prepare(q, k, v, g, beta, use_qk_l2norm)  # [H, T, D]
+    Hv, T, Dk = k.shape
     Dv = v.shape[-1]
     q = q * Dk**-0.5
     state = _initial_state(initial_state, Hv, Dk, Dv, v.device)
 
-    # Head-major [H, T, D], padded to whole chunks. Padding has k = v = 0, beta = 0 and g = 0 (no decay), so it
-    # changes neither the outputs of real tokens nor the state.
+    # Pad to whole chunks. Padding has k = v = 0, beta = 0 and g = 0 (no decay), so it changes neither the
+    # outputs of real tokens nor the state.
     C = chunk_size
     pad = (-T) % C
-    q, k, v = (torch.nn.functional.pad(t.transpose(0, 1), (0, 0, 0, pad)) for t in (q, k, v))
-    g, beta = (torch.nn.functional.pad(t.transpose(0, 1), (0, pad)) for t in (g, beta))
+    q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    g, beta = (torch.nn.functional.pad(t, (0, pad)) for t in (g, beta))
     out = torch.empty(Hv, T + pad, Dv, dtype=torch.float32, device=v.device)
 
     causal = torch.ones(C, C, dtype=torch.bool, device=v.device).tril()  # j <= i
@@ -130,10 +133,11 @@ def chunked_gated_delta_rule(
         G = gc.cumsum(dim=-1)  # [H, C] log of the decay from the chunk start to each position
         # decay[h, i, j] = exp(G_i - G_j) for j <= i, else 0 (masked before exp so it cannot overflow)
         decay = (G[:, :, None] - G[:, None, :]).masked_fill(~causal, float("-inf")).exp()
-        A = (bc[:, :, None] * (kc @ kc.transpose(1, 2)) * decay).tril(-1)
+        k_beta = kc * bc[..., None]
+        A = ((k_beta @ kc.transpose(1, 2)) * decay).tril(-1)
         system = eye + A  # unit lower triangular
-        U = torch.linalg.solve_triangular(system, bc[..., None] * vc, upper=False, unitriangular=True)
-        W = torch.linalg.solve_triangular(system, (bc * G.exp())[..., None] * kc, upper=False, unitriangular=True)
+        U = torch.linalg.solve_triangular(system, vc * bc[..., None], upper=False, unitriangular=True)
+        W = torch.linalg.solve_triangular(system, k_beta * G.exp()[..., None], upper=False, unitriangular=True)
         delta = U - W @ state  # [H, C, Dv]
         out[:, sl] = (qc * G.exp()[..., None]) @ state + ((qc @ kc.transpose(1, 2)) * decay) @ delta
         G_last = G[:, -1:]
