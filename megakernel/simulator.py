@@ -72,9 +72,12 @@ import numpy as np
 # Largest launch we agree to simulate (one Python thread per CUDA thread; ~0.1 ms each to
 # start, more to run).  Raise it locally if you must, but CI configs should stay tiny.
 MAX_SIM_THREADS = 8192
-# Python's default GIL switch interval (5 ms) makes every barrier wait cost milliseconds; a
-# short interval during a launch makes barrier-heavy kernels several times faster.
-SWITCH_INTERVAL = 2e-5
+# GIL switch interval used while a launch runs (restored afterwards).  Measured on 2 cores:
+# the stock simulator's block manager busy-polls, so a tiny interval (5e-5) helped it; with
+# the blocking barriers below, a tiny interval only adds forced thread switches and made
+# barrier-heavy kernels 3-6x slower, while 5-10 ms was fastest.  Setting it per launch also
+# undoes a small global value a notebook may have set for the stock simulator.
+SWITCH_INTERVAL = 5e-3
 # Deadlock watchdog: how often the launching thread looks at the barriers, and for how many
 # consecutive looks everything must be stuck before the launch is declared deadlocked.
 WATCHDOG_PERIOD = 0.25
@@ -108,53 +111,69 @@ class _Barrier:
 
     ``threading.Barrier`` cannot shrink, but ``syncthreads`` on a GPU (and in the stock
     simulator) only waits for threads that have not exited.  Reuse is handled with a
-    generation counter: a waiter sleeps until the generation it arrived in has been released,
-    so a fast thread re-entering the barrier counts towards the next generation only.
+    generation counter: a fast thread that re-enters the barrier counts towards the next
+    generation only.  Each simulated thread sleeps on its own pre-acquired lock, which the
+    last arriving thread releases: cheaper than ``threading.Condition``, whose woken waiters
+    all queue again for the condition's lock.
     """
 
-    __slots__ = ("cond", "parties", "count", "gen", "error", "name")
+    __slots__ = ("lock", "parties", "count", "gen", "error", "name", "waiters")
 
     def __init__(self, parties: int, name: str):
-        self.cond = threading.Condition(threading.Lock())
+        self.lock = threading.Lock()
         self.parties = parties
         self.count = 0
         self.gen = 0
         self.error: BaseException | None = None
         self.name = name
+        self.waiters: list = []
 
     def wait(self, thread) -> None:
-        with self.cond:
-            if self.error is not None:
-                raise _Aborted(str(self.error))
-            gen = self.gen
-            self.count += 1
-            if self.count >= self.parties:
-                self._release()
-                return
-            thread.waiting_on = (self, gen)
-            while gen == self.gen and self.error is None:
-                self.cond.wait()
-            thread.waiting_on = None
-            if gen == self.gen:
-                raise _Aborted(str(self.error))
+        lock = self.lock
+        lock.acquire()
+        if self.error is not None:
+            lock.release()
+            raise _Aborted(str(self.error))
+        gen = self.gen
+        self.count += 1
+        if self.count >= self.parties:
+            self._release_locked()  # releases the lock
+            return
+        wake = thread.wake
+        self.waiters.append(wake)
+        thread.waiting_on = (self, gen)
+        lock.release()
+        wake.acquire()  # released by the last arrival, or by abort()
+        thread.waiting_on = None
+        if self.gen == gen:
+            raise _Aborted(str(self.error))
 
-    def _release(self) -> None:
+    def _release_locked(self) -> None:
+        waiters = self.waiters
+        self.waiters = []
         self.count = 0
         self.gen += 1
-        self.cond.notify_all()
+        self.lock.release()
+        for wake in waiters:
+            wake.release()
 
     def leave(self) -> None:
         """A party exited for good: stop waiting for it."""
-        with self.cond:
-            self.parties -= 1
-            if self.count and self.count >= self.parties:
-                self._release()
+        self.lock.acquire()
+        self.parties -= 1
+        if self.count and self.count >= self.parties:
+            self._release_locked()
+        else:
+            self.lock.release()
 
     def abort(self, error: BaseException) -> None:
-        with self.cond:
+        with self.lock:
             if self.error is None:
                 self.error = error
-            self.cond.notify_all()
+            waiters = self.waiters
+            self.waiters = []
+        for wake in waiters:
+            wake.release()
 
     def stuck(self, gen: int) -> bool:
         return self.gen == gen and self.error is None
@@ -184,18 +203,20 @@ class _GridBarrier(_Barrier):
             raise self._dead_error()
         super().wait(thread)
 
-    def leave_thread(self, block_finished, block_idx) -> None:
-        with self.cond:
-            self.parties -= 1
-            if block_finished:
-                self.dead_block = block_idx
-                if self.count:  # somebody is waiting for a block that will never come
-                    err = self._dead_error()
-                    thread = threading.current_thread()
-                    thread.launch.fail(thread, err)
-                    return
-            if self.count and self.count >= self.parties:
-                self._release()
+    def leave_thread(self, block_finished, block_idx) -> BaseException | None:
+        """Returns an error if threads now wait for a block that will never come."""
+        self.lock.acquire()
+        self.parties -= 1
+        if block_finished:
+            self.dead_block = block_idx
+            if self.count:
+                self.lock.release()
+                return self._dead_error()
+        if self.count and self.count >= self.parties:
+            self._release_locked()
+        else:
+            self.lock.release()
+        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -231,17 +252,17 @@ class _Warp:
         self.exited = 0
         self.block_idx = block_idx
 
-    def lane_exited(self, lane: int) -> None:
-        with self.barrier.cond:
+    def lane_exited(self, lane: int) -> BaseException | None:
+        """Returns an error if other lanes now wait for this one in a warp primitive."""
+        with self.barrier.lock:
             self.exited |= 1 << lane
             waiting = self.barrier.count
         if waiting:
-            self.barrier.abort(
-                RuntimeError(
-                    f"lane {lane} of warp {self.index} in block {self.block_idx} exited while "
-                    "other lanes wait in a warp primitive (partial-warp calls are not supported)"
-                )
+            return RuntimeError(
+                f"lane {lane} of warp {self.index} in block {self.block_idx} exited while "
+                "other lanes wait in a warp primitive (partial-warp calls are not supported)"
             )
+        return None
 
 
 class _BlockShared:
@@ -297,7 +318,8 @@ class _Block:
         self.idx = idx
         self.barrier = _Barrier(nthreads, f"syncthreads of block {idx}")
         self.shared = _BlockShared(dynshared_size)
-        self.state = np.zeros(nthreads, dtype=np.int64)  # for syncthreads_count/and/or
+        # syncthreads_count/and/or votes: 0/1 per thread, -1 once a thread has exited
+        self.state = np.zeros(nthreads, dtype=np.int8)
         self.live = nthreads
         self.warps = [
             _Warp(w, min(WARP_SIZE, nthreads - w * WARP_SIZE), idx)
@@ -321,13 +343,16 @@ class _SimThread(threading.Thread):
         self.warp = block.warps[linear_id // WARP_SIZE]
         self.warp_gen = 0
         self.waiting_on = None
+        self.wake = threading.Lock()  # held; released to wake this thread from a barrier
+        self.wake.acquire()
         self._target_fn = target
         self._target_args = args
 
     def run(self):
         launch = self.launch
         try:
-            np.seterr(all="raise" if launch.debug else "ignore")
+            # GPUs do not trap on overflow/NaN; debug=True keeps the stock "divide raises".
+            np.seterr(all="ignore", divide="raise" if launch.debug else "ignore")
             self._target_fn(*self._target_args)
         except BaseException as exc:  # noqa: BLE001 - everything must reach the launcher
             launch.fail(self, exc)
@@ -342,18 +367,18 @@ class _SimThread(threading.Thread):
         state = self.block.state
         state[self.thread_id] = 1 if value else 0
         self.syncthreads()
-        res = op(state[: self.block.live + 0])
+        res = op(state)
         self.syncthreads()
         return res
 
     def syncthreads_count(self, value):
-        return self._syncthreads_reduce(value, lambda s: int(np.count_nonzero(s)))
+        return self._syncthreads_reduce(value, lambda s: int(np.count_nonzero(s == 1)))
 
     def syncthreads_and(self, value):
-        return self._syncthreads_reduce(value, lambda s: 1 if np.all(s) else 0)
+        return self._syncthreads_reduce(value, lambda s: 0 if np.any(s == 0) else 1)
 
     def syncthreads_or(self, value):
-        return self._syncthreads_reduce(value, lambda s: 1 if np.any(s) else 0)
+        return self._syncthreads_reduce(value, lambda s: 1 if np.any(s == 1) else 0)
 
     # -- warp level -------------------------------------------------------------------
     def warp_exchange(self, kind: str, mask, value):
@@ -394,6 +419,26 @@ class _SimThread(threading.Thread):
                 "is undefined"
             )
         return vals[src]
+
+
+def _sim_thread(what):
+    th = threading.current_thread()
+    if not isinstance(th, _SimThread):
+        raise RuntimeError(
+            f"{what} only works inside a kernel launched with megakernel.simulator installed"
+        )
+    return th
+
+
+def warp_gather(kind: str, value, mask=FULL_MASK) -> list:
+    """Every lane's ``value`` (lane order), exchanged like a shuffle: the building block of
+    ``megakernel.device``'s simulated warp reductions (one exchange instead of five)."""
+    th = _sim_thread(kind)
+    return th.warp_exchange(kind, mask, value)[: th.warp.n]
+
+
+def lane_id() -> int:
+    return _sim_thread("lane_id").lane
 
 
 # --------------------------------------------------------------------------------------
@@ -576,9 +621,14 @@ class _Launch:
         with self.lock:
             block.live -= 1
             finished = block.live == 0
+        block.state[th.thread_id] = -1  # no longer takes part in syncthreads_count/and/or
         block.barrier.leave()
-        th.warp.lane_exited(th.lane)
-        self.grid_barrier.leave_thread(finished, tuple(block.idx))
+        for err in (
+            th.warp.lane_exited(th.lane),
+            self.grid_barrier.leave_thread(finished, tuple(block.idx)),
+        ):
+            if err is not None:
+                self.fail(None, err)
         with self.lock:
             self.live -= 1
             if self.live == 0:
