@@ -186,6 +186,8 @@ class Qwen35Config:
     def from_pretrained(cls, path: str | Path) -> "Qwen35Config":
         """Read ``config.json`` from a checkpoint directory (or a path to the json file itself)."""
         path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist (expected a checkpoint directory or a config.json)")
         file = path / "config.json" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no config.json at {file}")

@@ -1,7 +1,11 @@
-"""megakernel.device: every helper run inside small simulated kernels, against NumPy/torch.
+"""megakernel.device: every helper run inside small kernels, against NumPy/torch.
 
-Output buffers start as NaN (or -1) so a slot a kernel forgot to write fails the comparison;
-sizes are deliberately awkward (not multiples of the block size).
+Output buffers start as NaN (or a junk pattern) so a slot a kernel forgot to write fails the
+comparison; sizes are deliberately awkward (not multiples of the block size).
+
+The same file checks the GPU implementations on a machine with a GPU:
+``NUMBA_ENABLE_CUDASIM=0 pytest tests/test_device_functions.py`` runs these kernels on the
+device (tests about simulator-only behaviour are skipped there).
 """
 
 from __future__ import annotations
@@ -11,17 +15,19 @@ import pytest
 import torch
 from numba import config
 
-if not config.ENABLE_CUDASIM:  # pragma: no cover
-    pytest.skip("device-function tests run in the simulator", allow_module_level=True)
-
-import megakernel  # noqa: F401  (installs the simulator layer)
+import megakernel  # noqa: F401  (installs the simulator layer when the simulator is on)
 from megakernel import device as D
 from numba import cuda
 from numba.cuda import float32, int32, uint32
 
+SIM = bool(config.ENABLE_CUDASIM)
+if not SIM and not cuda.is_available():  # pragma: no cover
+    pytest.skip("NUMBA_ENABLE_CUDASIM=0 but no GPU", allow_module_level=True)
+sim_only = pytest.mark.skipif(not SIM, reason="simulator implementation detail")
 
-def test_simulator_implementation_selected():
-    assert D.SIMULATOR
+
+def test_implementation_matches_target():
+    assert D.SIMULATOR == SIM
 
 
 def f32_bits(a: np.ndarray) -> np.ndarray:
@@ -132,6 +138,7 @@ def test_f32_to_bf16_matches_torch_in_kernel():
     assert (out >> 16 == 0).all()
 
 
+@sim_only
 def test_f32_to_bf16_many_random_floats():
     """The same device function over 120k values (called directly: it is plain Python here)."""
     bits = np.concatenate([special_floats(), random_float_bits(120_000, seed=3)])
@@ -198,6 +205,7 @@ def out_of_bounds_load(w, out):
     out[0] = a
 
 
+@sim_only
 def test_vector_load_misuse_is_caught():
     w = np.zeros(8, np.uint32)
     with pytest.raises(ValueError, match="aligned"):
@@ -321,14 +329,16 @@ def test_activations_match_torch():
     np.testing.assert_allclose(out[:, 0], torch.sigmoid(t).numpy(), rtol=1e-6, atol=1e-30)
     np.testing.assert_allclose(out[:, 1], F.silu(t).numpy(), rtol=1e-6, atol=1e-30)
     np.testing.assert_allclose(out[:, 2], F.softplus(t).numpy(), rtol=1e-6, atol=1e-30)
-    np.testing.assert_allclose(out[:, 3], torch.sigmoid(t).numpy(), rtol=1e-6, atol=1e-30)
+    # __expf (ex2.approx) is off by up to 2 + 1.16|x| ulp on the GPU
+    np.testing.assert_allclose(out[:, 3], torch.sigmoid(t).numpy(), rtol=3e-5, atol=1e-30)
     big = x < 80  # exp overflows float32 beyond ~88.7: inf, like the GPU
-    np.testing.assert_allclose(out[big, 4], torch.exp(t[big]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out[big, 4], torch.exp(t[big]).numpy(), rtol=3e-5)
     assert np.isinf(out[x > 89, 4]).all()
     np.testing.assert_allclose(out[:, 5], torch.rsqrt(t.abs() + 1e-3).numpy(), rtol=1e-6)
     assert out.dtype == np.float32 and not np.isnan(out).any()
 
 
+@sim_only
 def test_scalar_helpers_return_float32_or_uint32():
     assert type(D.bits_to_f32(np.uint32(0x3F800000))) is np.float32
     assert D.bits_to_f32(0x3F800000) == 1.0
