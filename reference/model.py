@@ -51,10 +51,14 @@ def as_token_list(input_ids, vocab_size: int) -> list[int]:
 class Qwen35Model:
     """Pure-PyTorch Qwen3.5 text model over a dict of weights (see :func:`reference.checkpoint.load_weights`)."""
 
-    def __init__(self, config: Qwen35Config, weights: dict[str, torch.Tensor], dtype: torch.dtype | None = None):
+    def __init__(self, config: Qwen35Config, weights: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
+                 cache_dtype: torch.dtype | None = None):
         self.config = config
         self.weights = weights
         self.dtype = dtype or weights["embed_tokens.weight"].dtype
+        # The KV cache's storage dtype (default: the compute dtype). The kernel stages compute in fp32 with bf16
+        # weights and a bf16 KV cache; load_model(..., dtype=float32, cache_dtype=bfloat16) is their oracle.
+        self.cache_dtype = cache_dtype or self.dtype
         self.device = weights["embed_tokens.weight"].device
         self.layers = [self._layer_weights(i) for i in range(config.num_hidden_layers)]
 
@@ -89,7 +93,8 @@ class Qwen35Model:
     # ------------------------------------------------------------------ core
     def new_state(self, capacity: int = 256) -> DecodeState:
         return DecodeState.empty(self.config, self.dtype, self.device,
-                                 capacity=min(capacity, self.config.max_position_embeddings))
+                                 capacity=min(capacity, self.config.max_position_embeddings),
+                                 cache_dtype=self.cache_dtype)
 
     def forward(self, ids: list[int], state: DecodeState, decode: bool, trace: dict | None = None) -> torch.Tensor:
         """Run tokens ``ids`` (positions state.length ...) through the model; returns logits [T, V] fp32.
@@ -202,17 +207,28 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     keep_fp32: bool = True,
+    cache_dtype: torch.dtype | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Qwen35Model:
     """Load a checkpoint directory into a :class:`Qwen35Model` computing in ``dtype`` on ``device``.
 
     ``keep_fp32``: keep fp32-stored parameters (A_log, the DeltaNet norm weight) in fp32 when dtype is bf16.
+    ``cache_dtype``: KV cache storage dtype (default: ``dtype``).
+    ``weights_dtype``: round the weights to this dtype first, then compute in ``dtype`` (e.g. bf16 weights with
+    fp32 arithmetic: exactly what the Numba kernels compute, so it is their oracle). fp32-stored parameters stay
+    exact when ``keep_fp32``.
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' requested but no CUDA GPU is available (torch.cuda.is_available() "
                            "is False); use device='cpu'")
-    config, weights = load_weights(path, dtype=dtype, device=device, keep_fp32=keep_fp32)
-    return Qwen35Model(config, weights, dtype=dtype)
+    config, weights = load_weights(path, dtype=weights_dtype or dtype, device=device, keep_fp32=keep_fp32)
+    if weights_dtype is not None and weights_dtype != dtype:
+        tied = weights["lm_head.weight"] is weights["embed_tokens.weight"]
+        weights = {name: t.to(dtype) for name, t in weights.items()}
+        if tied:
+            weights["lm_head.weight"] = weights["embed_tokens.weight"]
+    return Qwen35Model(config, weights, dtype=dtype, cache_dtype=cache_dtype)
 
 
 __all__ = ["Qwen35Model", "load_model", "generate_tokens", "as_token_list"]

@@ -33,7 +33,8 @@ class DecodeState:
 
     @classmethod
     def empty(
-        cls, config: Qwen35Config, dtype: torch.dtype, device: torch.device | str = "cpu", capacity: int = 256
+        cls, config: Qwen35Config, dtype: torch.dtype, device: torch.device | str = "cpu", capacity: int = 256,
+        cache_dtype: torch.dtype | None = None,
     ) -> "DecodeState":
         s = cls()
         for i in config.linear_layers:
@@ -44,8 +45,8 @@ class DecodeState:
             )
         for i in config.full_layers:
             shape = (config.num_key_value_heads, capacity, config.head_dim)
-            s.k_cache[i] = torch.zeros(shape, dtype=dtype, device=device)
-            s.v_cache[i] = torch.zeros(shape, dtype=dtype, device=device)
+            s.k_cache[i] = torch.zeros(shape, dtype=cache_dtype or dtype, device=device)
+            s.v_cache[i] = torch.zeros(shape, dtype=cache_dtype or dtype, device=device)
         return s
 
     @property

@@ -74,8 +74,8 @@ def gated_attention(
     q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
     k_cache[:, start : start + T] = k.transpose(0, 1).to(k_cache.dtype)
     v_cache[:, start : start + T] = v.transpose(0, 1).to(v_cache.dtype)
-    o = gqa_attention(
-        q, k_cache[:, : start + T].transpose(0, 1), v_cache[:, : start + T].transpose(0, 1), Dh**-0.5, start
-    )
+    keys = k_cache[:, : start + T].transpose(0, 1).to(q.dtype)  # a bf16 cache is read back into the compute dtype
+    values = v_cache[:, : start + T].transpose(0, 1).to(q.dtype)
+    o = gqa_attention(q, keys, values, Dh**-0.5, start)
     o = o.reshape(T, Hq * Dh) * torch.sigmoid(gate)
     return F.linear(o, w["o_proj"], w.get("o_proj_bias"))

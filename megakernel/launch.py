@@ -1,0 +1,115 @@
+"""Where kernels run, and how torch tensors become kernel arguments.
+
+Every stage keeps its buffers as torch tensors (so PyTorch code, the reference and the tests can read them) and
+hands them to Numba kernels as views:
+
+* on a GPU, a CUDA tensor is wrapped once with ``numba.cuda.as_cuda_array`` (zero copy, through
+  ``__cuda_array_interface__``); launching with the wrapped arrays avoids re-typing torch tensors at every call;
+* in Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), a CPU tensor is viewed as a NumPy array (zero copy),
+  so a kernel that writes its output writes the torch tensor.
+
+bf16 tensors cannot be passed as such (their array-interface type ``|V2`` is untyped): :func:`words` views a bf16
+tensor as int32 words, two bf16 per word (element 2i in the low half), which kernels decode with
+``megakernel.device.bf16_lo`` / ``bf16_hi``. :func:`halves` views it as int16 (one bf16 per element).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+
+
+class NoGPUError(RuntimeError):
+    """A GPU path was requested on a machine without a usable CUDA GPU."""
+
+
+def gpu_available() -> bool:
+    """True when kernels run on a real GPU (not the simulator) and one is present."""
+    if SIMULATOR:
+        return False
+    from numba import cuda
+
+    try:
+        return bool(cuda.is_available()) and torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 (a broken driver counts as no GPU)
+        return False
+
+
+def kernel_device() -> torch.device:
+    """The torch device whose tensors kernels can use: 'cuda' on a GPU, 'cpu' in the simulator."""
+    if SIMULATOR:
+        return torch.device("cpu")
+    require_gpu()
+    return torch.device("cuda")
+
+
+def require_gpu(what: str = "the Numba CUDA kernels") -> None:
+    if SIMULATOR or gpu_available():
+        return
+    raise NoGPUError(
+        f"{what} need a CUDA GPU and none is usable here (numba.cuda.is_available() / torch.cuda.is_available() "
+        "is False). On a CPU-only machine run them in Numba's CUDA simulator instead: set NUMBA_ENABLE_CUDASIM=1 "
+        "before Python starts (as `make test` does) and use a tiny config (reference.Qwen35Config.tiny())."
+    )
+
+
+def words(t: torch.Tensor) -> torch.Tensor:
+    """bf16 [..., K] -> int32 [..., K/2] (two bf16 per word; K must be even and the last dim contiguous)."""
+    if t.dtype != torch.bfloat16:
+        raise TypeError(f"expected a bf16 tensor, got {t.dtype}")
+    if t.shape[-1] % 2:
+        raise ValueError(f"last dim {t.shape[-1]} must be even to view bf16 pairs as 32-bit words")
+    return t.contiguous().view(torch.int32)
+
+
+def halves(t: torch.Tensor) -> torch.Tensor:
+    """bf16 -> int16 view with the same shape (one bf16 bit pattern per element)."""
+    if t.dtype != torch.bfloat16:
+        raise TypeError(f"expected a bf16 tensor, got {t.dtype}")
+    return t.view(torch.int16)
+
+
+def as_kernel_array(t: torch.Tensor):
+    """A zero-copy kernel argument for a torch tensor (see the module docstring). bf16 is refused: use
+    :func:`words` or :func:`halves` first."""
+    if t.dtype == torch.bfloat16:
+        raise TypeError("bf16 tensors cannot be kernel arguments: pass words(t) or halves(t)")
+    if SIMULATOR:
+        if t.device.type != "cpu":
+            raise ValueError("in the CUDA simulator kernel arguments must be CPU tensors")
+        return t.detach().numpy()
+    if t.device.type != "cuda":
+        raise ValueError(f"kernel arguments must be CUDA tensors, got a tensor on {t.device}")
+    from numba import cuda
+
+    return cuda.as_cuda_array(t.detach())
+
+
+def launch_stream():
+    """The stream to launch on: torch's current CUDA stream (so kernels order with torch ops and can be captured
+    into a CUDA graph), or 0 in the simulator (which has no external streams)."""
+    if SIMULATOR:
+        return 0
+    from numba import cuda
+
+    return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+
+
+def synchronize() -> None:
+    if not SIMULATOR and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def poison_(t: torch.Tensor) -> torch.Tensor:
+    """Fill an output buffer with NaN (floats) or a sentinel (integers) so an element a kernel fails to write is
+    caught by check(). Returns t."""
+    if t.is_floating_point():
+        return t.fill_(float("nan"))
+    return t.fill_(-0x5A5A5A5A if t.dtype in (torch.int32, torch.int64) else -1)
+
+
+__all__ = ["SIMULATOR", "NoGPUError", "gpu_available", "kernel_device", "require_gpu", "words", "halves",
+           "as_kernel_array", "launch_stream", "synchronize", "poison_", "np"]
