@@ -96,8 +96,10 @@ class Qwen35Model:
                                  capacity=min(capacity, self.config.max_position_embeddings),
                                  cache_dtype=self.cache_dtype)
 
-    def forward(self, ids: list[int], state: DecodeState, decode: bool, trace: dict | None = None) -> torch.Tensor:
-        """Run tokens ``ids`` (positions state.length ...) through the model; returns logits [T, V] fp32.
+    def forward(self, ids: list[int], state: DecodeState, decode: bool, trace: dict | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Run tokens ``ids`` (positions state.length ...) through the model; returns logits [T, V] fp32
+        (only the last position's, [1, V], with ``last_only``: a long prompt's full logits are large).
 
         trace: if a dict is given, ``trace["hidden"][layer]`` receives each layer's output hidden state [T, D]
         and ``trace["final_norm"]`` the normed hidden state fed to the LM head (used by the compare CLI).
@@ -118,6 +120,8 @@ class Qwen35Model:
                                layer["gate_proj"], layer["up_proj"], layer["down_proj"], cfg.hidden_act)
             if trace is not None:
                 trace["hidden"][i] = h.detach().clone()
+        if last_only:
+            h = h[-1:]
         h = rms_norm(h, self.weights["norm.weight"], cfg.rms_norm_eps)
         if trace is not None:
             trace["final_norm"] = h.detach().clone()
@@ -126,8 +130,10 @@ class Qwen35Model:
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
-    def prefill(self, input_ids, state: DecodeState | None = None, trace: dict | None = None):
-        """Process a prompt. Returns (logits [T, V] fp32 for every prompt position, state).
+    def prefill(self, input_ids, state: DecodeState | None = None, trace: dict | None = None,
+                last_only: bool = False):
+        """Process a prompt. Returns (logits [T, V] fp32 for every prompt position, state); with ``last_only``
+        the logits of the last position only ([1, V]).
 
         With ``state`` given, the prompt continues that state (chunked path, as transformers does for a
         multi-token forward); otherwise a fresh state is created.
@@ -137,7 +143,7 @@ class Qwen35Model:
             raise ContextTooLongError(f"context too long: prompt of {len(ids)} tokens exceeds "
                                       f"max_position_embeddings = {self.config.max_position_embeddings}")
         state = state if state is not None else self.new_state(capacity=max(256, 2 * len(ids)))
-        return self.forward(ids, state, decode=False, trace=trace), state
+        return self.forward(ids, state, decode=False, trace=trace, last_only=last_only), state
 
     @torch.no_grad()
     def decode_step(self, token_id, state: DecodeState, trace: dict | None = None) -> torch.Tensor:

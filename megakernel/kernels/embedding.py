@@ -1,0 +1,33 @@
+"""Token embedding lookup: h = float32(embed[token]) for a token id held in device memory.
+
+The token id is read from a 1-element int32 device buffer rather than passed as a launch argument, so the
+decode step can be captured once in a CUDA graph and replayed for every token (the argmax of the previous step
+writes the buffer). One block copies one row of D bf16 values (D/2 words) and widens them to fp32.
+"""
+
+from __future__ import annotations
+
+from numba import cuda
+
+from ..device import bf16_hi, bf16_lo
+from ..launch import launch_stream
+
+THREADS = 128
+
+
+@cuda.jit
+def embedding_kernel(embed, token, h, half_d):
+    """embed: int32 words [V * D/2]; token: int32[1]; h: float32 [D]; half_d = D/2."""
+    row = token[0] * half_d
+    for j in range(cuda.threadIdx.x, half_d, cuda.blockDim.x):
+        w = embed[row + j]
+        h[2 * j] = bf16_lo(w)
+        h[2 * j + 1] = bf16_hi(w)
+
+
+def embed_lookup(embed, token, h, d: int) -> None:
+    """h[:] = embed[token[0]] (embed as int32 words of a bf16 [V, d] matrix, flattened)."""
+    embedding_kernel[1, THREADS, launch_stream()](embed, token, h, d // 2)
+
+
+PTX_SIGNATURES = {"embedding_kernel": ["(int32[::1], int32[::1], float32[::1], int64)"]}

@@ -1,0 +1,197 @@
+"""Stage 2: the layered decoder. Every decode op is its own Numba CUDA kernel; one launch per op.
+
+One decode step (``D`` hidden, ``C`` conv channels; every matvec reads bf16 weights and accumulates in fp32):
+
+    embed_lookup                                   h = embed[token]
+    per DeltaNet layer (5 launches):
+        norm_matvec                                proj = [qkv | z | b | a] = W_in @ rms_norm(h)
+        deltanet_step                              conv + SiLU, L2 norms, decay/beta, state update, o = S^T q
+        gated_norm_matvec_residual                 h += W_out @ gated_rms_norm(o, z)
+        norm_swiglu_matvec                         act = silu(W_gate @ n) * (W_up @ n),  n = rms_norm(h)
+        matvec_residual                            h += W_down @ act
+    per attention layer (7 launches):
+        norm_matvec                                proj = [q|gate , k , v] = W_qkv @ rms_norm(h)
+        attn_prepare                               q/k norms, partial RoPE, append k, v to the bf16 cache
+        attn_decode, attn_combine                  softmax(q K^T / sqrt(Dh)) V split over blocks, * sigmoid(gate)
+        matvec_residual                            h += W_o @ attn
+        norm_swiglu_matvec, matvec_residual        the MLP as above
+    lm_head_argmax                                 logits = W_lm @ rms_norm(h), and their argmax
+
+That is 2 + 5 x 18 + 7 x 6 = 134 launches per token for Qwen3.5-0.8B: the per-launch host cost is what the
+megakernel removes. ``prefill`` runs the reference model (chunked DeltaNet, on the same device) and copies its
+states into the device buffers; ``decode_step`` and ``generate`` run on the kernels.
+
+The oracle for this stage is the reference computing in fp32 from the same bf16 weights with a bf16 KV cache
+(``reference.load_model(path, dtype=float32, cache_dtype=bfloat16)``): the kernels do the same arithmetic in a
+different order, so logits and states agree to ~1e-6 relative.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from reference.config import LINEAR
+from reference.model import Qwen35Model, as_token_list, generate_tokens, load_model
+from reference.state import ContextTooLongError
+
+from .kernels import attention, deltanet, embedding, fused_matvec, lm_head
+from .launch import as_kernel_array, kernel_device, require_gpu, synchronize
+from .layout import DeviceState, DeviceWeights, check_supported
+
+
+class LayeredDecoder:
+    """Qwen3.5 decode with one Numba kernel launch per op. Same API as :class:`reference.Qwen35Model`."""
+
+    stage = "layered"
+
+    def __init__(self, reference: Qwen35Model, max_context: int = 4096):
+        require_gpu("the layered decoder")
+        check_supported(reference.config)
+        self.config = c = reference.config
+        self.reference = reference  # used for prefill (and as the oracle in comparisons)
+        self.device = kernel_device()
+        self.max_context = min(max_context, c.max_position_embeddings)
+        self.weights = DeviceWeights(c, reference.weights, self.device)
+        self._buffers()
+
+    def _buffers(self) -> None:
+        c, dev = self.config, self.device
+        f32 = lambda n: torch.zeros(n, dtype=torch.float32, device=dev)  # noqa: E731
+        self.h = f32(c.hidden_size)
+        self.proj_linear = f32(c.conv_dim + c.value_dim + 2 * c.linear_num_value_heads)
+        self.o_linear = f32(c.value_dim)
+        q_rows = 2 * c.num_attention_heads * c.head_dim
+        self.proj_attn = f32(q_rows + 2 * c.num_key_value_heads * c.head_dim)
+        self.q = f32(c.num_attention_heads * c.head_dim)
+        self.gate = f32(c.num_attention_heads * c.head_dim)
+        self.attn_out = f32(c.num_attention_heads * c.head_dim)
+        self.splits = attention.attention_splits(self.max_context)
+        self.partial_ml = f32(c.num_attention_heads * self.splits * 2)
+        self.partial_o = f32(c.num_attention_heads * self.splits * c.head_dim)
+        self.act = f32(c.intermediate_size)
+        self.logits = f32(c.vocab_size)
+        self.token = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.best = lm_head.new_best(dev)
+        k = as_kernel_array
+        self.k = {name: k(getattr(self, name)) for name in (
+            "h", "proj_linear", "o_linear", "proj_attn", "q", "gate", "attn_out", "partial_ml", "partial_o",
+            "act", "logits", "token")}
+        self.k["best"] = self.best if not isinstance(self.best, torch.Tensor) else k(self.best)
+        z0 = c.conv_dim
+        self.k["z"] = k(self.proj_linear[z0 : z0 + c.value_dim])
+
+    # ------------------------------------------------------------------ public API (as the reference model)
+    def new_state(self, capacity: int | None = None) -> DeviceState:
+        return DeviceState(self.config, self.device, capacity or self.max_context)
+
+    @torch.no_grad()
+    def prefill(self, input_ids, state: DeviceState | None = None, last_only: bool = False):
+        """Run the prompt through the reference model on this device, then copy its states into the kernel
+        layout. Returns (logits [T, V] fp32 (or [1, V] with last_only), DeviceState)."""
+        ids = as_token_list(input_ids, self.config.vocab_size)
+        state = state or self.new_state()
+        if state.length:
+            raise ValueError("prefill into a state that already holds tokens is not supported by this stage")
+        if len(ids) > state.capacity:
+            raise ContextTooLongError(f"context too long: a prompt of {len(ids)} tokens exceeds this decoder's "
+                                      f"KV-cache capacity {state.capacity}")
+        logits, ref_state = self.reference.prefill(ids, last_only=last_only)
+        state.load_reference(ref_state)
+        return logits, state
+
+    @torch.no_grad()
+    def decode_step(self, token_id, state: DeviceState, trace: dict | None = None) -> torch.Tensor:
+        """Feed one token at position ``state.length``; returns logits [V] fp32 (a copy) and advances the state.
+
+        trace: if a dict, ``trace["hidden"][layer]`` gets each layer's output hidden state (for the compare CLI).
+        """
+        (token,) = as_token_list(token_id, self.config.vocab_size)
+        if state.length == 0:
+            raise ValueError("decode_step needs a state from prefill")
+        state.check_room()
+        self.token.fill_(token)
+        self._step(state, trace)
+        state.length += 1
+        state.position.fill_(state.length)
+        return self.logits.clone()
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True, eos_token_id=None,
+                 callback=None) -> torch.Tensor:
+        """As :meth:`reference.Qwen35Model.generate` (new token ids only). Sampling uses the shared host-side
+        sampler on the kernel logits, so a seed gives the same tokens as the reference when logits agree."""
+        return generate_tokens(self, input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos,
+                               eos_token_id, callback)
+
+    @torch.no_grad()
+    def greedy_tokens(self, input_ids, n: int) -> list[int]:
+        """Greedy decoding with the argmax on the device (only the token id crosses to the host)."""
+        logits, state = self.prefill(input_ids, last_only=True)
+        token = int(logits[-1].argmax())
+        out = [token]
+        for _ in range(n - 1):
+            state.check_room()
+            self.token.fill_(token)
+            self._step(state, None)
+            state.length += 1
+            state.position.fill_(state.length)
+            token = lm_head.read_token(self.k["best"])
+            out.append(token)
+        return out
+
+    # ------------------------------------------------------------------ one step: the launches
+    def _step(self, state: DeviceState, trace: dict | None) -> None:
+        c, W, K = self.config, self.weights, self.k
+        D, F, eps = c.hidden_size, c.intermediate_size, c.rms_norm_eps
+        position = state.length
+        embedding.embed_lookup(W.k["embed"], K["token"], K["h"], D)
+        for i, lw in enumerate(W.layers):
+            w = lw.k
+            if lw.kind == LINEAR:
+                j = state.linear_index[i]
+                fused_matvec.norm_matvec(K["h"], w["input_norm"], w["in_proj"], K["proj_linear"],
+                                         lw.in_proj.shape[0], D, eps)
+                deltanet.deltanet_step(K["proj_linear"], w["conv_w"], state.k["conv"][j], w["A_log"], w["dt_bias"],
+                                       state.k["rec"][j], K["o_linear"], c)
+                fused_matvec.gated_norm_matvec_residual(K["o_linear"], K["z"], w["gated_norm"], w["out_proj"],
+                                                        K["h"], D, c.linear_num_value_heads,
+                                                        c.linear_value_head_dim, eps)
+            else:
+                j = state.full_index[i]
+                fused_matvec.norm_matvec(K["h"], w["input_norm"], w["qkv"], K["proj_attn"], lw.qkv.shape[0], D, eps)
+                attention.attn_prepare(K["proj_attn"], w["q_norm"], w["k_norm"], W.k["inv_freq"], position,
+                                       state.k["k_cache"][j], state.k["v_cache"][j], K["q"], K["gate"], c)
+                attention.attn_decode(K["q"], state.k["k_cache"][j], state.k["v_cache"][j], position + 1,
+                                      K["partial_ml"], K["partial_o"], self.splits, c)
+                attention.attn_combine(K["partial_ml"], K["partial_o"], K["gate"], K["attn_out"], position + 1,
+                                       self.splits, c)
+                fused_matvec.matvec_residual(w["o_proj"], K["attn_out"], K["h"], D,
+                                             c.num_attention_heads * c.head_dim)
+            fused_matvec.norm_swiglu_matvec(K["h"], w["post_norm"], w["gate"], w["up"], K["act"], F, D, eps)
+            fused_matvec.matvec_residual(w["down"], K["act"], K["h"], D, F)
+            if trace is not None:
+                synchronize()
+                trace.setdefault("hidden", {})[i] = self.h.detach().cpu().clone()
+        lm_head.lm_head_argmax(K["h"], W.k["final_norm"], W.k["lm_head"], K["logits"], c.vocab_size, D, eps,
+                               K["best"])
+
+    def launches_per_token(self) -> int:
+        n_lin = sum(t == LINEAR for t in self.config.layer_types)
+        n_full = self.config.num_hidden_layers - n_lin
+        return 2 + 5 * n_lin + 7 * n_full
+
+
+def load(path: str | Path, stage: str = "layered", max_context: int = 4096, keep_fp32: bool = True):
+    """Load a checkpoint for a stage: "reference" (fp32 compute, bf16 weights and KV cache, on the kernel
+    device) or "layered" (the Numba kernel decoder)."""
+    device = kernel_device() if stage != "reference" else ("cuda" if torch.cuda.is_available() else "cpu")
+    ref = load_model(path, device=device, dtype=torch.float32, weights_dtype=torch.bfloat16,
+                     cache_dtype=torch.bfloat16, keep_fp32=keep_fp32)
+    if stage == "reference":
+        return ref
+    if stage == "layered":
+        return LayeredDecoder(ref, max_context=max_context)
+    raise ValueError(f"unknown stage {stage!r}; expected 'reference' or 'layered'")

@@ -1,0 +1,208 @@
+"""The device-side layout every kernel stage shares: weights, decode state, and scratch buffers.
+
+Weights (converted once at load time):
+
+* every large matrix stays bf16 and is handed to kernels as int32 words (two bf16 per word); matrices that one
+  matvec reads together are concatenated row-wise so a layer needs fewer launches:
+  DeltaNet ``in_proj`` = [qkv (C) ; z (Hv*Dv) ; b (Hv) ; a (Hv)] x D, attention ``qkv`` = [q|gate (2*Hq*Dh) ;
+  k (Hkv*Dh) ; v (Hkv*Dh)] x D;
+* small parameters (norm weights, conv taps, ``A_log``, ``dt_bias``, RoPE inverse frequencies) are fp32, exact
+  upcasts of the stored values.
+
+Decode state (the same contents as :class:`reference.state.DecodeState`, in flat stacked buffers):
+
+* ``conv``  fp32 [n_linear, C, K-1]      the conv's last K-1 inputs per DeltaNet layer (oldest first)
+* ``rec``   fp32 [n_linear, Hv, Dk, Dv]  the DeltaNet state per layer
+* ``k_cache``, ``v_cache`` bf16 [n_full, Hkv, capacity, Dh]  keys after k_norm and RoPE, values
+* ``length`` tokens seen; also mirrored in the device int32 ``position`` buffer so a captured CUDA graph can
+  read it.
+
+The megakernel stage reuses this layout unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from reference.config import FULL, LINEAR, Qwen35Config
+from reference.state import ContextTooLongError, DecodeState
+
+from .launch import as_kernel_array, halves, words
+
+
+class UnsupportedConfigError(ValueError):
+    """A config the kernels were not written for (the message names the field)."""
+
+
+def check_supported(config: Qwen35Config) -> None:
+    """Refuse configs the Numba kernels do not implement, naming the field."""
+    c = config
+    problems = []
+    if c.hidden_act != "silu":
+        problems.append(f"hidden_act={c.hidden_act!r} (the kernels implement SiLU only)")
+    if c.attention_bias:
+        problems.append("attention_bias=true (the kernels implement bias-free projections only)")
+    for name, value in (("hidden_size", c.hidden_size), ("intermediate_size", c.intermediate_size),
+                        ("linear_value_head_dim * linear_num_value_heads", c.value_dim),
+                        ("head_dim * num_attention_heads", c.head_dim * c.num_attention_heads)):
+        if value % 8:
+            problems.append(f"{name}={value} is not a multiple of 8 (matvec rows are read 16 bytes at a time)")
+    if problems:
+        raise UnsupportedConfigError("config not supported by the Numba kernels: " + "; ".join(problems))
+
+
+@dataclass
+class LayerWeights:
+    kind: str
+    input_norm: torch.Tensor  # fp32 [D]
+    post_norm: torch.Tensor  # fp32 [D]
+    gate: torch.Tensor  # bf16 [F, D]
+    up: torch.Tensor  # bf16 [F, D]
+    down: torch.Tensor  # bf16 [D, F]
+    # DeltaNet
+    in_proj: torch.Tensor | None = None  # bf16 [C + 2*Hv + Hv*Dv, D]: qkv ; z ; b ; a
+    conv_w: torch.Tensor | None = None  # fp32 [C, K]
+    A_log: torch.Tensor | None = None  # fp32 [Hv]
+    dt_bias: torch.Tensor | None = None  # fp32 [Hv]
+    gated_norm: torch.Tensor | None = None  # fp32 [Dv]
+    out_proj: torch.Tensor | None = None  # bf16 [D, Hv*Dv]
+    # attention
+    qkv: torch.Tensor | None = None  # bf16 [2*Hq*Dh + 2*Hkv*Dh, D]
+    q_norm: torch.Tensor | None = None  # fp32 [Dh]
+    k_norm: torch.Tensor | None = None  # fp32 [Dh]
+    o_proj: torch.Tensor | None = None  # bf16 [D, Hq*Dh]
+    k: dict = field(default_factory=dict)  # kernel-array views, filled by DeviceWeights
+
+
+class DeviceWeights:
+    """All weights on the kernel device (GPU, or CPU under the simulator), in kernel layout."""
+
+    def __init__(self, config: Qwen35Config, weights: dict[str, torch.Tensor], device: torch.device):
+        check_supported(config)
+        self.config = config
+        bf16 = lambda t: t.to(device=device, dtype=torch.bfloat16).contiguous()  # noqa: E731
+        f32 = lambda t: t.to(device=device, dtype=torch.float32).contiguous()  # noqa: E731
+        self.embed = bf16(weights["embed_tokens.weight"])
+        tied = weights["lm_head.weight"] is weights["embed_tokens.weight"]
+        self.lm_head = self.embed if tied else bf16(weights["lm_head.weight"])
+        self.final_norm = f32(weights["norm.weight"])
+        self.inv_freq = f32(1.0 / (config.rope_theta ** (torch.arange(0, config.rotary_dim, 2).float()
+                                                          / config.rotary_dim)))
+        self.layers: list[LayerWeights] = []
+        for i, kind in enumerate(config.layer_types):
+            p = f"layers.{i}."
+            lw = LayerWeights(
+                kind=kind,
+                input_norm=f32(weights[p + "input_layernorm.weight"]),
+                post_norm=f32(weights[p + "post_attention_layernorm.weight"]),
+                gate=bf16(weights[p + "mlp.gate_proj.weight"]),
+                up=bf16(weights[p + "mlp.up_proj.weight"]),
+                down=bf16(weights[p + "mlp.down_proj.weight"]),
+            )
+            if kind == LINEAR:
+                a = p + "linear_attn."
+                lw.in_proj = bf16(torch.cat([weights[a + n + ".weight"] for n in
+                                             ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")]))
+                conv = weights[a + "conv1d.weight"]
+                lw.conv_w = f32(conv.reshape(conv.shape[0], -1))
+                lw.A_log = f32(weights[a + "A_log"])
+                lw.dt_bias = f32(weights[a + "dt_bias"])
+                lw.gated_norm = f32(weights[a + "norm.weight"])
+                lw.out_proj = bf16(weights[a + "out_proj.weight"])
+            else:
+                a = p + "self_attn."
+                lw.qkv = bf16(torch.cat([weights[a + n + ".weight"] for n in ("q_proj", "k_proj", "v_proj")]))
+                lw.q_norm = f32(weights[a + "q_norm.weight"])
+                lw.k_norm = f32(weights[a + "k_norm.weight"])
+                lw.o_proj = bf16(weights[a + "o_proj.weight"])
+            lw.k = _kernel_views(lw)
+            self.layers.append(lw)
+        self.k = {
+            "embed": as_kernel_array(words(self.embed).view(-1)),
+            "lm_head": as_kernel_array(words(self.lm_head).view(-1)),
+            "final_norm": as_kernel_array(self.final_norm),
+            "inv_freq": as_kernel_array(self.inv_freq),
+        }
+
+    def nbytes(self) -> int:
+        seen, total = set(), 0
+        for t in [self.embed, self.lm_head, self.final_norm, self.inv_freq] + [
+                v for lw in self.layers for v in vars(lw).values() if isinstance(v, torch.Tensor)]:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total
+
+
+def _kernel_views(lw: LayerWeights) -> dict:
+    out = {}
+    for name, t in vars(lw).items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        out[name] = as_kernel_array(words(t).view(-1) if t.dtype == torch.bfloat16 else t)
+    return out
+
+
+class DeviceState:
+    """The decode state in stacked device buffers (see the module docstring)."""
+
+    def __init__(self, config: Qwen35Config, device: torch.device, capacity: int):
+        c = config
+        if capacity > c.max_position_embeddings:
+            raise ContextTooLongError(f"context too long: capacity {capacity} exceeds max_position_embeddings = "
+                                      f"{c.max_position_embeddings}")
+        self.config, self.capacity, self.length = c, capacity, 0
+        self.linear_index = {layer: j for j, layer in enumerate(c.linear_layers)}
+        self.full_index = {layer: j for j, layer in enumerate(c.full_layers)}
+        n_lin, n_full = len(c.linear_layers), len(c.full_layers)
+        self.conv = torch.zeros(n_lin, c.conv_dim, c.linear_conv_kernel_dim - 1, device=device)
+        self.rec = torch.zeros(n_lin, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim,
+                               device=device)
+        shape = (n_full, c.num_key_value_heads, capacity, c.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=torch.bfloat16, device=device)
+        self.v_cache = torch.zeros(shape, dtype=torch.bfloat16, device=device)
+        self.position = torch.zeros(1, dtype=torch.int32, device=device)  # == length, for graph replays
+        self.k = {
+            "conv": [as_kernel_array(self.conv[j]) for j in range(n_lin)],
+            "rec": [as_kernel_array(self.rec[j]) for j in range(n_lin)],
+            "k_cache": [as_kernel_array(halves(self.k_cache[j])) for j in range(n_full)],
+            "v_cache": [as_kernel_array(halves(self.v_cache[j])) for j in range(n_full)],
+            "position": as_kernel_array(self.position),
+        }
+
+    def check_room(self, extra: int = 1) -> None:
+        if self.length + extra > self.capacity:
+            raise ContextTooLongError(
+                f"context too long: {self.length + extra} positions exceed this decoder's KV-cache capacity "
+                f"{self.capacity} (pass a larger max_context when loading, up to max_position_embeddings = "
+                f"{self.config.max_position_embeddings})")
+
+    def load_reference(self, ref: DecodeState) -> None:
+        """Copy a reference DecodeState (e.g. after a reference prefill) into these buffers."""
+        if ref.length > self.capacity:
+            raise ContextTooLongError(f"context too long: a state of {ref.length} positions does not fit this "
+                                      f"decoder's KV-cache capacity {self.capacity}")
+        for layer, j in self.linear_index.items():
+            self.conv[j].copy_(ref.conv[layer].float())
+            self.rec[j].copy_(ref.recurrent[layer].float())
+        for layer, j in self.full_index.items():
+            self.k_cache[j, :, : ref.length].copy_(ref.k_cache[layer][:, : ref.length].to(torch.bfloat16))
+            self.v_cache[j, :, : ref.length].copy_(ref.v_cache[layer][:, : ref.length].to(torch.bfloat16))
+        self.length = ref.length
+        self.position.fill_(ref.length)
+
+    def to_reference(self) -> DecodeState:
+        """The same contents as a reference DecodeState (for comparisons), on the CPU."""
+        s = DecodeState(length=self.length)
+        for layer, j in self.linear_index.items():
+            s.conv[layer] = self.conv[j].cpu().clone()
+            s.recurrent[layer] = self.rec[j].cpu().clone()
+        for layer, j in self.full_index.items():
+            s.k_cache[layer] = self.k_cache[j, :, : self.length].cpu().clone()
+            s.v_cache[layer] = self.v_cache[j, :, : self.length].cpu().clone()
+        return s
+
+
+__all__ = ["DeviceState", "DeviceWeights", "LayerWeights", "UnsupportedConfigError", "check_supported", "FULL"]
