@@ -26,8 +26,13 @@ but the stock simulator has gaps that make some tests pass for the wrong reason:
 * a launch where every live thread waits on a barrier that can never complete (divergent
   ``syncthreads``, a warp op only some lanes reach, a block that returned before a grid sync)
   fails with ``SimulatorDeadlock`` instead of hanging;
+* spin-waits between blocks work (an atomic counter polled until the other blocks arrive):
+  the blocks really run at the same time, and atomics, fences and ``nanosleep`` yield the
+  GIL so that a spinning thread does not starve the one it waits for;
+* a launch still running after ``LAUNCH_TIMEOUT`` seconds (an endless loop) is aborted;
 * a launch of more than ``MAX_SIM_THREADS`` threads is refused: each simulated thread is a
   Python thread, so big launches take minutes.  Tests must use tiny configurations;
+* ``max_cooperative_grid_blocks`` returns how many blocks fit under ``MAX_SIM_THREADS``;
 * shared and local arrays start filled with 0xFF bytes (NaN for floats, -1 for ints) instead of
   whatever ``np.empty`` returns, so reading memory no thread wrote shows up in results;
 * common float32 ``libdevice`` functions get Python fallbacks (see ``LIBDEVICE_FALLBACKS``);
@@ -48,6 +53,10 @@ Limits that remain (write kernels so they do not matter):
 * libdevice functions without a fallback still return ``None``: use ``math.*`` for those.
 * ``cuda.external_stream`` raises in the simulator (there are no streams); launch on the
   default stream when ``numba.config.ENABLE_CUDASIM`` is set.
+* ``cuda.grid``/``threadIdx`` give Python ints, and array elements are NumPy scalars: integer
+  overflow and signedness can differ from the GPU's 32/64-bit arithmetic.
+* cost: ~0.1-0.3 ms to start each simulated thread, ~20-30 us per thread per barrier or
+  warp exchange; a 64x64 warp-per-row matvec on 2x128 threads takes ~0.15 s.
 * one launch at a time; Python floats stay float64 (``math.exp(x)`` returns a Python float in the
   simulator, float32 on the GPU), so float64 promotion is caught by ``megakernel.ptx_check``,
   not here.
@@ -82,6 +91,9 @@ SWITCH_INTERVAL = 5e-3
 # consecutive looks everything must be stuck before the launch is declared deadlocked.
 WATCHDOG_PERIOD = 0.25
 WATCHDOG_STRIKES = 4
+# A launch still running after this many seconds is aborted (a spin-wait that never ends
+# hangs on the GPU too, but a test suite should fail instead).  None: no limit.
+LAUNCH_TIMEOUT: float | None = 600.0
 # After an error, how long the other threads get to notice before they are interrupted.
 ABORT_GRACE = 2.0
 
@@ -472,9 +484,32 @@ class _Cg:
         return self._group
 
 
+_ATOMIC_OPS = (
+    "add", "sub", "and_", "or_", "xor", "inc", "dec", "exch", "max", "min",
+    "nanmax", "nanmin", "compare_and_swap", "cas",
+)
+
+
 def _make_module_class():
     """Built lazily: importing this module must not import numba.cuda."""
-    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+    from numba.cuda.simulator.kernelapi import FakeCUDAAtomic, FakeCUDAModule
+
+    def _yielding(op):
+        def atomic(self, *args):
+            res = op(self, *args)
+            time.sleep(0)  # let other threads run: atomics are what spin-waits poll
+            return res
+
+        atomic.__name__ = op.__name__
+        return atomic
+
+    # A thread spinning on a flag (a hand-made inter-block barrier) would otherwise keep the
+    # GIL for a whole switch interval per turn while the thread it waits for cannot run.
+    YieldingAtomic = type(
+        "YieldingAtomic",
+        (FakeCUDAAtomic,),
+        {name: _yielding(getattr(FakeCUDAAtomic, name)) for name in _ATOMIC_OPS},
+    )
 
     class HonestCUDAModule(FakeCUDAModule):
         """The object that replaces ``cuda`` inside a kernel during a launch."""
@@ -483,6 +518,21 @@ def _make_module_class():
             super().__init__(grid_dim, block_dim, 0)
             self._cg = _Cg(launch.grid_barrier)
             self._local = _Local()
+            self._atomic = YieldingAtomic()
+
+        # Fences order memory on the GPU; here memory is always coherent, but they often sit
+        # in spin-wait loops, so they yield the GIL like atomics do.
+        def threadfence(self):
+            time.sleep(0)
+
+        def threadfence_block(self):
+            time.sleep(0)
+
+        def threadfence_system(self):
+            time.sleep(0)
+
+        def nanosleep(self, ns):
+            time.sleep(0)
 
         @property
         def shared(self):
@@ -655,12 +705,18 @@ class _Launch:
                                     _SimThread(self, block, tid, Dim3(x, y, z), bidx, fn, args)
                                 )
         self.live = len(self.threads)
-        for n, th in enumerate(self.threads):
-            if self.error is not None:  # no point starting the rest
-                for rest in self.threads[n:]:
-                    self.thread_done(rest)
-                break
-            th.start()
+        # Threads start one by one and run at once (gating them all behind one event was
+        # measured 2-3x slower for big launches: thousands of threads waking together).
+        try:
+            for th in self.threads:
+                if self.error is not None:
+                    break  # no point starting the rest
+                th.start()
+        except BaseException as exc:  # e.g. the OS refuses more threads
+            self.fail(None, exc)
+        for th in self.threads:
+            if th.ident is None:  # never started
+                self.thread_done(th)
         self._wait()
         if self.error is not None:
             self._raise()
@@ -668,7 +724,17 @@ class _Launch:
     def _wait(self):
         strikes = 0
         aborted_at = None
+        started = time.monotonic()
         while not self.done.wait(WATCHDOG_PERIOD):
+            if (
+                self.error is None
+                and LAUNCH_TIMEOUT is not None
+                and time.monotonic() - started > LAUNCH_TIMEOUT
+            ):
+                self.fail(None, SimulatorDeadlock(
+                    f"kernel {self.name} still running after {LAUNCH_TIMEOUT} s "
+                    "(simulator.LAUNCH_TIMEOUT): endless loop or spin-wait?"
+                ))
             if self.error is not None:
                 aborted_at = aborted_at or time.monotonic()
                 if time.monotonic() - aborted_at > ABORT_GRACE:
@@ -751,6 +817,11 @@ def _launch(kernel, args):
     block_threads = block_dim[0] * block_dim[1] * block_dim[2]
     nthreads = block_threads * grid_dim[0] * grid_dim[1] * grid_dim[2]
     name = getattr(kernel.fn, "__qualname__", "kernel")
+    if nthreads == 0:
+        raise SimulatorLimitError(
+            f"{name}: grid {tuple(grid_dim)} x block {tuple(block_dim)} launches no thread "
+            "(the GPU rejects this configuration)"
+        )
     if block_threads > 1024:
         raise SimulatorLimitError(
             f"{name}: a CUDA block has at most 1024 threads, got block {tuple(block_dim)}"
@@ -884,16 +955,18 @@ _GPU_ONLY_JIT_OPTIONS = ("lineinfo", "launch_bounds", "forceinline", "lto", "max
 
 
 def _kernel_call(self, *args):
-    """Replacement for FakeCUDAKernel.__call__."""
-    from numba.cuda.simulator import kernel as kmod
+    """Replacement for FakeCUDAKernel.__call__: launches, and device-function calls.
 
-    if self._device or kmod._kernel_context:
-        launch = _active_launch
-        if launch is None:
-            return _saved["kernel_call"](self, *args)
+    A device function called during a launch runs directly: its module's ``cuda`` is swapped
+    for the launch's module once, on first use, instead of on every call as the stock
+    simulator does (device functions are called per element, so this matters)."""
+    launch = _active_launch
+    if launch is not None and (self._device or isinstance(threading.current_thread(), _SimThread)):
         if id(self.fn.__globals__) not in launch.swapped:
             launch.swap_in(self.fn)
         return self.fn(*args)
+    if self._device:  # called from host code
+        return _saved["kernel_call"](self, *args)
     return _launch(self, args)
 
 

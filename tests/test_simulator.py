@@ -331,8 +331,60 @@ def test_launch_limits():
         noop[64, 256](np.zeros(1))
     with pytest.raises(simulator.SimulatorLimitError, match="1024"):
         noop[1, 2048](np.zeros(1))
+    with pytest.raises(simulator.SimulatorLimitError, match="no thread"):
+        noop[0, 32](np.zeros(1))
     blocks = noop.overloads["void(float64[::1])"].max_cooperative_grid_blocks(128)
     assert blocks == simulator.MAX_SIM_THREADS // 128
+
+
+@cuda.jit
+def flag_barrier(flag, data, out, nrounds):
+    """A hand-made inter-block barrier (atomic counter + spin-wait), as megakernels use."""
+    t = cuda.threadIdx.x
+    g = cuda.grid(1)
+    for r in range(nrounds):
+        data[g] = r * 1000 + g
+        cuda.syncthreads()
+        if t == 0:
+            cuda.threadfence()
+            cuda.atomic.add(flag, 0, 1)
+            while cuda.atomic.add(flag, 0, 0) < (r + 1) * cuda.gridDim.x:
+                pass
+        cuda.syncthreads()
+        out[g] = data[(g + cuda.blockDim.x) % cuda.gridsize(1)]
+        cuda.syncthreads()
+        if t == 0:
+            cuda.atomic.add(flag, 1, 1)
+            while cuda.atomic.add(flag, 1, 0) < (r + 1) * cuda.gridDim.x:
+                pass
+        cuda.syncthreads()
+
+
+def test_spin_wait_between_blocks():
+    # With blocks run one after another (stock simulator) block 0 would spin forever.
+    nb, nt = 3, 32
+    flag, data, out = np.zeros(2, np.int64), np.zeros(nb * nt, np.int64), np.zeros(nb * nt, np.int64)
+    run_with_timeout(lambda: flag_barrier[nb, nt](flag, data, out, 5))
+    g = np.arange(nb * nt)
+    np.testing.assert_array_equal(out, 4000 + (g + nt) % (nb * nt))
+
+
+@cuda.jit
+def spin_forever(flag):
+    while flag[0] == 0:
+        pass
+
+
+def test_endless_loop_hits_launch_timeout(monkeypatch):
+    monkeypatch.setattr(simulator, "LAUNCH_TIMEOUT", 1.0)
+    monkeypatch.setattr(simulator, "ABORT_GRACE", 0.5)
+    with pytest.raises(simulator.SimulatorDeadlock, match="still running after"):
+        run_with_timeout(lambda: spin_forever[1, 4](np.zeros(1, np.int32)), timeout=60)
+    # the spinning threads were interrupted, not left running
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("cudasim") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "simulated threads still alive"
+        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------------------
