@@ -43,8 +43,9 @@ API (``w``: a 32-bit word, any integer type; ``f``: float32)
 ``fast_exp``, ``fast_sigmoid`` ``__expf``-based (``ex2.approx``), a few ulp
 =============================  ==========================================================
 
-Vector loads: the address must be a multiple of the load size, so the array's base must be
-16-byte aligned (8 for ``load_u32x2``) and ``i`` counts whole vectors.  Allocations from torch
+Vector loads take 1-D C-contiguous arrays; a row ``w[r]`` or a slice ``w[a:b]`` of a
+C-contiguous array qualifies.  The address must be a multiple of the load size, so the
+array's base must be 16-byte aligned (8 for ``load_u32x2``) and ``i`` counts whole vectors.  Allocations from torch
 and Numba are 256-byte aligned; a slice or a row of a matrix is aligned only if its offset is
 (e.g. rows of a bf16 matrix need a column count that is a multiple of 8).  There is no
 bounds check and no negative-index wraparound on the GPU (the simulator checks both, and
@@ -52,7 +53,15 @@ alignment, and raises).
 
 Warp functions need all 32 lanes of a warp to call them together (full-mask shuffles), so
 launch blocks whose size is a multiple of 32.  Shuffles move int32, int64, float32 and
-float64 only: pass indices as int32/int64, not uint32.
+float64 only: pass indices as int32/int64, not uint32 (and Numba widens int32 sums to
+int64).  Every lane gets bit-identical results (up to the sign of a zero in ``warp_max``);
+the simulator replays the same xor butterfly in NumPy after one warp exchange, so it
+produces the GPU's bits too (checked on an H100 with
+``NUMBA_ENABLE_CUDASIM=0 pytest tests/test_device_functions.py``).
+
+bf16 NaN: torch's CPU conversion writes 0xFFFF, its CUDA conversion and ``cvt.rn.bf16.f32``
+0x7FFF; ``f32_to_bf16_bits`` writes 0x7FFF and matches torch bit for bit on everything else
+(ties to even, denormals, overflow to inf).
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ import math
 import numpy as np
 from numba import config
 from numba import cuda
-from numba.cuda import float32, int32, uint32
+from numba.cuda import float32, uint32
 
 WARP_SIZE = 32
 FULL_MASK = 0xFFFFFFFF
@@ -453,6 +462,3 @@ def rsqrt(x):
     # Correctly rounded sqrt and division (not rsqrt.approx): matches torch.rsqrt closely.
     return float32(1) / _sqrtf(x)
 
-
-# Silence "imported but unused" for names kept for kernels that import them from here.
-_ = (int32,)

@@ -20,8 +20,8 @@ simulator cannot see.  Three common ones are visible at compile time:
 
 * it needs the plain Python function (``kernel.py_func``), and it cannot run in a process
   where the simulator is on (``cuda.jit`` then makes simulator objects).  The test suite runs
-  with ``NUMBA_ENABLE_CUDASIM=1``, so tests check kernels in a subprocess:
-  ``check_in_subprocess("megakernel.kernels.matvec")``;
+  with ``NUMBA_ENABLE_CUDASIM=1``, so there ``check_module_kernels("megakernel.kernels.matvec")``
+  runs the check in a subprocess with the simulator off;
 * kernels that call ``@cuda.jit(device=True)`` functions make Numba ask the *current GPU* for
   its compute capability; while compiling we answer (9, 0).
 
@@ -33,7 +33,17 @@ A kernel module opts in by listing its kernels and the signatures to check::
     PTX_CHECK_OPTIONS = {"matvec_bf16": {"max_spill_bytes": 0}}   # optional, per kernel
 
 and ``python -m megakernel.ptx_check megakernel.kernels.matvec`` (or a path to a .py file)
-prints one line per kernel and exits non-zero if any check fails.
+prints one line per kernel and exits non-zero if any check fails.  Per-kernel options are
+``check_ptx``'s (``allow_f64``, ``allow_local``, ``max_spill_bytes``, ``max_stack_bytes``) and
+the compiler's (``fastmath``, ``lineinfo``, ``launch_bounds``).  Register counts depend on
+launch bounds: without them ptxas may use up to 255 registers per thread, so give the
+kernel's real block size (``launch_bounds=512``) when occupancy matters.
+
+API: ``compile_ptx_sm90(pyfunc, signature) -> str``; ``check_ptx(ptx, name, ...) -> PtxReport``
+(raises ``AssertionError``); ``check_kernel(name, pyfunc, signature, **options)``;
+``check_kernels([(name, pyfunc, signature[, options]), ...])`` prints the table;
+``check_module_kernels(module)``; ``check_in_subprocess(*modules)``; ``assemble(ptx)`` and
+``parse_ptxas_log(log)`` for the raw resource report.
 
 If nvJitLink cannot be loaded, ``ptxas`` from ``PATH`` (or ``/usr/local/bin``) is used when
 present; an older ptxas that rejects the PTX ISA version gets the PTX with its ``.version``
@@ -442,8 +452,16 @@ def module_items(target: str) -> list[tuple]:
 
 
 def check_module_kernels(target: str, raise_on_failure=True, print_table=True) -> list[PtxReport]:
-    """Check every kernel a module lists in ``PTX_SIGNATURES`` (in this process: the
-    simulator must be off)."""
+    """Check every kernel a module (dotted name or .py path) lists in ``PTX_SIGNATURES``.
+
+    With the simulator on (the test suite), this runs in a subprocess with it off."""
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+        reports = check_in_subprocess(target, raise_on_failure=raise_on_failure)
+        if print_table:
+            print(format_table(reports))
+        return reports
     return check_kernels(module_items(target), raise_on_failure, print_table)
 
 
@@ -452,12 +470,11 @@ def check_module_kernels(target: str, raise_on_failure=True, print_table=True) -
 # --------------------------------------------------------------------------------------
 
 
-def check_in_subprocess(*targets: str, timeout: float = 900, raise_on_failure=True) -> list[dict]:
-    """Run ``check_module_kernels`` for each target in a fresh process with the simulator off.
+def check_in_subprocess(*targets: str, timeout: float = 900, raise_on_failure=True) -> list[PtxReport]:
+    """Check the kernels of each target in a fresh process with the simulator off.
 
-    Returns the reports as dicts (keys of ``PtxReport``, including ``ptx`` and ``problems``).
     Raises ``AssertionError`` with the table and the failures if any kernel fails (its
-    ``reports`` attribute holds all the reports).
+    ``reports`` attribute holds all the reports, PTX included).
     """
     env = dict(os.environ)
     env["NUMBA_ENABLE_CUDASIM"] = "0"
@@ -472,11 +489,10 @@ def check_in_subprocess(*targets: str, timeout: float = 900, raise_on_failure=Tr
             raise RuntimeError(
                 f"PTX check subprocess failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
             )
-        reports = json.loads(out.read_text())
-    failed = [r for r in reports if r["problems"]]
+        reports = [PtxReport(**r) for r in json.loads(out.read_text())]
+    failed = [r for r in reports if not r.ok]
     if failed and raise_on_failure:
-        reps = [PtxReport(**r) for r in failed]
-        error = AssertionError(proc.stdout + "\n" + failure_message(reps))
+        error = AssertionError(format_table(reports) + "\n" + failure_message(failed))
         error.reports = reports  # for callers that want to look closer
         raise error
     return reports

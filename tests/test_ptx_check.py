@@ -115,69 +115,70 @@ PTX_CHECK_OPTIONS = {"spiller": {"launch_bounds": (1024, 2), "allow_f64": True}}
 
 @pytest.fixture(scope="module")
 def checked():
+    # In this (simulator) process the check runs in a subprocess with the simulator off.
     with pytest.raises(AssertionError) as err:
-        ptx_check.check_in_subprocess(__file__)
-    reports = {r["name"]: r for r in err.value.reports}
+        ptx_check.check_module_kernels(__file__, print_table=False)
+    reports = {r.name: r for r in err.value.reports}
     return reports, str(err.value)
 
 
 def needs_assembler(rep):
-    if rep["registers"] is None:
-        pytest.skip(f"no PTX assembler here: {rep['assembler']}")
+    if rep.registers is None:
+        pytest.skip(f"no PTX assembler here: {rep.assembler}")
 
 
 def test_float64_literal_is_caught(checked):
     reports, message = checked
     rep = reports["f64_literal"]
-    assert rep["f64_lines"] and any(".f64" in line for line in rep["f64_lines"])
-    assert "float64" in rep["problems"][0]
+    assert rep.f64_lines and any(".f64" in line for line in rep.f64_lines)
+    assert "float64" in rep.problems[0]
     assert "kernel f64_literal[" in message and "cvt.f64.f32" in message
 
 
 def test_runtime_indexed_local_array_is_caught(checked):
     reports, message = checked
     rep = reports["local_array"]
-    assert any("ld.local" in line for line in rep["local_lines"])
-    assert not rep["f64_lines"]
+    assert any("ld.local" in line for line in rep.local_lines)
+    assert not rep.f64_lines
     assert "kernel local_array[" in message and "local-memory" in message
 
 
 def test_clean_matvec_passes_with_vector_loads_and_shuffles(checked):
     reports, message = checked
     rep = reports["matvec_bf16"]
-    assert rep["problems"] == [], rep["problems"]
-    ptx = rep["ptx"]
+    assert rep.problems == [], rep.problems
+    ptx = rep.ptx
     assert "ld.global.v4.u32" in ptx or "ld.global.nc.v4.u32" in ptx
     assert "ld.global.v4.f32" in ptx or "ld.global.nc.v4.f32" in ptx
     assert "shfl.sync.bfly" in ptx
     assert "kernel matvec_bf16[" not in message
     needs_assembler(rep)
-    assert rep["registers"] > 0 and rep["spill_store_bytes"] == 0 == rep["spill_load_bytes"]
+    assert rep.registers > 0 and rep.spill_store_bytes == 0 == rep.spill_load_bytes
 
 
 def test_device_helpers_compile_without_float64_or_local_memory(checked):
     reports, _ = checked
     rep = reports["every_device_helper"]
-    assert rep["problems"] == [], rep["problems"]
-    assert "shfl.sync" in rep["ptx"] and "bar.sync" in rep["ptx"]
-    assert "ld.global.v2.u32" in rep["ptx"] or "ld.global.nc.v2.u32" in rep["ptx"]
+    assert rep.problems == [], rep.problems
+    assert "shfl.sync" in rep.ptx and "bar.sync" in rep.ptx
+    assert "ld.global.v2.u32" in rep.ptx or "ld.global.nc.v2.u32" in rep.ptx
 
 
 def test_grid_barrier_kernel_assembles(checked):
     reports, _ = checked
     rep = reports["grid_barrier"]
-    assert rep["problems"] == [], rep["problems"]
+    assert rep.problems == [], rep.problems
     needs_assembler(rep)  # linked against the device runtime (cudadevrt)
-    assert rep["registers"] > 0
+    assert rep.registers > 0
 
 
 def test_register_spills_are_caught(checked):
     reports, message = checked
     rep = reports["spiller"]
     needs_assembler(rep)
-    assert rep["registers"] <= 32
-    assert rep["spill_store_bytes"] > 0 and rep["spill_load_bytes"] > 0
-    assert "register spills" in rep["problems"][0] and "kernel spiller[" in message
+    assert rep.registers <= 32
+    assert rep.spill_store_bytes > 0 and rep.spill_load_bytes > 0
+    assert "register spills" in rep.problems[0] and "kernel spiller[" in message
 
 
 def test_table_lists_every_kernel(checked):
