@@ -278,19 +278,11 @@ else:
     # ----------------------------------------------------------------------------------
     # Simulator: plain Python on NumPy scalars
     # ----------------------------------------------------------------------------------
-    import struct
-
     from megakernel import simulator as _sim
+    from megakernel.simulator import bits_to_f32, f32_to_bits
 
-    _U32 = struct.Struct("<I")
     # bf16 bits -> float32, for all 65536 patterns: an exact bit cast at table-lookup speed.
     _BF16 = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
-
-    def bits_to_f32(u):
-        return np.frombuffer(_U32.pack(int(u) & 0xFFFFFFFF), np.float32)[0]
-
-    def f32_to_bits(f):
-        return np.float32(f).view(np.uint32)
 
     def bf16_lo(w):
         return _BF16[int(w) & 0xFFFF]

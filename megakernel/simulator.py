@@ -48,6 +48,9 @@ Limits that remain (write kernels so they do not matter):
 * call warp primitives as ``cuda.shfl_xor_sync(...)``: the simulator swaps the module object
   named ``cuda`` in the kernel's globals, so ``from numba.cuda import shfl_xor_sync`` cannot
   work.  Likewise use ``libdevice.expf(x)`` after ``from numba.cuda import libdevice``.
+* spin-wait on atomics (``cuda.atomic.add(flag, 0, 0)``, ``cuda.atomic.cas``), not on plain
+  loads: on the GPU the compiler may hoist a plain load out of the loop, and here a plain-load
+  spin keeps the GIL for a whole switch interval, so the threads it waits for crawl.
 * ``activemask()`` reports the lanes that exist and have not exited; the simulator cannot see
   divergence.
 * libdevice functions without a fallback still return ``None``: use ``math.*`` for those.
@@ -624,8 +627,8 @@ class _Launch:
         self.block_dim = block_dim
         self.debug = bool(getattr(kernel, "_debug", False))
         self.block_threads = block_dim[0] * block_dim[1] * block_dim[2]
-        self.nblocks = grid_dim[0] * grid_dim[1] * grid_dim[2]
-        self.nthreads = self.block_threads * self.nblocks
+        self.nthreads = self.block_threads * grid_dim[0] * grid_dim[1] * grid_dim[2]
+        self._check_config()
         self.grid_barrier = _GridBarrier(self.nthreads, "this_grid().sync()")
         self.module = _module_class()(self, grid_dim, block_dim, dynshared_size)
         self.dynshared_size = dynshared_size
@@ -637,6 +640,24 @@ class _Launch:
         self.done = threading.Event()
         self.swapped: set[int] = set()
         self.exits = ExitStack()
+
+    def _check_config(self):
+        config = f"grid {tuple(self.grid_dim)} x block {tuple(self.block_dim)}"
+        if self.nthreads == 0:
+            raise SimulatorLimitError(
+                f"{self.name}: {config} launches no thread (the GPU rejects this configuration)"
+            )
+        if self.block_threads > 1024:
+            raise SimulatorLimitError(
+                f"{self.name}: a CUDA block has at most 1024 threads, got block "
+                f"{tuple(self.block_dim)}"
+            )
+        if self.nthreads > MAX_SIM_THREADS:
+            raise SimulatorLimitError(
+                f"{self.name}: launch of {config} = {self.nthreads} threads is more than the "
+                f"simulator runs ({MAX_SIM_THREADS}, one Python thread per CUDA thread); pick a "
+                "tiny config for simulator tests (a few blocks of 32-128 threads, hidden size ~64)"
+            )
 
     # -- globals swapping for device functions ----------------------------------------
     def swap_in(self, fn):
@@ -814,26 +835,6 @@ def _launch(kernel, args):
     from numba.cuda.simulator.kernelapi import swapped_cuda_module
 
     grid_dim, block_dim = normalize_kernel_dimensions(kernel.grid_dim, kernel.block_dim)
-    block_threads = block_dim[0] * block_dim[1] * block_dim[2]
-    nthreads = block_threads * grid_dim[0] * grid_dim[1] * grid_dim[2]
-    name = getattr(kernel.fn, "__qualname__", "kernel")
-    if nthreads == 0:
-        raise SimulatorLimitError(
-            f"{name}: grid {tuple(grid_dim)} x block {tuple(block_dim)} launches no thread "
-            "(the GPU rejects this configuration)"
-        )
-    if block_threads > 1024:
-        raise SimulatorLimitError(
-            f"{name}: a CUDA block has at most 1024 threads, got block {tuple(block_dim)}"
-        )
-    if nthreads > MAX_SIM_THREADS:
-        raise SimulatorLimitError(
-            f"{name}: launch of grid {tuple(grid_dim)} x block {tuple(block_dim)} = {nthreads} "
-            f"threads is more than the simulator runs ({MAX_SIM_THREADS}, one Python thread "
-            "per CUDA thread); pick a tiny config for simulator tests (a few blocks of "
-            "32-128 threads, hidden size ~64)"
-        )
-
     launch = _Launch(kernel, grid_dim, block_dim, kernel.dynshared_size)
     retr: list = []
     fake_args = [_fake_arg(kernel, a, retr) for a in args]
@@ -890,9 +891,16 @@ def _fake_arg(kernel, arg, retr):
 # --------------------------------------------------------------------------------------
 
 _U32 = struct.Struct("<I")
-_I32 = struct.Struct("<i")
-_F32 = struct.Struct("<f")
 _f32 = np.float32
+
+
+def bits_to_f32(u) -> np.float32:
+    """float32 with the bit pattern of the low 32 bits of integer ``u`` (NaN payloads kept)."""
+    return np.frombuffer(_U32.pack(int(u) & FULL_MASK), np.float32)[0]
+
+
+def f32_to_bits(f) -> np.uint32:
+    return np.float32(f).view(np.uint32)
 
 
 def _u1(ufunc):
@@ -939,10 +947,10 @@ LIBDEVICE_FALLBACKS = {
     "fmaf": lambda x, y, z: _f32(float(_f32(x)) * float(_f32(y)) + float(_f32(z))),
     "isnanf": lambda x: int(math.isnan(x)),
     "isinff": lambda x: int(math.isinf(x)),
-    "float_as_int": lambda x: np.int32(_I32.unpack(_F32.pack(x))[0]),
-    "float_as_uint": lambda x: np.uint32(_U32.unpack(_F32.pack(x))[0]),
-    "int_as_float": lambda x: np.frombuffer(_U32.pack(int(x) & FULL_MASK), np.float32)[0],
-    "uint_as_float": lambda x: np.frombuffer(_U32.pack(int(x) & FULL_MASK), np.float32)[0],
+    "float_as_int": lambda x: f32_to_bits(x).view(np.int32),
+    "float_as_uint": f32_to_bits,
+    "int_as_float": bits_to_f32,
+    "uint_as_float": bits_to_f32,
 }
 
 
