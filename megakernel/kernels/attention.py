@@ -1,0 +1,531 @@
+"""Gated attention decode (after the fused q|k|v matvec): prepare, split attention, combine.
+
+Three launches per attention layer and token::
+
+    attn_prepare   q = rope(rms_norm(query)), k = rope(rms_norm(k)) -> KV cache (bf16) at `position`; q, gate out
+    attn_decode    flash-decoding: every block scores one split of the context for a group of query heads
+    attn_combine   merge the splits (rescale by exp(m_i - m)), normalise, times sigmoid(gate) -> o_proj input
+
+Sizes (``attention_sizes(config)``): ``Hq`` query heads, ``Hkv`` KV heads (query head ``h`` reads KV head
+``h // (Hq/Hkv)``), head dim ``Dh``, rotary dims ``R`` (the first ``R`` dims of each head, rotate_half pairing
+``i <-> i + R/2``). 0.8B: 8, 2, 256, 64.
+
+attn_prepare
+------------
+Grid: ``Hq + Hkv`` blocks of ``min(256, Dh rounded up to 32)`` threads. Block ``b < Hq`` normalises query
+head ``b`` (RMSNorm with ``(1 + q_norm_w)`` over Dh, eps), applies RoPE and writes ``q_out[b]``, and copies
+the gate half of the head to ``gate_out``; block ``Hq + j`` does the same for key head ``j`` (``k_norm_w``),
+writes it to ``k_cache[j, position]`` as bf16 (round to nearest even) and writes value head ``j`` (not normed)
+to ``v_cache[j, position]``. A thread that rotates dim ``d < R`` recomputes its partner's normalised value
+(same operations, same bits) instead of exchanging it through shared memory. The angle is
+``float32(position) * inv_freq[i]`` (fp32, as the reference), and cos/sin come from :func:`sincos`, an fp32
+Cody-Waite reduction plus polynomials accurate to about 1 ulp (libdevice's ``cosf`` drags in a float64,
+local-memory slow path for huge arguments). All arithmetic follows the reference's order, so ``q_out`` and the
+cache differ from it only through the sum of squares (another summation order) and cos/sin (a few ulp).
+
+attn_decode
+-----------
+Grid ``(Hkv, n_splits)``; block ``(j, s)`` serves the ``G = Hq/Hkv`` query heads that share KV head ``j``, so
+its keys and values are read once for all of them, over positions ``[s L / n, (s+1) L / n)`` (integer
+division: splits differ by at most one position, none is empty while ``n <= L``). Each of the block's ``NW``
+warps takes every ``NW``-th position of the split; lane ``l`` holds dims ``l, l+32, l+64, ...`` of the ``G``
+queries (registers), so a warp reads a key or value row as ``Dh/32`` coalesced 64-byte runs. Per position:
+``G`` dot products (warp shuffle sums) scaled by ``1/sqrt(Dh)``, then the online softmax per head: running max
+``m``, ``l = sum exp(s - m)`` and ``acc = sum exp(s - m) v`` (rescaled by ``exp(m_old - m_new)`` when the max
+moves). The warps then merge through shared memory and the block writes, per query head, ``(m, l)`` to
+``partial_ml[h, s]`` and the unnormalised ``acc`` to ``partial_o[h, s]``. Bytes: ``2 * Hkv * L * Dh * 2``
+(K and V, bf16) plus ``Hq * n * (Dh + 2) * 4`` of partials: 2 KB per position at the 0.8B shapes.
+
+attn_combine
+------------
+Grid ``Hq`` blocks; block ``h`` takes ``m = max_i m_i``, weights ``w_i = exp(m_i - m)`` (0 for an empty
+split), ``L = sum_i l_i w_i`` and writes ``out[h*Dh + d] = (sum_i acc_i[d] w_i) / L * sigmoid(gate[h*Dh + d])``.
+
+:func:`attention_splits` picks ``n_splits``: one per ``positions_per_split`` (128) positions, at most
+``MAX_SPLITS`` (128), so a 4k context gives ``2 x 32`` blocks and 32k gives ``2 x 128``.
+
+Layouts (all kernel arrays from ``launch.as_kernel_array``, C-contiguous): KV caches are 3-D int16
+``[Hkv, capacity, Dh]`` (``launch.halves`` of a bf16 cache); ``q_out`` / ``q`` fp32 ``[Hq, Dh]``;
+``gate_out`` / ``gate`` / ``out`` fp32 ``[Hq * Dh]``; ``partial_ml`` fp32 ``[Hq, S, 2]`` and ``partial_o`` fp32
+``[Hq, S, Dh]`` for any ``S >= n_splits`` (allocate ``S = MAX_SPLITS`` once).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from fractions import Fraction
+
+import numpy as np
+from numba import cuda
+from numba.cuda import float32, int16, int32, uint32
+
+from megakernel import device as D
+from megakernel import launch
+
+__all__ = [
+    "attn_prepare",
+    "attn_decode",
+    "attn_combine",
+    "attention_splits",
+    "attention_sizes",
+    "sincos",
+    "MAX_SPLITS",
+    "POSITIONS_PER_SPLIT",
+    "PTX_SIGNATURES",
+]
+
+MAX_SPLITS = 128
+POSITIONS_PER_SPLIT = 128
+MAX_ANGLE = 4.0e6  # sincos reduces arguments exactly below ~2^22 * pi / 2
+
+
+def attention_sizes(config) -> tuple[int, int, int, int]:
+    """``(Hq, Hkv, Dh, R)`` of a ``reference.Qwen35Config``: the size arguments of the attention wrappers."""
+    return config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.rotary_dim
+
+
+def attention_splits(length: int, positions_per_split: int = POSITIONS_PER_SPLIT, max_splits: int = MAX_SPLITS) -> int:
+    """How many splits of the context ``attn_decode`` should use for ``length`` positions (>= 1)."""
+    if length < 1:
+        raise ValueError(f"attention needs at least one cached position, got length {length}")
+    return max(1, min(max_splits, -(-length // positions_per_split)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Device helpers: fma, fp32 sin/cos, bf16 bits for an int16 cache
+# --------------------------------------------------------------------------------------------------------------
+
+if D.SIMULATOR:
+
+    def _fma(a, b, c):
+        # a*b is exact in float64 (24 x 24 bits); one rounding there and one to float32 (a true fma rounds
+        # once: the two differ only in rare halfway cases, which do not matter for the uses below).
+        return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
+else:
+
+    @cuda.jit(device=True)
+    def _fma(a, b, c):
+        return cuda.fma(a, b, c)
+
+
+def _split_pio2():
+    """pi/2 as three float32 pieces (Cody-Waite), from a 60-digit rational pi."""
+    pi = Fraction("3.141592653589793238462643383279502884197169399375105820974944")
+    rest = pi / 2
+    parts = []
+    for _ in range(3):
+        p = np.float32(float(rest))
+        parts.append(p)
+        rest -= Fraction(float(p))
+    return parts
+
+
+_PIO2_1, _PIO2_2, _PIO2_3 = (np.float32(-p) for p in _split_pio2())
+_TWO_OVER_PI = np.float32(2 / math.pi)
+_ROUND_MAGIC = np.float32(12582912.0)  # 1.5 * 2^23: adding it rounds to an integer
+# Taylor coefficients on [-pi/4, pi/4] (truncation error < 1e-11, far below float32 rounding)
+_S3, _S5, _S7, _S9, _S11 = (np.float32(c) for c in (-1 / 6, 1 / 120, -1 / 5040, 1 / 362880, -1 / 39916800))
+_C2, _C4, _C6, _C8, _C10, _C12 = (
+    np.float32(c) for c in (-1 / 2, 1 / 24, -1 / 720, 1 / 40320, -1 / 3628800, 1 / 479001600)
+)
+
+
+@cuda.jit(device=True)
+def sincos(a):
+    """(sin a, cos a) for float32 ``a`` with ``|a| < MAX_ANGLE``, absolute error ~1e-7 (about 1 ulp).
+
+    ``a = j pi/2 + r``: ``j = rint(a 2/pi)``, ``r`` by a three-piece fma reduction (the first step is exact),
+    then polynomials in ``r`` on [-pi/4, pi/4] and the quadrant ``j mod 4`` picks signs and swaps."""
+    j = _fma(a, _TWO_OVER_PI, _ROUND_MAGIC) - _ROUND_MAGIC
+    r = _fma(j, _PIO2_1, a)
+    r = _fma(j, _PIO2_2, r)
+    r = _fma(j, _PIO2_3, r)
+    r2 = r * r
+    ps = _fma(_fma(_fma(_fma(_S11, r2, _S9), r2, _S7), r2, _S5), r2, _S3)
+    sin_r = _fma(ps * r2, r, r)
+    pc = _fma(_fma(_fma(_fma(_fma(_C12, r2, _C10), r2, _C8), r2, _C6), r2, _C4), r2, _C2)
+    cos_r = _fma(pc, r2, float32(1))
+    quadrant = int32(j) & int32(3)
+    if quadrant == 0:
+        return sin_r, cos_r
+    if quadrant == 1:
+        return cos_r, -sin_r
+    if quadrant == 2:
+        return -sin_r, -cos_r
+    return -cos_r, sin_r
+
+
+@cuda.jit(device=True)
+def _bf16_i16(x):
+    """float32 -> bf16 (round to nearest even) as the int16 a torch bf16 tensor viewed as int16 holds."""
+    b = D.f32_to_bf16_bits(x)
+    return int16(int32(b) - int32((b & uint32(0x8000)) << uint32(1)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _threads_for(n: int) -> int:
+    return min(256, 32 * ((n + 31) // 32))
+
+
+@functools.lru_cache(maxsize=None)
+def prepare_kernel(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
+    """``attn_prepare`` for one size tuple; launch as ``[Hq + Hkv, T]`` with
+    ``(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out)``."""
+    HALF = R // 2
+    K_OFF = Hq * 2 * Dh  # proj = [q|gate per head (Hq 2 Dh) | k (Hkv Dh) | v (Hkv Dh)]
+    V_OFF = K_OFF + Hkv * Dh
+    EPS = np.float32(eps)
+    DH_F = np.float32(Dh)
+
+    @cuda.jit
+    def attn_prepare_k(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out):
+        scratch = cuda.shared.array(32, float32)
+        b = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        is_q = b < Hq
+        j = b - Hq
+        base = b * 2 * Dh if is_q else K_OFF + j * Dh
+        acc = float32(0)
+        for d in range(tid, Dh, T):
+            x = proj[base + d]
+            acc += x * x
+        r = D.rsqrt(D.block_sum(acc, scratch) / DH_F + EPS)
+        pos = float32(position)
+        for d in range(tid, Dh, T):
+            w = q_norm_w[d] if is_q else k_norm_w[d]
+            y = proj[base + d] * r * (float32(1) + w)
+            if d < R:
+                lo = d < HALF
+                p = d + HALF if lo else d - HALF
+                wp = q_norm_w[p] if is_q else k_norm_w[p]
+                yp = proj[base + p] * r * (float32(1) + wp)
+                sn, cs = sincos(pos * inv_freq[d if lo else p])
+                if lo:
+                    y = y * cs + (-yp) * sn  # x * cos + rotate_half(x) * sin, rotate_half = [-x2, x1]
+                else:
+                    y = y * cs + yp * sn
+            if is_q:
+                q_out[b, d] = y
+                gate_out[b * Dh + d] = proj[base + Dh + d]
+            else:
+                k_cache[j, position, d] = _bf16_i16(y)
+                v_cache[j, position, d] = _bf16_i16(proj[V_OFF + j * Dh + d])
+
+    return attn_prepare_k
+
+
+def _decode_warps(Hq, Hkv, Dh):
+    """Warps per attn_decode block: 8, fewer if the per-warp partials would not fit in 40 KB of shared memory."""
+    G = Hq // Hkv
+    return max(1, min(8, 40960 // (4 * G * Dh + 8 * G)))
+
+
+@functools.lru_cache(maxsize=None)
+def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int):
+    """``attn_decode`` for one size tuple and ``NW`` warps per block; launch as ``[(Hkv, n_splits), 32 NW]``
+    with ``(q, k_cache, v_cache, length, n_splits, partial_ml, partial_o)``."""
+    G = Hq // Hkv
+    E = -(-Dh // 32)  # dims per lane
+    EXACT = Dh % 32 == 0
+    T = 32 * NW
+    SCALE = np.float32(Dh**-0.5)
+    NEG_INF = np.float32(-np.inf)
+
+    @cuda.jit
+    def attn_decode_k(q, k_cache, v_cache, length, n_splits, partial_ml, partial_o):
+        sm_m = cuda.shared.array((NW, G), float32)
+        sm_l = cuda.shared.array((NW, G), float32)
+        sm_acc = cuda.shared.array((NW, G, Dh), float32)
+        kvh = cuda.blockIdx.x
+        split = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        lane = tid % 32
+        warp = tid // 32
+        h0 = kvh * G
+        start = (split * length) // n_splits
+        end = ((split + 1) * length) // n_splits
+
+        qr = cuda.local.array((G, E), float32)
+        acc = cuda.local.array((G, E), float32)
+        kv = cuda.local.array(E, float32)
+        vv = cuda.local.array(E, float32)
+        dots = cuda.local.array(G, float32)
+        m_run = cuda.local.array(G, float32)
+        l_run = cuda.local.array(G, float32)
+        for g in range(G):
+            m_run[g] = NEG_INF
+            l_run[g] = float32(0)
+            for e in range(E):
+                d = lane + 32 * e
+                acc[g, e] = float32(0)
+                qr[g, e] = q[h0 + g, d] if (EXACT or d < Dh) else float32(0)
+
+        for t in range(start + warp, end, NW):
+            for e in range(E):  # the key and value rows: 2 E independent loads per lane
+                d = lane + 32 * e
+                if EXACT or d < Dh:
+                    kv[e] = D.bf16_to_f32(k_cache[kvh, t, d])
+                    vv[e] = D.bf16_to_f32(v_cache[kvh, t, d])
+                else:
+                    kv[e] = float32(0)
+                    vv[e] = float32(0)
+            for g in range(G):
+                dots[g] = float32(0)
+                for e in range(E):
+                    dots[g] += qr[g, e] * kv[e]
+            for g in range(G):
+                score = D.warp_sum(dots[g]) * SCALE
+                m_new = score if score > m_run[g] else m_run[g]
+                alpha = float32(math.exp(m_run[g] - m_new))  # exp(-inf) = 0 on the first position
+                p = float32(math.exp(score - m_new))
+                l_run[g] = l_run[g] * alpha + p
+                m_run[g] = m_new
+                for e in range(E):
+                    acc[g, e] = acc[g, e] * alpha + p * vv[e]
+
+        # merge the warps of the block
+        for g in range(G):
+            if lane == 0:
+                sm_m[warp, g] = m_run[g]
+                sm_l[warp, g] = l_run[g]
+            for e in range(E):
+                d = lane + 32 * e
+                if EXACT or d < Dh:
+                    sm_acc[warp, g, d] = acc[g, e]
+        cuda.syncthreads()
+        for idx in range(tid, G * Dh, T):
+            g = idx // Dh
+            d = idx % Dh
+            m = NEG_INF
+            for w in range(NW):
+                if sm_m[w, g] > m:
+                    m = sm_m[w, g]
+            o = float32(0)
+            lsum = float32(0)
+            for w in range(NW):
+                mw = sm_m[w, g]
+                f = float32(math.exp(mw - m)) if mw > NEG_INF else float32(0)
+                o += sm_acc[w, g, d] * f
+                lsum += sm_l[w, g] * f
+            partial_o[h0 + g, split, d] = o
+            if d == 0:
+                partial_ml[h0 + g, split, 0] = m
+                partial_ml[h0 + g, split, 1] = lsum
+
+    return attn_decode_k
+
+
+@functools.lru_cache(maxsize=None)
+def combine_kernel(Hq: int, Dh: int, T: int):
+    """``attn_combine`` for one size tuple; launch as ``[Hq, T]`` with
+    ``(partial_ml, partial_o, gate, out, n_splits)``."""
+    NEG_INF = np.float32(-np.inf)
+
+    @cuda.jit
+    def attn_combine_k(partial_ml, partial_o, gate, out, n_splits):
+        wsh = cuda.shared.array(MAX_SPLITS, float32)
+        scratch = cuda.shared.array(32, float32)
+        h = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        m = NEG_INF
+        for i in range(tid, n_splits, T):
+            mi = partial_ml[h, i, 0]
+            if mi > m:
+                m = mi
+        m = D.block_max(m, scratch)
+        lsum = float32(0)
+        for i in range(tid, n_splits, T):
+            mi = partial_ml[h, i, 0]
+            w = float32(math.exp(mi - m)) if mi > NEG_INF else float32(0)  # an empty split weighs 0
+            wsh[i] = w
+            lsum += partial_ml[h, i, 1] * w
+        lsum = D.block_sum(lsum, scratch)  # its barriers also publish wsh
+        for d in range(tid, Dh, T):
+            o = float32(0)
+            for i in range(n_splits):
+                o += partial_o[h, i, d] * wsh[i]
+            out[h * Dh + d] = o / lsum * D.sigmoid(gate[h * Dh + d])
+
+    return attn_combine_k
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launching
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_sizes(Hq, Hkv, Dh, R):
+    for name, field, value in (
+        ("Hq", "num_attention_heads", Hq),
+        ("Hkv", "num_key_value_heads", Hkv),
+        ("Dh", "head_dim", Dh),
+        ("R", "rotary dims (head_dim * partial_rotary_factor)", R),
+    ):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"attention: {field} ({name}) must be a positive integer, got {value!r}")
+    if Hq % Hkv:
+        raise ValueError(
+            f"attention: num_attention_heads (Hq = {Hq}) must be a multiple of num_key_value_heads (Hkv = {Hkv})"
+        )
+    if R % 2 or R > Dh:
+        raise ValueError(
+            f"attention: rotary dims R = head_dim * partial_rotary_factor = {R} must be even and <= head_dim "
+            f"({Dh}) (rotate_half pairs dim i with i + R/2)"
+        )
+
+
+_STREAMS: dict = {}
+
+
+def _stream():
+    if launch.SIMULATOR:
+        return 0, 0
+    import torch
+
+    key = torch.cuda.current_stream().cuda_stream
+    s = _STREAMS.get(key)
+    if s is None:
+        s = _STREAMS[key] = launch.launch_stream()
+    return key, s
+
+
+_PREPARE: dict = {}
+
+
+def attn_prepare(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out,
+                 Hq, Hkv, Dh, R, eps=1e-6) -> None:
+    """Norms, RoPE and the KV-cache append for one token at ``position`` (launch on torch's stream, no sync).
+
+    ``proj`` fp32 [Hq 2 Dh + 2 Hkv Dh]: ``[q_proj (per head [query Dh | gate Dh]) | k_proj | v_proj]``;
+    ``q_norm_w``, ``k_norm_w`` fp32 [Dh] (zero-centred, applied as ``1 + w``); ``inv_freq`` fp32 [R/2];
+    ``k_cache``, ``v_cache`` int16 [Hkv, capacity, Dh] (bf16 bits), position ``position`` written;
+    ``q_out`` fp32 [Hq, Dh]; ``gate_out`` fp32 [Hq Dh]. ``eps``: ``rms_norm_eps``.
+    """
+    skey, stream = _stream()
+    key = (Hq, Hkv, Dh, R, eps, skey)
+    entry = _PREPARE.get(key)
+    if entry is None:
+        _check_sizes(Hq, Hkv, Dh, R)
+        T = _threads_for(Dh)
+        kernel = prepare_kernel(Hq, Hkv, Dh, R, float(eps), T)
+        shapes = ((Hq * 2 * Dh + 2 * Hkv * Dh,), (Dh,), (Dh,), (R // 2,), (Hq, Dh), (Hq * Dh,))
+        entry = _PREPARE[key] = (kernel[Hq + Hkv, T, stream], shapes)
+    run, shapes = entry
+    for name, a, shape in zip(("proj", "q_norm_w", "k_norm_w", "inv_freq", "q_out", "gate_out"),
+                              (proj, q_norm_w, k_norm_w, inv_freq, q_out, gate_out), shapes):
+        if a.shape != shape:
+            raise ValueError(f"attn_prepare: {name} has shape {tuple(a.shape)}, expected {shape}")
+    _check_cache(k_cache, v_cache, Hkv, Dh)
+    if not 0 <= position < k_cache.shape[1] or position >= MAX_ANGLE:
+        raise ValueError(f"attn_prepare: position {position} outside the KV cache (capacity {k_cache.shape[1]})")
+    run(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out)
+
+
+def _check_cache(k_cache, v_cache, Hkv, Dh):
+    if (k_cache.ndim != 3 or k_cache.shape[0] != Hkv or k_cache.shape[2] != Dh
+            or v_cache.shape != k_cache.shape):
+        raise ValueError(
+            f"attention: KV caches must be int16 [Hkv={Hkv}, capacity, Dh={Dh}], got {tuple(k_cache.shape)} and "
+            f"{tuple(v_cache.shape)}"
+        )
+
+
+_DECODE: dict = {}
+
+
+def attn_decode(q, k_cache, v_cache, length, partial_ml, partial_o, n_splits, Hq, Hkv, Dh, R=None, *,
+                threads=None) -> None:
+    """Split attention over cache positions ``[0, length)`` for every query head (launch on torch's stream).
+
+    ``q`` fp32 [Hq, Dh] (after norm and RoPE, from ``attn_prepare``); caches int16 [Hkv, capacity, Dh];
+    ``partial_ml`` fp32 [Hq, S, 2] and ``partial_o`` fp32 [Hq, S, Dh] with ``S >= n_splits``; ``n_splits`` from
+    :func:`attention_splits` (any ``1 <= n_splits <= MAX_SPLITS`` works). ``R`` is accepted for a uniform
+    ``*attention_sizes(config)`` call and not used. ``threads``: block size (a multiple of 32), default 8 warps.
+    """
+    skey, stream = _stream()
+    key = (Hq, Hkv, Dh, n_splits, threads, skey)
+    entry = _DECODE.get(key)
+    if entry is None:
+        _check_sizes(Hq, Hkv, Dh, 2 if R is None else R)
+        if not 1 <= n_splits <= MAX_SPLITS:
+            raise ValueError(f"attn_decode: n_splits = {n_splits} must be in [1, {MAX_SPLITS}]")
+        nw = _decode_warps(Hq, Hkv, Dh) if threads is None else threads // 32
+        if threads is not None and (threads % 32 or not 32 <= threads <= 1024):
+            raise ValueError(f"attn_decode: threads = {threads} must be a multiple of 32 in [32, 1024]")
+        if 4 * nw * (Hq // Hkv) * (Dh + 2) > 48 * 1024:
+            raise ValueError(f"attn_decode: {nw} warps x {Hq // Hkv} heads x head_dim {Dh} exceed 48 KB of shared memory")
+        kernel = decode_kernel(Hq, Hkv, Dh, nw)
+        entry = _DECODE[key] = kernel[(Hkv, n_splits), 32 * nw, stream]
+    if q.shape != (Hq, Dh):
+        raise ValueError(f"attn_decode: q has shape {tuple(q.shape)}, expected {(Hq, Dh)}")
+    _check_cache(k_cache, v_cache, Hkv, Dh)
+    _check_partials(partial_ml, partial_o, Hq, Dh, n_splits)
+    if not 1 <= length <= k_cache.shape[1]:
+        raise ValueError(f"attn_decode: length {length} must be in [1, capacity {k_cache.shape[1]}]")
+    entry(q, k_cache, v_cache, length, n_splits, partial_ml, partial_o)
+
+
+def _check_partials(partial_ml, partial_o, Hq, Dh, n_splits):
+    if (partial_ml.ndim != 3 or partial_ml.shape[0] != Hq or partial_ml.shape[2] != 2
+            or partial_o.ndim != 3 or partial_o.shape[0] != Hq or partial_o.shape[2] != Dh
+            or min(partial_ml.shape[1], partial_o.shape[1]) < n_splits):
+        raise ValueError(
+            f"attention: partial_ml must be fp32 [Hq={Hq}, S, 2] and partial_o [Hq, S, Dh={Dh}] with "
+            f"S >= n_splits = {n_splits}; got {tuple(partial_ml.shape)} and {tuple(partial_o.shape)}"
+        )
+
+
+_COMBINE: dict = {}
+
+
+def attn_combine(partial_ml, partial_o, gate, out, n_splits, Hq, Hkv, Dh, R=None) -> None:
+    """Merge the ``n_splits`` partials of :func:`attn_decode` and apply the output gate (torch's stream).
+
+    ``gate`` fp32 [Hq Dh] (from ``attn_prepare``); ``out`` fp32 [Hq Dh]: ``softmax(q k^T / sqrt(Dh)) v *
+    sigmoid(gate)``, the input of o_proj. ``Hkv``, ``R`` are accepted for a uniform call and not used.
+    """
+    skey, stream = _stream()
+    key = (Hq, Dh, skey)
+    entry = _COMBINE.get(key)
+    if entry is None:
+        _check_sizes(Hq, Hkv, Dh, 2 if R is None else R)
+        T = _threads_for(Dh)
+        entry = _COMBINE[key] = combine_kernel(Hq, Dh, T)[Hq, T, stream]
+    if not 1 <= n_splits <= MAX_SPLITS:
+        raise ValueError(f"attn_combine: n_splits = {n_splits} must be in [1, {MAX_SPLITS}]")
+    if gate.shape != (Hq * Dh,) or out.shape != (Hq * Dh,):
+        raise ValueError(f"attn_combine: gate and out must be fp32 [{Hq * Dh}], got {gate.shape}, {out.shape}")
+    _check_partials(partial_ml, partial_o, Hq, Dh, n_splits)
+    entry(partial_ml, partial_o, gate, out, n_splits)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Compiled for sm_90 by tests/test_kernels_attention.py (megakernel.ptx_check): the 0.8B shapes and an awkward
+# one (head dim not a multiple of 32, GQA 3:1, one warp).
+# --------------------------------------------------------------------------------------------------------------
+
+attn_prepare_0p8b = prepare_kernel(8, 2, 256, 64, 1e-6, _threads_for(256))
+attn_decode_0p8b = decode_kernel(8, 2, 256, _decode_warps(8, 2, 256))
+attn_combine_0p8b = combine_kernel(8, 256, _threads_for(256))
+attn_prepare_awkward = prepare_kernel(3, 1, 24, 12, 1e-6, _threads_for(24))
+attn_decode_awkward = decode_kernel(3, 1, 24, 1)
+attn_combine_awkward = combine_kernel(3, 24, _threads_for(24))
+_PREPARE_SIG = ("void(float32[::1], float32[::1], float32[::1], float32[::1], int64, int16[:, :, ::1], "
+                "int16[:, :, ::1], float32[:, ::1], float32[::1])")
+_DECODE_SIG = ("void(float32[:, ::1], int16[:, :, ::1], int16[:, :, ::1], int64, int64, float32[:, :, ::1], "
+               "float32[:, :, ::1])")
+_COMBINE_SIG = "void(float32[:, :, ::1], float32[:, :, ::1], float32[::1], float32[::1], int64)"
+PTX_SIGNATURES = {
+    "attn_prepare_0p8b": [_PREPARE_SIG],
+    "attn_decode_0p8b": [_DECODE_SIG],
+    "attn_combine_0p8b": [_COMBINE_SIG],
+    "attn_prepare_awkward": [_PREPARE_SIG],
+    "attn_decode_awkward": [_DECODE_SIG],
+    "attn_combine_awkward": [_COMBINE_SIG],
+}

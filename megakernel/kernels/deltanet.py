@@ -1,0 +1,382 @@
+"""The Gated DeltaNet decode step in one launch (after the fused in_proj matvec).
+
+Per token, for every value head ``h`` (reading key head ``hk = h // (Hv/Hk)``) with fp32 state ``S`` [Dk, Dv]::
+
+    qkv   = silu(causal_conv1d_step(qkv_in, conv_state, conv_w))    # depthwise, K taps, state shifted in place
+    q, k  = l2norm(q) / sqrt(Dk), l2norm(k)                         # per key head, x * rsqrt(sum x^2 + 1e-6)
+    beta  = sigmoid(b[h]);  g = -exp(A_log[h]) * softplus(a[h] + dt_bias[h])
+    S     = exp(g) * S                                              # decay FIRST
+    delta = beta * (v - S^T k)
+    S     = S + k delta^T
+    o     = S^T q                                                   # before the gated norm (fused elsewhere)
+
+Why it is split over many blocks
+--------------------------------
+The state is what this step costs: ``Hv * Dk * Dv * 4`` bytes read and written per layer (1 MiB each way at
+the 0.8B shapes; 18.9 MB read + 18.9 MB written per token over the 18 DeltaNet layers). One block per head
+(16 blocks, as a published kernel does) leaves 116 of the H100's 132 SMs idle while the state streams. But the
+columns of ``S`` are independent once ``q``, ``k`` and the head's scalars are known: column ``j`` needs only
+``v_j``, ``beta``, ``exp(g)`` and the Dk-vectors ``q``, ``k``::
+
+    S[:, j] *= exp(g);  pred_j = S[:, j] . k;  delta_j = beta (v_j - pred_j);  S[:, j] += k delta_j;  o_j = S[:, j] . q
+
+So block ``b`` of a 1-D grid of ``Hv * NS`` blocks takes value head ``h = b // NS`` and the ``CW = Dv / NS``
+columns ``[s CW, (s+1) CW)`` of split ``s = b % NS``. At the 0.8B shapes ``CW = 16``: 128 blocks of 256
+threads, one per SM. Every block recomputes the cheap per-head quantities (the conv of its key head's 2 Dk q/k
+channels, both L2 norms, beta, g): ``(2 K) * 2 Dk * 4`` B of inputs, 8 KB per block from L2, next to the 16 KB
+of state it streams each way.
+
+Thread mapping inside a block (``T`` threads): thread ``t`` owns column ``cj = t % CW`` and row group
+``rg = t // CW`` of ``RG = T / CW`` groups, i.e. rows ``rg, rg + RG, rg + 2 RG, ...`` (``RPT = Dk / RG`` rows,
+8 at the 0.8B shapes, held in registers). A warp therefore reads ``32 / CW`` rows of ``CW`` consecutive
+columns of the row-major [Dk, Dv] slab per load instruction (two 64-byte runs at the 0.8B shapes: whole 32-byte
+sectors, no waste), and every thread issues its ``RPT`` loads before using any of them. The two column sums
+(``S^T k``, ``S^T q``) are reduced over the row groups through shared memory. The element update
+``S*exp(g) + k*delta`` rounds exactly like the reference (same operations in the same order), so the state
+differs from the reference only through ``delta`` (a Dk-term sum in another order).
+
+Bytes per launch at the 0.8B shapes: state 1,048,576 read + 1,048,576 written; per block 8 KB of conv inputs
+(q/k channels, shared with the other 7 blocks of the head through L2) plus its own v channels; ``o`` 8 KB.
+
+The conv state and the one cross-block hazard
+---------------------------------------------
+``conv_state`` [C, K-1] is updated in place (shift left, append the new input). A value channel is read and
+written by the one block that owns its column. But a key head's q/k channels are read by all ``G * NS``
+blocks of the value heads that use it (``G = Hv / Hk``), and a block that shifted them in place before another
+block read them would corrupt that block's conv. So the q/k channels are written by the LAST of those blocks to
+finish reading them: after its reads every block bumps a per-key-head counter (``threadfence`` then
+``atomic.add``); the block that sees ``G * NS - 1`` knows every reader is done, writes the shifted q/k state
+and resets the counter to 0 for the next launch (the "last block" pattern; no block ever waits, so no
+cooperative launch is needed). Exactly one block writes each conv-state channel. The counters are a small int32
+buffer owned by this module, one per CUDA stream; launches of this kernel on one stream are ordered, so one
+buffer serves every layer.
+
+Sizes are compile-time constants (a kernel per size tuple, cached). Any ``Dk``, ``Dv`` works (guards fold away
+when the sizes divide evenly); the wrapper refuses configurations the kernel cannot run and says which config
+field is at fault.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import cuda
+from numba.cuda import float32, int32
+
+from megakernel import device as D
+from megakernel import launch
+
+__all__ = [
+    "deltanet_step",
+    "deltanet_sizes",
+    "deltanet_launch_config",
+    "deltanet_kernel",
+    "L2_EPS",
+    "PTX_SIGNATURES",
+]
+
+L2_EPS = 1e-6
+MAX_ROWS_PER_THREAD = 32  # state values a thread keeps in registers
+
+
+def deltanet_sizes(config) -> tuple[int, int, int, int, int]:
+    """``(Hk, Hv, Dk, Dv, K)`` of a ``reference.Qwen35Config``: the size arguments of :func:`deltanet_step`."""
+    return (
+        config.linear_num_key_heads,
+        config.linear_num_value_heads,
+        config.linear_key_head_dim,
+        config.linear_value_head_dim,
+        config.linear_conv_kernel_dim,
+    )
+
+
+def _check_sizes(Hk, Hv, Dk, Dv, K):
+    for name, field, value in (
+        ("Hk", "linear_num_key_heads", Hk),
+        ("Hv", "linear_num_value_heads", Hv),
+        ("Dk", "linear_key_head_dim", Dk),
+        ("Dv", "linear_value_head_dim", Dv),
+        ("K", "linear_conv_kernel_dim", K),
+    ):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"deltanet_step: {field} ({name}) must be a positive integer, got {value!r}")
+    if Hv % Hk:
+        raise ValueError(
+            f"deltanet_step: linear_num_value_heads (Hv = {Hv}) must be a multiple of linear_num_key_heads "
+            f"(Hk = {Hk}): value head h reads key head h // (Hv/Hk)"
+        )
+    if K < 2:
+        raise ValueError(
+            f"deltanet_step: linear_conv_kernel_dim (K = {K}) must be >= 2 (the conv state keeps K-1 inputs)"
+        )
+
+
+def deltanet_launch_config(Hk, Hv, Dk, Dv, K, columns_per_block=None, threads=None) -> tuple[int, int]:
+    """``(CW, T)``: state columns per block and threads per block (the grid is ``Hv * Dv / CW`` blocks).
+
+    Defaults: ``CW`` = the largest power of two <= 16 dividing ``Dv`` (16 at the 0.8B shapes: 128 blocks);
+    ``T`` = enough threads for about 8 state rows each, a multiple of 32, at most 256.
+    """
+    _check_sizes(Hk, Hv, Dk, Dv, K)
+    if columns_per_block is None:
+        cw = 16
+        while Dv % cw:
+            cw //= 2
+    else:
+        cw = int(columns_per_block)
+        if cw < 1 or Dv % cw:
+            raise ValueError(
+                f"deltanet_step: columns_per_block = {columns_per_block} must divide linear_value_head_dim "
+                f"(Dv = {Dv})"
+            )
+    if threads is None:
+        t = 32 * max(1, -(-cw * Dk // 8 // 32))
+        t = min(256, max(t, 32 * (-(-cw // 32))))
+    else:
+        t = int(threads)
+    if t % 32 or not 32 <= t <= 1024:
+        raise ValueError(f"deltanet_step: threads = {t} must be a multiple of 32 in [32, 1024]")
+    if t < cw:
+        raise ValueError(f"deltanet_step: threads = {t} is fewer than the {cw} columns of a block")
+    rows_per_thread = -(-Dk // (t // cw))
+    if rows_per_thread > MAX_ROWS_PER_THREAD:
+        raise ValueError(
+            f"deltanet_step: linear_key_head_dim (Dk = {Dk}) needs {rows_per_thread} state rows per thread with "
+            f"{t} threads and {cw} columns per block (at most {MAX_ROWS_PER_THREAD}): use more threads or fewer "
+            "columns per block"
+        )
+    return cw, t
+
+
+@functools.lru_cache(maxsize=None)
+def deltanet_kernel(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int):
+    """The decode-step kernel for one size tuple; launch as ``[Hv * (Dv // CW), T]`` with arguments
+    ``(proj, conv_w, conv_state, A_log, dt_bias, state, o, counters)``."""
+    G = Hv // Hk
+    NS = Dv // CW
+    QK = 2 * Dk
+    KD = Hk * Dk  # offset of the k channels
+    V_OFF = 2 * Hk * Dk  # offset of the v channels
+    C = V_OFF + Hv * Dv
+    B_OFF = C + Hv * Dv  # proj = [qkv (C) | z (Hv Dv) | b (Hv) | a (Hv)]
+    A_OFF = B_OFF + Hv
+    KM1 = K - 1
+    RG = T // CW  # row groups
+    RPT = -(-Dk // RG)  # rows per thread
+    ROWS_EXACT = Dk % RG == 0
+    READERS = G * NS  # blocks that read one key head's q/k conv state
+    EPS = np.float32(L2_EPS)
+    SQRT_DK = np.float32(math.sqrt(Dk))  # q / sqrt(Dk), as the reference divides
+
+    @cuda.jit
+    def deltanet_step_k(proj, conv_w, conv_state, A_log, dt_bias, state, o, counters):
+        qk = cuda.shared.array(QK, float32)  # conv+silu, then normalised: q [0, Dk) | k [Dk, 2 Dk)
+        vsh = cuda.shared.array(CW, float32)  # this block's v values
+        red = cuda.shared.array((RG, CW), float32)  # per-row-group partial column sums
+        scratch = cuda.shared.array(32, float32)
+        last = cuda.shared.array(1, int32)
+
+        h = cuda.blockIdx.x // NS
+        s = cuda.blockIdx.x % NS
+        hk = h // G
+        tid = cuda.threadIdx.x
+
+        # ---- 1. conv + SiLU of the key head's q/k channels (read only: other blocks read them too)
+        ssq = float32(0)
+        ssk = float32(0)
+        for c in range(tid, QK, T):
+            ch = hk * Dk + c if c < Dk else KD + hk * Dk + (c - Dk)
+            acc = float32(0)
+            for j in range(KM1):
+                acc += conv_w[ch, j] * conv_state[ch, j]
+            acc += conv_w[ch, KM1] * proj[ch]
+            y = D.silu(acc)
+            qk[c] = y
+            if c < Dk:
+                ssq += y * y
+            else:
+                ssk += y * y
+
+        # ---- 2. this block's v channels: conv, SiLU, and the in-place state shift (only this block owns them)
+        for j in range(tid, CW, T):
+            ch = V_OFF + h * Dv + s * CW + j
+            x = proj[ch]
+            acc = float32(0)
+            for t in range(KM1):
+                acc += conv_w[ch, t] * conv_state[ch, t]
+            acc += conv_w[ch, KM1] * x
+            vsh[j] = D.silu(acc)
+            for t in range(KM1 - 1):
+                conv_state[ch, t] = conv_state[ch, t + 1]
+            conv_state[ch, KM1 - 1] = x
+
+        # ---- 3. L2 norms (block_sum's barriers also order every thread's conv-state reads before step 4)
+        ssq = D.block_sum(ssq, scratch)
+        ssk = D.block_sum(ssk, scratch)
+        rq = D.rsqrt(ssq + EPS)
+        rk = D.rsqrt(ssk + EPS)
+        for c in range(tid, QK, T):
+            if c < Dk:
+                qk[c] = qk[c] * rq / SQRT_DK
+            else:
+                qk[c] = qk[c] * rk
+
+        # ---- 4. the last reader of this key head's q/k conv state shifts it in place
+        if tid == 0:
+            cuda.threadfence()
+            prev = cuda.atomic.add(counters, hk, 1)
+            if prev == READERS - 1:
+                counters[hk] = 0  # every reader has arrived: reset for the next launch
+                last[0] = 1
+            else:
+                last[0] = 0
+        cuda.syncthreads()  # also publishes qk (step 3) and vsh (step 2)
+        if last[0] != 0:
+            for c in range(tid, QK, T):
+                ch = hk * Dk + c if c < Dk else KD + hk * Dk + (c - Dk)
+                for t in range(KM1 - 1):
+                    conv_state[ch, t] = conv_state[ch, t + 1]
+                conv_state[ch, KM1 - 1] = proj[ch]
+
+        # ---- 5. the head's scalars
+        beta = D.sigmoid(proj[B_OFF + h])
+        g = -float32(math.exp(A_log[h])) * D.softplus(proj[A_OFF + h] + dt_bias[h])
+        decay = float32(math.exp(g))
+
+        # ---- 6. the state columns: decay, S^T k, delta, rank-1 update, S^T q
+        cj = tid % CW
+        rg = tid // CW
+        col = s * CW + cj
+        active = rg < RG  # T not a multiple of CW: the last threads sit out
+        sreg = cuda.local.array(RPT, float32)
+        part = float32(0)
+        if active:
+            for m in range(RPT):  # all loads first: RPT independent loads in flight per thread
+                i = rg + RG * m
+                if ROWS_EXACT or i < Dk:
+                    sreg[m] = state[h, i, col]
+            for m in range(RPT):
+                i = rg + RG * m
+                if ROWS_EXACT or i < Dk:
+                    v = sreg[m] * decay
+                    sreg[m] = v
+                    part += v * qk[Dk + i]
+            red[rg, cj] = part
+        cuda.syncthreads()
+        pred = float32(0)
+        for r in range(RG):
+            pred += red[r, cj]
+        delta = (vsh[cj] - pred) * beta
+        cuda.syncthreads()  # everybody has read red
+        part = float32(0)
+        if active:
+            for m in range(RPT):
+                i = rg + RG * m
+                if ROWS_EXACT or i < Dk:
+                    v = sreg[m] + qk[Dk + i] * delta
+                    state[h, i, col] = v
+                    part += v * qk[i]
+            red[rg, cj] = part
+        cuda.syncthreads()
+        if rg == 0:
+            out = float32(0)
+            for r in range(RG):
+                out += red[r, cj]
+            o[h * Dv + col] = out
+
+    return deltanet_step_k
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launching
+# --------------------------------------------------------------------------------------------------------------
+
+_LAUNCHERS: dict = {}
+_COUNTERS: dict = {}  # (stream key, Hk) -> (kernel array, the tensor that owns the memory)
+
+
+def _stream_key():
+    if launch.SIMULATOR:
+        return 0
+    import torch
+
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _counters(stream_key, Hk):
+    entry = _COUNTERS.get((stream_key, Hk))
+    if entry is None:
+        import torch
+
+        t = torch.zeros(Hk, dtype=torch.int32, device=launch.kernel_device())
+        entry = _COUNTERS[(stream_key, Hk)] = (launch.as_kernel_array(t), t)
+    return entry[0]
+
+
+class _Launch:
+    __slots__ = ("run", "counters", "shapes")
+
+    def __init__(self, run, counters, shapes):
+        self.run, self.counters, self.shapes = run, counters, shapes
+
+
+def _launcher(Hk, Hv, Dk, Dv, K, columns_per_block, threads) -> _Launch:
+    key = (Hk, Hv, Dk, Dv, K, columns_per_block, threads, _stream_key())
+    entry = _LAUNCHERS.get(key)
+    if entry is None:
+        cw, t = deltanet_launch_config(Hk, Hv, Dk, Dv, K, columns_per_block, threads)
+        kernel = deltanet_kernel(Hk, Hv, Dk, Dv, K, cw, t)
+        C = 2 * Hk * Dk + Hv * Dv
+        shapes = (
+            (C + Hv * Dv + 2 * Hv,), (C, K), (C, K - 1), (Hv,), (Hv,), (Hv, Dk, Dv), (Hv * Dv,)
+        )
+        run = kernel[Hv * (Dv // cw), t, launch.launch_stream()]
+        entry = _LAUNCHERS[key] = _Launch(run, _counters(key[-1], Hk), shapes)
+    return entry
+
+
+_ARG_NAMES = ("proj", "conv_w", "conv_state", "A_log", "dt_bias", "state", "o")
+
+
+def deltanet_step(proj, conv_w, conv_state, A_log, dt_bias, state, o, Hk, Hv, Dk, Dv, K, *,
+                  columns_per_block=None, threads=None) -> None:
+    """One Gated DeltaNet decode step on torch's current stream (no synchronisation).
+
+    Arguments (kernel arrays from ``launch.as_kernel_array``, fp32, C-contiguous; ``C = 2 Hk Dk + Hv Dv``):
+
+    ==============  ==========================  ====================================================
+    ``proj``        [C + Hv Dv + 2 Hv]           in_proj output ``[qkv (C) | z (Hv Dv) | b (Hv) | a (Hv)]``;
+                                                 qkv = ``[q (Hk Dk) | k (Hk Dk) | v (Hv Dv)]``; z is not read
+    ``conv_w``      [C, K]                       depthwise conv taps
+    ``conv_state``  [C, K-1]                     the conv's last K-1 inputs, oldest first; shifted in place
+    ``A_log``       [Hv]                         fp32 (exact upcast of the checkpoint value)
+    ``dt_bias``     [Hv]
+    ``state``       [Hv, Dk, Dv]                 recurrent state, updated in place
+    ``o``           [Hv Dv]                      output ``S^T q`` per value head, before the gated norm
+    ==============  ==========================  ====================================================
+
+    ``Hk, Hv, Dk, Dv, K``: ``deltanet_sizes(config)``. ``columns_per_block`` / ``threads`` override the launch
+    shape (``deltanet_launch_config``). Launches of this function on one CUDA stream must not overlap with
+    launches on another stream that use the same sizes only in the sense that each stream gets its own
+    counter buffer (done here, per stream).
+    """
+    entry = _launcher(Hk, Hv, Dk, Dv, K, columns_per_block, threads)
+    args = (proj, conv_w, conv_state, A_log, dt_bias, state, o)
+    for name, a, shape in zip(_ARG_NAMES, args, entry.shapes):
+        if a.shape != shape:
+            raise ValueError(f"deltanet_step: {name} has shape {tuple(a.shape)}, expected {shape}")
+    entry.run(*args, entry.counters)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Compiled for sm_90 by tests/test_kernels_deltanet.py (megakernel.ptx_check): the 0.8B shapes, and a small
+# awkward shape where every guard is live (rows not a multiple of the row groups, grouped value heads, K = 3).
+# --------------------------------------------------------------------------------------------------------------
+
+deltanet_step_0p8b = deltanet_kernel(16, 16, 128, 128, 4, *deltanet_launch_config(16, 16, 128, 128, 4))
+deltanet_step_awkward = deltanet_kernel(2, 4, 12, 20, 3, *deltanet_launch_config(2, 4, 12, 20, 3))
+_SIG = ("void(float32[::1], float32[:, ::1], float32[:, ::1], float32[::1], float32[::1], float32[:, :, ::1], "
+        "float32[::1], int32[::1])")
+PTX_SIGNATURES = {"deltanet_step_0p8b": [_SIG], "deltanet_step_awkward": [_SIG]}
