@@ -61,6 +61,23 @@ def notebook_model_dir() -> Path:
     return ensure_synthetic_checkpoint()
 
 
+def readable_tokens(tokenizer, ids) -> str:
+    """Decode token ids for display. Ids the tokenizer does not know (the padding rows of the 248,320-row
+    vocabulary, which random weights happily produce) are shown as ``<id>`` instead of raising."""
+    ids = [int(i) for i in ids]
+    out, run = [], []
+    for i in ids + [None]:
+        if i is not None and i < tokenizer.vocab_size:
+            run.append(i)
+            continue
+        if run:
+            out.append(tokenizer.decode(run))
+            run = []
+        if i is not None:
+            out.append(f"<{i}>")
+    return "".join(out)
+
+
 def fmt_bytes(n: float) -> str:
     """1234567 -> '1.23 MB' (decimal units, as bandwidths are quoted)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -107,4 +124,4 @@ def print_table(rows, headers=None, floatfmt: str = ".3g") -> None:
 
 
 __all__ = ["PUBLISHED_CONFIG", "checkpoints_dir", "fmt_bytes", "format_table", "is_tiny", "notebook_config",
-           "notebook_mode", "notebook_model_dir", "print_table"]
+           "notebook_mode", "notebook_model_dir", "print_table", "readable_tokens"]
