@@ -28,11 +28,11 @@ attn_decode
 Grid ``(Hkv, n_splits)``; block ``(j, s)`` serves the ``G = Hq/Hkv`` query heads that share KV head ``j``, so
 its keys and values are read once for all of them, over positions ``[s L / n, (s+1) L / n)`` (integer
 division: splits differ by at most one position, none is empty while ``n <= L``). Each of the block's ``NW``
-warps takes every ``NW``-th position of the split; lane ``l`` holds dims ``l, l+32, l+64, ...`` of the ``G``
-queries (registers), so a warp reads a key or value row as ``Dh/32`` coalesced 64-byte runs. Per position:
-``G`` dot products (warp shuffle sums) scaled by ``1/sqrt(Dh)``, then the online softmax per head: running max
-``m``, ``l = sum exp(s - m)`` and ``acc = sum exp(s - m) v`` (rescaled by ``exp(m_old - m_new)`` when the max
-moves). The warps then merge through shared memory and the block writes, per query head, ``(m, l)`` to
+warps takes every ``NW``-th position of the split, two at a time; lane ``l`` holds dims ``l, l+32, l+64, ...``
+of the ``G`` queries (registers), so a warp reads a key or value row as ``Dh/32`` coalesced 64-byte runs, and
+issues the ``4 Dh/32`` loads of a pair of positions before using any. Per position: ``G`` dot products (warp
+shuffle sums) scaled by ``1/sqrt(Dh)``; per pair the online softmax per head: running max ``m``,
+``l = sum exp(s - m)`` and ``acc = sum exp(s - m) v`` (rescaled by ``exp(m_old - m_new)``). The warps then merge through shared memory and the block writes, per query head, ``(m, l)`` to
 ``partial_ml[h, s]`` and the unnormalised ``acc`` to ``partial_o[h, s]``. Bytes: ``2 * Hkv * L * Dh * 2``
 (K and V, bf16) plus ``Hq * n * (Dh + 2) * 4`` of partials: 2 KB per position at the 0.8B shapes.
 
@@ -41,8 +41,10 @@ attn_combine
 Grid ``Hq`` blocks; block ``h`` takes ``m = max_i m_i``, weights ``w_i = exp(m_i - m)`` (0 for an empty
 split), ``L = sum_i l_i w_i`` and writes ``out[h*Dh + d] = (sum_i acc_i[d] w_i) / L * sigmoid(gate[h*Dh + d])``.
 
-:func:`attention_splits` picks ``n_splits``: one per ``positions_per_split`` (128) positions, at most
-``MAX_SPLITS`` (128), so a 4k context gives ``2 x 32`` blocks and 32k gives ``2 x 128``.
+:func:`attention_splits` picks ``n_splits``: one per ``POSITIONS_PER_SPLIT`` (64) positions, at most
+``MAX_SPLITS`` (128). At the 0.8B shapes a position costs 1 KB per KV head, so a split streams 64 KB per block
+against ~4 KB of partials written (and read back by the combine); a 4k context gives ``2 x 64`` blocks, about
+one per SM, and from 8k on ``2 x 128``.
 
 Layouts (all kernel arrays from ``launch.as_kernel_array``, C-contiguous): KV caches are 3-D int16
 ``[Hkv, capacity, Dh]`` (``launch.halves`` of a bf16 cache); ``q_out`` / ``q`` fp32 ``[Hq, Dh]``;
@@ -76,7 +78,7 @@ __all__ = [
 ]
 
 MAX_SPLITS = 128
-POSITIONS_PER_SPLIT = 128
+POSITIONS_PER_SPLIT = 64
 MAX_ANGLE = 4.0e6  # sincos reduces arguments exactly below ~2^22 * pi / 2
 
 
@@ -253,9 +255,10 @@ def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int):
 
         qr = cuda.local.array((G, E), float32)
         acc = cuda.local.array((G, E), float32)
-        kv = cuda.local.array(E, float32)
-        vv = cuda.local.array(E, float32)
-        dots = cuda.local.array(G, float32)
+        k0 = cuda.local.array(E, float32)
+        v0 = cuda.local.array(E, float32)
+        k1 = cuda.local.array(E, float32)
+        v1 = cuda.local.array(E, float32)
         m_run = cuda.local.array(G, float32)
         l_run = cuda.local.array(G, float32)
         for g in range(G):
@@ -266,28 +269,47 @@ def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int):
                 acc[g, e] = float32(0)
                 qr[g, e] = q[h0 + g, d] if (EXACT or d < Dh) else float32(0)
 
-        for t in range(start + warp, end, NW):
-            for e in range(E):  # the key and value rows: 2 E independent loads per lane
+        # Two positions per iteration (t0 and t1 = t0 + NW): 4 E independent loads in flight per lane, and
+        # one rescale of the accumulators per pair.
+        for t0 in range(start + warp, end, 2 * NW):
+            t1 = t0 + NW
+            pair = t1 < end
+            for e in range(E):
                 d = lane + 32 * e
                 if EXACT or d < Dh:
-                    kv[e] = D.bf16_to_f32(k_cache[kvh, t, d])
-                    vv[e] = D.bf16_to_f32(v_cache[kvh, t, d])
+                    k0[e] = D.bf16_to_f32(k_cache[kvh, t0, d])
+                    v0[e] = D.bf16_to_f32(v_cache[kvh, t0, d])
+                    if pair:
+                        k1[e] = D.bf16_to_f32(k_cache[kvh, t1, d])
+                        v1[e] = D.bf16_to_f32(v_cache[kvh, t1, d])
+                    else:
+                        k1[e] = float32(0)
+                        v1[e] = float32(0)
                 else:
-                    kv[e] = float32(0)
-                    vv[e] = float32(0)
+                    k0[e] = float32(0)
+                    v0[e] = float32(0)
+                    k1[e] = float32(0)
+                    v1[e] = float32(0)
             for g in range(G):
-                dots[g] = float32(0)
+                dot0 = float32(0)
+                dot1 = float32(0)
                 for e in range(E):
-                    dots[g] += qr[g, e] * kv[e]
-            for g in range(G):
-                score = D.warp_sum(dots[g]) * SCALE
-                m_new = score if score > m_run[g] else m_run[g]
-                alpha = float32(math.exp(m_run[g] - m_new))  # exp(-inf) = 0 on the first position
-                p = float32(math.exp(score - m_new))
-                l_run[g] = l_run[g] * alpha + p
+                    dot0 += qr[g, e] * k0[e]
+                    dot1 += qr[g, e] * k1[e]
+                s0 = D.warp_sum(dot0) * SCALE
+                s1 = D.warp_sum(dot1) * SCALE if pair else NEG_INF
+                m_new = m_run[g]
+                if s0 > m_new:
+                    m_new = s0
+                if s1 > m_new:
+                    m_new = s1
+                alpha = float32(math.exp(m_run[g] - m_new))  # exp(-inf) = 0 on a warp's first position
+                p0 = float32(math.exp(s0 - m_new))
+                p1 = float32(math.exp(s1 - m_new))  # 0 without a second position
+                l_run[g] = l_run[g] * alpha + p0 + p1
                 m_run[g] = m_new
                 for e in range(E):
-                    acc[g, e] = acc[g, e] * alpha + p * vv[e]
+                    acc[g, e] = acc[g, e] * alpha + p0 * v0[e] + p1 * v1[e]
 
         # merge the warps of the block
         for g in range(G):

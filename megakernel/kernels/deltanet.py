@@ -346,21 +346,18 @@ def deltanet_step(proj, conv_w, conv_state, A_log, dt_bias, state, o, Hk, Hv, Dk
 
     Arguments (kernel arrays from ``launch.as_kernel_array``, fp32, C-contiguous; ``C = 2 Hk Dk + Hv Dv``):
 
-    ==============  ==========================  ====================================================
-    ``proj``        [C + Hv Dv + 2 Hv]           in_proj output ``[qkv (C) | z (Hv Dv) | b (Hv) | a (Hv)]``;
-                                                 qkv = ``[q (Hk Dk) | k (Hk Dk) | v (Hv Dv)]``; z is not read
-    ``conv_w``      [C, K]                       depthwise conv taps
-    ``conv_state``  [C, K-1]                     the conv's last K-1 inputs, oldest first; shifted in place
-    ``A_log``       [Hv]                         fp32 (exact upcast of the checkpoint value)
-    ``dt_bias``     [Hv]
-    ``state``       [Hv, Dk, Dv]                 recurrent state, updated in place
-    ``o``           [Hv Dv]                      output ``S^T q`` per value head, before the gated norm
-    ==============  ==========================  ====================================================
+    * ``proj`` [C + Hv Dv + 2 Hv]: the in_proj output ``[qkv (C) | z (Hv Dv) | b (Hv) | a (Hv)]`` with
+      ``qkv = [q (Hk Dk) | k (Hk Dk) | v (Hv Dv)]``; z is not read (the gated norm is fused into out_proj);
+    * ``conv_w`` [C, K]: depthwise conv taps;
+    * ``conv_state`` [C, K-1]: the conv's last K-1 inputs, oldest first; shifted in place;
+    * ``A_log``, ``dt_bias`` [Hv] (exact fp32 upcasts of the checkpoint values);
+    * ``state`` [Hv, Dk, Dv]: the recurrent state, updated in place;
+    * ``o`` [Hv Dv]: ``S^T q`` per value head (written; before the gated norm).
 
     ``Hk, Hv, Dk, Dv, K``: ``deltanet_sizes(config)``. ``columns_per_block`` / ``threads`` override the launch
-    shape (``deltanet_launch_config``). Launches of this function on one CUDA stream must not overlap with
-    launches on another stream that use the same sizes only in the sense that each stream gets its own
-    counter buffer (done here, per stream).
+    shape (``deltanet_launch_config``). The q/k conv-state hand-over uses a small counter buffer per CUDA
+    stream (allocated on first use, left zeroed by every launch): launches on one stream are ordered, so every
+    layer shares it, and launches on different streams use different buffers.
     """
     entry = _launcher(Hk, Hv, Dk, Dv, K, columns_per_block, threads)
     args = (proj, conv_w, conv_state, A_log, dt_bias, state, o)
