@@ -518,6 +518,8 @@ for name, ref, out in (("outputs", o_ref, o_bug), ("state", s_ref, s_bug)):
         check(f"step 1 from a real state: {name}", ref, out, tol=1e-5, verbose=False)
     except CheckFailed as e:
         print("CheckFailed:", e)
+    else:
+        raise AssertionError("the bug went unnoticed")
 """),
     md("""
 ### In the model: plausible tokens, wrong numbers
@@ -537,16 +539,15 @@ token = int(logits[-1].argmax())
 ref = model.decode_step(token, state)
 with with_bug():
     out = model.decode_step(token, state_bug)
-try:
-    check("decode step 1 logits", ref, out, tol=1e-5, verbose=False)
-except CheckFailed as e:
-    print("CheckFailed:", e)
 layer = config.linear_layers[0]
-try:
-    check(f"decode step 1, layer {layer} DeltaNet state", state.recurrent[layer], state_bug.recurrent[layer],
-          tol=1e-5, verbose=False)
-except CheckFailed as e:
-    print("CheckFailed:", e)
+for name, a, b in (("decode step 1 logits", ref, out),
+                   (f"decode step 1, layer {layer} DeltaNet state", state.recurrent[layer], state_bug.recurrent[layer])):
+    try:
+        check(name, a, b, tol=1e-5, verbose=False)
+    except CheckFailed as e:
+        print("CheckFailed:", e)
+    else:
+        raise AssertionError("the bug went unnoticed")
 print(f"greedy next token: correct {int(ref.argmax())}, buggy {int(out.argmax())}")
 """),
     code("""
