@@ -44,8 +44,8 @@ class DecodeBudget:
 
     body_weight_bytes: int  # every layer's weights + final norm
     lm_head_bytes: int  # the [V, D] LM head (read in full every token)
-    deltanet_state_bytes: int  # fp32 recurrent states, read + written
-    conv_state_bytes: int  # conv states, read + written
+    deltanet_state_traffic_bytes: int  # fp32 recurrent states, read + written
+    conv_state_traffic_bytes: int  # conv states, read + written
     kv_bytes: int  # KV cache read at this context (+ the new position written)
     context: int
 
@@ -55,7 +55,7 @@ class DecodeBudget:
 
     @property
     def total_bytes(self) -> int:
-        return self.weight_bytes + self.deltanet_state_bytes + self.conv_state_bytes + self.kv_bytes
+        return self.weight_bytes + self.deltanet_state_traffic_bytes + self.conv_state_traffic_bytes + self.kv_bytes
 
     def floor_seconds(self, bandwidth: float = H100_COPY_BANDWIDTH) -> float:
         return self.total_bytes / bandwidth
@@ -81,8 +81,8 @@ def decode_budget(config: Qwen35Config, context: int = 0, weight_bytes: int = 2,
     return DecodeBudget(
         body_weight_bytes=body * weight_bytes,
         lm_head_bytes=lm_head * weight_bytes,
-        deltanet_state_bytes=2 * state * state_bytes,
-        conv_state_bytes=2 * conv * cache_bytes,
+        deltanet_state_traffic_bytes=2 * state * state_bytes,
+        conv_state_traffic_bytes=2 * conv * cache_bytes,
         kv_bytes=kv_per_position * (context + 1),
         context=context,
     )

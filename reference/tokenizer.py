@@ -36,10 +36,23 @@ class Tokenizer:
         return self._tok.encode(text)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text for token ids. Ids past the vocabulary (the embedding's padding rows 248077..248319, which random
+        weights can produce) decode as ``<|unused_N|>`` (or nothing with skip_special_tokens)."""
         ids = [int(i) for i in ids]
         if skip_special_tokens:
             ids = [i for i in ids if i < self.eos_token_id]
-        return self._tok.decode(ids)
+        pieces, run = [], []
+        for i in ids:
+            if 0 <= i < self.vocab_size:
+                run.append(i)
+                continue
+            if run:
+                pieces.append(self._tok.decode(run))
+                run = []
+            pieces.append(f"<|unused_{i}|>")
+        if run:
+            pieces.append(self._tok.decode(run))
+        return "".join(pieces)
 
     def chat_prompt(self, user_message: str) -> list[int]:
         """The chat-template prompt for one user turn (``<|im_start|>user ... <|im_end|> <|im_start|>assistant``)."""

@@ -41,3 +41,10 @@ def test_written_tokenizer_files_agree_with_the_ranks(hf_tokenizer):
         assert hf_tokenizer.decode(tok.encode(text)) == text
     assert hf_tokenizer.convert_tokens_to_ids("<|endoftext|>") == 248044
     assert len(hf_tokenizer) == QWEN35_VOCAB_USED
+
+
+def test_padding_ids_decode_visibly():
+    tok = load_tokenizer()
+    ids = tok.encode("a b") + [248100] + tok.encode(" c")
+    assert tok.decode(ids) == "a b<|unused_248100|> c"
+    assert tok.decode(ids, skip_special_tokens=True) == "a b c"

@@ -175,7 +175,7 @@ implementation can possibly decode. We use 3.02 TB/s, the device-to-device copy 
 rows = []
 for context in (0, 1024, 8192, 32768):
     b = decode_budget(config, context)
-    rows.append((context, fmt_bytes(b.weight_bytes), fmt_bytes(b.deltanet_state_bytes + b.conv_state_bytes),
+    rows.append((context, fmt_bytes(b.weight_bytes), fmt_bytes(b.deltanet_state_traffic_bytes + b.conv_state_traffic_bytes),
                  fmt_bytes(b.kv_bytes), fmt_bytes(b.total_bytes),
                  f"{b.floor_seconds() * 1e3:.3f} ms", f"{b.floor_tokens_per_second():,.0f}"))
 print_table(rows, headers=("context", "weights", "DeltaNet+conv state (r+w)", "KV cache", "total",
