@@ -170,7 +170,9 @@ def test_prepare_matches_reference(name):
 @cuda.jit
 def sincos_kernel(angles, s, c):
     for i in range(cuda.grid(1), angles.shape[0], cuda.gridsize(1)):
-        s[i], c[i] = K.sincos(angles[i])
+        sn, cs = K.sincos(angles[i])
+        s[i] = sn
+        c[i] = cs
 
 
 def test_sincos_accuracy():
@@ -220,6 +222,22 @@ def test_decode_and_combine_match_reference(name, length, n_splits, threads):
     out = kernel_attention(sizes, q, gate, k_cache, v_cache, length, n, threads)
     check(f"{name} L={length} splits={n} threads={threads}", reference_attention(sizes, q, gate, k_cache, v_cache,
                                                                                length), out, TOL)
+
+
+def test_cached_launchers_keep_their_own_grid():
+    """One compiled decode kernel launched with 5, 1, then 5 splits again: each cached launcher must keep its own
+    grid (the simulator's ``kernel[grid, block]`` reconfigures the kernel object itself, so a cached configuration
+    there would launch the last grid set: splits beyond n_splits would read past ``length``)."""
+    sizes, _ = config("gqa4_dh32_r8")
+    Hq, Hkv, Dh, R = sizes
+    g = torch.Generator().manual_seed(6)
+    k_cache, v_cache = random_cache(sizes, 24, g)
+    for cache in (k_cache, v_cache):
+        cache.view(torch.int16)[:, 20:] = BF16_NAN
+    q, gate = torch.randn(Hq, Dh, generator=g), torch.randn(Hq * Dh, generator=g)
+    ref = reference_attention(sizes, q, gate, k_cache, v_cache, 20)
+    for n in (5, 1, 5, 1):
+        check(f"{n} splits", ref, kernel_attention(sizes, q, gate, k_cache, v_cache, 20, n, threads=32), TOL)
 
 
 def test_large_scores_do_not_overflow():

@@ -32,8 +32,9 @@ warps takes every ``NW``-th position of the split, two at a time; lane ``l`` hol
 of the ``G`` queries (registers), so a warp reads a key or value row as ``Dh/32`` coalesced 64-byte runs, and
 issues the ``4 Dh/32`` loads of a pair of positions before using any. Per position: ``G`` dot products (warp
 shuffle sums) scaled by ``1/sqrt(Dh)``; per pair the online softmax per head: running max ``m``,
-``l = sum exp(s - m)`` and ``acc = sum exp(s - m) v`` (rescaled by ``exp(m_old - m_new)``). The warps then merge through shared memory and the block writes, per query head, ``(m, l)`` to
-``partial_ml[h, s]`` and the unnormalised ``acc`` to ``partial_o[h, s]``. Bytes: ``2 * Hkv * L * Dh * 2``
+``l = sum exp(s - m)`` and ``acc = sum exp(s - m) v`` (rescaled by ``exp(m_old - m_new)``). The warps then
+merge through shared memory and the block writes, per query head, ``(m, l)`` to ``partial_ml[h, s]`` and the
+unnormalised ``acc`` to ``partial_o[h, s]``. Bytes: ``2 * Hkv * L * Dh * 2``
 (K and V, bf16) plus ``Hq * n * (Dh + 2) * 4`` of partials: 2 KB per position at the 0.8B shapes.
 
 attn_combine
@@ -405,6 +406,15 @@ def _check_sizes(Hq, Hkv, Dh, R):
 _STREAMS: dict = {}
 
 
+def _configured(kernel, grid, block, stream):
+    """A reusable launcher for ``kernel`` on ``grid`` x ``block``. On the GPU ``kernel[grid, block, stream]`` is an
+    independent launch configuration, made once; the simulator's configures the kernel object itself (the last
+    configuration wins), so there it is redone at every call."""
+    if launch.SIMULATOR:
+        return lambda *args: kernel[grid, block, stream](*args)
+    return kernel[grid, block, stream]
+
+
 def _stream():
     if launch.SIMULATOR:
         return 0, 0
@@ -437,7 +447,7 @@ def attn_prepare(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache,
         T = _threads_for(Dh)
         kernel = prepare_kernel(Hq, Hkv, Dh, R, float(eps), T)
         shapes = ((Hq * 2 * Dh + 2 * Hkv * Dh,), (Dh,), (Dh,), (R // 2,), (Hq, Dh), (Hq * Dh,))
-        entry = _PREPARE[key] = (kernel[Hq + Hkv, T, stream], shapes)
+        entry = _PREPARE[key] = (_configured(kernel, Hq + Hkv, T, stream), shapes)
     run, shapes = entry
     for name, a, shape in zip(("proj", "q_norm_w", "k_norm_w", "inv_freq", "q_out", "gate_out"),
                               (proj, q_norm_w, k_norm_w, inv_freq, q_out, gate_out), shapes):
@@ -481,9 +491,11 @@ def attn_decode(q, k_cache, v_cache, length, partial_ml, partial_o, n_splits, Hq
         if threads is not None and (threads % 32 or not 32 <= threads <= 1024):
             raise ValueError(f"attn_decode: threads = {threads} must be a multiple of 32 in [32, 1024]")
         if 4 * nw * (Hq // Hkv) * (Dh + 2) > 48 * 1024:
-            raise ValueError(f"attn_decode: {nw} warps x {Hq // Hkv} heads x head_dim {Dh} exceed 48 KB of shared memory")
+            raise ValueError(
+                f"attn_decode: {nw} warps x {Hq // Hkv} heads x head_dim {Dh} exceed 48 KB of shared memory"
+            )
         kernel = decode_kernel(Hq, Hkv, Dh, nw)
-        entry = _DECODE[key] = kernel[(Hkv, n_splits), 32 * nw, stream]
+        entry = _DECODE[key] = _configured(kernel, (Hkv, n_splits), 32 * nw, stream)
     if q.shape != (Hq, Dh):
         raise ValueError(f"attn_decode: q has shape {tuple(q.shape)}, expected {(Hq, Dh)}")
     _check_cache(k_cache, v_cache, Hkv, Dh)
@@ -518,7 +530,7 @@ def attn_combine(partial_ml, partial_o, gate, out, n_splits, Hq, Hkv, Dh, R=None
     if entry is None:
         _check_sizes(Hq, Hkv, Dh, 2 if R is None else R)
         T = _threads_for(Dh)
-        entry = _COMBINE[key] = combine_kernel(Hq, Dh, T)[Hq, T, stream]
+        entry = _COMBINE[key] = _configured(combine_kernel(Hq, Dh, T), Hq, T, stream)
     if not 1 <= n_splits <= MAX_SPLITS:
         raise ValueError(f"attn_combine: n_splits = {n_splits} must be in [1, {MAX_SPLITS}]")
     if gate.shape != (Hq * Dh,) or out.shape != (Hq * Dh,):

@@ -66,6 +66,15 @@ def rmsnorm_kernel(n: int, eps: float, threads: int):
 _LAUNCHERS: dict = {}
 
 
+def _configured(kernel, grid, block, stream):
+    """A reusable launcher for ``kernel`` on ``grid`` x ``block``. On the GPU ``kernel[grid, block, stream]`` is an
+    independent launch configuration, made once; the simulator's configures the kernel object itself (the last
+    configuration wins), so there it is redone at every call."""
+    if launch.SIMULATOR:
+        return lambda *args: kernel[grid, block, stream](*args)
+    return kernel[grid, block, stream]
+
+
 def _stream_key():
     if launch.SIMULATOR:
         return 0
@@ -79,12 +88,14 @@ def _launcher(n: int, eps: float):
     entry = _LAUNCHERS.get(key)
     if entry is None:
         if not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"rmsnorm: n (the normalised size, e.g. hidden_size) must be a positive integer, got {n!r}")
+            raise ValueError(
+                f"rmsnorm: n (the normalised size, e.g. hidden_size) must be a positive integer, got {n!r}"
+            )
         if not eps > 0:
             raise ValueError(f"rmsnorm: eps (rms_norm_eps) must be positive, got {eps!r}")
         threads = _threads_for(int(n))
         kernel = rmsnorm_kernel(int(n), float(eps), threads)
-        entry = _LAUNCHERS[key] = kernel[1, threads, launch.launch_stream()]
+        entry = _LAUNCHERS[key] = _configured(kernel, 1, threads, launch.launch_stream())
     return entry
 
 
