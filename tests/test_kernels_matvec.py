@@ -20,7 +20,6 @@ is O(1e-2..1).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
