@@ -316,6 +316,8 @@ def test_refuses_bad_sizes_and_arguments():
     with pytest.raises(ValueError, match="KV caches must be int16"):
         kernel_prepare(sizes, theta, proj, qw, kw, 0, k_cache[:1].contiguous(), v_cache[:1].contiguous())
     q, gate = torch.zeros(Hq, Dh), torch.zeros(Hq * Dh)
+    with pytest.raises(ValueError, match="16 query heads per KV head"):
+        kernel_attention((32, 2, Dh, R), torch.zeros(32, Dh), torch.zeros(32 * Dh), k_cache, v_cache, 4, 1)
     with pytest.raises(ValueError, match="length 9 must be in"):
         kernel_attention(sizes, q, gate, k_cache, v_cache, 9, 1)
     with pytest.raises(ValueError, match="n_splits"):

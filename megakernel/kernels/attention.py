@@ -34,8 +34,10 @@ issues the ``4 Dh/32`` loads of a pair of positions before using any. Per positi
 shuffle sums) scaled by ``1/sqrt(Dh)``; per pair the online softmax per head: running max ``m``,
 ``l = sum exp(s - m)`` and ``acc = sum exp(s - m) v`` (rescaled by ``exp(m_old - m_new)``). The warps then
 merge through shared memory and the block writes, per query head, ``(m, l)`` to ``partial_ml[h, s]`` and the
-unnormalised ``acc`` to ``partial_o[h, s]``. Bytes: ``2 * Hkv * L * Dh * 2``
-(K and V, bf16) plus ``Hq * n * (Dh + 2) * 4`` of partials: 2 KB per position at the 0.8B shapes.
+unnormalised ``acc`` to ``partial_o[h, s]``. Bytes: ``2 * Hkv * L * Dh * 2`` (K and V, bf16) plus
+``Hq * n * (Dh + 2) * 4`` of partials: 2 KB per position at the 0.8B shapes. Registers: the ``G * Dh/32``
+query values and as many accumulators per lane (32 + 32 at the 0.8B shapes, 168 registers in all: one block of
+8 warps per SM); the wrapper refuses ``G > 8`` or ``G * Dh/32 > 64``, which would spill to local memory.
 
 attn_combine
 ------------
@@ -80,6 +82,8 @@ __all__ = [
 
 MAX_SPLITS = 128
 POSITIONS_PER_SPLIT = 64
+MAX_GROUP = 8  # query heads per KV head in one attn_decode block (G = 16 spills the per-lane arrays to local memory)
+MAX_LANE_VALUES = 64  # G * ceil(Dh / 32): query values (and as many accumulators) per lane, in registers
 MAX_ANGLE = 4.0e6  # sincos reduces arguments exactly below ~2^22 * pi / 2
 
 
@@ -487,6 +491,14 @@ def attn_decode(q, k_cache, v_cache, length, partial_ml, partial_o, n_splits, Hq
         _check_sizes(Hq, Hkv, Dh, 2 if R is None else R)
         if not 1 <= n_splits <= MAX_SPLITS:
             raise ValueError(f"attn_decode: n_splits = {n_splits} must be in [1, {MAX_SPLITS}]")
+        group, per_lane = Hq // Hkv, -(-Dh // 32)
+        if group > MAX_GROUP or group * per_lane > MAX_LANE_VALUES:
+            raise ValueError(
+                f"attn_decode: num_attention_heads / num_key_value_heads = {group} query heads per KV head with "
+                f"head_dim {Dh}: each lane keeps {group} x {per_lane} query values and as many accumulators in "
+                f"registers; this kernel handles at most {MAX_GROUP} heads per group and {MAX_LANE_VALUES} values "
+                "(more would go to local memory)"
+            )
         nw = _decode_warps(Hq, Hkv, Dh) if threads is None else threads // 32
         if threads is not None and (threads % 32 or not 32 <= threads <= 1024):
             raise ValueError(f"attn_decode: threads = {threads} must be a multiple of 32 in [32, 1024]")

@@ -23,14 +23,15 @@ columns of ``S`` are independent once ``q``, ``k`` and the head's scalars are kn
 So block ``b`` of a 1-D grid of ``Hv * NS`` blocks takes value head ``h = b // NS`` and the ``CW = Dv / NS``
 columns ``[s CW, (s+1) CW)`` of split ``s = b % NS``. At the 0.8B shapes ``CW = 16``: 128 blocks of 256
 threads, one per SM. Every block recomputes the cheap per-head quantities (the conv of its key head's 2 Dk q/k
-channels, both L2 norms, beta, g): ``(2 K) * 2 Dk * 4`` B of inputs, 8 KB per block from L2, next to the 16 KB
-of state it streams each way.
+channels, both L2 norms, beta, g): ``(2 K) * 2 Dk * 4`` B of inputs, 8 KB per block, mostly from L2, next to
+the 8 KB of state it streams each way.
 
 Thread mapping inside a block (``T`` threads): thread ``t`` owns column ``cj = t % CW`` and row group
 ``rg = t // CW`` of ``RG = T / CW`` groups, i.e. rows ``rg, rg + RG, rg + 2 RG, ...`` (``RPT = Dk / RG`` rows,
 8 at the 0.8B shapes, held in registers). A warp therefore reads ``32 / CW`` rows of ``CW`` consecutive
 columns of the row-major [Dk, Dv] slab per load instruction (two 64-byte runs at the 0.8B shapes: whole 32-byte
-sectors, no waste), and every thread issues its ``RPT`` loads before using any of them. The two column sums
+sectors, no waste), and every thread issues its ``RPT`` loads before using any of them (48 registers per
+thread at the 0.8B shapes, no local memory). The two column sums
 (``S^T k``, ``S^T q``) are reduced over the row groups through shared memory. The element update
 ``S*exp(g) + k*delta`` rounds exactly like the reference (same operations in the same order), so the state
 differs from the reference only through ``delta`` (a Dk-term sum in another order).
@@ -47,7 +48,8 @@ block read them would corrupt that block's conv. So the q/k channels are written
 finish reading them: after its reads every block bumps a per-key-head counter (``threadfence`` then
 ``atomic.add``); the block that sees ``G * NS - 1`` knows every reader is done, writes the shifted q/k state
 and resets the counter to 0 for the next launch (the "last block" pattern; no block ever waits, so no
-cooperative launch is needed). Exactly one block writes each conv-state channel. The counters are a small int32
+cooperative launch is needed). Exactly one block writes each conv-state channel. (A fixed writer block
+instead corrupts ``o`` on the first step in the test simulator, whose blocks run concurrently.) The counters are a small int32
 buffer owned by this module, one per CUDA stream; launches of this kernel on one stream are ordered, so one
 buffer serves every layer.
 
