@@ -16,8 +16,9 @@ One decode step (``D`` hidden, ``C`` conv channels; every matvec reads bf16 weig
         matvec_residual                            h += W_o @ attn
         norm_swiglu_matvec, matvec_residual        the MLP as above
     lm_head_argmax                                 logits = W_lm @ rms_norm(h), and their argmax
+    advance                                        record the token, position += 1 (in device memory)
 
-That is 2 + 5 x 18 + 7 x 6 = 134 launches per token for Qwen3.5-0.8B: the per-launch host cost is what the
+That is 3 + 5 x 18 + 7 x 6 = 135 launches per token for Qwen3.5-0.8B: the per-launch host cost is what the
 megakernel removes. ``prefill`` runs the reference model (chunked DeltaNet, on the same device) and copies its
 states into the device buffers; ``decode_step`` and ``generate`` run on the kernels.
 
@@ -37,12 +38,19 @@ from reference.model import Qwen35Model, as_token_list, generate_tokens, load_mo
 from reference.state import ContextTooLongError
 
 from .kernels import attention, deltanet, embedding, fused_matvec, lm_head
-from .launch import as_kernel_array, kernel_device, require_gpu, synchronize
+from .launch import NoGPUError, as_kernel_array, kernel_device, require_gpu, synchronize
 from .layout import DeviceState, DeviceWeights, check_supported
 
 
 class LayeredDecoder:
-    """Qwen3.5 decode with one Numba kernel launch per op. Same API as :class:`reference.Qwen35Model`."""
+    """Qwen3.5 decode with one Numba kernel launch per op. Same API as :class:`reference.Qwen35Model`.
+
+    Two ways to run a step: eagerly (``decode_step``, ``greedy_tokens``: Python launches every kernel, ~20-40 us
+    of host time each) or as a captured CUDA graph (``graph_greedy_tokens``: the whole step replayed with one
+    call). The graph needs every per-step input in device memory: the token id (the previous step's argmax),
+    the position (``DeviceState.position``, advanced by the last kernel of the step) and a grid sized for the
+    cache capacity.
+    """
 
     stage = "layered"
 
@@ -54,46 +62,52 @@ class LayeredDecoder:
         self.device = kernel_device()
         self.max_context = min(max_context, c.max_position_embeddings)
         self.weights = DeviceWeights(c, reference.weights, self.device)
+        self.sizes_deltanet = deltanet.deltanet_sizes(c)
+        self.sizes_attention = attention.attention_sizes(c)
+        self.grid_splits = attention.attention_splits(self.max_context)
+        self._graph = None
         self._buffers()
 
     def _buffers(self) -> None:
         c, dev = self.config, self.device
-        f32 = lambda n: torch.zeros(n, dtype=torch.float32, device=dev)  # noqa: E731
+        f32 = lambda *shape: torch.zeros(*shape, dtype=torch.float32, device=dev)  # noqa: E731
+        Hq, Dh = c.num_attention_heads, c.head_dim
         self.h = f32(c.hidden_size)
         self.proj_linear = f32(c.conv_dim + c.value_dim + 2 * c.linear_num_value_heads)
         self.o_linear = f32(c.value_dim)
-        q_rows = 2 * c.num_attention_heads * c.head_dim
-        self.proj_attn = f32(q_rows + 2 * c.num_key_value_heads * c.head_dim)
-        self.q = f32(c.num_attention_heads * c.head_dim)
-        self.gate = f32(c.num_attention_heads * c.head_dim)
-        self.attn_out = f32(c.num_attention_heads * c.head_dim)
-        self.splits = attention.attention_splits(self.max_context)
-        self.partial_ml = f32(c.num_attention_heads * self.splits * 2)
-        self.partial_o = f32(c.num_attention_heads * self.splits * c.head_dim)
+        self.proj_attn = f32(2 * Hq * Dh + 2 * c.num_key_value_heads * Dh)
+        self.q = f32(Hq, Dh)
+        self.gate = f32(Hq * Dh)
+        self.attn_out = f32(Hq * Dh)
+        self.partial_ml = f32(Hq, self.grid_splits, 2)
+        self.partial_o = f32(Hq, self.grid_splits, Dh)
         self.act = f32(c.intermediate_size)
         self.logits = f32(c.vocab_size)
-        self.token = torch.zeros(1, dtype=torch.int32, device=dev)
-        self.best = lm_head.new_best(dev)
+        self.best = lm_head.new_best(dev)  # argmax result; its token slot feeds the next step's embedding
+        self.token = lm_head.token_view(self.best)
+        self.history = torch.zeros(self.max_context, dtype=torch.int32, device=dev)  # tokens chosen per position
         k = as_kernel_array
         self.k = {name: k(getattr(self, name)) for name in (
             "h", "proj_linear", "o_linear", "proj_attn", "q", "gate", "attn_out", "partial_ml", "partial_o",
-            "act", "logits", "token")}
-        self.k["best"] = self.best if not isinstance(self.best, torch.Tensor) else k(self.best)
+            "act", "logits", "best", "token", "history")}
         z0 = c.conv_dim
         self.k["z"] = k(self.proj_linear[z0 : z0 + c.value_dim])
 
     # ------------------------------------------------------------------ public API (as the reference model)
     def new_state(self, capacity: int | None = None) -> DeviceState:
-        return DeviceState(self.config, self.device, capacity or self.max_context)
+        capacity = capacity or self.max_context
+        if capacity > self.max_context:
+            raise ContextTooLongError(f"context too long: capacity {capacity} exceeds this decoder's max_context "
+                                      f"{self.max_context}")
+        return DeviceState(self.config, self.device, capacity)
 
     @torch.no_grad()
     def prefill(self, input_ids, state: DeviceState | None = None, last_only: bool = False):
         """Run the prompt through the reference model on this device, then copy its states into the kernel
-        layout. Returns (logits [T, V] fp32 (or [1, V] with last_only), DeviceState)."""
+        layout (replacing whatever ``state`` held). Returns (logits [T, V] fp32 (or [1, V] with last_only),
+        DeviceState)."""
         ids = as_token_list(input_ids, self.config.vocab_size)
         state = state or self.new_state()
-        if state.length:
-            raise ValueError("prefill into a state that already holds tokens is not supported by this stage")
         if len(ids) > state.capacity:
             raise ContextTooLongError(f"context too long: a prompt of {len(ids)} tokens exceeds this decoder's "
                                       f"KV-cache capacity {state.capacity}")
@@ -114,7 +128,6 @@ class LayeredDecoder:
         self.token.fill_(token)
         self._step(state, trace)
         state.length += 1
-        state.position.fill_(state.length)
         return self.logits.clone()
 
     @torch.no_grad()
@@ -127,26 +140,63 @@ class LayeredDecoder:
                                eos_token_id, callback)
 
     @torch.no_grad()
-    def greedy_tokens(self, input_ids, n: int) -> list[int]:
-        """Greedy decoding with the argmax on the device (only the token id crosses to the host)."""
-        logits, state = self.prefill(input_ids, last_only=True)
-        token = int(logits[-1].argmax())
-        out = [token]
+    def greedy_tokens(self, input_ids, n: int, state: DeviceState | None = None) -> list[int]:
+        """n greedy tokens, eagerly: the argmax stays on the device (feeding the next step's embedding); the
+        host reads each token id (one 4-byte copy per step) to stop at the cache's end."""
+        logits, state = self.prefill(input_ids, state=state, last_only=True)
+        out = [int(logits[-1].argmax())]
+        self.token.fill_(out[0])
         for _ in range(n - 1):
             state.check_room()
-            self.token.fill_(token)
             self._step(state, None)
             state.length += 1
-            state.position.fill_(state.length)
-            token = lm_head.read_token(self.k["best"])
-            out.append(token)
+            out.append(lm_head.read_token(self.best))
         return out
+
+    # ------------------------------------------------------------------ CUDA graph
+    def capture_graph(self):
+        """Capture one decode step (reading the token and position from device memory) into a CUDA graph.
+        Returns the state the graph is bound to; ``graph_greedy_tokens`` prefills into it and replays."""
+        if self._graph is not None:
+            return self._graph[1]
+        if self.device.type != "cuda":
+            raise NoGPUError("CUDA graphs need a GPU (the simulator runs kernels eagerly)")
+        state = self.new_state()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up on the capture stream: compiles, caches launch configs/buffers
+            self._step(state, None)
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            self._step(state, None)
+        torch.cuda.synchronize()
+        self._graph = (graph, state)
+        return state
+
+    @torch.no_grad()
+    def graph_greedy_tokens(self, input_ids, n: int) -> list[int]:
+        """n greedy tokens with each decode step replayed from one captured CUDA graph (no host work per token
+        beyond the replay call; the token ids are read back once at the end)."""
+        state = self.capture_graph()
+        graph = self._graph[0]
+        logits, state = self.prefill(input_ids, state=state, last_only=True)
+        first = int(logits[-1].argmax())
+        if state.length + n - 1 > state.capacity:
+            raise ContextTooLongError(f"context too long: {state.length} + {n - 1} positions exceed the KV-cache "
+                                      f"capacity {state.capacity}")
+        self.token.fill_(first)
+        start = state.length
+        for _ in range(n - 1):
+            graph.replay()
+        state.length += n - 1
+        return [first] + self.history[start : start + n - 1].tolist()
 
     # ------------------------------------------------------------------ one step: the launches
     def _step(self, state: DeviceState, trace: dict | None) -> None:
         c, W, K = self.config, self.weights, self.k
         D, F, eps = c.hidden_size, c.intermediate_size, c.rms_norm_eps
-        position = state.length
+        pos = state.k["position"]  # device int32[1]: the position of the token being decoded
         embedding.embed_lookup(W.k["embed"], K["token"], K["h"], D)
         for i, lw in enumerate(W.layers):
             w = lw.k
@@ -155,19 +205,20 @@ class LayeredDecoder:
                 fused_matvec.norm_matvec(K["h"], w["input_norm"], w["in_proj"], K["proj_linear"],
                                          lw.in_proj.shape[0], D, eps)
                 deltanet.deltanet_step(K["proj_linear"], w["conv_w"], state.k["conv"][j], w["A_log"], w["dt_bias"],
-                                       state.k["rec"][j], K["o_linear"], c)
+                                       state.k["rec"][j], K["o_linear"], *self.sizes_deltanet)
                 fused_matvec.gated_norm_matvec_residual(K["o_linear"], K["z"], w["gated_norm"], w["out_proj"],
                                                         K["h"], D, c.linear_num_value_heads,
                                                         c.linear_value_head_dim, eps)
             else:
                 j = state.full_index[i]
+                kc, vc = state.k["k_cache"][j], state.k["v_cache"][j]
                 fused_matvec.norm_matvec(K["h"], w["input_norm"], w["qkv"], K["proj_attn"], lw.qkv.shape[0], D, eps)
-                attention.attn_prepare(K["proj_attn"], w["q_norm"], w["k_norm"], W.k["inv_freq"], position,
-                                       state.k["k_cache"][j], state.k["v_cache"][j], K["q"], K["gate"], c)
-                attention.attn_decode(K["q"], state.k["k_cache"][j], state.k["v_cache"][j], position + 1,
-                                      K["partial_ml"], K["partial_o"], self.splits, c)
-                attention.attn_combine(K["partial_ml"], K["partial_o"], K["gate"], K["attn_out"], position + 1,
-                                       self.splits, c)
+                attention.attn_prepare(K["proj_attn"], w["q_norm"], w["k_norm"], W.k["inv_freq"], pos, kc, vc,
+                                       K["q"], K["gate"], *self.sizes_attention, eps=eps)
+                attention.attn_decode(K["q"], kc, vc, pos, K["partial_ml"], K["partial_o"], self.grid_splits,
+                                      *self.sizes_attention)
+                attention.attn_combine(K["partial_ml"], K["partial_o"], K["gate"], K["attn_out"], self.grid_splits,
+                                       *self.sizes_attention, length=pos)
                 fused_matvec.matvec_residual(w["o_proj"], K["attn_out"], K["h"], D,
                                              c.num_attention_heads * c.head_dim)
             fused_matvec.norm_swiglu_matvec(K["h"], w["post_norm"], w["gate"], w["up"], K["act"], F, D, eps)
@@ -177,11 +228,12 @@ class LayeredDecoder:
                 trace.setdefault("hidden", {})[i] = self.h.detach().cpu().clone()
         lm_head.lm_head_argmax(K["h"], W.k["final_norm"], W.k["lm_head"], K["logits"], c.vocab_size, D, eps,
                                K["best"])
+        embedding.advance(pos, K["token"], K["history"])
 
     def launches_per_token(self) -> int:
         n_lin = sum(t == LINEAR for t in self.config.layer_types)
         n_full = self.config.num_hidden_layers - n_lin
-        return 2 + 5 * n_lin + 7 * n_full
+        return 3 + 5 * n_lin + 7 * n_full
 
 
 def load(path: str | Path, stage: str = "layered", max_context: int = 4096, keep_fp32: bool = True):

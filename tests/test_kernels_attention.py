@@ -343,3 +343,36 @@ def test_ptx_sm90_clean():
         if "prepare" in r.name:
             assert "fma.rn.f32" in r.ptx  # the sincos reduction
         print(f"{r.name}: {r.registers} registers, spills {r.spill_store_bytes}/{r.spill_load_bytes} B")
+
+
+@pytest.mark.parametrize("position", [0, 70, 129])
+def test_device_held_position_gives_the_same_bits(position):
+    """For CUDA-graph replay the position lives in device memory and the grid is sized for the cache capacity:
+    prepare, decode and combine must produce exactly what the host-integer launches produce."""
+    sizes, theta = config("gqa4_dh32_r8")
+    Hq, Hkv, Dh, R = sizes
+    qw, kw, g = make_weights(sizes, seed=11)
+    proj = new_proj(sizes, g)
+    capacity = 192
+    caches = random_cache(sizes, capacity, g)
+    results = []
+    for on_device in (False, True):
+        k_cache, v_cache = (c.clone() for c in caches)
+        pos = torch.tensor([position], dtype=torch.int32)
+        p = A(pos) if on_device else position
+        q, gate = kernel_prepare(sizes, theta, proj, qw, kw, p, k_cache, v_cache)
+        length = position + 1
+        grid_splits = K.attention_splits(capacity) if on_device else K.attention_splits(length)
+        partial_ml = launch.poison_(torch.empty(Hq, K.MAX_SPLITS, 2))
+        partial_o = launch.poison_(torch.empty(Hq, K.MAX_SPLITS, Dh))
+        out = launch.poison_(torch.empty(Hq * Dh))
+        K.attn_decode(A(q), A(launch.halves(k_cache)), A(launch.halves(v_cache)), p if on_device else length,
+                      A(partial_ml), A(partial_o), grid_splits, *sizes)
+        K.attn_combine(A(partial_ml), A(partial_o), A(gate), A(out), grid_splits, *sizes,
+                       length=p if on_device else None)
+        results.append((q, gate, k_cache, v_cache, out))
+    for name, a, b in zip(("q", "gate", "K cache", "V cache", "attention out"), *results):
+        check(f"device-held position {position}: {name}", a.float(), b.float(), 0, exact=True)
+    with pytest.raises(ValueError, match="int32\\[1\\] device array"):
+        K.attn_prepare(A(proj), A(qw), A(kw), A(ops.rope_inv_freq(R, theta)), 1.5, A(launch.halves(caches[0])),
+                       A(launch.halves(caches[1])), A(torch.empty(Hq, Dh)), A(torch.empty(Hq * Dh)), *sizes)

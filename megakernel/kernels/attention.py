@@ -172,6 +172,41 @@ def _bf16_i16(x):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Position and length: a host integer (baked into the launch) or a device int32[1] holding the position of the
+# token being decoded (= tokens already cached), so one captured CUDA graph serves every step. Each kernel is
+# compiled in one of the two flavours; these pick the read.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@cuda.jit(device=True)
+def _scalar(p):
+    return p
+
+
+@cuda.jit(device=True)
+def _position_in_memory(p):
+    return int32(p[0])
+
+
+@cuda.jit(device=True)
+def _length_in_memory(p):
+    return int32(p[0]) + int32(1)  # the new token is cached before attention reads the cache
+
+
+@cuda.jit(device=True)
+def _splits_given(n_splits, length):
+    return n_splits
+
+
+@cuda.jit(device=True)
+def _splits_for_length(max_splits, length):
+    """Splits in use for ``length`` positions when the grid was sized for the cache capacity (``max_splits``):
+    one per POSITIONS_PER_SPLIT positions, as ``attention_splits``; blocks past it have nothing to do."""
+    n = (length + int32(POSITIONS_PER_SPLIT - 1)) // int32(POSITIONS_PER_SPLIT)
+    return max(int32(1), min(int32(max_splits), n))
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------------------------
 
@@ -181,9 +216,11 @@ def _threads_for(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def prepare_kernel(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
+def prepare_kernel(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int, device_position: bool = False):
     """``attn_prepare`` for one size tuple; launch as ``[Hq + Hkv, T]`` with
-    ``(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out)``."""
+    ``(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out)``; ``position`` is an
+    integer, or with ``device_position`` an int32[1] device array holding it."""
+    READ_POSITION = _position_in_memory if device_position else _scalar
     HALF = R // 2
     K_OFF = Hq * 2 * Dh  # proj = [q|gate per head (Hq 2 Dh) | k (Hkv Dh) | v (Hkv Dh)]
     V_OFF = K_OFF + Hkv * Dh
@@ -191,8 +228,9 @@ def prepare_kernel(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
     DH_F = np.float32(Dh)
 
     @cuda.jit
-    def attn_prepare_k(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out):
+    def attn_prepare_k(proj, q_norm_w, k_norm_w, inv_freq, position_arg, k_cache, v_cache, q_out, gate_out):
         scratch = cuda.shared.array(32, float32)
+        position = READ_POSITION(position_arg)
         b = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         is_q = b < Hq
@@ -234,9 +272,13 @@ def _decode_warps(Hq, Hkv, Dh):
 
 
 @functools.lru_cache(maxsize=None)
-def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int):
+def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int, device_length: bool = False):
     """``attn_decode`` for one size tuple and ``NW`` warps per block; launch as ``[(Hkv, n_splits), 32 NW]``
-    with ``(q, k_cache, v_cache, length, n_splits, partial_ml, partial_o)``."""
+    with ``(q, k_cache, v_cache, length, n_splits, partial_ml, partial_o)``. With ``device_length``, ``length`` is
+    the int32[1] device position (length = position + 1) and ``n_splits`` the grid's split count (sized for the
+    cache capacity): blocks past the splits that ``length`` needs return at once."""
+    READ_LENGTH = _length_in_memory if device_length else _scalar
+    SPLITS = _splits_for_length if device_length else _splits_given
     G = Hq // Hkv
     E = -(-Dh // 32)  # dims per lane
     EXACT = Dh % 32 == 0
@@ -245,7 +287,11 @@ def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int):
     NEG_INF = np.float32(-np.inf)
 
     @cuda.jit
-    def attn_decode_k(q, k_cache, v_cache, length, n_splits, partial_ml, partial_o):
+    def attn_decode_k(q, k_cache, v_cache, length_arg, grid_splits, partial_ml, partial_o):
+        length = READ_LENGTH(length_arg)
+        n_splits = SPLITS(grid_splits, length)
+        if cuda.blockIdx.y >= n_splits:
+            return  # the whole block: no barrier is left waiting
         sm_m = cuda.shared.array((NW, G), float32)
         sm_l = cuda.shared.array((NW, G), float32)
         sm_acc = cuda.shared.array((NW, G, Dh), float32)
@@ -349,13 +395,17 @@ def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int):
 
 
 @functools.lru_cache(maxsize=None)
-def combine_kernel(Hq: int, Dh: int, T: int):
+def combine_kernel(Hq: int, Dh: int, T: int, device_length: bool = False):
     """``attn_combine`` for one size tuple; launch as ``[Hq, T]`` with
-    ``(partial_ml, partial_o, gate, out, n_splits)``."""
+    ``(partial_ml, partial_o, gate, out, n_splits, length)``; with ``device_length`` the splits in use follow the
+    device-held length as in ``decode_kernel`` (``length`` is ignored otherwise)."""
     NEG_INF = np.float32(-np.inf)
+    READ_LENGTH = _length_in_memory if device_length else _scalar
+    SPLITS = _splits_for_length if device_length else _splits_given
 
     @cuda.jit
-    def attn_combine_k(partial_ml, partial_o, gate, out, n_splits):
+    def attn_combine_k(partial_ml, partial_o, gate, out, grid_splits, length_arg):
+        n_splits = SPLITS(grid_splits, READ_LENGTH(length_arg))
         wsh = cuda.shared.array(MAX_SPLITS, float32)
         scratch = cuda.shared.array(32, float32)
         h = cuda.blockIdx.x
@@ -441,15 +491,18 @@ def attn_prepare(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache,
     ``proj`` fp32 [Hq 2 Dh + 2 Hkv Dh]: ``[q_proj (per head [query Dh | gate Dh]) | k_proj | v_proj]``;
     ``q_norm_w``, ``k_norm_w`` fp32 [Dh] (zero-centred, applied as ``1 + w``); ``inv_freq`` fp32 [R/2];
     ``k_cache``, ``v_cache`` int16 [Hkv, capacity, Dh] (bf16 bits), position ``position`` written;
-    ``q_out`` fp32 [Hq, Dh]; ``gate_out`` fp32 [Hq Dh]. ``eps``: ``rms_norm_eps``.
+    ``q_out`` fp32 [Hq, Dh]; ``gate_out`` fp32 [Hq Dh]. ``eps``: ``rms_norm_eps``. ``position``: an integer, or
+    an int32[1] device array holding it (then one captured CUDA graph serves every step; the caller keeps it
+    inside the cache).
     """
     skey, stream = _stream()
-    key = (Hq, Hkv, Dh, R, eps, skey)
+    on_device = _device_held(position, "position")
+    key = (Hq, Hkv, Dh, R, eps, on_device, skey)
     entry = _PREPARE.get(key)
     if entry is None:
         _check_sizes(Hq, Hkv, Dh, R)
         T = _threads_for(Dh)
-        kernel = prepare_kernel(Hq, Hkv, Dh, R, float(eps), T)
+        kernel = prepare_kernel(Hq, Hkv, Dh, R, float(eps), T, on_device)
         shapes = ((Hq * 2 * Dh + 2 * Hkv * Dh,), (Dh,), (Dh,), (R // 2,), (Hq, Dh), (Hq * Dh,))
         entry = _PREPARE[key] = (_configured(kernel, Hq + Hkv, T, stream), shapes)
     run, shapes = entry
@@ -458,9 +511,18 @@ def attn_prepare(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache,
         if a.shape != shape:
             raise ValueError(f"attn_prepare: {name} has shape {tuple(a.shape)}, expected {shape}")
     _check_cache(k_cache, v_cache, Hkv, Dh)
-    if not 0 <= position < k_cache.shape[1] or position >= MAX_ANGLE:
+    if not on_device and (not 0 <= position < k_cache.shape[1] or position >= MAX_ANGLE):
         raise ValueError(f"attn_prepare: position {position} outside the KV cache (capacity {k_cache.shape[1]})")
     run(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out)
+
+
+def _device_held(value, what: str) -> bool:
+    """True for an int32[1] device array, False for an integer; anything else is refused."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return False
+    if getattr(value, "shape", None) == (1,) and np.dtype(value.dtype) == np.int32:
+        return True
+    raise ValueError(f"attention: {what} must be an integer or an int32[1] device array, got {value!r}")
 
 
 def _check_cache(k_cache, v_cache, Hkv, Dh):
@@ -485,7 +547,8 @@ def attn_decode(q, k_cache, v_cache, length, partial_ml, partial_o, n_splits, Hq
     ``*attention_sizes(config)`` call and not used. ``threads``: block size (a multiple of 32), default 8 warps.
     """
     skey, stream = _stream()
-    key = (Hq, Hkv, Dh, n_splits, threads, skey)
+    on_device = _device_held(length, "length")
+    key = (Hq, Hkv, Dh, n_splits, threads, on_device, skey)
     entry = _DECODE.get(key)
     if entry is None:
         _check_sizes(Hq, Hkv, Dh, 2 if R is None else R)
@@ -506,13 +569,13 @@ def attn_decode(q, k_cache, v_cache, length, partial_ml, partial_o, n_splits, Hq
             raise ValueError(
                 f"attn_decode: {nw} warps x {Hq // Hkv} heads x head_dim {Dh} exceed 48 KB of shared memory"
             )
-        kernel = decode_kernel(Hq, Hkv, Dh, nw)
+        kernel = decode_kernel(Hq, Hkv, Dh, nw, on_device)
         entry = _DECODE[key] = _configured(kernel, (Hkv, n_splits), 32 * nw, stream)
     if q.shape != (Hq, Dh):
         raise ValueError(f"attn_decode: q has shape {tuple(q.shape)}, expected {(Hq, Dh)}")
     _check_cache(k_cache, v_cache, Hkv, Dh)
     _check_partials(partial_ml, partial_o, Hq, Dh, n_splits)
-    if not 1 <= length <= k_cache.shape[1]:
+    if not on_device and not 1 <= length <= k_cache.shape[1]:
         raise ValueError(f"attn_decode: length {length} must be in [1, capacity {k_cache.shape[1]}]")
     entry(q, k_cache, v_cache, length, n_splits, partial_ml, partial_o)
 
@@ -530,25 +593,28 @@ def _check_partials(partial_ml, partial_o, Hq, Dh, n_splits):
 _COMBINE: dict = {}
 
 
-def attn_combine(partial_ml, partial_o, gate, out, n_splits, Hq, Hkv, Dh, R=None) -> None:
+def attn_combine(partial_ml, partial_o, gate, out, n_splits, Hq, Hkv, Dh, R=None, length=None) -> None:
     """Merge the ``n_splits`` partials of :func:`attn_decode` and apply the output gate (torch's stream).
 
     ``gate`` fp32 [Hq Dh] (from ``attn_prepare``); ``out`` fp32 [Hq Dh]: ``softmax(q k^T / sqrt(Dh)) v *
     sigmoid(gate)``, the input of o_proj. ``Hkv``, ``R`` are accepted for a uniform call and not used.
+    ``length``: the int32[1] device position when ``attn_decode`` was given one (``n_splits`` is then the grid's
+    split count); None with a host ``n_splits``.
     """
     skey, stream = _stream()
-    key = (Hq, Dh, skey)
+    on_device = length is not None and _device_held(length, "length")
+    key = (Hq, Dh, on_device, skey)
     entry = _COMBINE.get(key)
     if entry is None:
         _check_sizes(Hq, Hkv, Dh, 2 if R is None else R)
         T = _threads_for(Dh)
-        entry = _COMBINE[key] = _configured(combine_kernel(Hq, Dh, T), Hq, T, stream)
+        entry = _COMBINE[key] = _configured(combine_kernel(Hq, Dh, T, on_device), Hq, T, stream)
     if not 1 <= n_splits <= MAX_SPLITS:
         raise ValueError(f"attn_combine: n_splits = {n_splits} must be in [1, {MAX_SPLITS}]")
     if gate.shape != (Hq * Dh,) or out.shape != (Hq * Dh,):
         raise ValueError(f"attn_combine: gate and out must be fp32 [{Hq * Dh}], got {gate.shape}, {out.shape}")
     _check_partials(partial_ml, partial_o, Hq, Dh, n_splits)
-    entry(partial_ml, partial_o, gate, out, n_splits)
+    entry(partial_ml, partial_o, gate, out, n_splits, length if on_device else 0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -562,11 +628,18 @@ attn_combine_0p8b = combine_kernel(8, 256, _threads_for(256))
 attn_prepare_awkward = prepare_kernel(3, 1, 24, 12, 1e-6, _threads_for(24))
 attn_decode_awkward = decode_kernel(3, 1, 24, 1)
 attn_combine_awkward = combine_kernel(3, 24, _threads_for(24))
+attn_prepare_0p8b_graph = prepare_kernel(8, 2, 256, 64, 1e-6, _threads_for(256), True)
+attn_decode_0p8b_graph = decode_kernel(8, 2, 256, _decode_warps(8, 2, 256), True)
+attn_combine_0p8b_graph = combine_kernel(8, 256, _threads_for(256), True)
 _PREPARE_SIG = ("void(float32[::1], float32[::1], float32[::1], float32[::1], int64, int16[:, :, ::1], "
                 "int16[:, :, ::1], float32[:, ::1], float32[::1])")
 _DECODE_SIG = ("void(float32[:, ::1], int16[:, :, ::1], int16[:, :, ::1], int64, int64, float32[:, :, ::1], "
                "float32[:, :, ::1])")
-_COMBINE_SIG = "void(float32[:, :, ::1], float32[:, :, ::1], float32[::1], float32[::1], int64)"
+_COMBINE_SIG = "void(float32[:, :, ::1], float32[:, :, ::1], float32[::1], float32[::1], int64, int64)"
+_POS = "int32[::1]"
+_PREPARE_SIG_GRAPH = _PREPARE_SIG.replace("int64", _POS)
+_DECODE_SIG_GRAPH = _DECODE_SIG.replace("int64, int64", f"{_POS}, int64")
+_COMBINE_SIG_GRAPH = _COMBINE_SIG.replace("int64, int64", f"int64, {_POS}")
 PTX_SIGNATURES = {
     "attn_prepare_0p8b": [_PREPARE_SIG],
     "attn_decode_0p8b": [_DECODE_SIG],
@@ -574,4 +647,7 @@ PTX_SIGNATURES = {
     "attn_prepare_awkward": [_PREPARE_SIG],
     "attn_decode_awkward": [_DECODE_SIG],
     "attn_combine_awkward": [_COMBINE_SIG],
+    "attn_prepare_0p8b_graph": [_PREPARE_SIG_GRAPH],
+    "attn_decode_0p8b_graph": [_DECODE_SIG_GRAPH],
+    "attn_combine_0p8b_graph": [_COMBINE_SIG_GRAPH],
 }

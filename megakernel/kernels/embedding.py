@@ -3,6 +3,7 @@
 The token id is read from a 1-element int32 device buffer rather than passed as a launch argument, so the
 decode step can be captured once in a CUDA graph and replayed for every token (the argmax of the previous step
 writes the buffer). One block copies one row of D bf16 values (D/2 words) and widens them to fp32.
+``advance`` ends a step: it records the chosen token and moves the device-held position on.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from numba import cuda
 
 from ..device import bf16_hi, bf16_lo
-from ..launch import launch_stream
+from .matvec import stream
 
 THREADS = 128
 
@@ -25,9 +26,26 @@ def embedding_kernel(embed, token, h, half_d):
         h[2 * j + 1] = bf16_hi(w)
 
 
+@cuda.jit
+def advance_kernel(position, token, history):
+    """End of a decode step: history[position] = the token just chosen; position += 1 (one thread)."""
+    if cuda.threadIdx.x == 0:
+        p = position[0]
+        history[p] = token[0]
+        position[0] = p + 1
+
+
 def embed_lookup(embed, token, h, d: int) -> None:
     """h[:] = embed[token[0]] (embed as int32 words of a bf16 [V, d] matrix, flattened)."""
-    embedding_kernel[1, THREADS, launch_stream()](embed, token, h, d // 2)
+    embedding_kernel[1, THREADS, stream()](embed, token, h, d // 2)
 
 
-PTX_SIGNATURES = {"embedding_kernel": ["(int32[::1], int32[::1], float32[::1], int64)"]}
+def advance(position, token, history) -> None:
+    """Record the chosen token at history[position] and move the device position on by one."""
+    advance_kernel[1, 32, stream()](position, token, history)
+
+
+PTX_SIGNATURES = {
+    "embedding_kernel": ["(int32[::1], int32[::1], float32[::1], int64)"],
+    "advance_kernel": ["(int32[::1], int32[::1], int32[::1])"],
+}
