@@ -1,0 +1,777 @@
+"""The systems ``python -m megakernel.bench`` compares, behind one small interface, and how each is checked.
+
+Every system answers four questions for the benchmark (see :class:`System`):
+
+* ``greedy(prompt, n)``: its own fastest greedy path (the tokens it would generate);
+* ``teacher_forced(prompt, tokens)``: its logits when fed the oracle's tokens (None if it has no logits API);
+* ``decode(ids, gen)``: prefill ``ids`` (untimed), then time ``gen`` greedy decode steps; returns (seconds, steps);
+* ``prefill(ids)``: the time of a prefill of ``ids`` (None when the system has no prefill of its own).
+
+A system is **checked** against an oracle in matching precision before it is timed (:func:`check_system`): the
+oracle's greedy tokens over ``n`` steps and its logits at each step are compared with the system's. It passes when
+its teacher-forced logits are within the stated tolerance of the oracle's at every step (relative error
+max|err| / max|ref|, :func:`reference.check.check`) and its greedy tokens are identical, or first differ at a near
+tie that the measured logit error explains (the gap between the two tokens' oracle logits is at most twice the
+largest logit error of that step). Systems without a logits API must produce identical tokens. A system whose
+check fails is never timed.
+
+Oracles: the reference in bf16 (transformers' rounding of the fp32-stored parameters for the transformers rows,
+``keep_fp32`` for the reference rows) and, for the Numba kernel stages, the reference computing in fp32 from the
+bf16 weights with a bf16 KV cache (``megakernel.layered.load(path, "reference")``).
+
+``llama.cpp`` is not run here: :func:`llama_cpp_rows` converts the JSON that ``llama-bench -o json`` writes
+(``tools/llama_cpp_peer.sh`` produces it). llama-bench prints no tokens, so its rows are marked not checked.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import inspect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .results import llama_cpp_rows, quantiles, read_llama_bench_json  # noqa: F401 (re-exported)
+
+# Tolerances for the teacher-forced logits check (relative error max|err| / max|ref|).
+TOL_BF16 = 5e-2  # bf16 vs bf16: same math, different kernels / summation blocking; a real bug is O(1)
+TOL_FP32 = 1e-3  # fp32 compute on bf16 weights vs the same in the reference (as tests/gpu uses)
+
+SYSTEM_NAMES = (
+    "llama.cpp", "megakernel", "layered", "layered-graph", "reference-graph", "reference-compile",
+    "reference-eager", "hf-loop-sdpa", "hf-loop-eager", "hf-generate-sdpa", "hf-generate-eager",
+)
+DESCRIPTIONS = {
+    "hf-generate-eager": "transformers Qwen3_5ForCausalLM bf16, generate(), eager attention",
+    "hf-generate-sdpa": "transformers Qwen3_5ForCausalLM bf16, generate(), SDPA attention",
+    "hf-loop-eager": "transformers bf16, a plain cached forward loop (argmax on the device), eager attention",
+    "hf-loop-sdpa": "transformers bf16, a plain cached forward loop (argmax on the device), SDPA attention",
+    "reference-eager": "reference/ (pure PyTorch) bf16, decode_step loop",
+    "reference-graph": "reference/static_decode.py bf16: static-shape step captured in one CUDA graph",
+    "reference-compile": "reference/static_decode.py bf16 under torch.compile(mode='reduce-overhead')",
+    "llama.cpp": "llama.cpp llama-bench, bf16 GGUF (tools/llama_cpp_peer.sh)",
+    "layered": "megakernel/layered.py: one Numba CUDA kernel per op",
+    "layered-graph": "the layered decoder in its CUDA-graph mode",
+    "megakernel": "megakernel/megakernel.py: one persistent kernel per token",
+}
+GRAPH_METHODS = ("enable_cuda_graph", "use_cuda_graph", "capture_cuda_graph", "capture_graph", "enable_graph")
+
+
+class Unavailable(Exception):
+    """The system cannot run on this machine / in this checkout (the message says why)."""
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def module_status(name: str) -> str:
+    """'<version>' if ``import name`` works, else 'not available (<error>)'."""
+    try:
+        mod = importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001 (any import failure is the answer)
+        return f"not available ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    return str(getattr(mod, "__version__", "installed"))
+
+
+def short_error(e: BaseException, limit: int = 400) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------------ checking
+@dataclass
+class Oracle:
+    name: str
+    tokens: list[int]
+    logits: list[torch.Tensor]  # fp32 on the CPU: logits[i] produced tokens[i]
+    tol: float
+
+
+@dataclass
+class CheckOutcome:
+    passed: bool
+    detail: str
+    tokens_agree: int = 0
+    worst_rel: float | None = None
+
+
+def make_oracle(name: str, model, prompt: list[int], n: int, tol: float) -> Oracle:
+    """Greedy decoding with a reference-like model (prefill / decode_step), keeping every step's logits."""
+    with torch.no_grad():
+        logits, state = model.prefill(prompt, last_only=True)
+        out = [logits[-1].float().cpu()]
+        tokens = [int(torch.argmax(out[0]))]
+        for _ in range(n - 1):
+            step = model.decode_step(tokens[-1], state).float().cpu()
+            out.append(step)
+            tokens.append(int(torch.argmax(step)))
+    return Oracle(name, tokens, out, tol)
+
+
+def check_system(system: "System", oracle: Oracle, prompt: list[int]) -> CheckOutcome:
+    """See the module docstring. Never raises for a numerical disagreement (returns passed=False)."""
+    from reference.check import CheckFailed, check
+
+    n = len(oracle.tokens)
+    tokens = [int(t) for t in system.greedy(prompt, n)]
+    agree = next((i for i, (a, b) in enumerate(zip(tokens, oracle.tokens)) if a != b), min(len(tokens), n))
+    forced = system.teacher_forced(prompt, oracle.tokens)
+    if forced is None:
+        if tokens == oracle.tokens:
+            return CheckOutcome(True, f"greedy tokens {n}/{n} identical to {oracle.name}", n)
+        return CheckOutcome(False, f"greedy tokens differ from {oracle.name} at step {agree} (system "
+                                   f"{tokens[agree] if agree < len(tokens) else 'none'} vs {oracle.tokens[agree]}); "
+                                   "no logits API to tell a near tie from a bug", agree)
+    worst, errs = 0.0, []
+    for i, (ref, out) in enumerate(zip(oracle.logits, forced)):
+        try:
+            r = check(f"step {i} logits", ref, out.float().cpu(), oracle.tol, verbose=False)
+        except CheckFailed as e:
+            return CheckOutcome(False, f"teacher-forced logits vs {oracle.name}: {e}", agree)
+        worst = max(worst, r.rel)
+        errs.append(r.max_abs)
+    logits_note = f"teacher-forced logits rel err {worst:.1e} <= {oracle.tol:.0e} over {n} steps"
+    if tokens == oracle.tokens:
+        return CheckOutcome(True, f"greedy tokens {n}/{n} identical to {oracle.name}; {logits_note}", n, worst)
+    if agree >= len(tokens):
+        if tokens and tokens[-1] in getattr(system, "stop_tokens", ()):  # generate() stopped at EOS, as it should
+            return CheckOutcome(True, f"greedy tokens identical to {oracle.name} until it stopped at EOS after "
+                                      f"{len(tokens)} tokens; {logits_note}", agree, worst)
+        return CheckOutcome(False, f"greedy path returned {len(tokens)} tokens, expected {n}", agree, worst)
+    k, mine, theirs = agree, tokens[agree], oracle.tokens[agree]
+    ref_k = oracle.logits[k]
+    gap = float(ref_k[theirs] - ref_k[mine])
+    consistent = int(torch.argmax(forced[k].float())) == mine
+    if consistent and gap <= 2 * errs[k]:
+        return CheckOutcome(True, f"greedy tokens {k}/{n} identical to {oracle.name}, then a near tie (oracle logit "
+                                  f"gap {gap:.2e} <= 2 x logit error {errs[k]:.2e}); {logits_note}", k, worst)
+    why = ("its greedy path disagrees with its own logits" if not consistent else
+           f"oracle logit gap {gap:.2e} > 2 x logit error {errs[k]:.2e}")
+    return CheckOutcome(False, f"greedy tokens differ from {oracle.name} at step {k} ({mine} vs {theirs}) and it is "
+                               f"not a near tie: {why}", k, worst)
+
+
+# ------------------------------------------------------------------------------------------------ launches
+def count_gpu_ops(fn) -> tuple[int, int] | None:
+    """(kernels, memcpy/memset ops) the CUDA profiler sees while ``fn()`` runs; None if it cannot tell."""
+    if not torch.cuda.is_available():
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = mem = 0
+    for e in prof.events():
+        if getattr(e, "device_type", None) != DeviceType.CUDA:
+            continue
+        name = e.name.lower()
+        if name.startswith(("memcpy", "memset")):
+            mem += 1
+        else:
+            kernels += 1
+    return None if kernels == 0 else (kernels, mem)
+
+
+# ------------------------------------------------------------------------------------------------ systems
+@dataclass
+class BenchContext:
+    """What every system needs: the checkpoint, the device, the largest context it will see."""
+
+    path: Path
+    device: torch.device
+    max_context: int  # largest prefill + decode steps any workload uses
+    check_prompt: list = field(default_factory=lambda: list(range(1000, 1016)))
+    check_steps: int = 16
+    llama_json: Path | None = None
+    oracles: dict = field(default_factory=dict)  # name -> Oracle (computed once, on the CPU)
+
+
+class System:
+    name: str = ""
+    oracle_name: str | None = None  # None: no check possible ("checked" is then False with a reason)
+    has_prefill = True
+    notes: list
+
+    def __init__(self, name: str, ctx: BenchContext):
+        self.name, self.ctx, self.device = name, ctx, ctx.device
+        self.notes = []
+        self.launches: int | None = None
+        self.kernels: int | None = None
+        self.launches_note = "unknown"
+
+    def load(self) -> None:
+        """Load / build; raise Unavailable with the reason if it cannot run here."""
+
+    def oracle(self) -> Oracle | None:
+        return None
+
+    def greedy(self, prompt, n) -> list[int]:
+        raise NotImplementedError
+
+    def teacher_forced(self, prompt, tokens) -> list[torch.Tensor] | None:
+        return None
+
+    def decode(self, ids, gen) -> tuple[float, int]:
+        raise NotImplementedError
+
+    def prefill(self, ids) -> float | None:
+        return None
+
+    def count_launches(self) -> None:
+        """Fill launches / kernels / launches_note (best effort)."""
+
+    def close(self) -> None:
+        pass
+
+
+class DecoderSystem(System):
+    """Anything with the reference API: prefill(ids, last_only=True) -> (logits, state), decode_step(t, state)."""
+
+    model = None
+
+    def greedy(self, prompt, n):
+        if hasattr(self.model, "greedy_tokens"):
+            return list(self.model.greedy_tokens(prompt, n))
+        logits, state = self.model.prefill(prompt, last_only=True)
+        out = [int(torch.argmax(logits[-1]))]
+        while len(out) < n:
+            out.append(int(torch.argmax(self.model.decode_step(out[-1], state))))
+        return out
+
+    def teacher_forced(self, prompt, tokens):
+        logits, state = self.model.prefill(prompt, last_only=True)
+        out = [logits[-1].float().cpu()]
+        for t in tokens[:-1]:
+            out.append(self.model.decode_step(t, state).float().cpu())
+        return out
+
+    def decode(self, ids, gen):
+        model = self.model
+        with torch.no_grad():
+            logits, state = model.prefill(ids, last_only=True)
+            token = int(torch.argmax(logits[-1]))
+            sync(self.device)
+            t0 = time.perf_counter()
+            for _ in range(gen):
+                token = int(torch.argmax(model.decode_step(token, state)))
+            sync(self.device)
+            return time.perf_counter() - t0, gen
+
+    def prefill(self, ids):
+        with torch.no_grad():
+            sync(self.device)
+            t0 = time.perf_counter()
+            self.model.prefill(ids, last_only=True)
+            sync(self.device)
+            return time.perf_counter() - t0
+
+    def _profile_step(self):
+        logits, state = self.model.prefill([1, 2, 3, 4], last_only=True)
+        token = int(torch.argmax(logits[-1]))
+        self.model.decode_step(token, state)  # warm
+        return count_gpu_ops(lambda: self.model.decode_step(token, state))
+
+    def close(self):
+        self.model = None
+        free_memory()
+
+
+def _reference_oracle(ctx: BenchContext, name: str, loader, tol: float) -> Oracle:
+    if name not in ctx.oracles:
+        model = loader()
+        ctx.oracles[name] = make_oracle(name, model, ctx.check_prompt, ctx.check_steps, tol)
+        del model
+        free_memory()
+    return ctx.oracles[name]
+
+
+def _load_reference_bf16(ctx: BenchContext, keep_fp32: bool = True):
+    from reference import load_model
+
+    return load_model(ctx.path, device=ctx.device, dtype=torch.bfloat16, keep_fp32=keep_fp32)
+
+
+class ReferenceEager(DecoderSystem):
+    oracle_name = None  # it is the oracle
+
+    def load(self):
+        self.model = _load_reference_bf16(self.ctx)
+        self.notes.append("the oracle for reference-graph / reference-compile (itself checked against "
+                          "transformers by tests/test_vs_transformers.py)")
+
+    def count_launches(self):
+        ops = self._profile_step()
+        if ops:
+            self.launches, self.kernels = ops[0] + ops[1], ops[0]
+            self.launches_note = f"{ops[0]} kernels + {ops[1]} copies (torch.profiler, one decode_step)"
+
+
+class ReferenceStatic(System):
+    """reference/static_decode.py: one StaticDecoder per capacity, captured in a CUDA graph or compiled."""
+
+    oracle_name = "reference bf16"
+    has_prefill = False
+
+    def __init__(self, name, ctx, mode: str):
+        super().__init__(name, ctx)
+        self.mode = mode  # "graph" or "compile"
+        self.model = None
+        self.decoders: dict[int, object] = {}
+
+    def load(self):
+        if self.device.type != "cuda":
+            raise Unavailable("needs a CUDA GPU (CUDA graphs)")
+        self.model = _load_reference_bf16(self.ctx)
+        self.notes.append("prefill: the reference's (not timed here; see reference-eager)")
+        if self.mode == "compile":
+            self.notes.append(f"one decoder of capacity {self.ctx.max_context} for every context (one compile): "
+                              "attention reads the whole capacity")
+            self._decoder(self.ctx.max_context)
+
+    def oracle(self):
+        model = self.model
+        return _reference_oracle(self.ctx, self.oracle_name, lambda: model, TOL_BF16)
+
+    def _decoder(self, capacity: int):
+        from reference.static_decode import StaticDecoder
+
+        if self.mode == "compile":
+            capacity = self.ctx.max_context
+        if capacity not in self.decoders:
+            dec = StaticDecoder(self.model, capacity)
+            if self.mode == "graph":
+                dec.capture_cuda_graph()
+            else:
+                dec = self._compile(dec, capacity)
+            self.decoders[capacity] = dec
+        return self.decoders[capacity]
+
+    def _compile(self, dec, capacity: int):
+        """torch.compile(mode='reduce-overhead') with fullgraph=True; if that fails, record why and retry with
+        graph breaks allowed (fullgraph=False). Errors of the second attempt propagate."""
+        from reference.static_decode import StaticDecoder
+
+        t0 = time.perf_counter()
+        how = "fullgraph=True"
+        try:
+            dec.compile(mode="reduce-overhead", fullgraph=True)
+        except Exception as e:  # noqa: BLE001 (recorded, then the fallback)
+            self.notes.append(f"torch.compile(mode='reduce-overhead', fullgraph=True) failed: {short_error(e, 300)}")
+            torch._dynamo.reset()
+            dec, how = StaticDecoder(self.model, capacity), "fullgraph=False"
+            dec.compile(mode="reduce-overhead", fullgraph=False)
+        self.notes.append(f"torch.compile(mode='reduce-overhead', {how}) compiled and warmed up in "
+                          f"{time.perf_counter() - t0:.0f} s")
+        try:
+            from torch._dynamo.utils import counters
+
+            skips = sum(counters["inductor"].get(k, 0) for k in ("cudagraph_skips",))
+            if skips:
+                self.notes.append(f"Inductor skipped CUDA graphs {skips} time(s) (see TORCH_LOGS=perf_hints): those "
+                                  "steps run its kernels without a graph")
+        except Exception:  # noqa: BLE001 (informational)
+            pass
+        return dec
+
+    def greedy(self, prompt, n):
+        return self._decoder(len(prompt) + n).greedy_tokens(prompt, n)
+
+    def teacher_forced(self, prompt, tokens):
+        dec = self._decoder(len(prompt) + len(tokens))
+        logits, state = dec.prefill(prompt)
+        out = [logits[-1].float().cpu()]
+        for t in tokens[:-1]:
+            out.append(dec.decode_step(t, state).float().cpu())
+        return out
+
+    def decode(self, ids, gen):
+        dec = self._decoder(len(ids) + gen)
+        dec.prefill(ids)
+        sync(self.device)
+        t0 = time.perf_counter()
+        dec.advance(gen)
+        sync(self.device)
+        return time.perf_counter() - t0, gen
+
+    def count_launches(self):
+        from reference.static_decode import StaticDecoder
+
+        dec = StaticDecoder(self.model, 64)
+        dec.prefill([1, 2, 3, 4])
+        dec._step()  # eager: the kernels one replay runs
+        ops = count_gpu_ops(dec._step)
+        if self.mode == "graph":
+            self.launches = 1
+            self.kernels = ops[0] + ops[1] if ops else None
+            self.launches_note = (f"1 CUDA graph launch ({ops[0]} kernels + {ops[1]} copies inside)" if ops
+                                  else "1 CUDA graph launch")
+        elif ops:
+            self.launches_note = (f"CUDA graph(s) of Inductor kernels (the eager step has {ops[0]} kernels + "
+                                  f"{ops[1]} copies)")
+
+    def close(self):
+        self.decoders.clear()
+        self.model = None
+        if self.mode == "compile":
+            try:
+                torch._dynamo.reset()
+            except Exception:  # noqa: BLE001
+                pass
+        free_memory()
+
+
+class _HFDecoderAPI:
+    """A transformers model behind prefill / decode_step (for the checks)."""
+
+    def __init__(self, hf, device):
+        self.hf, self.device = hf, device
+        params = inspect.signature(hf.forward).parameters
+        self.logits_to_keep = "logits_to_keep" in params
+
+    def forward(self, ids: torch.Tensor, cache=None):
+        kw = {"use_cache": True}
+        if cache is not None:
+            kw["past_key_values"] = cache
+        if self.logits_to_keep:
+            kw["logits_to_keep"] = 1
+        out = self.hf(input_ids=ids, **kw)
+        return out.logits[:, -1], out.past_key_values
+
+    def prefill(self, prompt, last_only=True):
+        ids = torch.as_tensor(prompt, device=self.device).view(1, -1)
+        logits, cache = self.forward(ids)
+        return logits.float(), {"cache": cache}
+
+    def decode_step(self, token, state):
+        logits, state["cache"] = self.forward(torch.tensor([[int(token)]], device=self.device), state["cache"])
+        return logits[0].float()
+
+
+class HFSystem(System):
+    oracle_name = "reference bf16 (fp32 params rounded as transformers)"
+
+    def __init__(self, name, ctx, attn: str, generate: bool):
+        super().__init__(name, ctx)
+        self.attn, self.use_generate = attn, generate
+        self.hf = None
+        self.has_prefill = not generate
+
+    def load(self):
+        try:
+            importlib.import_module("transformers")
+        except Exception as e:  # noqa: BLE001
+            raise Unavailable(f"transformers cannot be imported: {short_error(e)}") from e
+        from reference.hf_compare import load_transformers_model
+
+        self.notes.append(f"flash-linear-attention (fla): {module_status('fla')}; causal_conv1d: "
+                          f"{module_status('causal_conv1d')} (when not available, transformers runs its torch "
+                          "fallback for the DeltaNet layers)")
+        try:
+            self.hf = load_transformers_model(self.ctx.path, dtype=torch.bfloat16, attn_implementation=self.attn,
+                                              device=self.device)
+        except (ImportError, ValueError) as e:
+            raise Unavailable(f"transformers cannot load the model with attn_implementation={self.attn!r}: "
+                              f"{short_error(e)}") from e
+        self.api = _HFDecoderAPI(self.hf, self.device)
+        if self.use_generate:
+            self.notes.append("tg: generate(max_new_tokens=N, min_new_tokens=N, do_sample=False), timed from the "
+                              "end of its prefill forward to its return: N-1 decode forwards")
+
+    def oracle(self):
+        return _reference_oracle(self.ctx, self.oracle_name, lambda: _load_reference_bf16(self.ctx, False), TOL_BF16)
+
+    def _ids(self, ids):
+        return torch.as_tensor(ids, device=self.device).view(1, -1)
+
+    @property
+    def stop_tokens(self) -> tuple:
+        eos = self.hf.generation_config.eos_token_id if self.hf is not None else None
+        return tuple(eos) if isinstance(eos, (list, tuple)) else (eos,) if eos is not None else ()
+
+    def _generate(self, ids, n, logits_processor=None, force_length=True):
+        """generate() greedy; force_length (min_new_tokens=n, as the benchmark times it) suppresses EOS, so the
+        check calls it without, like the oracle's plain argmax."""
+        from transformers import LogitsProcessorList
+
+        x = self._ids(ids)
+        pad = self.stop_tokens[0] if self.stop_tokens else None
+        kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False)
+        if force_length:
+            kw["min_new_tokens"] = n
+        if pad is not None:
+            kw["pad_token_id"] = pad
+        if logits_processor is not None:
+            kw["logits_processor"] = LogitsProcessorList([logits_processor])
+        with torch.no_grad():
+            out = self.hf.generate(x, **kw)
+        return out[0, x.shape[1]:].tolist()
+
+    def greedy(self, prompt, n):
+        if self.use_generate:
+            return self._generate(prompt, n, force_length=False)
+        with torch.no_grad():
+            logits, cache = self.api.forward(self._ids(prompt))
+            tok = torch.argmax(logits, dim=-1, keepdim=True)
+            out = [tok]
+            for _ in range(n - 1):
+                logits, cache = self.api.forward(tok, cache)
+                tok = torch.argmax(logits, dim=-1, keepdim=True)
+                out.append(tok)
+        return [int(t) for t in torch.cat(out, dim=1)[0].tolist()]
+
+    def teacher_forced(self, prompt, tokens):
+        with torch.no_grad():
+            logits, state = self.api.prefill(prompt)
+            out = [logits[-1].float().cpu()]
+            for t in tokens[:-1]:
+                out.append(self.api.decode_step(t, state).float().cpu())
+        return out
+
+    def decode(self, ids, gen):
+        if self.use_generate:
+            timer = _PrefillTimer(self.device)
+            self._generate(ids, gen, timer)
+            sync(self.device)
+            if timer.t0 is None:
+                raise RuntimeError("generate() never called the logits processor (cannot time its decode)")
+            return time.perf_counter() - timer.t0, gen - 1
+        with torch.no_grad():
+            logits, cache = self.api.forward(self._ids(ids))
+            tok = torch.argmax(logits, dim=-1, keepdim=True)
+            sync(self.device)
+            t0 = time.perf_counter()
+            for _ in range(gen):
+                logits, cache = self.api.forward(tok, cache)
+                tok = torch.argmax(logits, dim=-1, keepdim=True)
+            sync(self.device)
+            return time.perf_counter() - t0, gen
+
+    def prefill(self, ids):
+        if self.use_generate:
+            return None
+        with torch.no_grad():
+            x = self._ids(ids)
+            sync(self.device)
+            t0 = time.perf_counter()
+            self.api.forward(x)
+            sync(self.device)
+            return time.perf_counter() - t0
+
+    def count_launches(self):
+        with torch.no_grad():
+            logits, cache = self.api.forward(self._ids([1, 2, 3, 4]))
+            tok = torch.argmax(logits, dim=-1, keepdim=True)
+            logits, cache = self.api.forward(tok, cache)
+            ops = count_gpu_ops(lambda: self.api.forward(tok, cache))
+        if ops:
+            self.launches, self.kernels = ops[0] + ops[1], ops[0]
+            self.launches_note = (f"{ops[0]} kernels + {ops[1]} copies (torch.profiler, one decode forward"
+                                  + ("; generate() adds its logits processing" if self.use_generate else "") + ")")
+
+    def close(self):
+        self.hf = self.api = None
+        free_memory()
+
+
+class _PrefillTimer:
+    """A logits processor that notes the time of its first call (right after generate()'s prefill forward)."""
+
+    def __init__(self, device):
+        self.device, self.t0 = device, None
+
+    def __call__(self, input_ids, scores):
+        if self.t0 is None:
+            sync(self.device)
+            self.t0 = time.perf_counter()
+        return scores
+
+
+class KernelStage(DecoderSystem):
+    """The Numba kernel decoders: layered, layered-graph, megakernel (their own greedy path and decode_step)."""
+
+    oracle_name = "reference fp32 compute, bf16 weights/KV"
+
+    def __init__(self, name, ctx, stage: str, graph: bool = False):
+        super().__init__(name, ctx)
+        self.stage, self.graph = stage, graph
+        self._oracle_model = None
+
+    def load(self):
+        if self.device.type != "cuda":
+            raise Unavailable("needs a CUDA GPU")
+        if self.stage == "megakernel":
+            try:
+                mod = importlib.import_module("megakernel.megakernel")
+            except ModuleNotFoundError as e:
+                if e.name in ("megakernel.megakernel",):
+                    raise Unavailable("not built yet (no megakernel/megakernel.py)") from e
+                raise Unavailable(f"megakernel.megakernel cannot be imported: {short_error(e)}") from e
+            except Exception as e:  # noqa: BLE001
+                raise Unavailable(f"megakernel.megakernel cannot be imported: {short_error(e)}") from e
+            loader = getattr(mod, "load", None)
+            if loader is None:
+                raise Unavailable("megakernel.megakernel has no load(path, ...) function yet")
+        else:
+            try:
+                mod = importlib.import_module("megakernel.layered")
+            except Exception as e:  # noqa: BLE001 (kernels not landed yet, numba missing, ...)
+                raise Unavailable(f"megakernel.layered cannot be imported: {short_error(e)}") from e
+            loader = mod.load
+        params = inspect.signature(loader).parameters
+        kw = {}
+        if "stage" in params:
+            kw["stage"] = self.stage
+        if "max_context" in params:
+            kw["max_context"] = self.ctx.max_context
+        graph_kw = next((k for k in ("cuda_graph", "use_cuda_graph", "graph") if k in params), None)
+        if self.graph and graph_kw:
+            kw[graph_kw] = True
+        cls = getattr(mod, "LayeredDecoder", None) if self.stage == "layered" else None
+        if self.graph and not graph_kw and cls is not None and not hasattr(cls, "graph_greedy_tokens"):
+            raise Unavailable(f"the {self.stage} decoder has no CUDA-graph mode yet (no graph_greedy_tokens)")
+        try:
+            self.model = loader(self.ctx.path, **kw)
+        except Exception as e:  # noqa: BLE001
+            from .launch import NoGPUError
+
+            if isinstance(e, NoGPUError):
+                raise Unavailable(short_error(e)) from e
+            raise
+        if self.graph:
+            if not hasattr(self.model, "graph_greedy_tokens"):
+                raise Unavailable(f"the {self.stage} decoder has no CUDA-graph mode yet (no graph_greedy_tokens)")
+            capture = next((getattr(self.model, m) for m in GRAPH_METHODS if hasattr(self.model, m)), None)
+            if capture is not None:
+                from .launch import NoGPUError
+
+                try:
+                    capture()  # capture up front (once), so the check and the timing replay the same graph
+                except NoGPUError as e:
+                    raise Unavailable(short_error(e)) from e
+            self.notes.append("greedy decoding replays one captured CUDA graph per step (graph_greedy_tokens); the "
+                              "logits check feeds tokens through the same kernels eagerly (decode_step)")
+        else:
+            self.notes.append("tg: decode_step loop (logits copied, argmax read by the host each step)")
+        self.notes.append("prefill: the reference model (fp32 compute) on the GPU, then its state is copied into "
+                          "the kernel layout")
+        self._oracle_model = getattr(self.model, "reference", None)
+
+    def oracle(self):
+        def loader():
+            if self._oracle_model is not None:
+                return self._oracle_model
+            from .layered import load
+
+            return load(self.ctx.path, "reference")
+
+        return _reference_oracle(self.ctx, self.oracle_name, loader, TOL_FP32)
+
+    def greedy(self, prompt, n):
+        if self.graph:
+            return [int(t) for t in self.model.graph_greedy_tokens(prompt, n)]
+        return super().greedy(prompt, n)
+
+    def _graph_parts(self):
+        """(graph, state) of the decoder's captured step, or None if its internals are not as expected."""
+        g = getattr(self.model, "_graph", None)
+        if isinstance(g, tuple) and len(g) == 2 and hasattr(g[0], "replay") and hasattr(self.model, "token"):
+            return g
+        return None
+
+    def decode(self, ids, gen):
+        if not self.graph:
+            return super().decode(ids, gen)
+        m, parts = self.model, self._graph_parts()
+        with torch.no_grad():
+            if parts is None:  # time the public call, minus a prefill into the same decoder
+                if "prefill time subtracted" not in " ".join(self.notes):
+                    self.notes.append("tg: graph_greedy_tokens(ids, N + 1) minus a separately timed prefill "
+                                      "(prefill time subtracted)")
+                sync(self.device)
+                t0 = time.perf_counter()
+                m.graph_greedy_tokens(ids, gen + 1)
+                sync(self.device)
+                total = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                m.prefill(ids, last_only=True)
+                sync(self.device)
+                return total - (time.perf_counter() - t0), gen
+            # as graph_greedy_tokens does, with the clock around the replays only
+            graph, state = parts
+            logits, state = m.prefill(ids, state=state, last_only=True)
+            state.check_room(gen)
+            m.token.fill_(int(torch.argmax(logits[-1])))
+            sync(self.device)
+            t0 = time.perf_counter()
+            for _ in range(gen):
+                graph.replay()
+            sync(self.device)
+            seconds = time.perf_counter() - t0
+            state.length += gen
+            return seconds, gen
+
+    def count_launches(self):
+        fn = getattr(self.model, "launches_per_token", None)
+        if callable(fn) and self.graph:
+            self.launches, self.kernels = 1, int(fn())
+            self.launches_note = f"1 CUDA graph launch ({self.kernels} kernels inside, the decoder's own count)"
+            return
+        if callable(fn):
+            self.launches = int(fn())
+            self.launches_note = f"{self.launches} (the decoder's own count)"
+        try:
+            ops = self._profile_step()
+        except Exception:  # noqa: BLE001 (the profiler is a cross-check only)
+            ops = None
+        if ops:
+            self.kernels = ops[0]
+            self.launches_note += f"; torch.profiler saw {ops[0]} kernels + {ops[1]} copies per decode_step"
+
+    def close(self):
+        self._oracle_model = None
+        super().close()
+
+
+class LlamaCpp(System):
+    """Rows from a llama-bench JSON (no process is run here)."""
+
+    def load(self):
+        if self.ctx.llama_json is None:
+            raise Unavailable("no --llama-json given (tools/llama_cpp_peer.sh writes OUT/llama_bench.json)")
+        if not Path(self.ctx.llama_json).is_file():
+            raise Unavailable(f"--llama-json {self.ctx.llama_json} does not exist")
+
+
+def make_system(name: str, ctx: BenchContext) -> System:
+    if name == "reference-eager":
+        return ReferenceEager(name, ctx)
+    if name == "reference-graph":
+        return ReferenceStatic(name, ctx, "graph")
+    if name == "reference-compile":
+        return ReferenceStatic(name, ctx, "compile")
+    if name.startswith("hf-"):
+        _, how, attn = name.split("-")
+        return HFSystem(name, ctx, attn, generate=how == "generate")
+    if name == "layered":
+        return KernelStage(name, ctx, "layered")
+    if name == "layered-graph":
+        return KernelStage(name, ctx, "layered", graph=True)
+    if name == "megakernel":
+        return KernelStage(name, ctx, "megakernel")
+    if name == "llama.cpp":
+        return LlamaCpp(name, ctx)
+    raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEM_NAMES)}")
