@@ -305,7 +305,14 @@ class Bench:
                 checked, check, short = "oracle", "the oracle for the reference-* rows", "oracle"
             else:
                 oracle = system.oracle()
-                outcome = check_system(system, oracle, self.ctx.check_prompt)
+                target = system.check_target()  # the system itself, or its fp32 twin (same code path)
+                try:
+                    outcome = check_system(target, oracle, self.ctx.check_prompt)
+                finally:
+                    if target is not system:
+                        target.close()
+                if target is not system:
+                    outcome.detail = f"checked in fp32 (same code, the timed run is bf16): {outcome.detail}"
                 if not outcome.passed:
                     self.log(f"[{name}] check FAILED: {outcome.detail}")
                     self._record_system(name, status="failed", reason=outcome.detail, checked="FAILED",

@@ -353,8 +353,12 @@ def test_transformers_systems_on_cpu(tiny_checkpoint):
     for name in ("hf-loop-eager", "hf-generate-eager"):
         system = make_system(name, ctx)
         system.load()
-        outcome = check_system(system, system.oracle(), ctx.check_prompt)
+        twin = system.check_target()  # the same code in fp32, checked against the fp32 reference
+        assert twin is not system and twin.dtype == torch.float32
+        outcome = check_system(twin, system.oracle(), ctx.check_prompt)
+        twin.close()
         assert outcome.passed, outcome.detail
+        assert outcome.worst_rel == 0.0  # transformers and the reference agree bit for bit in fp32
         seconds, steps = system.decode([1, 2], 2)
         assert seconds > 0 and steps == (1 if name == "hf-generate-eager" else 2)  # generate: N-1 decode forwards
         assert (system.prefill([1, 2]) is None) == (name == "hf-generate-eager")
