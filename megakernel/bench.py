@@ -15,9 +15,10 @@ mean context of the run) over the H100's measured copy bandwidth (``--bandwidth`
 
 Systems (``megakernel/bench_systems.py``): llama.cpp (from a llama-bench JSON), megakernel, layered,
 layered-graph, reference-graph, reference-compile, reference-eager, hf-loop-sdpa, hf-loop-eager,
-hf-generate-sdpa, hf-generate-eager. Each is checked against the reference in matching precision before it is
-timed (greedy tokens and teacher-forced logits over ``--check-steps``); a system whose check fails is recorded as
-FAILED with the reason and never timed; one that cannot run here is recorded with the reason.
+hf-generate-sdpa, hf-generate-eager. Each is checked against the reference before it is timed (greedy tokens
+and teacher-forced logits over ``--check-steps``; the torch and transformers rows through an fp32 twin, see
+``bench_systems``); a system whose check fails is recorded as FAILED with the reason and never timed; one that
+cannot run here is recorded with the reason.
 
 Output, under ``--out`` (default ``data/results/``): ``bench_<device>_<date>.json`` (device, versions, settings,
 the floor, every row including failures), written after every system (a run cut short keeps what finished) and

@@ -355,8 +355,10 @@ def results_markdown(results: dict, chart_link: str | None = None) -> str:
               f"a prompt of N tokens (batch 1, bf16 weights); `pp{s.get('prefill', 512)}`: a prefill of that many "
               "tokens. Fraction of floor = floor time / measured time per token. Checked: before timing it, this "
               f"run compared the system's greedy tokens over {s.get('check_steps', 16)} steps and its logits at "
-              "each step with the reference in matching precision (bf16 for the transformers and reference rows; "
-              "fp32 compute over the bf16 weights for the kernel stages); 'logits' is the worst relative error "
+              "each step with the reference: the transformers and torch rows through an fp32 twin (the same code "
+              "in fp32; two faithful bf16 implementations differ by a few percent after a few steps, which would "
+              "hide a small bug) against the fp32 reference, the kernel stages (fp32 compute over the bf16 "
+              "weights) against the reference computing the same way; 'logits' is the worst relative error "
               "max|err| / max|ref|.", ""]
     lines.append(markdown_table(results))
     not_run = []
