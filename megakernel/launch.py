@@ -16,7 +16,6 @@ tensor as int32 words, two bf16 per word (element 2i in the low half), which ker
 from __future__ import annotations
 
 import numba
-import numpy as np
 import torch
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
@@ -98,6 +97,32 @@ def launch_stream():
     return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
 
 
+_STREAMS: dict = {}
+
+
+def current_stream():
+    """(key, stream) for torch's current CUDA stream: ``key`` identifies it (cache launch configurations by it)
+    and ``stream`` is a Numba handle on it, made once per torch stream (``cuda.external_stream`` per launch costs
+    more than the launch). Inside ``torch.cuda.graph(...)`` the current stream is the capture stream, so kernels
+    launched on it are recorded into the graph. (0, 0) in the simulator."""
+    if SIMULATOR:
+        return 0, 0
+    key = torch.cuda.current_stream().cuda_stream
+    s = _STREAMS.get(key)
+    if s is None:
+        s = _STREAMS[key] = launch_stream()
+    return key, s
+
+
+def configured(kernel, grid, block, stream, shared_bytes: int = 0):
+    """A reusable launcher ``run(*args)`` for ``kernel`` on ``grid`` x ``block``. On the GPU
+    ``kernel[grid, block, stream]`` is an independent launch configuration, made once; the simulator's
+    configures the kernel object itself (the last configuration wins), so there it is redone at every call."""
+    if SIMULATOR:
+        return lambda *args: kernel[grid, block, stream, shared_bytes](*args)
+    return kernel[grid, block, stream, shared_bytes]
+
+
 def synchronize() -> None:
     if not SIMULATOR and torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -112,4 +137,4 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["SIMULATOR", "NoGPUError", "gpu_available", "kernel_device", "require_gpu", "words", "halves",
-           "as_kernel_array", "launch_stream", "synchronize", "poison_", "np"]
+           "as_kernel_array", "launch_stream", "current_stream", "configured", "synchronize", "poison_"]

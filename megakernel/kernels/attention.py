@@ -457,30 +457,6 @@ def _check_sizes(Hq, Hkv, Dh, R):
         )
 
 
-_STREAMS: dict = {}
-
-
-def _configured(kernel, grid, block, stream):
-    """A reusable launcher for ``kernel`` on ``grid`` x ``block``. On the GPU ``kernel[grid, block, stream]`` is an
-    independent launch configuration, made once; the simulator's configures the kernel object itself (the last
-    configuration wins), so there it is redone at every call."""
-    if launch.SIMULATOR:
-        return lambda *args: kernel[grid, block, stream](*args)
-    return kernel[grid, block, stream]
-
-
-def _stream():
-    if launch.SIMULATOR:
-        return 0, 0
-    import torch
-
-    key = torch.cuda.current_stream().cuda_stream
-    s = _STREAMS.get(key)
-    if s is None:
-        s = _STREAMS[key] = launch.launch_stream()
-    return key, s
-
-
 _PREPARE: dict = {}
 
 
@@ -495,7 +471,7 @@ def attn_prepare(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache,
     an int32[1] device array holding it (then one captured CUDA graph serves every step; the caller keeps it
     inside the cache).
     """
-    skey, stream = _stream()
+    skey, stream = launch.current_stream()
     on_device = _device_held(position, "position")
     key = (Hq, Hkv, Dh, R, eps, on_device, skey)
     entry = _PREPARE.get(key)
@@ -504,7 +480,7 @@ def attn_prepare(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache,
         T = _threads_for(Dh)
         kernel = prepare_kernel(Hq, Hkv, Dh, R, float(eps), T, on_device)
         shapes = ((Hq * 2 * Dh + 2 * Hkv * Dh,), (Dh,), (Dh,), (R // 2,), (Hq, Dh), (Hq * Dh,))
-        entry = _PREPARE[key] = (_configured(kernel, Hq + Hkv, T, stream), shapes)
+        entry = _PREPARE[key] = (launch.configured(kernel, Hq + Hkv, T, stream), shapes)
     run, shapes = entry
     for name, a, shape in zip(("proj", "q_norm_w", "k_norm_w", "inv_freq", "q_out", "gate_out"),
                               (proj, q_norm_w, k_norm_w, inv_freq, q_out, gate_out), shapes):
@@ -546,7 +522,7 @@ def attn_decode(q, k_cache, v_cache, length, partial_ml, partial_o, n_splits, Hq
     :func:`attention_splits` (any ``1 <= n_splits <= MAX_SPLITS`` works). ``R`` is accepted for a uniform
     ``*attention_sizes(config)`` call and not used. ``threads``: block size (a multiple of 32), default 8 warps.
     """
-    skey, stream = _stream()
+    skey, stream = launch.current_stream()
     on_device = _device_held(length, "length")
     key = (Hq, Hkv, Dh, n_splits, threads, on_device, skey)
     entry = _DECODE.get(key)
@@ -570,7 +546,7 @@ def attn_decode(q, k_cache, v_cache, length, partial_ml, partial_o, n_splits, Hq
                 f"attn_decode: {nw} warps x {Hq // Hkv} heads x head_dim {Dh} exceed 48 KB of shared memory"
             )
         kernel = decode_kernel(Hq, Hkv, Dh, nw, on_device)
-        entry = _DECODE[key] = _configured(kernel, (Hkv, n_splits), 32 * nw, stream)
+        entry = _DECODE[key] = launch.configured(kernel, (Hkv, n_splits), 32 * nw, stream)
     if q.shape != (Hq, Dh):
         raise ValueError(f"attn_decode: q has shape {tuple(q.shape)}, expected {(Hq, Dh)}")
     _check_cache(k_cache, v_cache, Hkv, Dh)
@@ -601,14 +577,14 @@ def attn_combine(partial_ml, partial_o, gate, out, n_splits, Hq, Hkv, Dh, R=None
     ``length``: the int32[1] device position when ``attn_decode`` was given one (``n_splits`` is then the grid's
     split count); None with a host ``n_splits``.
     """
-    skey, stream = _stream()
+    skey, stream = launch.current_stream()
     on_device = length is not None and _device_held(length, "length")
     key = (Hq, Dh, on_device, skey)
     entry = _COMBINE.get(key)
     if entry is None:
         _check_sizes(Hq, Hkv, Dh, 2 if R is None else R)
         T = _threads_for(Dh)
-        entry = _COMBINE[key] = _configured(combine_kernel(Hq, Dh, T, on_device), Hq, T, stream)
+        entry = _COMBINE[key] = launch.configured(combine_kernel(Hq, Dh, T, on_device), Hq, T, stream)
     if not 1 <= n_splits <= MAX_SPLITS:
         raise ValueError(f"attn_combine: n_splits = {n_splits} must be in [1, {MAX_SPLITS}]")
     if gate.shape != (Hq * Dh,) or out.shape != (Hq * Dh,):

@@ -296,24 +296,7 @@ def deltanet_kernel(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int)
 # --------------------------------------------------------------------------------------------------------------
 
 _LAUNCHERS: dict = {}
-
-
-def _configured(kernel, grid, block, stream):
-    """A reusable launcher for ``kernel`` on ``grid`` x ``block``. On the GPU ``kernel[grid, block, stream]`` is an
-    independent launch configuration, made once; the simulator's configures the kernel object itself (the last
-    configuration wins), so there it is redone at every call."""
-    if launch.SIMULATOR:
-        return lambda *args: kernel[grid, block, stream](*args)
-    return kernel[grid, block, stream]
 _COUNTERS: dict = {}  # (stream key, Hk) -> (kernel array, the tensor that owns the memory)
-
-
-def _stream_key():
-    if launch.SIMULATOR:
-        return 0
-    import torch
-
-    return torch.cuda.current_stream().cuda_stream
 
 
 def _counters(stream_key, Hk):
@@ -334,7 +317,7 @@ class _Launch:
 
 
 def _launcher(Hk, Hv, Dk, Dv, K, columns_per_block, threads) -> _Launch:
-    key = (Hk, Hv, Dk, Dv, K, columns_per_block, threads, _stream_key())
+    key = (Hk, Hv, Dk, Dv, K, columns_per_block, threads, launch.current_stream()[0])
     entry = _LAUNCHERS.get(key)
     if entry is None:
         cw, t = deltanet_launch_config(Hk, Hv, Dk, Dv, K, columns_per_block, threads)
@@ -343,7 +326,7 @@ def _launcher(Hk, Hv, Dk, Dv, K, columns_per_block, threads) -> _Launch:
         shapes = (
             (C + Hv * Dv + 2 * Hv,), (C, K), (C, K - 1), (Hv,), (Hv,), (Hv, Dk, Dv), (Hv * Dv,)
         )
-        run = _configured(kernel, Hv * (Dv // cw), t, launch.launch_stream())
+        run = launch.configured(kernel, Hv * (Dv // cw), t, launch.current_stream()[1])
         entry = _LAUNCHERS[key] = _Launch(run, _counters(key[-1], Hk), shapes)
     return entry
 

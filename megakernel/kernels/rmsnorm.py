@@ -66,25 +66,8 @@ def rmsnorm_kernel(n: int, eps: float, threads: int):
 _LAUNCHERS: dict = {}
 
 
-def _configured(kernel, grid, block, stream):
-    """A reusable launcher for ``kernel`` on ``grid`` x ``block``. On the GPU ``kernel[grid, block, stream]`` is an
-    independent launch configuration, made once; the simulator's configures the kernel object itself (the last
-    configuration wins), so there it is redone at every call."""
-    if launch.SIMULATOR:
-        return lambda *args: kernel[grid, block, stream](*args)
-    return kernel[grid, block, stream]
-
-
-def _stream_key():
-    if launch.SIMULATOR:
-        return 0
-    import torch
-
-    return torch.cuda.current_stream().cuda_stream
-
-
 def _launcher(n: int, eps: float):
-    key = (n, eps, _stream_key())
+    key = (n, eps, launch.current_stream()[0])
     entry = _LAUNCHERS.get(key)
     if entry is None:
         if not isinstance(n, (int, np.integer)) or n < 1:
@@ -95,7 +78,7 @@ def _launcher(n: int, eps: float):
             raise ValueError(f"rmsnorm: eps (rms_norm_eps) must be positive, got {eps!r}")
         threads = _threads_for(int(n))
         kernel = rmsnorm_kernel(int(n), float(eps), threads)
-        entry = _LAUNCHERS[key] = _configured(kernel, 1, threads, launch.launch_stream())
+        entry = _LAUNCHERS[key] = launch.configured(kernel, 1, threads, launch.current_stream()[1])
     return entry
 
 
