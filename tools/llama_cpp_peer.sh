@@ -15,7 +15,8 @@
 #   --checkpoint DIR  Hugging Face layout Qwen3.5 checkpoint: config.json, *.safetensors, tokenizer.json,
 #                     tokenizer_config.json
 #   --out DIR         results: llama_bench.json (all tests, llama-bench's JSON), llama_bench.md (tables),
-#                     llama_cpp_info.txt (version, route, build flags, libraries), logs of every step
+#                     llama_cpp_info.txt (version, route, build flags, libraries), llama_cpp_peer.log (console)
+#                     and llama_logs.tar.gz (every step's log: ldd, configure, build, convert, bench)
 #   --carry DIR       where the tarballs are (default: <repo>/.carry)
 #   --reps N          llama-bench repetitions per test (default 5)
 #   --jobs N          build parallelism (default: nproc)
@@ -33,7 +34,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="" CKPT="" OUTD="" CARRY="$REPO/.carry" REPS=5 JOBS="" FORCE_BUILD=0 KEEP_GGUF=0 CPU_ONLY=0
 
 die() { echo "llama_cpp_peer: ERROR: $*" >&2; exit 1; }
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -69,6 +70,12 @@ exec > >(tee -a "$LOG") 2>&1
 
 INFO="$OUTD/llama_cpp_info.txt"
 : > "$INFO"
+# Step logs go to WORK/logs and, at exit (failure too), into OUT/llama_logs.tar.gz, so that OUT holds five files:
+# llama_bench.json, llama_bench.md, llama_cpp_info.txt, llama_cpp_peer.log (this console) and llama_logs.tar.gz.
+LOGS="$WORK/logs"
+rm -rf "$LOGS"; mkdir -p "$LOGS"
+pack_logs() { tar czf "$OUTD/llama_logs.tar.gz" -C "$WORK" logs 2>/dev/null || true; }
+trap pack_logs EXIT
 info() { echo "$*" | tee -a "$INFO"; }
 step() { echo; echo "=== [$(date +%H:%M:%S)] $*"; }
 # run LOGFILE CMD...: run a command with its output in LOGFILE (and its tail on failure)
@@ -101,10 +108,16 @@ if [ "$CPU_ONLY" = 0 ]; then
 fi
 
 # ----------------------------------------------------------------------------------------------- source
-step "unpack the llama.cpp source into $WORK/src"
-rm -rf "$WORK/src"; mkdir -p "$WORK/src"
-tar xzf "$CARRY/llama.cpp.tar.gz" -C "$WORK/src" || die "could not unpack $CARRY/llama.cpp.tar.gz"
 SRC="$WORK/src/llama.cpp"
+SRC_SUM="$(cksum < "$CARRY/llama.cpp.tar.gz")"
+if [ -f "$SRC/.unpacked-from" ] && [ "$(cat "$SRC/.unpacked-from")" = "$SRC_SUM" ]; then
+    step "reuse the llama.cpp source (and any build) in $WORK/src: same tarball"
+else
+    step "unpack the llama.cpp source into $WORK/src"
+    rm -rf "$WORK/src"; mkdir -p "$WORK/src"
+    tar xzf "$CARRY/llama.cpp.tar.gz" -C "$WORK/src" || die "could not unpack $CARRY/llama.cpp.tar.gz"
+    echo "$SRC_SUM" > "$SRC/.unpacked-from"
+fi
 [ -f "$SRC/convert_hf_to_gguf.py" ] || die "unpacked source has no convert_hf_to_gguf.py"
 info "llama.cpp source: $(grep -h 'commit\|version' "$SRC/CARRIED_VERSION.txt" | tr '\n' ';')"
 
@@ -168,25 +181,25 @@ BENCH="" BENCH_TAG=""
 check_bench() {  # check_bench BINARY: it runs, and (for CUDA) sees a CUDA device
     local bin="$1" tag="$2"
     [ -x "$bin" ] || { echo "no executable at $bin"; return 1; }
-    echo "+ ldd $bin"; ldd "$bin" > "$OUTD/ldd_$tag.txt" 2>&1 || true
-    if grep -q "libgomp.so.1 => not found" "$OUTD/ldd_$tag.txt"; then
+    echo "+ ldd $bin"; ldd "$bin" > "$LOGS/ldd_$tag.txt" 2>&1 || true
+    if grep -q "libgomp.so.1 => not found" "$LOGS/ldd_$tag.txt"; then
         # PyTorch's wheel carries an OpenMP runtime when the system has none
         local tl; tl="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)" || tl=""
         if [ -n "$tl" ] && [ -e "$tl/libgomp.so.1" ]; then
             echo "libgomp.so.1 not on the system: using PyTorch's ($tl)"
             export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$tl"
-            ldd "$bin" > "$OUTD/ldd_$tag.txt" 2>&1 || true
+            ldd "$bin" > "$LOGS/ldd_$tag.txt" 2>&1 || true
         fi
     fi
-    cat "$OUTD/ldd_$tag.txt"
-    if grep -q "not found" "$OUTD/ldd_$tag.txt"; then echo "missing shared libraries for $bin"; return 1; fi
-    run_logged "$OUTD/llama_bench_help_$tag.txt" "$bin" --help || { echo "$bin --help failed"; return 1; }
-    run_logged "$OUTD/llama_bench_version_$tag.txt" "$bin" --version || { echo "$bin --version failed"; return 1; }
-    cat "$OUTD/llama_bench_version_$tag.txt"
+    cat "$LOGS/ldd_$tag.txt"
+    if grep -q "not found" "$LOGS/ldd_$tag.txt"; then echo "missing shared libraries for $bin"; return 1; fi
+    run_logged "$LOGS/llama_bench_help_$tag.txt" "$bin" --help || { echo "$bin --help failed"; return 1; }
+    run_logged "$LOGS/llama_bench_version_$tag.txt" "$bin" --version || { echo "$bin --version failed"; return 1; }
+    cat "$LOGS/llama_bench_version_$tag.txt"
     if [ "$CPU_ONLY" = 0 ]; then
-        run_logged "$OUTD/llama_bench_devices_$tag.txt" "$bin" --list-devices || { echo "$bin --list-devices failed"; return 1; }
-        cat "$OUTD/llama_bench_devices_$tag.txt"
-        grep -q "CUDA0" "$OUTD/llama_bench_devices_$tag.txt" || { echo "$bin sees no CUDA device"; return 1; }
+        run_logged "$LOGS/llama_bench_devices_$tag.txt" "$bin" --list-devices || { echo "$bin --list-devices failed"; return 1; }
+        cat "$LOGS/llama_bench_devices_$tag.txt"
+        grep -q "CUDA0" "$LOGS/llama_bench_devices_$tag.txt" || { echo "$bin sees no CUDA device"; return 1; }
     fi
 }
 
@@ -224,10 +237,10 @@ build_bench() {
     info "build: cmake $(cmake --version | head -n1 | awk '{print $3}'), $(gcc --version | head -n1), jobs $JOBS"
     info "build flags: ${flags[*]}"
     local t0; t0=$(date +%s)
-    run_logged "$OUTD/llama_cpp_configure.log" cmake -S "$SRC" -B "$bdir" "${flags[@]}" \
-        || die "CMake configure failed (see $OUTD/llama_cpp_configure.log)"
-    run_logged "$OUTD/llama_cpp_build.log" cmake --build "$bdir" --target llama-bench -j "$JOBS" \
-        || die "llama-bench build failed (see $OUTD/llama_cpp_build.log)"
+    run_logged "$LOGS/llama_cpp_configure.log" cmake -S "$SRC" -B "$bdir" "${flags[@]}" \
+        || die "CMake configure failed (see $LOGS/llama_cpp_configure.log)"
+    run_logged "$LOGS/llama_cpp_build.log" cmake --build "$bdir" --target llama-bench -j "$JOBS" \
+        || die "llama-bench build failed (see $LOGS/llama_cpp_build.log)"
     info "build time: $(( $(date +%s) - t0 )) s"
     BENCH="$bdir/bin/llama-bench"
 }
@@ -251,21 +264,21 @@ if [ "$CPU_ONLY" = 0 ] && [ "$FORCE_BUILD" = 0 ] && [ -f "$PREBUILT" ]; then
     fi
 fi
 if [ -z "$BENCH" ]; then
-    step "build llama-bench from source (log: $OUTD/llama_cpp_build.log)"
+    step "build llama-bench from source (log: $LOGS/llama_cpp_build.log)"
     build_bench
     check_bench "$BENCH" built || die "the llama-bench just built does not run (see the output above)"
     BENCH_TAG=built
     info "route: built from source here"
 fi
 info "llama-bench: $BENCH"
-info "llama-bench --version: $(grep -h 'version\|built with' "$OUTD/llama_bench_version_$BENCH_TAG.txt" | tr '\n' ' ')"
+info "llama-bench --version: $(grep -h 'version\|built with' "$LOGS/llama_bench_version_$BENCH_TAG.txt" | tr '\n' ' ')"
 
 # ----------------------------------------------------------------------------------------------- GGUF
 GGUF="$WORK/model-bf16.gguf"
 if [ "$KEEP_GGUF" = 1 ] && [ -s "$GGUF" ]; then
     step "reuse $GGUF (--keep-gguf)"
 else
-    step "convert $CKPT to a bf16 GGUF (log: $OUTD/convert.log)"
+    step "convert $CKPT to a bf16 GGUF (log: $LOGS/convert.log)"
     python3 -c "import torch, transformers, numpy, yaml, safetensors" \
         || die "python3 lacks a package the converter needs (torch, transformers, numpy, pyyaml, safetensors)"
     info "converter python: $(python3 -c 'import sys, torch, transformers, numpy; print(sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "numpy", numpy.__version__)')"
@@ -274,11 +287,11 @@ else
     # --no-mtp: the config declares an MTP layer (mtp_num_hidden_layers) that llama-bench does not need; a
     # checkpoint without mtp.* tensors gives a GGUF that does not load unless the MTP block is left out.
     PYTHONPATH="$SRC/gguf-py${PYTHONPATH:+:$PYTHONPATH}" TQDM_DISABLE=1 \
-        run_logged "$OUTD/convert.log" python3 "$SRC/convert_hf_to_gguf.py" "$CKPT" \
+        run_logged "$LOGS/convert.log" python3 "$SRC/convert_hf_to_gguf.py" "$CKPT" \
             --outtype bf16 --no-mtp --outfile "$GGUF" \
-        || die "conversion failed (see $OUTD/convert.log); a tokenizer error means tokenizer.json/tokenizer_config.json are not the Qwen3.5 ones (tools/LLAMA_CPP.md)"
+        || die "conversion failed (see $LOGS/convert.log); a tokenizer error means tokenizer.json/tokenizer_config.json are not the Qwen3.5 ones (tools/LLAMA_CPP.md)"
     [ -s "$GGUF" ] || die "the converter wrote no $GGUF"
-    grep -E "tokenizer|pre-tokenizer|chkhsh|Model successfully" "$OUTD/convert.log" | tail -n 5 || true
+    grep -E "tokenizer|pre-tokenizer|chkhsh|Model successfully" "$LOGS/convert.log" | tail -n 5 || true
     info "conversion: $(( $(date +%s) - t0 )) s, $(du -h "$GGUF" | cut -f1) ($GGUF)"
 fi
 
@@ -294,21 +307,21 @@ run_bench() {  # run_bench NAME ARGS...: JSON to OUT/NAME.json, markdown table t
     local name="$1"; shift
     local cmd=("$BENCH" -m "$GGUF" -ngl "$NGL" -r "$REPS" -o json -oe md "$@")
     echo "+ ${cmd[*]}"
-    if ! "${cmd[@]}" > "$OUTD/$name.json" 2> "$OUTD/$name.md"; then
-        echo "---- last 40 lines of $OUTD/$name.md ----"; tail -n 40 "$OUTD/$name.md"
-        die "llama-bench ($name) failed (see $OUTD/$name.md)"
+    if ! "${cmd[@]}" > "$LOGS/$name.json" 2> "$LOGS/$name.md"; then
+        echo "---- last 40 lines of $LOGS/$name.md ----"; tail -n 40 "$LOGS/$name.md"
+        die "llama-bench ($name) failed (see $LOGS/$name.md)"
     fi
-    grep '^|' "$OUTD/$name.md" || true
+    grep '^|' "$LOGS/$name.md" || true
 }
 run_bench bench_base -p "$PP" -n "$TG"
 run_bench bench_depth -p 0 -n "$TG" -d "$DEPTHS"
 
-python3 - "$OUTD" <<'EOF' || die "could not merge the llama-bench JSON results"
+python3 - "$LOGS" "$OUTD" <<'EOF' || die "could not merge the llama-bench JSON results"
 import json, sys, os
-out = sys.argv[1]
+logs, out = sys.argv[1], sys.argv[2]
 rows = []
 for name in ("bench_base", "bench_depth"):
-    with open(os.path.join(out, name + ".json")) as f:
+    with open(os.path.join(logs, name + ".json")) as f:
         rows += json.load(f)
 with open(os.path.join(out, "llama_bench.json"), "w") as f:
     json.dump(rows, f, indent=2)
@@ -317,6 +330,6 @@ for r in rows:
     test = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
     print(f"{test:<18}{r['n_depth']:>7}{r['avg_ts']:>12.2f}{r['stddev_ts']:>9.2f}")
 EOF
-cat "$OUTD"/bench_base.md "$OUTD"/bench_depth.md | grep '^|' > "$OUTD/llama_bench.md" || true
+cat "$LOGS"/bench_base.md "$LOGS"/bench_depth.md | grep '^|' > "$OUTD/llama_bench.md" || true
 
 step "done: $OUTD/llama_bench.json, $OUTD/llama_bench.md, $INFO"
