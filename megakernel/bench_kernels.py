@@ -1,6 +1,7 @@
 """Per-kernel GPU benchmark: every matvec version and fused variant at the Qwen3.5-0.8B shapes, against torch.
 
-    python -m megakernel.bench_kernels --out data/results [--quick] [--cases lm_head,down]
+    python -m megakernel.bench_kernels --out data/results [--quick] [--cases lm_head,down] [--versions 4,5,7]
+    python -m megakernel.bench_kernels --sweep [--quick] [--cases ...]   # launch configurations of v6/v7
 
 What it does (a GPU is required; on a CPU-only machine, or with NUMBA_ENABLE_CUDASIM=1, it exits with a message):
 
@@ -9,7 +10,8 @@ What it does (a GPU is required; on a CPU-only machine, or with NUMBA_ENABLE_CUD
 2. **Cases**: every matvec shape of one decode step, as the layered decoder launches them (matrices read
    together are concatenated: DeltaNet in_proj is [qkv; z; b; a] = 8224 x 1024, attention is [q|gate; k; v] =
    5120 x 1024, the MLP gate and up are one 7168 x 1024 matrix whose halves ``norm_swiglu_matvec`` reads), plus the
-   248320 x 1024 LM head.  On each: matvec v1..v5, the fused kernel(s) the decoder uses for that shape, and torch
+   248320 x 1024 LM head.  On each: matvec v1..v7, the fused kernel(s) the decoder uses for that shape (version 7,
+   the decoder's, and the version-5 originals, marked [v5]), and torch
    ``F.linear`` with bf16 weights, once with the vector in bf16 (torch's natural path, one cuBLAS gemv) and once
    with fp32 in and out (two extra cast kernels).
 3. **Check first**: every kernel's output is compared with a float64 torch oracle on the same bf16 weights
@@ -34,6 +36,11 @@ same weights (> 1: faster than torch).  Targets (from the project brief): LM-hea
 (>= 2.7 TB/s on an H100), and every shape at least as fast as torch timed the same way: a PASS/MISS summary
 closes the table.  JSON goes to ``--out/kernels_<device>_<date>.json`` (device, versions, settings, all rows).
 A full run is expected to take 1-2 minutes on an H100 (``--quick``: under 1), most of it compilation.
+
+``--sweep`` times the v6/v7-family kernels over launch configurations (warps per block, G warps per row, x staged
+or read through L1) next to torch, v4/v5 and the version-5 fused kernels, after an empty-kernel calibration (the
+floor a launch inside a CUDA graph pays: ~1.2 us on an H100), and writes ``sweep_<device>.json``.  It is how v7's
+plan was chosen; it prints every configuration, then the best eight per shape.
 """
 
 from __future__ import annotations
@@ -253,7 +260,20 @@ class Item:
     nbytes: int
     is_torch: bool = False
     detail: str = ""
+    plan: object = None  # () -> the launch plan once the kernel has run (for the report), or None
     result: dict = field(default_factory=dict)
+
+
+FUSED_VERSIONS = (7, 5)  # the fused kernels on matvec v7 (the decoder's) and the originals, for comparison
+
+
+def fused_label(name: str, version: int) -> str:
+    return name if version == 7 else f"{name} [v5]"
+
+
+def _matvec_plan(MV, version, n, k):
+    lau = MV._LAUNCHERS.get((version, n, k, None))
+    return getattr(lau, "plan", None) or (getattr(lau, "grid", None), getattr(lau, "block", None))
 
 
 def _kd(t):
@@ -312,9 +332,8 @@ def build_items(case: Case, nrot: int, versions_: list[int], gen: torch.Generato
             MV.matvec(Wk[0], kx, ky, n, k, version=v)
             return y
 
-        grid, block = MV.plan(v, n)
         items.append(Item(f"matvec v{v}", run, checker(f"v{v}", ref_plain, out), wbytes + vec_bytes,
-                          detail=f"{MV.DESCRIPTIONS[v]}; grid {grid} x {block}"))
+                          detail=MV.DESCRIPTIONS[v], plan=lambda v=v: _matvec_plan(MV, v, n, k)))
 
     # torch baselines on the same weights
     items.append(Item("torch F.linear bf16", lambda i: F.linear(xb, Ws[i]),
@@ -332,18 +351,22 @@ def build_items(case: Case, nrot: int, versions_: list[int], gen: torch.Generato
     kh, knw = _kd(h), _kd(nw)
     eps32 = EPS
 
-    if "norm_matvec" in case.fused:
-        def run(i):
-            FM.norm_matvec(kh, knw, Wk[i], ky, n, k, eps32)
+    for fv in FUSED_VERSIONS:
+        if "norm_matvec" not in case.fused:
+            break
 
-        def out():
+        def run(i, fv=fv):
+            FM.norm_matvec(kh, knw, Wk[i], ky, n, k, eps32, version=fv)
+
+        def out(fv=fv):
             launch.poison_(y)
-            FM.norm_matvec(kh, knw, Wk[0], ky, n, k, eps32)
+            FM.norm_matvec(kh, knw, Wk[0], ky, n, k, eps32, version=fv)
             return y
 
-        items.append(Item("norm_matvec", run,
+        items.append(Item(fused_label("norm_matvec", fv), run,
                           checker("norm_matvec", lambda: W64 @ ops.rms_norm(h, nw, EPS).double(), out),
-                          wbytes + 4 * (2 * k + n), detail="y = W @ rms_norm(h)"))
+                          wbytes + 4 * (2 * k + n), detail="y = W @ rms_norm(h)",
+                          plan=lambda fv=fv: fv == 7 and FM.launcher_plan("norm_matvec", n, k)))
 
     if "norm_swiglu" in case.fused:
         half = n // 2
@@ -354,37 +377,41 @@ def build_items(case: Case, nrot: int, versions_: list[int], gen: torch.Generato
         act = torch.empty(half, device=DEVICE)
         kact = _kd(act)
 
-        def run(i):
-            FM.norm_swiglu_matvec(kh, knw, Wg[i], Wu[i], kact, half, k, eps32)
-
-        def out():
-            launch.poison_(act)
-            FM.norm_swiglu_matvec(kh, knw, Wg[0], Wu[0], kact, half, k, eps32)
-            return act
-
         def ref():
             xn = ops.rms_norm(h, nw, EPS).double()
             return F.silu(W64[:half] @ xn) * (W64[half:] @ xn)
 
-        items.append(Item("norm_swiglu_matvec", run, checker("norm_swiglu", ref, out),
-                          wbytes + 4 * (2 * k + half), detail="act = silu(Wg @ x) * (Wu @ x), x = rms_norm(h)"))
+        for fv in FUSED_VERSIONS:
+            def run(i, fv=fv):
+                FM.norm_swiglu_matvec(kh, knw, Wg[i], Wu[i], kact, half, k, eps32, version=fv)
+
+            def out(fv=fv):
+                launch.poison_(act)
+                FM.norm_swiglu_matvec(kh, knw, Wg[0], Wu[0], kact, half, k, eps32, version=fv)
+                return act
+
+            items.append(Item(fused_label("norm_swiglu_matvec", fv), run, checker("norm_swiglu", ref, out),
+                              wbytes + 4 * (2 * k + half), detail="act = silu(Wg @ x) * (Wu @ x), x = rms_norm(h)",
+                              plan=lambda fv=fv: fv == 7 and FM.launcher_plan("norm_swiglu_matvec", half, k)))
 
     if "matvec_residual" in case.fused:
         hres = torch.zeros(n, device=DEVICE)
         khres = _kd(hres)
         h0 = torch.randn(n, device=DEVICE, generator=gen)
 
-        def run(i):
-            FM.matvec_residual(Wk[i], kx, khres, n, k)
+        for fv in FUSED_VERSIONS:
+            def run(i, fv=fv):
+                FM.matvec_residual(Wk[i], kx, khres, n, k, version=fv)
 
-        def out():
-            hres.copy_(h0)
-            FM.matvec_residual(Wk[0], kx, khres, n, k)
-            return hres
+            def out(fv=fv):
+                hres.copy_(h0)
+                FM.matvec_residual(Wk[0], kx, khres, n, k, version=fv)
+                return hres
 
-        items.append(Item("matvec_residual", run,
-                          checker("matvec_residual", lambda: h0.double() + W64 @ x.double(), out),
-                          wbytes + 4 * (k + 2 * n), detail="h += W @ x"))
+            items.append(Item(fused_label("matvec_residual", fv), run,
+                              checker("matvec_residual", lambda: h0.double() + W64 @ x.double(), out),
+                              wbytes + 4 * (k + 2 * n), detail="h += W @ x",
+                              plan=lambda fv=fv: fv == 7 and FM.launcher_plan("matvec_residual", n, k)))
 
     if "gated_fused" in case.fused or "gated_split" in case.fused:
         heads, hd = DELTANET_HEADS, DELTANET_HEAD_DIM
@@ -401,24 +428,27 @@ def build_items(case: Case, nrot: int, versions_: list[int], gen: torch.Generato
             xg = ops.gated_rms_norm(o.view(heads, hd), z.view(heads, hd), gw, EPS).reshape(-1).double()
             return h0.double() + W64 @ xg
 
-        for fused in (True, False):
+        for fused, fv in ((True, 7), (True, 5), (False, 7)):
             label = "gated_norm_matvec_residual" + (" (fused)" if fused else " (split: 2 launches)")
+            label = fused_label(label, fv)
             if ("gated_fused" if fused else "gated_split") not in case.fused:
                 continue
 
-            def run(i, fused=fused):
+            def run(i, fused=fused, fv=fv):
                 FM.gated_norm_matvec_residual(ko, kz, kgw, Wk[i], khres, n, heads, hd, eps32, fused=fused,
-                                              scratch=kscr)
+                                              scratch=kscr, version=fv)
 
-            def out(fused=fused):
+            def out(fused=fused, fv=fv):
                 hres.copy_(h0)
                 FM.gated_norm_matvec_residual(ko, kz, kgw, Wk[0], khres, n, heads, hd, eps32, fused=fused,
-                                              scratch=kscr)
+                                              scratch=kscr, version=fv)
                 return hres
 
             extra = 0 if fused else 8 * k
             items.append(Item(label, run, checker(label, ref, out), wbytes + 4 * (2 * k + hd + 2 * n) + extra,
-                              detail="h += W @ gated_rms_norm(o, z)"))
+                              detail="h += W @ gated_rms_norm(o, z)",
+                              plan=lambda fused=fused, fv=fv: fused and fv == 7 and FM.launcher_plan(
+                                  "gated_norm_matvec_residual", n, k)))
 
     if "lm_head_argmax" in case.fused:
         best = LH.new_best(DEVICE)
@@ -426,22 +456,25 @@ def build_items(case: Case, nrot: int, versions_: list[int], gen: torch.Generato
         logits = torch.empty(n, device=DEVICE)
         klog = _kd(logits)
 
-        def run(i):
-            LH.lm_head_argmax(kh, knw, Wk[i], klog, n, k, eps32, kbest)
-
-        def out():
-            launch.poison_(logits)
-            LH.lm_head_argmax(kh, knw, Wk[0], klog, n, k, eps32, kbest)
-            return logits
-
         def token_ok():
             got, want = LH.read_token(best), int(torch.argmax(logits))
             return "" if got == want else f"argmax {got} != torch.argmax {want}"
 
-        items.append(Item("lm_head_argmax", run,
-                          checker("lm_head", lambda: W64 @ ops.rms_norm(h, nw, EPS).double(), out,
-                                  extra=token_ok),
-                          wbytes + 4 * (2 * k + n) + 32, detail="logits = W @ rms_norm(h) + argmax, one launch"))
+        for fv in FUSED_VERSIONS:
+            def run(i, fv=fv):
+                LH.lm_head_argmax(kh, knw, Wk[i], klog, n, k, eps32, kbest, version=fv)
+
+            def out(fv=fv):
+                launch.poison_(logits)
+                LH.lm_head_argmax(kh, knw, Wk[0], klog, n, k, eps32, kbest, version=fv)
+                return logits
+
+            items.append(Item(fused_label("lm_head_argmax", fv), run,
+                              checker("lm_head", lambda: W64 @ ops.rms_norm(h, nw, EPS).double(), out,
+                                      extra=token_ok),
+                              wbytes + 4 * (2 * k + n) + 32, detail="logits = W @ rms_norm(h) + argmax, one launch",
+                              plan=lambda fv=fv: fv == 7 and getattr(LH._LAUNCHERS.get(("lm_head", n, k, 7, None)),
+                                                                      "plan", None)))
         keep["lm"] = (best, logits)
 
     if "sample_gumbel" in case.fused:
@@ -499,6 +532,10 @@ def run_case(case: Case, args, copy_bps: float, gen: torch.Generator, log) -> li
                     row["graph_us"] = time_graph(it.run, nrot, row["launch_us"]["median"], budget)
                 except Exception as e:  # noqa: BLE001 - report, keep the launch timing
                     row["graph_error"] = f"{type(e).__name__}: {e}"
+                plan = it.plan() if it.plan else None
+                if plan:
+                    row["plan"] = list(plan)
+                    row["detail"] += f"; grid {plan[0]} x {plan[1]}" + (f", G {plan[2]}" if len(plan) > 2 else "")
                 t = (row["graph_us"] or row["launch_us"])["median"] * 1e-6
                 row["gbps"] = it.nbytes / t / 1e9
                 row["fraction_of_copy"] = it.nbytes / t / copy_bps
@@ -527,8 +564,9 @@ def print_table(rows: list[dict], log) -> None:
         gb = f"{r['gbps']:7.0f}" if r["gbps"] else "      -"
         frac = f"{100 * r['fraction_of_copy']:5.1f}%" if r["fraction_of_copy"] else "     -"
         sp = f"{r['speedup_vs_torch']:7.2f}x" if r["speedup_vs_torch"] else "       -"
+        plan = " plan " + ",".join(str(v) for v in r["plan"]) if r.get("plan") else ""
         log(f"{r['case']:<12} {r['kernel']:<48} {check:<8} {fmt_us(r['graph_us']):>26} {fmt_us(r['launch_us']):>26} "
-            f"{gb} {frac} {sp}")
+            f"{gb} {frac} {sp}{plan}")
         if check != "ok":
             log(f"{'':<12}   {r['check']}")
         if r.get("graph_error"):
@@ -541,7 +579,10 @@ def targets(rows: list[dict], copy_bps: float) -> list[dict]:
     def find(case, kernel):
         return next((r for r in rows if r["case"] == case and r["kernel"] == kernel), None)
 
-    for kernel in ("lm_head_argmax", "matvec v5"):
+    from megakernel.kernels.matvec import DEFAULT_VERSION
+
+    default = f"matvec v{DEFAULT_VERSION}"
+    for kernel in ("lm_head_argmax", default):
         r = find("lm_head", kernel)
         if r is None:
             continue
@@ -552,7 +593,7 @@ def targets(rows: list[dict], copy_bps: float) -> list[dict]:
                     "pass": bool(bps and bps >= LM_HEAD_TARGET_FRACTION * copy_bps and bps >= LM_HEAD_TARGET_BPS)})
     names = {"gated_fused": "gated_norm_matvec_residual (fused)", "norm_swiglu": "norm_swiglu_matvec"}
     for case in CASES:
-        for kernel in (names.get(case.decoder, case.decoder), "matvec v5"):
+        for kernel in (names.get(case.decoder, case.decoder), default):
             r = find(case.name, kernel)
             if r is None:
                 continue
@@ -563,13 +604,247 @@ def targets(rows: list[dict], copy_bps: float) -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ sweep
+SWEEP_WARPS = (4, 8, 16)
+
+
+def _sweep_g(k: int, warps: int) -> list[int]:
+    """G values worth timing for a row length: from the minimum (<= 4 pieces per lane) to one chunk per warp."""
+    from megakernel.kernels import matvec as MV
+
+    chunks = MV.cdiv(k // 8, 32)
+    out, g = [], MV.min_parts(k)
+    while g <= min(chunks, warps):
+        if warps % g == 0:
+            out.append(g)
+        g *= 2
+    return out
+
+
+def calibrate(log) -> list[dict]:
+    """Graph time of an empty Numba kernel (1 x 32 and 264 x 512 threads) and of a tiny torch op: the floor
+    every kernel in a CUDA graph pays."""
+    from numba import cuda
+
+    from megakernel.kernels import matvec as MV
+
+    @cuda.jit
+    def empty(a):
+        if cuda.threadIdx.x == 1 << 20:
+            a[0] = 1
+
+    buf = torch.zeros(4, device=DEVICE)
+    kb = _kd(buf)
+    rows = []
+    for grid, block in ((1, 32), (2 * MV.sm_count(), 512)):
+        lau = MV.Launcher(empty, grid, block)
+        t = time_graph(lambda i: lau(kb), 1, 5.0, 0.05)
+        rows.append({"kernel": f"empty numba kernel {grid} x {block}", "graph_us": t})
+    t = time_graph(lambda i: buf.add_(1.0), 1, 5.0, 0.05)
+    rows.append({"kernel": "torch buf.add_(1) (4 floats)", "graph_us": t})
+    for r in rows:
+        log(f"calibration: {r['kernel']:<40} {fmt_us(r['graph_us'])} us")
+    return rows
+
+
+def sweep_case(case: Case, gen: torch.Generator, log, budget: float) -> list[dict]:
+    """Time the v6-family kernels of one shape over launch configurations (warps per block, G, variant), next to
+    torch, v4/v5 and the version-5 fused kernels.  Every configuration is checked before it is timed."""
+    from megakernel.kernels import fused_matvec as FM
+    from megakernel.kernels import lm_head as LH
+    from megakernel.kernels import matvec as MV
+    from reference import ops
+    from reference.check import CheckFailed, check
+
+    n, k = case.n, case.k
+    wbytes = n * k * 2
+    nrot = 1 if wbytes >= 2 * l2_bytes() else min(MAX_ROTATION, math.ceil(2 * l2_bytes() / wbytes))
+    W0 = (torch.randn(n, k, device=DEVICE, generator=gen) / math.sqrt(k)).to(torch.bfloat16)
+    Ws = [W0] + [W0.clone() for _ in range(nrot - 1)]
+    Wk = [_kd(launch.words(W).view(-1)) for W in Ws]
+    W64 = W0.double()
+    x = torch.randn(k, device=DEVICE, generator=gen)
+    xb = x.to(torch.bfloat16)
+    y = torch.empty(n, device=DEVICE)
+    kx, ky = _kd(x), _kd(y)
+    h = torch.randn(k, device=DEVICE, generator=gen) * 2 + 0.3
+    nw = torch.randn(k, device=DEVICE, generator=gen) * 0.2
+    kh, knw = _kd(h), _kd(nw)
+    rows = []
+
+    def run(label, fn, ref_fn, out_fn, plan_fn=lambda: None, nbytes=wbytes):
+        row = {"case": case.name, "kernel": label, "graph_us": None, "check": "ok", "plan": None}
+        try:
+            ref = ref_fn()
+            out = out_fn()
+            sync()
+            check(label, ref.cpu(), out.double().cpu(), TOL_TORCH_BF16 if label.startswith("torch") else TOL_KERNEL,
+                  verbose=False)
+            row["graph_us"] = time_graph(fn, nrot, 10.0, budget)
+            row["plan"] = plan_fn()
+            row["gbps"] = nbytes / (row["graph_us"]["median"] * 1e-6) / 1e9
+        except CheckFailed as e:
+            row["check"] = f"FAILED: {e}"
+        except Exception as e:  # noqa: BLE001
+            row["check"] = f"ERROR: {type(e).__name__}: {e}"
+        rows.append(row)
+        t = row["graph_us"]["median"] if row["graph_us"] else float("nan")
+        note = "" if row["check"] == "ok" else row["check"]
+        log(f"  {case.name:<12} {label:<58} {t:8.2f} us  {row['plan'] or ''} {note}")
+
+    plain = lambda: W64 @ x.double()  # noqa: E731
+    normed = lambda: W64 @ ops.rms_norm(h, nw, EPS).double()  # noqa: E731
+
+    def poisoned_y():
+        launch.poison_(y)
+
+    run("torch F.linear bf16", lambda i: F.linear(xb, Ws[i]), lambda: W64 @ xb.double(), lambda: F.linear(xb, Ws[0]))
+    for v in (4, 5):
+        run(f"matvec v{v}", lambda i, v=v: MV.matvec(Wk[i], kx, ky, n, k, version=v), plain,
+            lambda v=v: (poisoned_y(), MV.matvec(Wk[0], kx, ky, n, k, version=v), y)[2])
+    big = case.name == "lm_head"
+    warps = (8, 16) if big else SWEEP_WARPS
+    for variant in (6, 7) + tuple(MV.SWEEP_KERNELS):
+        configs = [None] + [(wb, g) for wb in warps for g in _sweep_g(k, wb) if not (big and g > 1)]
+        if variant == 6:
+            configs = [None]
+        for cfg in configs:
+            def fn(i, variant=variant, cfg=cfg):
+                MV.matvec(Wk[i], kx, ky, n, k, version=variant, config=cfg)
+
+            def out(variant=variant, cfg=cfg):
+                poisoned_y()
+                MV.matvec(Wk[0], kx, ky, n, k, version=variant, config=cfg)
+                return y
+
+            run(f"matvec {variant} cfg {cfg}", fn, plain, out,
+                lambda variant=variant, cfg=cfg: MV._LAUNCHERS[(variant, n, k, cfg)].plan)
+
+    fused_cfgs = [None] + [(wb, g) for wb in warps for g in _sweep_g(k, wb) if not (big and g > 1)]
+    if "norm_matvec" in case.fused:
+        for ver, cfgs in ((5, [None]), (7, fused_cfgs)):
+            for cfg in cfgs:
+                run(f"norm_matvec v{ver} cfg {cfg}",
+                    lambda i, ver=ver, cfg=cfg: FM.norm_matvec(kh, knw, Wk[i], ky, n, k, EPS, version=ver, config=cfg),
+                    normed, lambda ver=ver, cfg=cfg: (poisoned_y(), FM.norm_matvec(kh, knw, Wk[0], ky, n, k, EPS,
+                                                                                   version=ver, config=cfg), y)[2],
+                    lambda cfg=cfg: FM.launcher_plan("norm_matvec", n, k, cfg))
+    if "norm_swiglu" in case.fused:
+        half = n // 2
+        gw = half * k // 2
+        Wg = [_kd(launch.words(W).view(-1)[:gw]) for W in Ws]
+        Wu = [_kd(launch.words(W).view(-1)[gw:]) for W in Ws]
+        act = torch.empty(half, device=DEVICE)
+        kact = _kd(act)
+
+        def sref():
+            xn = ops.rms_norm(h, nw, EPS).double()
+            return F.silu(W64[:half] @ xn) * (W64[half:] @ xn)
+
+        pair_cfgs = [None] + [(wb, 2 * g) for wb in SWEEP_WARPS for g in _sweep_g(k, wb) if 2 * g <= wb]
+        for ver, cfgs in ((5, [None]), (7, pair_cfgs)):
+            for cfg in cfgs:
+                run(f"norm_swiglu_matvec v{ver} cfg {cfg}",
+                    lambda i, ver=ver, cfg=cfg: FM.norm_swiglu_matvec(kh, knw, Wg[i], Wu[i], kact, half, k, EPS,
+                                                                      version=ver, config=cfg),
+                    sref, lambda ver=ver, cfg=cfg: (launch.poison_(act), FM.norm_swiglu_matvec(
+                        kh, knw, Wg[0], Wu[0], kact, half, k, EPS, version=ver, config=cfg), act)[2],
+                    lambda cfg=cfg: FM.launcher_plan("norm_swiglu_matvec", half, k, cfg))
+    if "matvec_residual" in case.fused or "gated_fused" in case.fused:
+        hres = torch.zeros(n, device=DEVICE)
+        khres = _kd(hres)
+        h0 = torch.randn(n, device=DEVICE, generator=gen)
+
+        def reset():
+            hres.copy_(h0)
+    if "matvec_residual" in case.fused:
+        for ver, cfgs in ((5, [None]), (7, fused_cfgs)):
+            for cfg in cfgs:
+                run(f"matvec_residual v{ver} cfg {cfg}",
+                    lambda i, ver=ver, cfg=cfg: FM.matvec_residual(Wk[i], kx, khres, n, k, version=ver, config=cfg),
+                    lambda: h0.double() + W64 @ x.double(),
+                    lambda ver=ver, cfg=cfg: (reset(), FM.matvec_residual(Wk[0], kx, khres, n, k, version=ver,
+                                                                          config=cfg), hres)[2],
+                    lambda cfg=cfg: FM.launcher_plan("matvec_residual", n, k, cfg))
+    if "gated_fused" in case.fused:
+        heads, hd = DELTANET_HEADS, DELTANET_HEAD_DIM
+        o = torch.randn(k, device=DEVICE, generator=gen) * 0.3
+        z = torch.randn(k, device=DEVICE, generator=gen) * 2
+        gwt = torch.randn(hd, device=DEVICE, generator=gen) * 0.2 + 1
+        ko, kz, kgw = _kd(o), _kd(z), _kd(gwt)
+
+        def gref():
+            xg = ops.gated_rms_norm(o.view(heads, hd), z.view(heads, hd), gwt, EPS).reshape(-1).double()
+            return h0.double() + W64 @ xg
+
+        cfgs = [None] + [(wb, g) for wb in (8, 16) for g in _sweep_g(k, wb)]
+        for ver, cs in ((5, [None]), (7, cfgs)):
+            for cfg in cs:
+                run(f"gated_norm_matvec_residual v{ver} cfg {cfg}",
+                    lambda i, ver=ver, cfg=cfg: FM.gated_norm_matvec_residual(ko, kz, kgw, Wk[i], khres, n, heads, hd,
+                                                                              EPS, version=ver, config=cfg),
+                    gref, lambda ver=ver, cfg=cfg: (reset(), FM.gated_norm_matvec_residual(
+                        ko, kz, kgw, Wk[0], khres, n, heads, hd, EPS, version=ver, config=cfg), hres)[2],
+                    lambda cfg=cfg: FM.launcher_plan("gated_norm_matvec_residual", n, k, cfg))
+    if "lm_head_argmax" in case.fused:
+        best = LH.new_best(DEVICE)
+        kbest = _kd(best)
+        for ver, cfgs in ((5, [None]), (7, [None, (16, 1), (4, 1)])):
+            for cfg in cfgs:
+                def lh_out(ver=ver, cfg=cfg):
+                    poisoned_y()
+                    LH.lm_head_argmax(kh, knw, Wk[0], ky, n, k, EPS, kbest, version=ver, config=cfg)
+                    sync()
+                    if LH.read_token(best) != int(torch.argmax(y)):
+                        raise RuntimeError("argmax mismatch")
+                    return y
+
+                run(f"lm_head_argmax v{ver} cfg {cfg}",
+                    lambda i, ver=ver, cfg=cfg: LH.lm_head_argmax(kh, knw, Wk[i], ky, n, k, EPS, kbest, version=ver,
+                                                                  config=cfg),
+                    normed, lh_out,
+                    lambda ver=ver, cfg=cfg: getattr(LH._LAUNCHERS.get(("lm_head", n, k, ver, cfg)), "plan", None))
+    del Ws, Wk
+    torch.cuda.empty_cache()
+    return rows
+
+
+def run_sweep(args) -> int:
+    import numba
+
+    numba.config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+    warnings.filterwarnings("ignore", message="Grid size")
+    started = time.perf_counter()
+    log = lambda s="": print(s, flush=True)  # noqa: E731
+    name = torch.cuda.get_device_name(0)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        log(f"sweep on {name}")
+        doc = {"device": name, "calibration": calibrate(log), "rows": []}
+        gen = torch.Generator(device=DEVICE).manual_seed(0)
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"sweep_{device_slug(name)}.json"
+        for case in args.case_list:
+            rows = sweep_case(case, gen, log, 0.03 if args.quick else 0.08)
+            doc["rows"] += rows
+            base = next((r for r in rows if r["kernel"].startswith("torch") and r["graph_us"]), None)
+            ok = sorted((r for r in rows if r["graph_us"]), key=lambda r: r["graph_us"]["median"])
+            log(f"== {case.name}: best 8 (torch {base['graph_us']['median']:.2f} us)" if base else case.name)
+            for r in ok[:8]:
+                log(f"   {r['graph_us']['median']:8.2f} us  {r['kernel']:<58} {r['plan']}")
+            path.write_text(json.dumps(doc, indent=1, default=str))
+        log(f"sweep: {time.perf_counter() - started:.0f} s; {path}")
+    return 0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("data/results"), help="directory for the JSON (created)")
     p.add_argument("--quick", action="store_true", help="fewer samples (about a third of the time)")
     p.add_argument("--cases", default="", help=f"comma-separated subset of: {', '.join(c.name for c in CASES)}")
-    p.add_argument("--versions", default="1,2,3,4,5", help="matvec versions to time (default: all)")
+    p.add_argument("--versions", default="1,2,3,4,5,6,7", help="matvec versions to time (default: all)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="time the v6-family kernels over launch configurations")
     a = p.parse_args(argv)
     names = [c.name for c in CASES]
     a.case_list = [c for c in CASES if not a.cases or c.name in a.cases.split(",")]
@@ -593,6 +868,8 @@ def main(argv=None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_NO_GPU
+    if args.sweep:
+        return run_sweep(args)
     import numba
 
     from megakernel.kernels import matvec as MV

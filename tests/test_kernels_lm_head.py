@@ -37,12 +37,12 @@ def bf16_weights(n: int, k: int, seed: int) -> torch.Tensor:
     return (torch.randn(n, k, generator=g) * (2.0 / k**0.5)).to(torch.bfloat16)  # logit std ~2, as the model
 
 
-def run_lm_head(W: torch.Tensor, h: torch.Tensor, w: torch.Tensor, best=None):
+def run_lm_head(W: torch.Tensor, h: torch.Tensor, w: torch.Tensor, best=None, version=7, config=None):
     n, k = W.shape
     logits = launch.poison_(torch.empty(n, device=DEV))
     best = best if best is not None else L.new_best(DEV)
     L.lm_head_argmax(kd(h.to(DEV)), kd(w.to(DEV)), kd(launch.words(W.to(DEV)).view(-1)), kd(logits), n, k, EPS,
-                     kd(best))
+                     kd(best), version=version, config=config)
     return logits, best
 
 
@@ -51,13 +51,15 @@ def inputs(k: int, seed: int):
     return torch.randn(k, generator=g) * 2 + 0.3, torch.randn(k, generator=g) * 0.2
 
 
-@pytest.mark.parametrize("n,k", [(257, 72), (333, 40), (37, 1096)])
-def test_logits_and_argmax(n, k):
+@pytest.mark.parametrize("n,k,version,config", [(257, 72, 5, None), (333, 40, 5, None), (37, 1096, 5, None),
+                                                (257, 72, 7, None), (333, 40, 7, None), (37, 1096, 7, None),
+                                                (45, 1096, 7, (4, 4))])
+def test_logits_and_argmax(n, k, version, config):
     W = bf16_weights(n, k, seed=n + k)
     h, w = inputs(k, seed=1)
-    logits, best = run_lm_head(W, h, w)
+    logits, best = run_lm_head(W, h, w, version=version, config=config)
     ref = W.float() @ ops.rms_norm(h, w, EPS)
-    check(f"lm_head logits [{n}, {k}]", ref, logits.cpu(), TOL)
+    check(f"lm_head v{version} {config} logits [{n}, {k}]", ref, logits.cpu(), TOL)
     token = L.read_token(best)
     assert token == int(torch.argmax(logits)) == int(torch.argmax(ref))
     assert int(L.token_view(best)) == token  # the int32 device token for the embedding lookup
@@ -237,3 +239,6 @@ def test_ptx_clean_for_sm90(capsys):
     lm = reports["lm_head_argmax_kernel"].ptx
     assert "ld.global.v4.u32" in lm or "ld.global.nc.v4.u32" in lm
     assert "ld.global.v4.f32" in lm or "ld.global.nc.v4.f32" in lm
+    lm6 = reports["lm_head_argmax_v7"].ptx
+    assert "ld.global.v4.u32" in lm6 or "ld.global.nc.v4.u32" in lm6
+    assert "ld.shared.v4.f32" in lm6  # x = h * (1 + w) staged once per block

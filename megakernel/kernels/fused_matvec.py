@@ -1,4 +1,4 @@
-"""The matvec variants one decode step needs, each one launch, built on matvec v5.
+"""The matvec variants one decode step needs, each one launch, built on matvec v7 (the originals on v5 are kept).
 
 Decode is a chain of matvecs with small ops in between (norms, activations, residual adds).  Each small op as a
 kernel of its own would cost a launch (several microseconds of host time; ~2 us of GPU time even inside a CUDA
@@ -15,7 +15,7 @@ small ops are folded into the matvec that consumes or produces their vector:
 ``    h, n, heads, head_dim, eps)``
 ==============================================  =======================================================================
 
-Memory-traffic reasoning, variant by variant:
+Memory-traffic reasoning, variant by variant (version 5, the original kernels):
 
 * **RMSNorm folded into the dot product.**  ``rms_norm(h) = h * rstd * (1 + w)`` with one scalar
   ``rstd = 1/sqrt(mean(h^2) + eps)`` for the whole vector, so ``W @ rms_norm(h) = rstd * (W @ (h * (1 + w)))``:
@@ -34,15 +34,31 @@ Memory-traffic reasoning, variant by variant:
 * **Gated RMSNorm as a per-block prologue.**  ``gated_rms_norm`` needs a per-head ``rstd`` (RMS over each
   head's ``head_dim`` values) and ``silu(z)`` per element, too much to redo per row.  So each block computes the
   normalised vector x (``heads * head_dim`` floats, 8 KB for Qwen3.5-0.8B) once into shared memory, one warp
-  per head, then its warps stream W rows against it.  x is stored "split": the first 4 floats of every 8-float
-  piece in the first half of the array, the last 4 in the second half, so lane l's two 16-byte reads are
-  contiguous across the warp (conflict-free; the natural layout would be a 2-way bank conflict, see matvec v4).
-  Blocks are at least 8 warps so that few blocks redo the prologue (N = 1024: 128 blocks, 2 MB of L2 reads of o
-  and z in total against 4 MB of weights).  The alternative, a tiny ``gated_rms_norm`` kernel writing x to
-  global memory followed by ``matvec_residual``, is kept (``fused=False``) and timed next to the fused kernel by
-  ``megakernel.bench_kernels``; the fused kernel is the default because it saves a launch (a kernel boundary in
-  a CUDA graph costs about as much as this matvec's 1.4 us of weight streaming).  Until the H100 table says
-  otherwise, that is a reasoned choice, not a measured one.
+  per head, then its warps stream W rows against it (x in matvec v7's "split" layout: conflict-free 16-byte
+  reads).  The alternative, a tiny ``gated_rms_norm`` kernel writing x to global memory followed by
+  ``matvec_residual``, is kept (``fused=False``) and timed next to the fused kernel by
+  ``megakernel.bench_kernels``: on the H100 the fused kernel wins by ~2 us.
+
+**Version 7** (the default; ``version=5`` selects the originals, on matvec v5) puts all four on matvec v7's
+skeleton (one resident wave, each row's weight loads issued first, split-K for long rows, see
+:mod:`megakernel.kernels.matvec`), and changes how the small ops are folded in:
+
+* the RMSNorm is a per-block prologue too: the block stages x = h * (1 + w) in shared memory and computes
+  sum(h^2) with one block reduction (the same order in every block, so every block has the bit-identical
+  rstd), while the first rows' weight loads are in flight.  The version-5 way, every warp re-deriving x and
+  the sum of squares from h and w for every row, cost 10 % on the LM head (201 vs 182 us) and 3 us on the
+  attention projection;
+* SwiGLU: G warps per row *pair*, half on the gate row and half on the up row, 4 pieces per lane each, meeting
+  in shared memory (``combine_pair``).  The first attempt, one warp reading both rows (8 loads per lane),
+  measured 8.1-8.5 us against 6.7 us for the plain matvec over the same 7168 rows; splitting the pair over two
+  warps made it the plain matvec's shape of work (7.2 us);
+* the gated norm's prologue loads o, z and the norm weight of four elements per lane before storing anything
+  (a store to shared memory between them would keep the compiler from issuing the next loads early: it cannot
+  tell the arrays apart), then rescales the staged values by the head's rstd; holding the first row's loads
+  through the prologue takes ~85 registers, so its blocks are 16 warps (one per head), one per SM.  (The
+  first version of this prologue, a load-store-load chain, cost 2.3 us over the plain matvec; this one ~1 us);
+* the residual add is matvec v7's kernel with ``y[row] += acc`` (same G, same sums: h gains exactly what
+  ``matvec`` would compute).
 
 Shapes and alignment as in :mod:`megakernel.kernels.matvec`: W [n, k] bf16 as int32 words, K a multiple of 8
 (``ValueError`` otherwise), fp32 vectors starting on 16-byte boundaries (``o``, ``z`` and the gated norm weight
@@ -54,13 +70,15 @@ from __future__ import annotations
 
 import numpy as np
 from numba import cuda
-from numba.cuda import float32
+from numba.cuda import float32, uint64
 
 from megakernel import device as D
 
-from .matvec import SIM_MAX_BLOCKS, SIMULATOR, WARP, Launcher, cdiv, check_k, dot_row, plan_rows
+from .matvec import (MAX_PARTS, PARTS_LEN, SHARED_LIMIT_BYTES, SIM_MAX_BLOCKS, SIMULATOR, V6_BOUNDS, WARP,
+                     Launcher, RowsLauncher, cdiv, check_k, combine_parts, dot16_split, dot_batch, dot_row,
+                     load_batch, memo_kernel, min_parts, plan_rows, row_limit, rows_launcher, rows_setup,
+                     x_shared_bytes)
 
-SHARED_LIMIT_BYTES = 48 * 1024  # static + dynamic shared memory a block may use without opting in
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -148,18 +166,6 @@ def dot_rows2_norm(Wg, Wu, base, h, g, nv, lane):
         ag, au, ss = dot16x2_norm(ag, au, ss, D.load_u32x4(Wg, base + v), D.load_u32x4(Wu, base + v), h, g, v)
         v += WARP
     return ag, au, ss
-
-
-@cuda.jit(device=True)
-def dot16_split(acc, w, xs, v, nv):
-    """Piece ``v`` against x held "split" (see the module docstring): x[8v:8v+4] at xs[4v:4v+4] and
-    x[8v+4:8v+8] at xs[4nv+4v : 4nv+4v+4]."""
-    x0, x1, x2, x3 = D.load_f32x4(xs, v)
-    x4, x5, x6, x7 = D.load_f32x4(xs, nv + v)
-    a, b, c, d = w
-    acc += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
-    acc += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
-    return acc
 
 
 @cuda.jit(device=True)
@@ -277,9 +283,224 @@ def gated_rms_norm_kernel(o, z, norm_w, x, heads, head_dim, eps):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The same variants on the matvec v7 skeleton (x staged in shared memory once per block, one resident wave of
+# 8-warp blocks, split-K over G warps per row, each row's loads issued before the prologue).  The defaults.
+# --------------------------------------------------------------------------------------------------------------
+@cuda.jit(device=True)
+def stage_norm(h, gw, xs, nv, scratch):
+    """xs <- h * (1 + gw) in the split layout (see matvec.dot16_split), by the whole block; returns sum(h^2) over
+    all of h (every thread gets it: a block reduction, the same order in every block, so every block computes
+    the bit-identical rstd).  Its barriers also publish xs."""
+    one = float32(1)
+    ss = float32(0)
+    for q in range(cuda.threadIdx.x, 2 * nv, cuda.blockDim.x):
+        h0, h1, h2, h3 = D.load_f32x4(h, q)
+        g0, g1, g2, g3 = D.load_f32x4(gw, q)
+        ss += h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
+        j = 4 * ((q % 2) * nv + q // 2)
+        xs[j] = h0 * (one + g0)
+        xs[j + 1] = h1 * (one + g1)
+        xs[j + 2] = h2 * (one + g2)
+        xs[j + 3] = h3 * (one + g3)
+    return D.block_sum(ss, scratch)
+
+
+@cuda.jit(device=True)
+def combine_pair(acc, parts, it, warp, slot, G):
+    """SwiGLU's split: a row slot has G warps, the first G/2 on the gate row and the others on the up row.
+    Returns (gate . x, up . x), each summed over its warps in a fixed order.  One barrier per iteration
+    (double-buffered like matvec.combine_parts)."""
+    buf = (it % 2) * MAX_PARTS
+    if cuda.threadIdx.x % WARP == 0:
+        parts[buf + warp] = acc
+    cuda.syncthreads()
+    half = G // 2
+    first = buf + slot * G
+    a = parts[first]
+    b = parts[first + half]
+    for j in range(1, half):
+        a += parts[first + j]
+        b += parts[first + half + j]
+    return a, b
+
+
+@cuda.jit(device=True)
+def split_index(i, nv):
+    """Where element i (>= 0: shifts and masks, no signed-division fix-ups) of x lives in the split layout."""
+    j = i & 7
+    q = (i >> 3) * 4 + j
+    return q if j < 4 else q + 4 * nv - 4
+
+
+@cuda.jit(device=True)
+def gated_load(o, z, norm_w, base, d, head_dim):
+    """(o, z, norm_w) of element base + d of a head; zeros past the head's end.  Unsigned indices: no
+    negative-index wraparound code on every access."""
+    if d < head_dim:
+        i = uint64(base + d)
+        return o[i], z[i], norm_w[uint64(d)]
+    return float32(0), float32(0), float32(0)
+
+
+@cuda.jit(device=True)
+def gated_put(xs, value, i, d, head_dim, nv):
+    if d < head_dim:
+        xs[uint64(split_index(i, nv))] = value
+
+
+@cuda.jit(device=True)
+def stage_gated(o, z, norm_w, xs, heads, head_dim, eps):
+    """xs <- gated_rms_norm(o, z) (per head: o * rstd_head * norm_w * silu(z)) in the split layout, one warp
+    per head.  Each lane first loads o, z and norm_w of four elements (twelve loads in flight together: a
+    store to shared memory in between would keep the compiler from issuing the next loads early, as it cannot
+    tell the arrays apart).  Heads of up to 128 elements (Qwen3.5's) keep the four values in registers until
+    the warp's sum of o^2 gives rstd, then store them once; longer heads stage unscaled values chunk by chunk
+    and rescale them.  The caller synchronizes."""
+    lane = cuda.threadIdx.x % WARP
+    nv = heads * head_dim // 8
+    for hd in range(cuda.threadIdx.x // WARP, heads, cuda.blockDim.x // WARP):
+        base = hd * head_dim
+        if head_dim <= 4 * WARP:
+            oa, za, wa = gated_load(o, z, norm_w, base, lane, head_dim)
+            ob, zb, wb = gated_load(o, z, norm_w, base, lane + WARP, head_dim)
+            oc, zc, wc = gated_load(o, z, norm_w, base, lane + 2 * WARP, head_dim)
+            oe, ze, we = gated_load(o, z, norm_w, base, lane + 3 * WARP, head_dim)
+            ss = oa * oa + ob * ob + oc * oc + oe * oe
+            ta = wa * oa * D.silu(za)
+            tb = wb * ob * D.silu(zb)
+            tc = wc * oc * D.silu(zc)
+            te = we * oe * D.silu(ze)
+            r = D.rsqrt(D.warp_sum(ss) / float32(head_dim) + eps)
+            gated_put(xs, ta * r, base + lane, lane, head_dim, nv)
+            gated_put(xs, tb * r, base + lane + WARP, lane + WARP, head_dim, nv)
+            gated_put(xs, tc * r, base + lane + 2 * WARP, lane + 2 * WARP, head_dim, nv)
+            gated_put(xs, te * r, base + lane + 3 * WARP, lane + 3 * WARP, head_dim, nv)
+        else:
+            ss = float32(0)
+            for d in range(lane, head_dim, 4 * WARP):
+                oa, za, wa = gated_load(o, z, norm_w, base, d, head_dim)
+                ob, zb, wb = gated_load(o, z, norm_w, base, d + WARP, head_dim)
+                oc, zc, wc = gated_load(o, z, norm_w, base, d + 2 * WARP, head_dim)
+                oe, ze, we = gated_load(o, z, norm_w, base, d + 3 * WARP, head_dim)
+                ss += oa * oa + ob * ob + oc * oc + oe * oe
+                gated_put(xs, wa * oa * D.silu(za), base + d, d, head_dim, nv)
+                gated_put(xs, wb * ob * D.silu(zb), base + d + WARP, d + WARP, head_dim, nv)
+                gated_put(xs, wc * oc * D.silu(zc), base + d + 2 * WARP, d + 2 * WARP, head_dim, nv)
+                gated_put(xs, we * oe * D.silu(ze), base + d + 3 * WARP, d + 3 * WARP, head_dim, nv)
+            r = D.rsqrt(D.warp_sum(ss) / float32(head_dim) + eps)
+            for d in range(lane, head_dim, WARP):
+                j = split_index(base + d, nv)
+                xs[j] = xs[j] * r
+
+
+def norm_matvec_kernel_v7(G: int):
+    """y = W @ rms_norm(h): the block stages x = h * (1 + w) and rstd, then matvec v7 scaled by rstd."""
+
+    def make():
+        @cuda.jit(launch_bounds=V6_BOUNDS)
+        def norm_matvec_v7(h, norm_w, W, y, n, k, eps):
+            xs = cuda.shared.array(0, float32)
+            parts = cuda.shared.array(PARTS_LEN, float32)
+            scratch = cuda.shared.array(WARP, float32)
+            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(k, G)
+            cur = load_batch(W, row, n, nv, v0, stride)
+            r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k) + eps)
+            base = row - slot
+            it = 0
+            while base < n:
+                acc = dot_batch(cur, xs, nv, v0, stride, row_limit(row, n, nv))
+                cur = load_batch(W, row + step, n, nv, v0, stride)
+                acc = combine_parts(D.warp_sum(acc), parts, it, warp, slot, G)
+                if g == 0 and lane == 0 and row < n:
+                    y[row] = acc * r
+                row += step
+                base += step
+                it += 1
+
+        return norm_matvec_v7
+
+    return memo_kernel(("norm_matvec", G), make)
+
+
+def norm_swiglu_matvec_kernel_v7(G: int):
+    """act = silu(Wg @ x) * (Wu @ x), x = rms_norm(h): G warps per row pair, the first G/2 on the gate row and
+    the rest on the up row (4 pieces per lane each: the plain matvec's shape of work), met in shared memory."""
+
+    def make():
+        half = G // 2
+
+        @cuda.jit(launch_bounds=V6_BOUNDS)
+        def norm_swiglu_matvec_v7(h, norm_w, Wg, Wu, act, n, k, eps):
+            xs = cuda.shared.array(0, float32)
+            parts = cuda.shared.array(PARTS_LEN, float32)
+            scratch = cuda.shared.array(WARP, float32)
+            lane, warp, slot, p, nv, _v0, _stride, step, row = rows_setup(k, G)
+            up = p >= half
+            g = p - half if up else p
+            v0 = lane + WARP * g
+            stride = WARP * half
+            Wm = Wu if up else Wg
+            cur = load_batch(Wm, row, n, nv, v0, stride)
+            r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k) + eps)
+            base = row - slot
+            it = 0
+            while base < n:
+                acc = dot_batch(cur, xs, nv, v0, stride, row_limit(row, n, nv))
+                cur = load_batch(Wm, row + step, n, nv, v0, stride)
+                a, b = combine_pair(D.warp_sum(acc), parts, it, warp, slot, G)
+                if p == 0 and lane == 0 and row < n:
+                    act[row] = D.silu(a * r) * (b * r)
+                row += step
+                base += step
+                it += 1
+
+        return norm_swiglu_matvec_v7
+
+    return memo_kernel(("norm_swiglu", G), make)
+
+
+def gated_norm_matvec_residual_kernel_v7(G: int):
+    """h += W @ gated_rms_norm(o, z): the first row's weight loads, then the block stages the gated norm per
+    head (``stage_gated``), then matvec v7 + residual.  No launch bounds: holding the loads through the
+    prologue takes ~85 registers (blocks of 16 warps, one per SM, one head per warp)."""
+
+    def make():
+        @cuda.jit
+        def gated_norm_matvec_residual_v7(o, z, norm_w, W, h, n, heads, head_dim, eps):
+            xs = cuda.shared.array(0, float32)
+            parts = cuda.shared.array(PARTS_LEN, float32)
+            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(heads * head_dim, G)
+            cur = load_batch(W, row, n, nv, v0, stride)
+            stage_gated(o, z, norm_w, xs, heads, head_dim, eps)
+            cuda.syncthreads()
+            base = row - slot
+            it = 0
+            while base < n:
+                acc = dot_batch(cur, xs, nv, v0, stride, row_limit(row, n, nv))
+                cur = load_batch(W, row + step, n, nv, v0, stride)
+                acc = combine_parts(D.warp_sum(acc), parts, it, warp, slot, G)
+                if g == 0 and lane == 0 and row < n:
+                    h[row] += acc
+                row += step
+                base += step
+                it += 1
+
+        return gated_norm_matvec_residual_v7
+
+    return memo_kernel(("gated", G), make)
+
+
+# instances for the PTX checks (the launchers make the others on demand)
+norm_matvec_v7 = norm_matvec_kernel_v7(1)
+norm_swiglu_matvec_v7 = norm_swiglu_matvec_kernel_v7(2)
+gated_norm_matvec_residual_v7 = gated_norm_matvec_residual_kernel_v7(2)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Wrappers (launch configurations cached per shape)
 # --------------------------------------------------------------------------------------------------------------
-GATED_MIN_WARPS = 8  # the fused gated kernel's blocks: few enough blocks that the prologue is not redone often
+GATED_MIN_WARPS = 8  # the version-5 fused gated kernel's blocks: few enough that the prologue is not redone often
+GATED_WARPS_V7 = 16  # version 7: one warp per head of Qwen3.5-0.8B's 16 for the prologue
 
 _LAUNCHERS: dict = {}
 
@@ -302,6 +523,11 @@ def _get(key, make):
     return lau
 
 
+def _check_version(what: str, version: int) -> None:
+    if version not in (5, 7):
+        raise ValueError(f"{what}: version {version}: choose 7 (the default, on matvec v7) or 5 (the original)")
+
+
 def _rows_launcher(kernel, what, n, k):
     def make():
         check_k(k, 8, what, n)
@@ -311,18 +537,52 @@ def _rows_launcher(kernel, what, n, k):
     return _get((what, n, k), make)
 
 
-def norm_matvec(h, norm_w, W, y, n: int, k: int, eps: float) -> None:
-    """y[:n] = W @ rms_norm(h[:k], norm_w) (Qwen3.5's (1 + w) weight); W [n, k] bf16 as int32 words."""
-    lau = _rows_launcher(norm_matvec_kernel, "norm_matvec", n, k)
+def _v7_launcher(what, n, k, config, make):
+    """A ``matvec.RowsLauncher`` (made by ``make()``) cached per shape and ``config`` = (warps per block, G or
+    None), which overrides the plan (tests, ``bench_kernels --sweep``)."""
+
+    def build():
+        check_k(k, 8, what, n)
+        return make()
+
+    return _get((what, 7, n, k, config), build)
+
+
+def launcher_plan(what: str, n: int, k: int, config=None):
+    """(blocks, threads, G) of a version-7 fused kernel's launcher once it has run (for reports), or None."""
+    return getattr(_LAUNCHERS.get((what, 7, n, k, config)), "plan", None)
+
+
+def norm_matvec(h, norm_w, W, y, n: int, k: int, eps: float, version: int = 7, config=None) -> None:
+    """y[:n] = W @ rms_norm(h[:k], norm_w) (Qwen3.5's (1 + w) weight); W [n, k] bf16 as int32 words.
+    ``version`` 7 (default): on the matvec v7 skeleton; 5: the original (the norm folded into every warp)."""
+    _check_version("norm_matvec", version)
+    if version == 7:
+        lau = _v7_launcher("norm_matvec", n, k, config, lambda: RowsLauncher(
+            norm_matvec_kernel_v7, n, k, x_shared_bytes(k, "norm_matvec"), *(config or ())))
+    else:
+        lau = _rows_launcher(norm_matvec_kernel, "norm_matvec", n, k)
     if W.shape[0] < n * k // 2 or h.shape[0] < k or norm_w.shape[0] < k or y.shape[0] < n:
         raise ValueError(f"norm_matvec [{n}, {k}]: W has {W.shape[0]} words, h {h.shape[0]}, norm_w "
                          f"{norm_w.shape[0]}, y {y.shape[0]} elements")
     lau(h, norm_w, W, y, n, k, np.float32(eps))
 
 
-def norm_swiglu_matvec(h, norm_w, W_gate, W_up, act, n: int, k: int, eps: float) -> None:
-    """act[:n] = silu(W_gate @ x) * (W_up @ x), x = rms_norm(h[:k], norm_w); W_gate, W_up [n, k] bf16 words."""
-    lau = _rows_launcher(norm_swiglu_matvec_kernel, "norm_swiglu_matvec", n, k)
+def _pair_parts(n: int, k: int, resident_warps: int, warps_per_block: int) -> int:
+    return 2 * min_parts(k)
+
+
+def norm_swiglu_matvec(h, norm_w, W_gate, W_up, act, n: int, k: int, eps: float, version: int = 7,
+                       config=None) -> None:
+    """act[:n] = silu(W_gate @ x) * (W_up @ x), x = rms_norm(h[:k], norm_w); W_gate, W_up [n, k] bf16 words.
+    Version 7: ``config`` G counts the warps of a row pair (even: half on the gate row, half on the up row)."""
+    _check_version("norm_swiglu_matvec", version)
+    if version == 7:
+        lau = _v7_launcher("norm_swiglu_matvec", n, k, config, lambda: RowsLauncher(
+            norm_swiglu_matvec_kernel_v7, n, k, x_shared_bytes(k, "norm_swiglu_matvec"), *(config or ()),
+            choose=_pair_parts, g_min=2 * min_parts(k)))
+    else:
+        lau = _rows_launcher(norm_swiglu_matvec_kernel, "norm_swiglu_matvec", n, k)
     words = n * k // 2
     if W_gate.shape[0] < words or W_up.shape[0] < words or h.shape[0] < k or norm_w.shape[0] < k \
             or act.shape[0] < n:
@@ -331,9 +591,14 @@ def norm_swiglu_matvec(h, norm_w, W_gate, W_up, act, n: int, k: int, eps: float)
     lau(h, norm_w, W_gate, W_up, act, n, k, np.float32(eps))
 
 
-def matvec_residual(W, x, h, n: int, k: int) -> None:
-    """h[:n] += W @ x[:k] in place; W [n, k] bf16 as int32 words."""
-    lau = _rows_launcher(matvec_residual_kernel, "matvec_residual", n, k)
+def matvec_residual(W, x, h, n: int, k: int, version: int = 7, config=None) -> None:
+    """h[:n] += W @ x[:k] in place; W [n, k] bf16 as int32 words.  Version 7 adds exactly what matvec v7 with
+    the same G computes."""
+    _check_version("matvec_residual", version)
+    if version == 7:
+        lau = _v7_launcher("matvec_residual", n, k, config, lambda: rows_launcher(7, n, k, config, residual=True))
+    else:
+        lau = _rows_launcher(matvec_residual_kernel, "matvec_residual", n, k)
     if W.shape[0] < n * k // 2 or x.shape[0] < k or h.shape[0] < n:
         raise ValueError(f"matvec_residual [{n}, {k}]: W has {W.shape[0]} words, x {x.shape[0]}, "
                          f"h {h.shape[0]} elements")
@@ -361,12 +626,14 @@ def _gated_launchers(n, heads, head_dim):
 
 
 def gated_norm_matvec_residual(o, z, norm_w, W, h, n: int, heads: int, head_dim: int, eps: float,
-                               fused: bool = True, scratch=None) -> None:
+                               fused: bool = True, scratch=None, version: int = 7, config=None) -> None:
     """h[:n] += W @ gated_rms_norm(o, z, norm_w) where the norm is per head: o, z [heads * head_dim] fp32,
     norm_w [head_dim] fp32 (a plain weight, not 1 + w), W [n, heads * head_dim] bf16 as int32 words.
 
     ``fused=False`` runs the unfused pair (``gated_rms_norm_kernel`` into ``scratch``, an fp32 buffer of
-    heads * head_dim elements, then ``matvec_residual``); it exists for comparison in the benchmark."""
+    heads * head_dim elements, then ``matvec_residual``); it exists for comparison in the benchmark.
+    ``version`` 7 (default): the fused kernel on the matvec v7 skeleton; 5: the original."""
+    _check_version("gated_norm_matvec_residual", version)
     fused_lau, norm_lau = _gated_launchers(n, heads, head_dim)
     k = heads * head_dim
     if W.shape[0] < n * k // 2 or o.shape[0] < k or z.shape[0] < k or norm_w.shape[0] < head_dim \
@@ -375,12 +642,18 @@ def gated_norm_matvec_residual(o, z, norm_w, W, h, n: int, heads: int, head_dim:
                          f"z {z.shape[0]}, norm_w {norm_w.shape[0]}, h {h.shape[0]} elements")
     eps32 = np.float32(eps)
     if fused:
-        fused_lau(o, z, norm_w, W, h, n, heads, head_dim, eps32)
+        if version == 7:
+            lau = _v7_launcher("gated_norm_matvec_residual", n, k, config, lambda: RowsLauncher(
+                gated_norm_matvec_residual_kernel_v7, n, k, 4 * k, *(config or ()),
+                default_warps=GATED_WARPS_V7))
+            lau(o, z, norm_w, W, h, n, heads, head_dim, eps32)
+        else:
+            fused_lau(o, z, norm_w, W, h, n, heads, head_dim, eps32)
         return
     if scratch is None or scratch.shape[0] < k:
         raise ValueError(f"gated_norm_matvec_residual(fused=False) needs an fp32 scratch of {k} elements")
     norm_lau(o, z, norm_w, scratch, heads, head_dim, eps32)
-    matvec_residual(W, scratch, h, n, k)
+    matvec_residual(W, scratch, h, n, k, version=version)
 
 
 _F = "float32[::1]"
@@ -391,7 +664,12 @@ PTX_SIGNATURES = {
     "matvec_residual_kernel": [f"void({_W}, {_F}, {_F}, int64, int64)"],
     "gated_norm_matvec_residual_kernel": [f"void({_F}, {_F}, {_F}, {_W}, {_F}, int64, int64, int64, float32)"],
     "gated_rms_norm_kernel": [f"void({_F}, {_F}, {_F}, {_F}, int64, int64, float32)"],
+    "norm_matvec_v7": [f"void({_F}, {_F}, {_W}, {_F}, int64, int64, float32)"],
+    "norm_swiglu_matvec_v7": [f"void({_F}, {_F}, {_W}, {_W}, {_F}, int64, int64, float32)"],
+    "gated_norm_matvec_residual_v7": [f"void({_F}, {_F}, {_F}, {_W}, {_F}, int64, int64, int64, float32)"],
 }
+PTX_CHECK_OPTIONS = {"norm_matvec_v7": {"launch_bounds": V6_BOUNDS},
+                     "norm_swiglu_matvec_v7": {"launch_bounds": V6_BOUNDS}}
 
 __all__ = ["norm_matvec", "norm_swiglu_matvec", "matvec_residual", "gated_norm_matvec_residual",
            "dot_row_norm", "dot_rows2_norm", "PTX_SIGNATURES"]

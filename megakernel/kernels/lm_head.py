@@ -15,6 +15,13 @@ bf16 = 509 MB, a third of all weight bytes per token) with the final RMSNorm fol
    device memory.  So the buffer is ready for the next launch without a reset kernel (which a CUDA graph would
    otherwise have to contain), and the token is on the device for the next step's embedding lookup.
 
+**Version 7** (the default; ``version=5`` is the original above) runs the same three steps on matvec v7's
+skeleton (:mod:`megakernel.kernels.matvec`): each block stages x = h * (1 + w) and rstd in shared memory once
+(``fused_matvec.stage_norm``) instead of every warp redoing the norm for every row, and one resident wave of
+8-warp blocks (528 on an H100) grid-strides over the rows with each row's loads issued before the previous row
+is reduced.  H100: 170.8 us (2.98 TB/s, 99.4 % of the copy bandwidth; version 5: 201.6 us, torch's bare
+F.linear: 178.7 us).
+
 **The packed key** makes "larger value, and on ties the smaller index" a single signed 64-bit comparison, so
 ``atomicMax`` on one word is an argmax: high 32 bits = the float's bits made order-preserving as a signed
 integer (``b`` for +x, ``2^31 - 1 - b`` for -x: more negative floats get smaller integers), low 32 bits =
@@ -61,8 +68,10 @@ from numba.cuda import float32, int64, uint64
 from megakernel import device as D
 from megakernel import launch
 
-from .fused_matvec import dot_row_norm
-from .matvec import SIM_MAX_BLOCKS, SIMULATOR, WARP, Launcher, cdiv, check_k, plan_rows, sm_count
+from .fused_matvec import dot_row_norm, stage_norm
+from .matvec import (PARTS_LEN, SIM_MAX_BLOCKS, SIMULATOR, V6_BOUNDS, WARP, Launcher, RowsLauncher, cdiv, check_k,
+                     combine_parts, dot_batch, load_batch, memo_kernel, plan_rows, row_limit, rows_setup, sm_count,
+                     x_shared_bytes)
 
 INT64_MIN = -(1 << 63)
 _NO_KEY = np.int64(INT64_MIN)
@@ -149,6 +158,46 @@ def lm_head_argmax_kernel(h, norm_w, W, logits, n, k, eps, best):
     publish_block_best(mine, best)
 
 
+def lm_head_argmax_kernel_v7(G: int):
+    """The same on the matvec v7 skeleton: the block stages x = h * (1 + w) and rstd in shared memory once
+    (instead of every warp redoing the norm for every row), one resident wave of 8-warp blocks grid-strides over
+    the rows with each row's loads issued before the previous row is reduced; G warps per row only for
+    K > 1024."""
+
+    def make():
+        @cuda.jit(launch_bounds=V6_BOUNDS)
+        def lm_head_argmax_v7(h, norm_w, W, logits, n, k, eps, best):
+            xs = cuda.shared.array(0, float32)
+            parts = cuda.shared.array(PARTS_LEN, float32)
+            scratch = cuda.shared.array(WARP, float32)
+            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(k, G)
+            cur = load_batch(W, row, n, nv, v0, stride)
+            r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k) + eps)
+            mine = _NO_KEY
+            base = row - slot
+            it = 0
+            while base < n:
+                acc = dot_batch(cur, xs, nv, v0, stride, row_limit(row, n, nv))
+                cur = load_batch(W, row + step, n, nv, v0, stride)
+                y = combine_parts(D.warp_sum(acc), parts, it, warp, slot, G) * r
+                if g == 0 and row < n:
+                    if lane == 0:
+                        logits[row] = y
+                    key = argmax_key(y, row)
+                    if key > mine:
+                        mine = key
+                row += step
+                base += step
+                it += 1
+            publish_block_best(mine, best)
+
+        return lm_head_argmax_v7
+
+    return memo_kernel(("lm_head_argmax", G), make)
+
+
+lm_head_argmax_v7 = lm_head_argmax_kernel_v7(1)
+
 _LAUNCHERS: dict = {}
 
 
@@ -191,18 +240,27 @@ def read_token(best) -> int:
     return int(best.copy_to_host()[3])
 
 
-def lm_head_argmax(h, norm_w, W, logits, n_vocab: int, k: int, eps: float, best) -> None:
+def lm_head_argmax(h, norm_w, W, logits, n_vocab: int, k: int, eps: float, best, version: int = 7,
+                   config=None) -> None:
     """logits[:n_vocab] = W @ rms_norm(h[:k], norm_w) and their argmax (ties: smallest index) into ``best``
     (an int64[4] kernel array from ``new_best``; ``read_token(best)`` or ``token_view``).  W [n_vocab, k] bf16
-    as int32 words.  One launch on torch's current stream; no synchronization."""
-    key = ("lm_head", n_vocab, k)
+    as int32 words.  One launch on torch's current stream; no synchronization.  ``version`` 7 (default): on the
+    matvec v7 skeleton; 5: the original.  ``config`` (v7): (warps per block, G or None) instead of the plan."""
+    if version not in (5, 7):
+        raise ValueError(f"lm_head_argmax: version {version}: choose 7 (the default) or 5 (the original)")
+    key = ("lm_head", n_vocab, k, version, config)
     lau = _LAUNCHERS.get(key)
     if lau is None:
         check_k(k, 8, "lm_head_argmax", n_vocab)
         if n_vocab >= 1 << 31:
             raise ValueError(f"lm_head_argmax: vocabulary of {n_vocab} does not fit the 32-bit index")
-        grid, block = plan_rows(n_vocab)
-        lau = _LAUNCHERS[key] = Launcher(lm_head_argmax_kernel, grid, block)
+        if version == 7:
+            lau = RowsLauncher(lm_head_argmax_kernel_v7, n_vocab, k, x_shared_bytes(k, "lm_head_argmax"),
+                               *(config or ()))
+        else:
+            grid, block = plan_rows(n_vocab)
+            lau = Launcher(lm_head_argmax_kernel, grid, block)
+        _LAUNCHERS[key] = lau
     if W.shape[0] < n_vocab * k // 2 or h.shape[0] < k or norm_w.shape[0] < k or logits.shape[0] < n_vocab \
             or best.shape[0] < 4:
         raise ValueError(f"lm_head_argmax [{n_vocab}, {k}]: W has {W.shape[0]} words, h {h.shape[0]}, norm_w "
@@ -334,8 +392,11 @@ _F = "float32[::1]"
 _W = "int32[::1]"
 PTX_SIGNATURES = {
     "lm_head_argmax_kernel": [f"void({_F}, {_F}, {_W}, {_F}, int64, int64, float32, int64[::1])"],
+    "lm_head_argmax_v7": [f"void({_F}, {_F}, {_W}, {_F}, int64, int64, float32, int64[::1])"],
     "sample_gumbel_kernel": [f"void({_F}, int64, float32, int64, int64, int64, int64[::1])"],
 }
+
+PTX_CHECK_OPTIONS = {"lm_head_argmax_v7": {"launch_bounds": V6_BOUNDS}}
 
 __all__ = ["lm_head_argmax", "sample_gumbel", "new_best", "reset_best", "read_token", "token_view",
            "argmax_key", "key_to_index", "gumbel_noise_host", "INT64_MIN", "PTX_SIGNATURES"]

@@ -84,7 +84,7 @@ def check(name, ref, out, tol=TOL):
     return _check(name, ref.double().cpu(), out.double().cpu(), tol)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_matvec_versions(data, shape, version):
     from megakernel.kernels import matvec as M
@@ -96,19 +96,40 @@ def test_matvec_versions(data, shape, version):
     check(f"matvec v{version} {shape} [{n}, {k}]", W.double() @ x.double(), y)
 
 
-@pytest.mark.parametrize("shape", ["in_proj qkv|z|b|a", "attn q|gate,k,v", "lm_head"])
-def test_norm_matvec(data, shape):
+# v6/v7 launch configurations other than the planned ones: (warps per block, G)
+V6_CONFIGS = [(4, None), (8, 2), (16, 4), (32, 8), (32, None)]
+
+
+@pytest.mark.parametrize("config", V6_CONFIGS)
+@pytest.mark.parametrize("shape", ["out_proj", "mlp down", "attn q|gate,k,v"])
+def test_matvec_v6_v7_configs(data, shape, config):
+    from megakernel.kernels import matvec as M
+
+    W = data(shape)
+    n, k = W.shape
+    if config[1] is not None and config[1] < M.min_parts(k):
+        pytest.skip("G below the minimum for this K")
+    x = vec(k, seed=1)
+    for variant in (6, 7) + tuple(M.SWEEP_KERNELS):
+        y = run_twice(lambda out: M.matvec(wk(W), kd(x), out, n, k, version=variant, config=config), n)
+        check(f"matvec {variant} {config} {shape}", W.double() @ x.double(), y)
+
+
+@pytest.mark.parametrize("version", [5, 7])
+@pytest.mark.parametrize("shape", ["in_proj qkv|z|b|a", "attn q|gate,k,v", "lm_head", "mlp down"])
+def test_norm_matvec(data, shape, version):
     from megakernel.kernels import fused_matvec as F
     from reference import ops
 
     W = data(shape)
     n, k = W.shape
     h, w = vec(k, seed=2, scale=3.0, shift=0.3), vec(k, seed=3, scale=0.2)
-    y = run_twice(lambda out: F.norm_matvec(kd(h), kd(w), wk(W), out, n, k, EPS), n)
-    check(f"norm_matvec {shape}", W.double() @ ops.rms_norm(h, w, EPS).double(), y)
+    y = run_twice(lambda out: F.norm_matvec(kd(h), kd(w), wk(W), out, n, k, EPS, version=version), n)
+    check(f"norm_matvec v{version} {shape}", W.double() @ ops.rms_norm(h, w, EPS).double(), y)
 
 
-def test_norm_swiglu_matvec(data):
+@pytest.mark.parametrize("version", [5, 7])
+def test_norm_swiglu_matvec(data, version):
     from megakernel.kernels import fused_matvec as F
     from reference import ops
 
@@ -116,15 +137,22 @@ def test_norm_swiglu_matvec(data):
     Wu = (Wg.float().flip(0) * 0.9).to(torch.bfloat16)  # a different matrix of the same shape
     n, k = Wg.shape
     h, w = vec(k, seed=4, scale=2.0), vec(k, seed=5, scale=0.2)
-    act = run_twice(lambda out: F.norm_swiglu_matvec(kd(h), kd(w), wk(Wg), wk(Wu), out, n, k, EPS), n)
+    act = run_twice(lambda out: F.norm_swiglu_matvec(kd(h), kd(w), wk(Wg), wk(Wu), out, n, k, EPS,
+                                                     version=version), n)
     x = ops.rms_norm(h, w, EPS).double()
     ref = torch.nn.functional.silu(Wg.double() @ x) * (Wu.double() @ x)
-    check("norm_swiglu_matvec mlp gate/up", ref, act)
+    check(f"norm_swiglu_matvec v{version} mlp gate/up", ref, act)
+    if version == 7:  # 2 warps on each row of the pair
+        act = run_twice(lambda out: F.norm_swiglu_matvec(kd(h), kd(w), wk(Wg), wk(Wu), out, n, k, EPS,
+                                                         config=(16, 4)), n)
+        check("norm_swiglu_matvec v7 G=4", ref, act)
 
 
+@pytest.mark.parametrize("version", [5, 7])
 @pytest.mark.parametrize("shape", ["o_proj", "mlp down"])
-def test_matvec_residual(data, shape):
+def test_matvec_residual(data, shape, version):
     from megakernel.kernels import fused_matvec as F
+    from megakernel.kernels import matvec as M
 
     W = data(shape)
     n, k = W.shape
@@ -132,15 +160,20 @@ def test_matvec_residual(data, shape):
     outs = []
     for _ in range(2):
         h = h0.clone()
-        F.matvec_residual(wk(W), kd(x), kd(h), n, k)
+        F.matvec_residual(wk(W), kd(x), kd(h), n, k, version=version)
         outs.append(h)
     torch.cuda.synchronize()
     assert torch.equal(outs[0], outs[1])
-    check(f"matvec_residual {shape}", h0.double() + W.double() @ x.double(), outs[0])
+    check(f"matvec_residual v{version} {shape}", h0.double() + W.double() @ x.double(), outs[0])
+    if version == 7:  # exactly h0 + matvec v7 with the same G
+        cfg = F._LAUNCHERS[("matvec_residual", 7, n, k, None)].plan
+        y = run_twice(lambda out: M.matvec(wk(W), kd(x), out, n, k, version=7, config=(cfg[1] // 32, cfg[2])), n)
+        assert torch.equal(outs[0], h0 + y)
 
 
+@pytest.mark.parametrize("version,config", [(5, None), (7, None), (7, (16, 4)), (7, (8, 2)), (7, (4, 2))])
 @pytest.mark.parametrize("fused", [True, False])
-def test_gated_norm_matvec_residual(data, fused):
+def test_gated_norm_matvec_residual(data, fused, version, config):
     from megakernel.kernels import fused_matvec as F
     from reference import ops
 
@@ -155,23 +188,28 @@ def test_gated_norm_matvec_residual(data, fused):
     for _ in range(2):
         h = h0.clone()
         F.gated_norm_matvec_residual(kd(o), kd(z), kd(w), wk(W), kd(h), n, heads, hd, EPS, fused=fused,
-                                     scratch=kd(scratch))
+                                     scratch=kd(scratch), version=version, config=config)
         outs.append(h)
     torch.cuda.synchronize()
     assert torch.equal(outs[0], outs[1])
     x = ops.gated_rms_norm(o.view(heads, hd), z.view(heads, hd), w, EPS).reshape(-1).double()
-    check(f"gated_norm_matvec_residual fused={fused}", h0.double() + W.double() @ x, outs[0])
+    check(f"gated_norm_matvec_residual v{version} fused={fused} {config}", h0.double() + W.double() @ x, outs[0])
 
 
-def test_lm_head_argmax(data):
+@pytest.mark.parametrize("config", [None, (16, None), (32, None), (16, 2)])
+@pytest.mark.parametrize("version", [5, 7])
+def test_lm_head_argmax(data, version, config):
     from megakernel.kernels import lm_head as L
     from reference import ops
 
+    if version == 5 and config is not None:
+        pytest.skip("configs are for version 6")
     W = data("lm_head").clone()
     n, k = W.shape
     h, w = vec(k, seed=12, scale=2.0), vec(k, seed=13, scale=0.2)
     best = L.new_best("cuda")
-    logits = run_twice(lambda out: L.lm_head_argmax(kd(h), kd(w), wk(W), out, n, k, EPS, kd(best)), n)
+    logits = run_twice(lambda out: L.lm_head_argmax(kd(h), kd(w), wk(W), out, n, k, EPS, kd(best),
+                                                    version=version, config=config), n)
     check("lm_head logits", W.double() @ ops.rms_norm(h, w, EPS).double(), logits)
     assert L.read_token(kd(best)) == int(torch.argmax(logits))
     assert int(L.token_view(best).item()) == int(torch.argmax(logits))
@@ -179,10 +217,10 @@ def test_lm_head_argmax(data):
     x = ops.rms_norm(h, w, EPS)
     W[n - 1] = (W.float().abs().amax(0) * torch.sign(x)).to(torch.bfloat16)
     logits = launch.poison_(torch.empty(n, device="cuda"))
-    L.lm_head_argmax(kd(h), kd(w), wk(W), kd(logits), n, k, EPS, kd(best))
+    L.lm_head_argmax(kd(h), kd(w), wk(W), kd(logits), n, k, EPS, kd(best), version=version, config=config)
     assert L.read_token(best) == int(torch.argmax(logits)) == n - 1
     W[1000] = W[n - 1]
-    L.lm_head_argmax(kd(h), kd(w), wk(W), kd(logits), n, k, EPS, kd(best))
+    L.lm_head_argmax(kd(h), kd(w), wk(W), kd(logits), n, k, EPS, kd(best), version=version, config=config)
     assert L.read_token(best) == int(torch.argmax(logits)) == 1000
 
 
