@@ -125,18 +125,3 @@ def test_attention_decode_equals_prefill_rows():
     ref = torch.softmax((q[-1, 3] @ k[:, 1].T) * Dh**-0.5, -1) @ v[:, 1]
     check("GQA mapping", ref, full[-1, 3], 1e-6, verbose=False)
 
-
-def test_bf16_neighbour_check():
-    from reference.check import CheckFailed, check_bf16_neighbours
-
-    x = torch.randn(4000, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    bits = x.view(torch.int16).clone()
-    bits[7] += 1  # one value moved to its neighbour (one ulp)
-    check_bf16_neighbours("one flip", x, bits.view(torch.bfloat16), verbose=False)
-    bits[9] += 2
-    with pytest.raises(CheckFailed, match="up to 2 ulp"):
-        check_bf16_neighbours("two ulp", x, bits.view(torch.bfloat16), verbose=False)
-    many = x.view(torch.int16).clone()
-    many[::100] += 1
-    with pytest.raises(CheckFailed, match="differ"):
-        check_bf16_neighbours("many flips", x, many.view(torch.bfloat16), verbose=False)

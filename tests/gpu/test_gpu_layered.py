@@ -5,10 +5,9 @@ arithmetic the kernels do. Tolerances: 1e-3 relative (max|err| / max|ref|) for l
 64 decode steps. Justification: both sides are fp32 with different summation orders (matvecs over up to 3584
 terms, block reductions, online softmax); per op that is ~1e-6 relative and 24 layers amplify it by ~10-100x on
 random weights, so ~1e-5..1e-4 is expected; 1e-3 keeps a margin while any real bug (a skipped decay, a wrong head,
-an unwritten element, a race) shows up at O(1e-2..1). The bf16 KV cache is compared bit for bit except for
-isolated one-ulp flips: keys are computed in fp32 on both sides (~1e-7 apart) and rounded to bf16, and a value
-that lies within a few fp32 ulps of a bf16 rounding midpoint rounds to the other neighbour (seen: a 1.7e-3
-relative difference, exactly one bf16 ulp, in one layer's K cache after 64 steps).
+an unwritten element, a race) shows up at O(1e-2..1). The bf16 KV cache gets 1e-3 + 2^-8: its entries are fp32
+values that agree to ~1e-3 after 64 steps of drift, rounded to bf16 on both sides, which can add one bf16 step of
+the largest value where the two straddle a rounding midpoint (seen: 1.7e-3 in one layer's K cache after 64 steps).
 """
 
 import pytest
@@ -20,7 +19,7 @@ from reference.hf_compare import compare_states
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU")]
 
-TOL = 1e-3  # logits and fp32 states; the bf16 KV cache: equal up to isolated one-ulp rounding flips
+TOL = 1e-3  # logits and fp32 states; the bf16 KV cache: TOL + 2^-8 (reference.check.bf16_storage_tol)
 PROMPTS = [[785, 6722, 315, 9625, 374], list(range(1000, 1037)), [42] * 3]
 
 
