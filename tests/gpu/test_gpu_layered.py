@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from megakernel.launch import gpu_available
-from reference.check import check
+from reference.check import bf16_storage_tol, check
 from reference.hf_compare import compare_states
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU")]
