@@ -92,7 +92,6 @@ row of the pair).  Between runs the medians move by up to ~3-7 % on the small sh
 
 from __future__ import annotations
 
-import torch
 from numba import cuda
 from numba.cuda import float32, int32
 
@@ -164,28 +163,19 @@ def plan_one_per_thread(rows: int, threads: int = 128, simulator: bool = SIMULAT
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Launching: torch's stream, cached; launch configurations cached.
+# Launching: torch's stream (one cached Numba handle per torch stream, ``launch.current_stream``); launch
+# configurations cached per stream.
 # --------------------------------------------------------------------------------------------------------------
-_STREAMS: dict = {}
 
 
 def stream():
-    """A Numba handle on torch's current CUDA stream (0 in the simulator), cached per torch stream: creating
-    ``cuda.external_stream`` per call costs more than the launch.  Inside ``torch.cuda.graph(...)`` the current
-    stream is the capture stream, so kernels launched through this are recorded into the graph."""
-    if SIMULATOR:
-        return 0
-    handle = torch.cuda.current_stream().cuda_stream
-    s = _STREAMS.get(handle)
-    if s is None:
-        s = _STREAMS[handle] = launch.launch_stream()
-    return s
+    """A Numba handle on torch's current CUDA stream (0 in the simulator); see ``launch.current_stream``."""
+    return launch.current_stream()[1]
 
 
 class Launcher:
-    """A kernel with a fixed grid, block and dynamic shared memory; ``launcher(*args)`` launches it on
-    :func:`stream`.  The configured Numba launch object is cached per stream (the simulator configures the
-    kernel object itself, so there it is configured at every call)."""
+    """A kernel with a fixed grid, block and dynamic shared memory; ``launcher(*args)`` launches it on torch's
+    current stream.  The configured Numba launch object is cached per stream (``launch.configured``)."""
 
     __slots__ = ("kernel", "grid", "block", "shared_bytes", "_configured")
 
@@ -194,14 +184,12 @@ class Launcher:
         self._configured: dict = {}
 
     def __call__(self, *args) -> None:
-        if SIMULATOR:
-            self.kernel[self.grid, self.block, 0, self.shared_bytes](*args)
-            return
-        s = stream()
-        cfg = self._configured.get(id(s))
-        if cfg is None:
-            cfg = self._configured[id(s)] = self.kernel[self.grid, self.block, s, self.shared_bytes]
-        cfg(*args)
+        key, s = launch.current_stream()
+        run = self._configured.get(key)
+        if run is None:
+            run = self._configured[key] = launch.configured(self.kernel, self.grid, self.block, s,
+                                                            self.shared_bytes)
+        run(*args)
 
     def __repr__(self) -> str:
         name = getattr(self.kernel, "__name__", None) or getattr(getattr(self.kernel, "py_func", None),
