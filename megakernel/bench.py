@@ -32,10 +32,8 @@ Needs a CUDA GPU: on a machine without one it exits with a message (status 2) be
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import platform
-import re
 import shutil
 import signal
 import statistics
@@ -48,6 +46,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from . import run_info
 
 from . import results as results_mod
 from .bench_systems import (
@@ -122,22 +122,10 @@ def summarize(samples: list[tuple[float, int]], floor_s: float | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ environment
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def versions() -> dict:
-    v = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "none"}
-    for dist in ("transformers", "numba", "numba-cuda", "triton", "flash-linear-attention", "causal-conv1d",
-                 "numpy"):
-        v[dist] = _version(dist)
+    v = run_info.versions()
     try:
         v["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                                   text=True, timeout=10).stdout.strip() or "unknown"
@@ -223,7 +211,7 @@ class Bench:
 
         per_position = decode_budget(self.config, 1).total_bytes - decode_budget(self.config, 0).total_bytes
         self.results = dict(
-            schema=results_mod.SCHEMA, device=info["name"], device_slug=device_slug(info["name"]),
+            schema=results_mod.SCHEMA, device=info["name"], device_slug=run_info.device_slug(info["name"]),
             device_info=info, date=now.strftime("%Y-%m-%d"), created=now.isoformat(timespec="seconds"),
             host=platform.node(), versions=versions(),
             model=dict(path=str(settings.model), synthetic=synthetic,

@@ -46,11 +46,8 @@ plan was chosen; it prints every configuration, then the best eight per shape.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import math
-import platform
-import re
 import sys
 import time
 import warnings
@@ -61,6 +58,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import run_info
 
 from megakernel import launch
 
@@ -119,22 +118,8 @@ def gpu_problem() -> str | None:
     return None
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
-def versions() -> dict:
-    v = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "none"}
-    for dist in ("numba", "numba-cuda", "numpy"):
-        v[dist] = _version(dist)
-    return v
-
-
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
 def sync() -> None:
@@ -823,7 +808,7 @@ def run_sweep(args) -> int:
         doc = {"device": name, "calibration": calibrate(log), "rows": []}
         gen = torch.Generator(device=DEVICE).manual_seed(0)
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"sweep_{device_slug(name)}.json"
+        path = args.out / f"sweep_{run_info.device_slug(name)}.json"
         for case in args.case_list:
             rows = sweep_case(case, gen, log, 0.03 if args.quick else 0.08)
             doc["rows"] += rows
@@ -928,7 +913,7 @@ def main(argv=None) -> int:
         "schema": 1, "kind": "kernels", "created": now.isoformat(timespec="seconds"),
         "device": {"name": name, "sms": props.multi_processor_count, "l2_bytes": l2_bytes(),
                    "memory_gib": round(props.total_memory / 2**30, 1), "capability": f"{props.major}.{props.minor}"},
-        "versions": versions(),
+        "versions": run_info.versions(("numba", "numba-cuda", "numpy")),
         "settings": {"quick": args.quick, "burst": BURST, "eps": EPS, "tol_kernel": TOL_KERNEL,
                      "tol_torch_bf16": TOL_TORCH_BF16, "cases": [c.name for c in args.case_list],
                      "versions": args.versions, "comparison_mode": "graph",
@@ -941,7 +926,7 @@ def main(argv=None) -> int:
         "seconds": elapsed,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"kernels_{device_slug(name)}_{now.strftime('%Y-%m-%d')}.json"
+    path = args.out / f"kernels_{run_info.device_slug(name)}_{now.strftime('%Y-%m-%d')}.json"
     path.write_text(json.dumps(doc, indent=1))
     log(f"results: {path}")
     return 1 if failed else 0

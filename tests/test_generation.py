@@ -7,7 +7,6 @@ from reference import ContextTooLongError, load_model
 from reference.check import check
 from reference.hf_compare import compare_states
 from reference.sampling import sample_next_token
-from tests.conftest import TEST_CONFIGS
 
 
 @pytest.fixture(scope="module")

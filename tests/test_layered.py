@@ -6,7 +6,6 @@ decay, a wrong head mapping, an unwritten element) is O(1).
 """
 
 import pytest
-import torch
 
 from reference import Qwen35Config
 from reference.check import check
