@@ -183,7 +183,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=16, help="decode steps")
     p.add_argument("--prompt-len", type=int, default=12)
     p.add_argument("--tol", type=float, default=1e-4, help="fail above this relative error")
-    p.add_argument("--max-context", type=int, default=4096)
+    p.add_argument("--max-context", type=int, default=None,
+                   help="KV-cache capacity of kernel stages (default: 4096; 64 in the CUDA simulator, whose "
+                        "attention grid is sized for the capacity and runs one Python thread per CUDA thread)")
     args = p.parse_args(argv)
 
     from reference import Qwen35Config, ensure_synthetic_checkpoint
@@ -194,6 +196,10 @@ def main(argv=None) -> int:
         path = ensure_synthetic_checkpoint("tiny-synthetic", Qwen35Config.tiny())
     else:
         path = ensure_synthetic_checkpoint()
+    from .launch import SIMULATOR
+
+    if args.max_context is None:
+        args.max_context = 64 if SIMULATOR else 4096
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if len(stages) < 2:
         raise SystemExit("give at least two stages, e.g. --stages reference,layered")
