@@ -124,6 +124,15 @@ def summarize(samples: list[tuple[float, int]], floor_s: float | None) -> dict:
 # ------------------------------------------------------------------------------------------------ environment
 
 
+def _shown_path(path) -> str:
+    """A checkpoint path as recorded in results: relative to the project when inside it (no machine paths)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def versions() -> dict:
     v = run_info.versions()
     try:
@@ -214,7 +223,7 @@ class Bench:
             schema=results_mod.SCHEMA, device=info["name"], device_slug=run_info.device_slug(info["name"]),
             device_info=info, date=now.strftime("%Y-%m-%d"), created=now.isoformat(timespec="seconds"),
             host=platform.node(), versions=versions(),
-            model=dict(path=str(settings.model), synthetic=synthetic,
+            model=dict(path=_shown_path(settings.model), synthetic=synthetic,
                        description=("synthetic Qwen3.5-0.8B checkpoint (random weights, real shapes)" if synthetic
                                     else Path(settings.model).name)),
             settings=dict(contexts=settings.contexts, gen=settings.gen, prefill=settings.prefill, reps=settings.reps,
