@@ -81,15 +81,8 @@ def new_proj(sizes, g):
 def reference_step(sizes, proj, params, conv_state, state):
     """(o [Hv Dv], new conv state, new recurrent state) from reference.ops, fp32."""
     Hk, Hv, Dk, Dv, _ = sizes
-    C = 2 * Hk * Dk + Hv * Dv
-    qkv, b, a = proj[:C], proj[C + Hv * Dv : C + Hv * Dv + Hv], proj[C + Hv * Dv + Hv :]
-    mixed, new_conv = ops.causal_conv1d_step(qkv, conv_state, params["conv_w"], "silu")
-    q = mixed[: Hk * Dk].view(1, Hk, Dk)
-    k = mixed[Hk * Dk : 2 * Hk * Dk].view(1, Hk, Dk)
-    v = mixed[2 * Hk * Dk :].view(1, Hv, Dv)
-    g = ops.deltanet_decay(a[None], params["A_log"], params["dt_bias"])
-    o, new_state = ops.recurrent_gated_delta_rule(q, k, v, g, b.sigmoid()[None], initial_state=state)
-    return o.reshape(Hv * Dv), new_conv, new_state
+    return ops.deltanet_decode_step(proj, params["conv_w"], params["A_log"], params["dt_bias"], conv_state, state,
+                                    (Hk, Hv, Dk, Dv))
 
 
 def kernel_step(sizes, proj, params, conv_state, state, o, **launch_opts):

@@ -1324,8 +1324,9 @@ out_proj above):
 print(deltanet.__doc__[:deltanet.__doc__.index("Why it is split")])
 """),
     md("""
-The oracle composes the reference ops in fp32: the conv step with SiLU, the decay `g` from `A_log`, `dt_bias` and
-`a`, `beta = sigmoid(b)`, and `recurrent_gated_delta_rule` (which applies the L2 norms and `1/sqrt(Dk)` itself).
+The oracle is `reference.ops.deltanet_decode_step`, the reference layer's own middle part in fp32: the conv step
+with SiLU, the decay `g` from `A_log`, `dt_bias` and `a`, `beta = sigmoid(b)`, and `recurrent_gated_delta_rule`
+(which applies the L2 norms and `1/sqrt(Dk)` itself).
 Each side carries its own conv state and recurrent state from step to step, starting from a state that has
 "seen" some tokens, and after every step three things are compared: the output `o` (1e-5), the **conv state**
 (bit-identical: it holds copies of inputs) and the **recurrent state** (1e-5).
@@ -1338,15 +1339,9 @@ params = dict(conv_w=bf(randn(C, Kw, scale=0.3)), A_log=torch.linspace(0.0, math
               dt_bias=bf(randn(Hv, scale=0.5)))
 
 def reference_step(proj, conv_state, state):
-    # (o [Hv*Dv], new conv state, new recurrent state) from reference.ops, fp32
-    qkv, b, a = proj[:C], proj[C + Hv * Dv:C + Hv * Dv + Hv], proj[C + Hv * Dv + Hv:]
-    mixed, new_conv = ops.causal_conv1d_step(qkv, conv_state, params["conv_w"], "silu")
-    q = mixed[:Hk * Dk].view(1, Hk, Dk)
-    k = mixed[Hk * Dk:2 * Hk * Dk].view(1, Hk, Dk)
-    v = mixed[2 * Hk * Dk:].view(1, Hv, Dv)
-    g = ops.deltanet_decay(a[None], params["A_log"], params["dt_bias"])
-    o, new_state = ops.recurrent_gated_delta_rule(q, k, v, g, b.sigmoid()[None], initial_state=state)
-    return o.reshape(Hv * Dv), new_conv, new_state
+    # (o [Hv*Dv], new conv state, new recurrent state): the reference op the kernel implements, fp32
+    return ops.deltanet_decode_step(proj, params["conv_w"], params["A_log"], params["dt_bias"], conv_state, state,
+                                    (Hk, Hv, Dk, Dv))
 
 conv_state, state = randn(C, Kw - 1), randn(Hv, Dk, Dv, scale=0.3)   # a state that has seen some tokens
 ref_conv, ref_state = conv_state.clone(), state.clone()

@@ -14,7 +14,7 @@ from .gated_delta_rule import (
     l2_normalize,
     recurrent_gated_delta_rule,
 )
-from .deltanet import deltanet_decay, gated_deltanet
+from .deltanet import deltanet_core, deltanet_decay, deltanet_decode_step, gated_deltanet
 from .attention import gated_attention, gqa_attention, split_query_gate
 from .lm_head import lm_head
 from .mlp import swiglu_mlp
@@ -22,7 +22,7 @@ from .rmsnorm import gated_rms_norm, rms_norm
 from .rope import apply_partial_rope, rope_cos_sin, rope_inv_freq
 
 __all__ = [
-    "deltanet_decay", "gated_deltanet",
+    "deltanet_core", "deltanet_decay", "deltanet_decode_step", "gated_deltanet",
     "activation", "silu", "causal_conv1d", "causal_conv1d_step", "chunked_gated_delta_rule",
     "gated_delta_rule_step", "l2_normalize", "recurrent_gated_delta_rule", "gated_attention",
     "gqa_attention", "split_query_gate", "lm_head", "swiglu_mlp", "gated_rms_norm",

@@ -46,23 +46,69 @@ def gated_deltanet(
     z = F.linear(x, w["in_proj_z"]).view(T, Hv, Dv)
     b = F.linear(x, w["in_proj_b"])
     a = F.linear(x, w["in_proj_a"])
+    o, new_conv_state, new_state = deltanet_core(qkv, b, a, w["conv1d"], w["A_log"], w["dt_bias"], conv_state,
+                                                 recurrent_state, (Hk, Hv, Dk, Dv), decode, config.hidden_act)
+    conv_state.copy_(new_conv_state)
+    recurrent_state.copy_(new_state)
+    o = gated_rms_norm(o.to(x.dtype), z, w["norm"], config.rms_norm_eps)
+    return F.linear(o.reshape(T, Hv * Dv), w["out_proj"])
 
+
+def deltanet_core(
+    qkv: torch.Tensor,
+    b: torch.Tensor,
+    a: torch.Tensor,
+    conv_w: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    conv_state: torch.Tensor,
+    recurrent_state: torch.Tensor,
+    heads: tuple[int, int, int, int],
+    decode: bool,
+    act: str = "silu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The layer between the input projections and the gated norm: conv + activation, split into q, k, v,
+    beta = sigmoid(b), the decay g, and the gated delta rule.
+
+    qkv: [T, C]; b, a: [T, Hv]; conv_w: [C, K]; heads = (Hk, Hv, Dk, Dv). decode=True: one token (conv step and
+    recurrent rule), else the prefill path (conv over T and the chunked rule). The states are not modified.
+    Returns (o [T, Hv, Dv] fp32, new conv state [C, K-1], new recurrent state [Hv, Dk, Dv] fp32).
+    """
+    Hk, Hv, Dk, Dv = heads
+    T = qkv.shape[0]
     if decode:
-        mixed, new_conv_state = causal_conv1d_step(qkv[0], conv_state, w["conv1d"], config.hidden_act)
+        mixed, new_conv_state = causal_conv1d_step(qkv[0], conv_state, conv_w, act)
         mixed = mixed[None]  # [1, C]
     else:
-        mixed, new_conv_state = causal_conv1d(qkv.transpose(0, 1), w["conv1d"], conv_state, config.hidden_act)
+        mixed, new_conv_state = causal_conv1d(qkv.transpose(0, 1), conv_w, conv_state, act)
         mixed = mixed.transpose(0, 1)  # [T, C]
-    conv_state.copy_(new_conv_state)
     q = mixed[:, : Hk * Dk].reshape(T, Hk, Dk)
     k = mixed[:, Hk * Dk : 2 * Hk * Dk].reshape(T, Hk, Dk)
     v = mixed[:, 2 * Hk * Dk :].reshape(T, Hv, Dv)
 
     beta = b.sigmoid()  # in the model dtype, as transformers
-    g = deltanet_decay(a, w["A_log"], w["dt_bias"])
+    g = deltanet_decay(a, A_log, dt_bias)
     rule = recurrent_gated_delta_rule if decode else chunked_gated_delta_rule
     o, new_state = rule(q, k, v, g, beta, initial_state=recurrent_state)
-    recurrent_state.copy_(new_state)
+    return o, new_conv_state, new_state
 
-    o = gated_rms_norm(o.to(x.dtype), z, w["norm"], config.rms_norm_eps)
-    return F.linear(o.reshape(T, Hv * Dv), w["out_proj"])
+
+def deltanet_decode_step(
+    proj: torch.Tensor,
+    conv_w: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    conv_state: torch.Tensor,
+    recurrent_state: torch.Tensor,
+    heads: tuple[int, int, int, int],
+    act: str = "silu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode step from the fused in_proj output ``proj = [qkv (C) | z (Hv*Dv) | b (Hv) | a (Hv)]``: exactly
+    what the Numba ``deltanet_step`` kernel computes (the gated norm with z comes after). Returns
+    (o [Hv*Dv] fp32, new conv state [C, K-1], new recurrent state [Hv, Dk, Dv]); the states are not modified."""
+    Hk, Hv, Dk, Dv = heads
+    C = 2 * Hk * Dk + Hv * Dv
+    b, a = proj[C + Hv * Dv : C + Hv * Dv + Hv], proj[C + Hv * Dv + Hv :]
+    o, new_conv_state, new_state = deltanet_core(proj[None, :C], b[None], a[None], conv_w, A_log, dt_bias,
+                                                 conv_state, recurrent_state, heads, decode=True, act=act)
+    return o.reshape(Hv * Dv), new_conv_state, new_state

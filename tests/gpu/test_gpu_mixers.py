@@ -86,15 +86,8 @@ def dn_reference(proj, params, conv_state, state):
     from reference import ops
 
     Hk, Hv, Dk, Dv, _ = DN
-    C = 2 * Hk * Dk + Hv * Dv
-    qkv, b, a = proj[:C], proj[C + Hv * Dv : C + Hv * Dv + Hv], proj[C + Hv * Dv + Hv :]
-    mixed, new_conv = ops.causal_conv1d_step(qkv, conv_state, params["conv_w"], "silu")
-    q = mixed[: Hk * Dk].view(1, Hk, Dk)
-    k = mixed[Hk * Dk : 2 * Hk * Dk].view(1, Hk, Dk)
-    v = mixed[2 * Hk * Dk :].view(1, Hv, Dv)
-    g = ops.deltanet_decay(a[None], params["A_log"], params["dt_bias"])
-    o, new_state = ops.recurrent_gated_delta_rule(q, k, v, g, b.sigmoid()[None], initial_state=state)
-    return o.reshape(Hv * Dv), new_conv, new_state
+    return ops.deltanet_decode_step(proj, params["conv_w"], params["A_log"], params["dt_bias"], conv_state, state,
+                                    (Hk, Hv, Dk, Dv))
 
 
 def dn_launch(d_proj, d_params, d_conv, d_state, d_o, poison=True):
