@@ -62,7 +62,7 @@ DESCRIPTIONS = {
     "layered-graph": "the layered decoder in its CUDA-graph mode",
     "megakernel": "megakernel/megakernel.py: one persistent kernel per token",
 }
-GRAPH_METHODS = ("enable_cuda_graph", "use_cuda_graph", "capture_cuda_graph", "capture_graph", "enable_graph")
+GRAPH_API = ("capture_graph", "graph_prefill", "graph_replay", "graph_greedy_tokens")  # a kernel stage's graph mode
 
 
 class Unavailable(Exception):
@@ -656,20 +656,8 @@ class KernelStage(DecoderSystem):
             except Exception as e:  # noqa: BLE001 (kernels not landed yet, numba missing, ...)
                 raise Unavailable(f"megakernel.layered cannot be imported: {short_error(e)}") from e
             loader = mod.load
-        params = inspect.signature(loader).parameters
-        kw = {}
-        if "stage" in params:
-            kw["stage"] = self.stage
-        if "max_context" in params:
-            kw["max_context"] = self.ctx.max_context
-        graph_kw = next((k for k in ("cuda_graph", "use_cuda_graph", "graph") if k in params), None)
-        if self.graph and graph_kw:
-            kw[graph_kw] = True
-        cls = getattr(mod, "LayeredDecoder", None) if self.stage == "layered" else None
-        if self.graph and not graph_kw and cls is not None and not hasattr(cls, "graph_greedy_tokens"):
-            raise Unavailable(f"the {self.stage} decoder has no CUDA-graph mode yet (no graph_greedy_tokens)")
         try:
-            self.model = loader(self.ctx.path, **kw)
+            self.model = loader(self.ctx.path, self.stage, max_context=self.ctx.max_context)
         except Exception as e:  # noqa: BLE001
             from .launch import NoGPUError
 
@@ -677,16 +665,10 @@ class KernelStage(DecoderSystem):
                 raise Unavailable(short_error(e)) from e
             raise
         if self.graph:
-            if not hasattr(self.model, "graph_greedy_tokens"):
-                raise Unavailable(f"the {self.stage} decoder has no CUDA-graph mode yet (no graph_greedy_tokens)")
-            capture = next((getattr(self.model, m) for m in GRAPH_METHODS if hasattr(self.model, m)), None)
-            if capture is not None:
-                from .launch import NoGPUError
-
-                try:
-                    capture()  # capture up front (once), so the check and the timing replay the same graph
-                except NoGPUError as e:
-                    raise Unavailable(short_error(e)) from e
+            missing = [m for m in GRAPH_API if not hasattr(self.model, m)]
+            if missing:
+                raise Unavailable(f"the {self.stage} decoder has no CUDA-graph mode (no {', '.join(missing)})")
+            self.model.capture_graph()  # once, up front: the check and the timing replay the same graph
             self.notes.append("greedy decoding replays one captured CUDA graph per step (graph_greedy_tokens); the "
                               "logits check feeds tokens through the same kernels eagerly (decode_step)")
         else:
@@ -710,44 +692,16 @@ class KernelStage(DecoderSystem):
             return [int(t) for t in self.model.graph_greedy_tokens(prompt, n)]
         return super().greedy(prompt, n)
 
-    def _graph_parts(self):
-        """(graph, state) of the decoder's captured step, or None if its internals are not as expected."""
-        g = getattr(self.model, "_graph", None)
-        if isinstance(g, tuple) and len(g) == 2 and hasattr(g[0], "replay") and hasattr(self.model, "token"):
-            return g
-        return None
-
     def decode(self, ids, gen):
         if not self.graph:
             return super().decode(ids, gen)
-        m, parts = self.model, self._graph_parts()
         with torch.no_grad():
-            if parts is None:  # time the public call, minus a prefill into the same decoder
-                if "prefill time subtracted" not in " ".join(self.notes):
-                    self.notes.append("tg: graph_greedy_tokens(ids, N + 1) minus a separately timed prefill "
-                                      "(prefill time subtracted)")
-                sync(self.device)
-                t0 = time.perf_counter()
-                m.graph_greedy_tokens(ids, gen + 1)
-                sync(self.device)
-                total = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                m.prefill(ids, last_only=True)
-                sync(self.device)
-                return total - (time.perf_counter() - t0), gen
-            # as graph_greedy_tokens does, with the clock around the replays only
-            graph, state = parts
-            logits, state = m.prefill(ids, state=state, last_only=True)
-            state.check_room(gen)
-            m.token.fill_(int(torch.argmax(logits[-1])))
+            self.model.graph_prefill(ids)
             sync(self.device)
             t0 = time.perf_counter()
-            for _ in range(gen):
-                graph.replay()
+            self.model.graph_replay(gen)  # the clock is around the replays only
             sync(self.device)
-            seconds = time.perf_counter() - t0
-            state.length += gen
-            return seconds, gen
+            return time.perf_counter() - t0, gen
 
     def count_launches(self):
         fn = getattr(self.model, "launches_per_token", None)

@@ -156,7 +156,7 @@ class LayeredDecoder:
     # ------------------------------------------------------------------ CUDA graph
     def capture_graph(self):
         """Capture one decode step (reading the token and position from device memory) into a CUDA graph.
-        Returns the state the graph is bound to; ``graph_greedy_tokens`` prefills into it and replays."""
+        Returns the state the graph is bound to; ``graph_prefill`` fills it and ``graph_replay`` runs steps."""
         if self._graph is not None:
             return self._graph[1]
         if self.device.type != "cuda":
@@ -175,21 +175,30 @@ class LayeredDecoder:
         return state
 
     @torch.no_grad()
+    def graph_prefill(self, input_ids) -> int:
+        """Prefill into the state the graph is bound to and put the first greedy token where the graph's first
+        kernel reads it. Returns that token."""
+        state = self.capture_graph()
+        logits, _ = self.prefill(input_ids, state=state, last_only=True)
+        first = int(logits[-1].argmax())
+        self.token.fill_(first)
+        return first
+
+    def graph_replay(self, n: int) -> None:
+        """n greedy decode steps, each one replay of the captured graph (no host synchronisation)."""
+        graph, state = self._graph
+        state.check_room(n)
+        for _ in range(n):
+            graph.replay()
+        state.length += n
+
+    @torch.no_grad()
     def graph_greedy_tokens(self, input_ids, n: int) -> list[int]:
         """n greedy tokens with each decode step replayed from one captured CUDA graph (no host work per token
         beyond the replay call; the token ids are read back once at the end)."""
-        state = self.capture_graph()
-        graph = self._graph[0]
-        logits, state = self.prefill(input_ids, state=state, last_only=True)
-        first = int(logits[-1].argmax())
-        if state.length + n - 1 > state.capacity:
-            raise ContextTooLongError(f"context too long: {state.length} + {n - 1} positions exceed the KV-cache "
-                                      f"capacity {state.capacity}")
-        self.token.fill_(first)
-        start = state.length
-        for _ in range(n - 1):
-            graph.replay()
-        state.length += n - 1
+        first = self.graph_prefill(input_ids)
+        start = self._graph[1].length
+        self.graph_replay(n - 1)
         return [first] + self.history[start : start + n - 1].tolist()
 
     # ------------------------------------------------------------------ one step: the launches

@@ -11,7 +11,7 @@ from __future__ import annotations
 from numba import cuda
 
 from ..device import bf16_hi, bf16_lo
-from .matvec import stream
+from .. import launch
 
 THREADS = 128
 
@@ -35,14 +35,25 @@ def advance_kernel(position, token, history):
         position[0] = p + 1
 
 
+_LAUNCHERS: dict = {}
+
+
+def _launcher(kernel, threads: int):
+    key, stream = launch.current_stream()
+    run = _LAUNCHERS.get((kernel, key))
+    if run is None:
+        run = _LAUNCHERS[(kernel, key)] = launch.configured(kernel, 1, threads, stream)
+    return run
+
+
 def embed_lookup(embed, token, h, d: int) -> None:
     """h[:] = embed[token[0]] (embed as int32 words of a bf16 [V, d] matrix, flattened)."""
-    embedding_kernel[1, THREADS, stream()](embed, token, h, d // 2)
+    _launcher(embedding_kernel, THREADS)(embed, token, h, d // 2)
 
 
 def advance(position, token, history) -> None:
     """Record the chosen token at history[position] and move the device position on by one."""
-    advance_kernel[1, 32, stream()](position, token, history)
+    _launcher(advance_kernel, 32)(position, token, history)
 
 
 PTX_SIGNATURES = {
