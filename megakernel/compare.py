@@ -50,7 +50,7 @@ class ReferenceRunner(Runner):
         return logits.float().cpu(), {i: h[-1].float().cpu() for i, h in trace["hidden"].items()}
 
     def state(self):
-        return self._state.to("cpu") if hasattr(self._state, "to") else self._state
+        return self._state.to("cpu")
 
 
 class LayeredRunner(ReferenceRunner):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reference.config import FULL, LINEAR, Qwen35Config
+from reference.config import LINEAR, Qwen35Config
 from reference.state import ContextTooLongError, DecodeState
 
 from .launch import as_kernel_array, halves, words
@@ -205,4 +205,4 @@ class DeviceState:
         return s
 
 
-__all__ = ["DeviceState", "DeviceWeights", "LayerWeights", "UnsupportedConfigError", "check_supported", "FULL"]
+__all__ = ["DeviceState", "DeviceWeights", "LayerWeights", "UnsupportedConfigError", "check_supported"]

@@ -223,7 +223,6 @@ def test_decay_after_delta_fails_the_state_check_on_step_one():
     # The failure is the decay order and nothing else: the same wrong order in torch agrees with the wrong kernel.
     C = 2 * Hk * Dk + Hv * Dv
     mixed, _ = ops.causal_conv1d_step(proj[:C], conv_state, params["conv_w"], "silu")
-    q = ops.l2_normalize(mixed[: Hk * Dk].view(Hk, Dk)).repeat_interleave(Hv // Hk, 0) / Dk**0.5
     k = ops.l2_normalize(mixed[Hk * Dk : 2 * Hk * Dk].view(Hk, Dk)).repeat_interleave(Hv // Hk, 0)
     v = mixed[2 * Hk * Dk :].view(Hv, Dv)
     b, a = proj[C + Hv * Dv : C + Hv * Dv + Hv], proj[C + Hv * Dv + Hv :]
