@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m megakernel.demo
 
-# Kernels run on the CPU through Numba's CUDA simulator (with megakernel.simulator's fixes).
+# Kernels run on the CPU through Numba's CUDA simulator (with megakernel.testing.simulator's fixes).
 test: $(VENV)/.installed
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 

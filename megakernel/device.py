@@ -7,7 +7,7 @@ implementation for where the kernel will run:
   ``@intrinsic`` functions that emit exactly the LLVM IR we want (a bit cast is a register
   move, a 16-byte load is one ``ld.global.v4.u32``); the rest are ``@cuda.jit(device=True)``;
 * in the CUDA simulator, the same names are plain Python (NumPy scalars), and the warp
-  reductions exchange values through ``megakernel.simulator`` (which must be installed;
+  reductions exchange values through ``megakernel.testing.simulator`` (which must be installed;
   importing ``megakernel`` does that).
 
 Why the bit tricks: torch bf16 tensors cannot be passed to Numba (their array interface type
@@ -18,7 +18,7 @@ a bit cast: ``bf16_lo(w) == bits_to_f32(w << 16)``, ``bf16_hi(w) == bits_to_f32(
 
 Numeric rule for kernel code (here and elsewhere): never let a Python float literal into
 arithmetic, ``x * 0.5`` makes the GPU compute in float64.  Write ``x * float32(0.5)``.
-``megakernel.ptx_check`` finds violations in the compiled PTX.
+``megakernel.testing.ptx_check`` finds violations in the compiled PTX.
 
 API (``w``: a 32-bit word, any integer type; ``f``: float32)
 
@@ -278,8 +278,8 @@ else:
     # ----------------------------------------------------------------------------------
     # Simulator: plain Python on NumPy scalars
     # ----------------------------------------------------------------------------------
-    from megakernel import simulator as _sim
-    from megakernel.simulator import bits_to_f32, f32_to_bits
+    from megakernel.testing import simulator as _sim
+    from megakernel.testing.simulator import bits_to_f32, f32_to_bits
 
     # bf16 bits -> float32, for all 65536 patterns: an exact bit cast at table-lookup speed.
     _BF16 = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)

@@ -245,14 +245,10 @@ class LayeredDecoder:
         return 3 + 5 * n_lin + 7 * n_full
 
 
-def load(path: str | Path, stage: str = "layered", max_context: int = 4096, keep_fp32: bool = True):
-    """Load a checkpoint for a stage: "reference" (fp32 compute, bf16 weights and KV cache, on the kernel
-    device) or "layered" (the Numba kernel decoder)."""
-    device = kernel_device() if stage != "reference" else ("cuda" if torch.cuda.is_available() else "cpu")
-    ref = load_model(path, device=device, dtype=torch.float32, weights_dtype=torch.bfloat16,
-                     cache_dtype=torch.bfloat16, keep_fp32=keep_fp32)
-    if stage == "reference":
-        return ref
-    if stage == "layered":
-        return LayeredDecoder(ref, max_context=max_context)
-    raise ValueError(f"unknown stage {stage!r}; expected 'reference' or 'layered'")
+def load(path: str | Path, stage: str = "layered", max_context: int | None = None, keep_fp32: bool = True):
+    """``megakernel.load`` for the first two stages (kept for existing callers)."""
+    from .stages import load as load_stage
+
+    if stage not in ("reference", "layered"):
+        raise ValueError(f"unknown stage {stage!r}; expected 'reference' or 'layered' (megakernel.load knows all)")
+    return load_stage(path, stage, max_context=max_context, keep_fp32=keep_fp32)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from megakernel import results as R
-from megakernel.bench import Bench, Settings, floor_seconds, fraction_of_floor, prompt_ids, summarize, write_outputs
-from megakernel.bench_systems import (
+from megakernel.bench import results as R
+from megakernel.bench.decode import Bench, Settings, floor_seconds, fraction_of_floor, prompt_ids, summarize, write_outputs
+from megakernel.bench.systems import (
     CheckOutcome, Oracle, System, check_system, llama_cpp_rows, read_llama_bench_json,
 )
 from reference import Qwen35Config
@@ -291,7 +291,7 @@ def test_results_cli_and_merge(tmp_path, monkeypatch):
 def test_bench_pipeline_on_cpu(tiny_checkpoint, tmp_path, monkeypatch):
     """The bench's own machinery on the CPU, tiny model: the check before timing, rows, JSON, chart, table.
     GPU-only systems are recorded as not run; a system whose check fails is recorded FAILED and never timed."""
-    from megakernel import bench, bench_systems
+    from megakernel.bench import decode as bench, systems as bench_systems
 
     timed = []
 
@@ -346,7 +346,7 @@ def test_bench_pipeline_on_cpu(tiny_checkpoint, tmp_path, monkeypatch):
 def test_transformers_systems_on_cpu(tiny_checkpoint):
     """The transformers adapters (cached loop and generate()) pass their check and time decode on the CPU."""
     pytest.importorskip("transformers")
-    from megakernel.bench_systems import BenchContext, make_system
+    from megakernel.bench.systems import BenchContext, make_system
 
     ctx = BenchContext(path=Path(tiny_checkpoint), device=torch.device("cpu"), max_context=64,
                        check_prompt=[5, 17, 300], check_steps=3)
@@ -385,7 +385,7 @@ def test_cli_without_gpu_exits_with_a_clear_message():
 
 
 def test_cli_list_needs_no_gpu(capsys):
-    from megakernel.bench import main
+    from megakernel.bench.decode import main
 
     assert main(["--list"]) == 0
     assert "reference-graph" in capsys.readouterr().out

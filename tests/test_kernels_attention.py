@@ -30,7 +30,8 @@ import torch
 from numba import cuda
 
 import megakernel  # noqa: F401  (installs the honest simulator)
-from megakernel import launch, ptx_check
+from megakernel import launch
+from megakernel.testing import ptx_check
 from megakernel.kernels import attention as K
 from reference import ops
 from reference.check import check

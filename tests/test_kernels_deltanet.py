@@ -31,7 +31,8 @@ from numba.cuda import float32
 
 import megakernel  # noqa: F401  (installs the honest simulator)
 from megakernel import device as D
-from megakernel import launch, ptx_check
+from megakernel import launch
+from megakernel.testing import ptx_check
 from megakernel.kernels import deltanet as K
 from reference import ops
 from reference.check import CheckFailed, check

@@ -3,7 +3,8 @@
 import torch
 
 import megakernel  # noqa: F401  (installs the honest simulator)
-from megakernel import launch, ptx_check
+from megakernel import launch
+from megakernel.testing import ptx_check
 from megakernel.kernels import embedding as K
 from reference.check import check
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import megakernel  # noqa: F401  (installs the simulator layer)
-from megakernel import launch, ptx_check
+from megakernel import launch
+from megakernel.testing import ptx_check
 from megakernel.kernels import lm_head as L
 from reference import ops
 from reference.check import check

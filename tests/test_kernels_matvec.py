@@ -24,7 +24,8 @@ import pytest
 import torch
 
 import megakernel  # noqa: F401  (installs the simulator layer)
-from megakernel import launch, ptx_check
+from megakernel import launch
+from megakernel.testing import ptx_check
 from megakernel.kernels import fused_matvec as F
 from megakernel.kernels import matvec as M
 from reference import ops

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import megakernel  # noqa: F401  (installs the honest simulator)
-from megakernel import launch, ptx_check
+from megakernel import launch
+from megakernel.testing import ptx_check
 from megakernel.kernels import rmsnorm as K
 from reference import ops
 from reference.check import check

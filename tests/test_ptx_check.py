@@ -1,4 +1,4 @@
-"""megakernel.ptx_check: proof that the checker catches float64, local memory and spills.
+"""megakernel.testing.ptx_check: proof that the checker catches float64, local memory and spills.
 
 The kernels below are compiled for sm_90 in a subprocess with the simulator off (this test
 run has it on), through the same ``PTX_SIGNATURES`` convention kernel modules use.  The
@@ -14,7 +14,7 @@ from numba import config, cuda
 from numba.cuda import float32, int32, uint32
 
 from megakernel import device as D
-from megakernel import ptx_check
+from megakernel.testing import ptx_check
 
 # ----------------------------------------------------------------------------------------
 # Sample kernels: two dirty on purpose, the others must be clean

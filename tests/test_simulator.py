@@ -1,4 +1,4 @@
-"""megakernel.simulator: proof that the simulator fixes are real.
+"""megakernel.testing.simulator: proof that the simulator fixes are real.
 
 Each fix is shown twice where possible: the right answer with the layer installed, and the
 wrong answer (or a missing feature) with Numba's stock simulator.  Every launch that could
@@ -20,7 +20,7 @@ if not config.ENABLE_CUDASIM:  # pragma: no cover - the suite runs with the simu
     pytest.skip("simulator tests need NUMBA_ENABLE_CUDASIM=1", allow_module_level=True)
 
 import megakernel  # noqa: F401  (installs the layer)
-from megakernel import simulator
+from megakernel.testing import simulator
 from numba import cuda
 from numba.cuda import float32, int32, libdevice
 

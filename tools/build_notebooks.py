@@ -898,10 +898,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numba import cuda
 
-import megakernel                                   # makes the simulator honest (see megakernel/simulator.py)
+import megakernel                                   # makes the simulator honest (see megakernel/testing/simulator.py)
 from megakernel import device as D
-from megakernel import launch, ptx_check
-from megakernel import results as R
+from megakernel import launch
+from megakernel.testing import ptx_check
+from megakernel.bench import results as R
 from megakernel.kernels import matvec as M
 from reference import Qwen35Config
 from reference.budget import H100_COPY_BANDWIDTH
@@ -1051,7 +1052,7 @@ except CheckFailed as e:
 ## What the compiler makes of it: PTX for the H100, without a GPU
 
 The simulator checks *what* a kernel computes, not how fast it will be. Some slow code is visible at compile time,
-and `megakernel.ptx_check` compiles a kernel module for `sm_90` (the H100) with no GPU present: Numba's NVVM
+and `megakernel.testing.ptx_check` compiles a kernel module for `sm_90` (the H100) with no GPU present: Numba's NVVM
 produces PTX (the GPU's portable assembly), and nvJitLink assembles it to report registers and spills. Compilation
 needs the simulator *off*, so `check_in_subprocess` runs it in a fresh process.
 
@@ -1072,7 +1073,7 @@ spills; the test suite runs it on every kernel module.
 
 ## On the H100: bandwidth per version
 
-`python -m megakernel.bench_kernels` times every version (and torch's `F.linear` with bf16 weights, i.e. cuBLAS)
+`python -m megakernel.bench.kernels` times every version (and torch's `F.linear` with bf16 weights, i.e. cuBLAS)
 on the real shapes, after checking each output, with the launches replayed from a CUDA graph so that host launch
 costs are not counted. It writes `data/results/kernels_<device>_<date>.json`; we read the newest one.
 """),
@@ -1090,7 +1091,7 @@ path = newest_kernels_json()
 bench = json.loads(path.read_text()) if path else None
 if bench is None:
     print(f"No kernels_*.json in {R.results_dir()}. On a machine with a CUDA GPU run\\n"
-          "    python -m megakernel.bench_kernels --out data/results\\n"
+          "    python -m megakernel.bench.kernels --out data/results\\n"
           "(about two minutes on an H100) and rerun this notebook.")
 else:
     copy_bps = bench["copy_bandwidth"]["bytes_per_s"]
@@ -1193,7 +1194,7 @@ import numpy as np
 from numba import cuda
 from numba.cuda import float32
 
-import megakernel                                   # makes the simulator honest (see megakernel/simulator.py)
+import megakernel                                   # makes the simulator honest (see megakernel/testing/simulator.py)
 from megakernel import launch
 from megakernel.kernels import attention, deltanet, fused_matvec, lm_head
 from reference import Qwen35Config, ops
@@ -1616,9 +1617,9 @@ from unittest import mock
 import matplotlib.pyplot as plt
 import numpy as np
 
-import megakernel                                   # makes the simulator honest (see megakernel/simulator.py)
+import megakernel                                   # makes the simulator honest (see megakernel/testing/simulator.py)
 from megakernel import compare, launch, layered
-from megakernel import results as R
+from megakernel.bench import results as R
 from reference import Qwen35Config, ensure_synthetic_checkpoint
 from reference.budget import H100_COPY_BANDWIDTH, decode_budget
 from reference.notebook import PUBLISHED_CONFIG, notebook_model_dir, print_table
@@ -1682,7 +1683,7 @@ simulator we also count the kernel launches, by wrapping the simulator's launch 
 n_new = 4
 launches = Counter()
 if launch.SIMULATOR:
-    from megakernel import simulator
+    from megakernel.testing import simulator
 
     simulated_launch = simulator._launch
 
@@ -1736,7 +1737,7 @@ Three numbers frame a decoded token:
 - the **eager** time: the same kernels launched one by one from Python, as `decode_step` does: each Numba launch
   costs tens of microseconds of host time, far more than most of the kernels run.
 
-The per-kernel times come from `python -m megakernel.bench_kernels` (each kernel alone, replayed from a CUDA graph,
+The per-kernel times come from `python -m megakernel.bench.kernels` (each kernel alone, replayed from a CUDA graph,
 on the real shapes) and the decoder's tok/s from `python -m megakernel.bench` (systems `layered`, `layered-graph`)
 or, where that JSON does not have them, from the measurements recorded in `NOTES.md`. Each number below says where
 it comes from.
@@ -1773,7 +1774,7 @@ print(f"floor:  {floor_ms:.3f} ms/token  (reference.budget, {H100_COPY_BANDWIDTH
 print(f"graph:  {graph_ms:.3f} ms/token  ({1e3 / graph_ms:.0f} tok/s; {timing_source})")
 print(f"eager:  {eager_ms:.3f} ms/token  ({1e3 / eager_ms:.1f} tok/s; same source)")
 if kernels_json is None:
-    print(f"\\n(no kernels_*.json in {R.results_dir()}: on a GPU run `python -m megakernel.bench_kernels --out "
+    print(f"\\n(no kernels_*.json in {R.results_dir()}: on a GPU run `python -m megakernel.bench.kernels --out "
           "data/results` for the per-kernel split below)")
 """),
     md("""
@@ -1835,7 +1836,7 @@ if split:
     ax1.set_title("Per op: bytes-time floor vs measured kernels", fontsize=10)
     ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.45, -0.13), ncol=2, frameon=False)
 else:
-    ax1.text(0.5, 0.5, "no kernels_*.json:\\nrun python -m megakernel.bench_kernels", ha="center", va="center")
+    ax1.text(0.5, 0.5, "no kernels_*.json:\\nrun python -m megakernel.bench.kernels", ha="center", va="center")
     ax1.set_axis_off()
 
 # waterfall: floor -> + kernels above their bytes -> + the rest -> graph -> + host launches -> eager

@@ -7,7 +7,7 @@
 #          env         versions, GPU, numba-cuda import and a grid-sync smoke kernel
 #          checkpoint  generate the synthetic 0.8B checkpoint (data/checkpoints/, ~1.5 GB)
 #          tests       pytest -m gpu tests/gpu (kernels vs reference ops, layered decoder vs reference)
-#          kernels     python -m megakernel.bench_kernels (per-kernel time, GB/s, fraction of copy bandwidth)
+#          kernels     python -m megakernel.bench.kernels (per-kernel time, GB/s, fraction of copy bandwidth)
 #          llama       tools/llama_cpp_peer.sh (llama-bench tg128 at depths, pp512)
 #          bench       python -m megakernel.bench (every system side by side) + README table
 #
@@ -98,7 +98,7 @@ EOF'
             run_step tests 540 python3 -m pytest -m gpu tests/gpu -v -rA -p no:cacheprovider --durations=15 -s
             ;;
         kernels)
-            run_step kernels 400 python3 -m megakernel.bench_kernels --out "$RESULTS"
+            run_step kernels 400 python3 -m megakernel.bench.kernels --out "$RESULTS"
             ;;
         llama)
             run_step llama 560 tools/llama_cpp_peer.sh --work /tmp/llama --checkpoint "$CKPT" --out "$LOGS/llama"

@@ -9,5 +9,5 @@ Modules (import the one you need; this package imports none of them):
 * ``lm_head``      -- final RMSNorm + LM head + argmax in one launch, and Gumbel-max sampling on the device;
 * ``deltanet``, ``attention``, ``rmsnorm`` -- the DeltaNet recurrence, attention and norm kernels.
 
-Every module lists its kernels in ``PTX_SIGNATURES`` for ``megakernel.ptx_check``.
+Every module lists its kernels in ``PTX_SIGNATURES`` for ``megakernel.testing.ptx_check``.
 """

@@ -594,7 +594,7 @@ def attn_combine(partial_ml, partial_o, gate, out, n_splits, Hq, Hkv, Dh, R=None
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Compiled for sm_90 by tests/test_kernels_attention.py (megakernel.ptx_check): the 0.8B shapes and an awkward
+# Compiled for sm_90 by tests/test_kernels_attention.py (megakernel.testing.ptx_check): the 0.8B shapes and an awkward
 # one (head dim not a multiple of 32, GQA 3:1, one warp).
 # --------------------------------------------------------------------------------------------------------------
 

@@ -362,7 +362,7 @@ def deltanet_step(proj, conv_w, conv_state, A_log, dt_bias, state, o, Hk, Hv, Dk
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Compiled for sm_90 by tests/test_kernels_deltanet.py (megakernel.ptx_check): the 0.8B shapes, and a small
+# Compiled for sm_90 by tests/test_kernels_deltanet.py (megakernel.testing.ptx_check): the 0.8B shapes, and a small
 # awkward shape where every guard is live (rows not a multiple of the row groups, grouped value heads, K = 3).
 # --------------------------------------------------------------------------------------------------------------
 

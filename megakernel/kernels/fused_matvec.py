@@ -37,7 +37,7 @@ Memory-traffic reasoning, variant by variant (version 5, the original kernels):
   per head, then its warps stream W rows against it (x in matvec v7's "split" layout: conflict-free 16-byte
   reads).  The alternative, a tiny ``gated_rms_norm`` kernel writing x to global memory followed by
   ``matvec_residual``, is kept (``fused=False``) and timed next to the fused kernel by
-  ``megakernel.bench_kernels``: on the H100 the fused kernel wins by ~2 us.
+  ``megakernel.bench.kernels``: on the H100 the fused kernel wins by ~2 us.
 
 **Version 7** (the default; ``version=5`` selects the originals, on matvec v5) puts all four on matvec v7's
 skeleton (one resident wave, each row's weight loads issued first, split-K for long rows, see

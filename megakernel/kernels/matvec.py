@@ -4,7 +4,7 @@ At batch 1 every weight is read once per token and used for exactly one multiply
 matvec is bound by memory bandwidth, never by arithmetic: its speed is ``bytes of W / time`` and the goal is the
 device-copy bandwidth (3.0 TB/s measured on the H100).  The versions below go from naive to that goal, one idea
 at a time, in the style of llm.c's ``dev/cuda`` kernels: each has a header saying what it changes and why, and
-``python -m megakernel.bench_kernels`` times all of them on the real shapes (v2-v5 figures are the 248320 x 1024
+``python -m megakernel.bench.kernels`` times all of them on the real shapes (v2-v5 figures are the 248320 x 1024
 LM-head matvec on an H100; torch/cuBLAS does 2.85 TB/s there).
 
 Conventions (shared by ``fused_matvec`` and ``lm_head``):
@@ -65,7 +65,7 @@ Which threads read which bytes (the whole story of this file):
 ``load_batch``, ``dot_batch``, ``combine_parts``, ``RowsLauncher``); their version-5 kernels use ``dot_row``.
 
 Measured on an H100 (CUDA-graph replay, us per launch, median; GB/s = bytes moved / time; x torch = torch bf16
-F.linear time / kernel time; ``python -m megakernel.bench_kernels``, copy bandwidth 3.00 TB/s):
+F.linear time / kernel time; ``python -m megakernel.bench.kernels``, copy bandwidth 3.00 TB/s):
 
 ===================  ======  ==============  ======================  ==================================  ==============
 shape (rows x K)      torch  v5 (before)     v7 (default)            decoder's fused kernel (v7)         same, on v5

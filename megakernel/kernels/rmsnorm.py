@@ -91,7 +91,7 @@ def rmsnorm(x, w, out, n: int, eps: float) -> None:
     _launcher(n, eps)(x, w, out)
 
 
-# Compiled for sm_90 by tests/test_kernels_rmsnorm.py (megakernel.ptx_check): the hidden-size norm of the 0.8B
+# Compiled for sm_90 by tests/test_kernels_rmsnorm.py (megakernel.testing.ptx_check): the hidden-size norm of the 0.8B
 # model and an awkward size whose last pass leaves threads idle.
 rmsnorm_1024 = rmsnorm_kernel(1024, 1e-6, _threads_for(1024))
 rmsnorm_37 = rmsnorm_kernel(37, 1e-6, _threads_for(37))

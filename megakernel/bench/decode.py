@@ -13,7 +13,7 @@ each whole run, ``--reps`` runs; rows give the median and the p10-p90 spread of 
 its fraction of the bandwidth floor: the bytes a decode step must move (``reference.budget.decode_budget`` at the
 mean context of the run) over the H100's measured copy bandwidth (``--bandwidth`` to change it).
 
-Systems (``megakernel/bench_systems.py``): llama.cpp (from a llama-bench JSON), megakernel, layered,
+Systems (``megakernel/bench/systems.py``): llama.cpp (from a llama-bench JSON), megakernel, layered,
 layered-graph, reference-graph, reference-compile, reference-eager, hf-loop-sdpa, hf-loop-eager,
 hf-generate-sdpa, hf-generate-eager. Each is checked against the reference before it is timed (greedy tokens
 and teacher-forced logits over ``--check-steps``; the torch and transformers rows through an fp32 twin, see
@@ -23,7 +23,7 @@ cannot run here is recorded with the reason.
 Output, under ``--out`` (default ``data/results/``): ``bench_<device>_<date>.json`` (device, versions, settings,
 the floor, every row including failures), written after every system (a run cut short keeps what finished) and
 merged with an existing file of the same name (per system; ``--no-merge`` to overwrite); the chart
-``bench_<device>.png`` and a copy ``bench_latest.png``. ``python -m megakernel.results`` turns the JSON into
+``bench_<device>.png`` and a copy ``bench_latest.png``. ``python -m megakernel.bench.results`` turns the JSON into
 the README table (``--readme README.md`` here does the same at the end of the run).
 
 Needs a CUDA GPU: on a machine without one it exits with a message (status 2) before loading anything.
@@ -50,12 +50,12 @@ import torch
 from . import run_info
 
 from . import results as results_mod
-from .bench_systems import (
+from .systems import (
     DESCRIPTIONS, SYSTEM_NAMES, BenchContext, Unavailable, check_system, free_memory, llama_cpp_rows,
     make_system, read_llama_bench_json, short_error,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOKEN_ID_LIMIT = 248044  # random prompt ids stay below Qwen3.5's first special token (<|endoftext|>)
 QUICK = dict(contexts=[16, 512], gen=32, prefill=128, reps=2, check_steps=8)
 DEFAULTS = dict(contexts=[16, 512, 4096], gen=128, prefill=512, reps=5, check_steps=16)
@@ -516,7 +516,7 @@ def gpu_problem() -> str | None:
     if not torch.cuda.is_available():
         return (f"python -m megakernel.bench needs a CUDA GPU: torch.cuda.is_available() is False here (torch "
                 f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). It times decode on the GPU; "
-                "run it on a GPU machine. Without a GPU: `python -m megakernel.results` renders existing results, "
+                "run it on a GPU machine. Without a GPU: `python -m megakernel.bench.results` renders existing results, "
                 "`make test` checks every stage on the CPU.")
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         return ("python -m megakernel.bench: NUMBA_ENABLE_CUDASIM is set, so the Numba kernels would run in the CPU "

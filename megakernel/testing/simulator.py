@@ -61,7 +61,7 @@ Limits that remain (write kernels so they do not matter):
 * cost: ~0.1-0.3 ms to start each simulated thread, ~20-30 us per thread per barrier or
   warp exchange; a 64x64 warp-per-row matvec on 2x128 threads takes ~0.15 s.
 * one launch at a time; Python floats stay float64 (``math.exp(x)`` returns a Python float in the
-  simulator, float32 on the GPU), so float64 promotion is caught by ``megakernel.ptx_check``,
+  simulator, float32 on the GPU), so float64 promotion is caught by ``megakernel.testing.ptx_check``,
   not here.
 
 Usage: importing ``megakernel`` calls ``install()`` when the simulator is enabled.
@@ -440,7 +440,7 @@ def _sim_thread(what):
     th = threading.current_thread()
     if not isinstance(th, _SimThread):
         raise RuntimeError(
-            f"{what} only works inside a kernel launched with megakernel.simulator installed"
+            f"{what} only works inside a kernel launched with megakernel.testing.simulator installed"
         )
     return th
 
@@ -998,7 +998,7 @@ def install() -> None:
     from numba.cuda.core import config
 
     if not config.ENABLE_CUDASIM:
-        raise RuntimeError("megakernel.simulator.install() needs NUMBA_ENABLE_CUDASIM=1")
+        raise RuntimeError("megakernel.testing.simulator.install() needs NUMBA_ENABLE_CUDASIM=1")
     import numba.cuda
     from numba.cuda import libdevice
     from numba.cuda import simulator as sim

@@ -1,8 +1,8 @@
 """Benchmark results: JSON -> the README results table and the chart.
 
-    python -m megakernel.results                      # newest data/results/bench_*.json -> README.md + chart
-    python -m megakernel.results --json A.json B.json # merge runs of the same device (later files win per system)
-    python -m megakernel.results --print              # print the section instead of editing README.md
+    python -m megakernel.bench.results                      # newest data/results/bench_*.json -> README.md + chart
+    python -m megakernel.bench.results --json A.json B.json # merge runs of the same device (later files win per system)
+    python -m megakernel.bench.results --print              # print the section instead of editing README.md
 
 The README section between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced; nothing else in
 the file changes. The chart (``data/results/bench_latest.png`` by default) is redrawn from the same JSON.
@@ -25,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 SCHEMA = 1
 # Table order: the peers, then transformers, then the reference, then this project's kernels.
@@ -391,7 +391,7 @@ def results_markdown(results: dict, chart_link: str | None = None) -> str:
                 names.append(p.resolve().relative_to(PROJECT_ROOT).as_posix())
             except ValueError:
                 names.append(p.name)
-        lines += ["", f"Source: {', '.join('`' + n + '`' for n in names)} (`python -m megakernel.results` "
+        lines += ["", f"Source: {', '.join('`' + n + '`' for n in names)} (`python -m megakernel.bench.results` "
                       "regenerates this section and the chart)."]
     return "\n".join(lines)
 
@@ -485,7 +485,7 @@ def plot_results(results: dict, path: str | Path | None = None):
 
 # ------------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megakernel.results", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m megakernel.bench.results", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", nargs="+", metavar="PATH",
                    help="results JSON file(s) (default: the newest bench_*.json in data/results/)")
     p.add_argument("--readme", default=str(PROJECT_ROOT / "README.md"), help="README to update (default: %(default)s)")
@@ -501,7 +501,7 @@ def main(argv=None) -> int:
             runs = [load_results(j) for j in args.json]
             results = runs[0] if len(runs) == 1 else merge_results(runs)
         except (ValueError, FileNotFoundError) as e:
-            print(f"megakernel.results: {e}", file=sys.stderr)
+            print(f"megakernel.bench.results: {e}", file=sys.stderr)
             return 1
         if len(runs) > 1:
             out = save_results(results, results_dir() / results_filename(results))
@@ -510,7 +510,7 @@ def main(argv=None) -> int:
     else:
         latest = find_latest()
         if latest is None:
-            print(f"megakernel.results: no bench_*.json in {results_dir()}; run `python -m megakernel.bench` on a "
+            print(f"megakernel.bench.results: no bench_*.json in {results_dir()}; run `python -m megakernel.bench` on a "
                   "GPU machine first (it writes one there), or pass --json PATH", file=sys.stderr)
             return 1
         results = load_results(latest)
@@ -518,7 +518,7 @@ def main(argv=None) -> int:
         try:
             add_llama_rows(results, args.llama_json)
         except (ValueError, OSError) as e:
-            print(f"megakernel.results: --llama-json: {e}", file=sys.stderr)
+            print(f"megakernel.bench.results: --llama-json: {e}", file=sys.stderr)
             return 1
         out = save_results(results, results_dir() / results_filename(results))
         results["_path"] = str(out)
@@ -541,7 +541,7 @@ def main(argv=None) -> int:
     try:
         changed = update_readme(readme, section)
     except (ValueError, FileNotFoundError) as e:
-        print(f"megakernel.results: {readme}: {e}", file=sys.stderr)
+        print(f"megakernel.bench.results: {readme}: {e}", file=sys.stderr)
         return 1
     print(f"{readme}: results section {'updated' if changed else 'already up to date'} "
           f"(from {Path(results.get('_path', '?')).name})")

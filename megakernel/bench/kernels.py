@@ -1,7 +1,7 @@
 """Per-kernel GPU benchmark: every matvec version and fused variant at the Qwen3.5-0.8B shapes, against torch.
 
-    python -m megakernel.bench_kernels --out data/results [--quick] [--cases lm_head,down] [--versions 4,5,7]
-    python -m megakernel.bench_kernels --sweep [--quick] [--cases ...]   # launch configurations of v6/v7
+    python -m megakernel.bench.kernels --out data/results [--quick] [--cases lm_head,down] [--versions 4,5,7]
+    python -m megakernel.bench.kernels --sweep [--quick] [--cases ...]   # launch configurations of v6/v7
 
 What it does (a GPU is required; on a CPU-only machine, or with NUMBA_ENABLE_CUDASIM=1, it exits with a message):
 
@@ -107,10 +107,10 @@ DELTANET_HEADS, DELTANET_HEAD_DIM = 16, 128
 def gpu_problem() -> str | None:
     """Why this machine cannot run the benchmark, or None."""
     if launch.SIMULATOR:
-        return ("python -m megakernel.bench_kernels: NUMBA_ENABLE_CUDASIM is set, so the kernels would run in the "
+        return ("python -m megakernel.bench.kernels: NUMBA_ENABLE_CUDASIM is set, so the kernels would run in the "
                 "CPU simulator; unset it to benchmark the GPU (the simulator tests are tests/test_kernels_*.py)")
     try:
-        launch.require_gpu("the Numba kernels that python -m megakernel.bench_kernels times")
+        launch.require_gpu("the Numba kernels that python -m megakernel.bench.kernels times")
     except launch.NoGPUError as e:
         return (f"{e}\nThe benchmark itself only runs on a GPU (it measures GPU time); on this machine the kernels' "
                 "correctness tests are: NUMBA_ENABLE_CUDASIM=1 pytest tests/test_kernels_matvec.py "

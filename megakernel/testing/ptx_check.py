@@ -32,7 +32,7 @@ A kernel module opts in by listing its kernels and the signatures to check::
     }
     PTX_CHECK_OPTIONS = {"matvec_bf16": {"max_spill_bytes": 0}}   # optional, per kernel
 
-and ``python -m megakernel.ptx_check megakernel.kernels.matvec`` (or a path to a .py file)
+and ``python -m megakernel.testing.ptx_check megakernel.kernels.matvec`` (or a path to a .py file)
 prints one line per kernel and exits non-zero if any check fails.  Per-kernel options are
 ``check_ptx``'s (``allow_f64``, ``allow_local``, ``max_spill_bytes``, ``max_stack_bytes``) and
 the compiler's (``fastmath``, ``lineinfo``, ``launch_bounds``).  Register counts depend on
@@ -69,7 +69,7 @@ from pathlib import Path
 
 ARCH = "sm_90"
 CC = (9, 0)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _F64 = re.compile(r"\.f64\b|%fd\d")
 _LOCAL = re.compile(r"\.local\b|__local_depot|%SPL?\b")
@@ -481,7 +481,7 @@ def check_in_subprocess(*targets: str, timeout: float = 900, raise_on_failure=Tr
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "reports.json")
-        cmd = [sys.executable, "-m", "megakernel.ptx_check", "--json", str(out), "--no-fail", *targets]
+        cmd = [sys.executable, "-m", "megakernel.testing.ptx_check", "--json", str(out), "--no-fail", *targets]
         proc = subprocess.run(
             cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
         )
