@@ -69,6 +69,12 @@ from megakernel import device as D
 from megakernel import launch
 
 __all__ = [
+    "prepare_item",
+    "decode_item",
+    "combine_item",
+    "decode_workspace",
+    "combine_workspace",
+    "splits_for_length",
     "attn_prepare",
     "attn_decode",
     "attn_combine",
@@ -199,7 +205,7 @@ def _splits_given(n_splits, length):
 
 
 @cuda.jit(device=True)
-def _splits_for_length(max_splits, length):
+def splits_for_length(max_splits, length):
     """Splits in use for ``length`` positions when the grid was sized for the cache capacity (``max_splits``):
     one per POSITIONS_PER_SPLIT positions, as ``attention_splits``; blocks past it have nothing to do."""
     n = (length + int32(POSITIONS_PER_SPLIT - 1)) // int32(POSITIONS_PER_SPLIT)
@@ -216,22 +222,23 @@ def _threads_for(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def prepare_kernel(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int, device_position: bool = False):
-    """``attn_prepare`` for one size tuple; launch as ``[Hq + Hkv, T]`` with
-    ``(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out)``; ``position`` is an
-    integer, or with ``device_position`` an int32[1] device array holding it."""
-    READ_POSITION = _position_in_memory if device_position else _scalar
+def prepare_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
+    """``attn_prepare`` for one work item as a device function (one per size tuple; ``T`` = the block size):
+
+        body(b, proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out, scratch)
+
+    item ``b < Hq``: query head ``b`` (norm, RoPE -> ``q_out[b]``, its gate half -> ``gate_out``); item ``Hq + j``:
+    key head ``j`` (norm, RoPE -> ``k_cache[j, position]`` as bf16) and value head ``j`` -> ``v_cache[j, position]``.
+    ``position``: an integer; ``scratch``: a float32 shared array of >= 32. Returns with the block synchronised."""
     HALF = R // 2
     K_OFF = Hq * 2 * Dh  # proj = [q|gate per head (Hq 2 Dh) | k (Hkv Dh) | v (Hkv Dh)]
     V_OFF = K_OFF + Hkv * Dh
     EPS = np.float32(eps)
     DH_F = np.float32(Dh)
 
-    @cuda.jit
-    def attn_prepare_k(proj, q_norm_w, k_norm_w, inv_freq, position_arg, k_cache, v_cache, q_out, gate_out):
-        scratch = cuda.shared.array(32, float32)
-        position = READ_POSITION(position_arg)
-        b = cuda.blockIdx.x
+    @cuda.jit(device=True)
+    def attn_prepare_body(b, proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out,
+                          scratch):
         tid = cuda.threadIdx.x
         is_q = b < Hq
         j = b - Hq
@@ -261,6 +268,24 @@ def prepare_kernel(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int, devic
             else:
                 k_cache[j, position, d] = _bf16_i16(y)
                 v_cache[j, position, d] = _bf16_i16(proj[V_OFF + j * Dh + d])
+        cuda.syncthreads()
+
+    return attn_prepare_body
+
+
+@functools.lru_cache(maxsize=None)
+def prepare_kernel(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int, device_position: bool = False):
+    """``attn_prepare`` for one size tuple (``prepare_item``, one item per block); launch as ``[Hq + Hkv, T]`` with
+    ``(proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out)``; ``position`` is an
+    integer, or with ``device_position`` an int32[1] device array holding it."""
+    READ_POSITION = _position_in_memory if device_position else _scalar
+    body = prepare_item(Hq, Hkv, Dh, R, eps, T)
+
+    @cuda.jit
+    def attn_prepare_k(proj, q_norm_w, k_norm_w, inv_freq, position_arg, k_cache, v_cache, q_out, gate_out):
+        scratch = cuda.shared.array(32, float32)
+        body(cuda.blockIdx.x, proj, q_norm_w, k_norm_w, inv_freq, READ_POSITION(position_arg), k_cache, v_cache,
+             q_out, gate_out, scratch)
 
     return attn_prepare_k
 
@@ -271,32 +296,33 @@ def _decode_warps(Hq, Hkv, Dh):
     return max(1, min(8, 40960 // (4 * G * Dh + 8 * G)))
 
 
+def decode_workspace(Hq: int, Hkv: int, Dh: int, NW: int) -> int:
+    """float32 shared-memory elements one ``decode_item`` needs: per warp and query head of the group, the running
+    max, the running sum and the Dh accumulators."""
+    return NW * (Hq // Hkv) * (Dh + 2)
+
+
 @functools.lru_cache(maxsize=None)
-def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int, device_length: bool = False):
-    """``attn_decode`` for one size tuple and ``NW`` warps per block; launch as ``[(Hkv, n_splits), 32 NW]``
-    with ``(q, k_cache, v_cache, length, n_splits, partial_ml, partial_o)``. With ``device_length``, ``length`` is
-    the int32[1] device position (length = position + 1) and ``n_splits`` the grid's split count (sized for the
-    cache capacity): blocks past the splits that ``length`` needs return at once."""
-    READ_LENGTH = _length_in_memory if device_length else _scalar
-    SPLITS = _splits_for_length if device_length else _splits_given
+def decode_item(Hq: int, Hkv: int, Dh: int, NW: int):
+    """``attn_decode`` for one work item as a device function (one per size tuple; ``NW`` = warps per block):
+
+        body(kvh, split, n_splits, length, q, k_cache, v_cache, partial_ml, partial_o, ws)
+
+    scores positions ``[split L / n, (split+1) L / n)`` of KV head ``kvh`` for its ``G = Hq/Hkv`` query heads and
+    writes their partials (module docstring). ``length``, ``n_splits``: integers (1 <= n_splits <= length);
+    ``ws``: a float32 shared array of >= ``decode_workspace(Hq, Hkv, Dh, NW)``. Returns with the block
+    synchronised."""
     G = Hq // Hkv
     E = -(-Dh // 32)  # dims per lane
     EXACT = Dh % 32 == 0
     T = 32 * NW
     SCALE = np.float32(Dh**-0.5)
     NEG_INF = np.float32(-np.inf)
+    L_OFF = NW * G  # ws = [m (NW G) | l (NW G) | acc (NW G Dh)]
+    A_OFF = 2 * NW * G
 
-    @cuda.jit
-    def attn_decode_k(q, k_cache, v_cache, length_arg, grid_splits, partial_ml, partial_o):
-        length = READ_LENGTH(length_arg)
-        n_splits = SPLITS(grid_splits, length)
-        if cuda.blockIdx.y >= n_splits:
-            return  # the whole block: no barrier is left waiting
-        sm_m = cuda.shared.array((NW, G), float32)
-        sm_l = cuda.shared.array((NW, G), float32)
-        sm_acc = cuda.shared.array((NW, G, Dh), float32)
-        kvh = cuda.blockIdx.x
-        split = cuda.blockIdx.y
+    @cuda.jit(device=True)
+    def attn_decode_body(kvh, split, n_splits, length, q, k_cache, v_cache, partial_ml, partial_o, ws):
         tid = cuda.threadIdx.x
         lane = tid % 32
         warp = tid // 32
@@ -365,50 +391,78 @@ def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int, device_length: bool = Fal
         # merge the warps of the block
         for g in range(G):
             if lane == 0:
-                sm_m[warp, g] = m_run[g]
-                sm_l[warp, g] = l_run[g]
+                ws[warp * G + g] = m_run[g]
+                ws[L_OFF + warp * G + g] = l_run[g]
             for e in range(E):
                 d = lane + 32 * e
                 if EXACT or d < Dh:
-                    sm_acc[warp, g, d] = acc[g, e]
+                    ws[A_OFF + (warp * G + g) * Dh + d] = acc[g, e]
         cuda.syncthreads()
         for idx in range(tid, G * Dh, T):
             g = idx // Dh
             d = idx % Dh
             m = NEG_INF
             for w in range(NW):
-                if sm_m[w, g] > m:
-                    m = sm_m[w, g]
+                if ws[w * G + g] > m:
+                    m = ws[w * G + g]
             o = float32(0)
             lsum = float32(0)
             for w in range(NW):
-                mw = sm_m[w, g]
+                mw = ws[w * G + g]
                 f = float32(math.exp(mw - m)) if mw > NEG_INF else float32(0)
-                o += sm_acc[w, g, d] * f
-                lsum += sm_l[w, g] * f
+                o += ws[A_OFF + (w * G + g) * Dh + d] * f
+                lsum += ws[L_OFF + w * G + g] * f
             partial_o[h0 + g, split, d] = o
             if d == 0:
                 partial_ml[h0 + g, split, 0] = m
                 partial_ml[h0 + g, split, 1] = lsum
+        cuda.syncthreads()
+
+    return attn_decode_body
+
+
+@functools.lru_cache(maxsize=None)
+def decode_kernel(Hq: int, Hkv: int, Dh: int, NW: int, device_length: bool = False):
+    """``attn_decode`` for one size tuple and ``NW`` warps per block (``decode_item``, block (x, y) = item
+    (kvh, split)); launch as ``[(Hkv, n_splits), 32 NW]`` with ``(q, k_cache, v_cache, length, n_splits,
+    partial_ml, partial_o)``. With ``device_length``, ``length`` is the int32[1] device position (length =
+    position + 1) and ``n_splits`` the grid's split count (sized for the cache capacity): blocks past the splits
+    that ``length`` needs return at once."""
+    READ_LENGTH = _length_in_memory if device_length else _scalar
+    SPLITS = splits_for_length if device_length else _splits_given
+    body = decode_item(Hq, Hkv, Dh, NW)
+    WS = decode_workspace(Hq, Hkv, Dh, NW)
+
+    @cuda.jit
+    def attn_decode_k(q, k_cache, v_cache, length_arg, grid_splits, partial_ml, partial_o):
+        length = READ_LENGTH(length_arg)
+        n_splits = SPLITS(grid_splits, length)
+        if cuda.blockIdx.y >= n_splits:
+            return  # the whole block: no barrier is left waiting
+        ws = cuda.shared.array(WS, float32)
+        body(cuda.blockIdx.x, cuda.blockIdx.y, n_splits, length, q, k_cache, v_cache, partial_ml, partial_o, ws)
 
     return attn_decode_k
 
 
-@functools.lru_cache(maxsize=None)
-def combine_kernel(Hq: int, Dh: int, T: int, device_length: bool = False):
-    """``attn_combine`` for one size tuple; launch as ``[Hq, T]`` with
-    ``(partial_ml, partial_o, gate, out, n_splits, length)``; with ``device_length`` the splits in use follow the
-    device-held length as in ``decode_kernel`` (``length`` is ignored otherwise)."""
-    NEG_INF = np.float32(-np.inf)
-    READ_LENGTH = _length_in_memory if device_length else _scalar
-    SPLITS = _splits_for_length if device_length else _splits_given
+def combine_workspace() -> int:
+    """float32 shared-memory elements one ``combine_item`` needs: a weight per split and a reduction scratch."""
+    return MAX_SPLITS + 32
 
-    @cuda.jit
-    def attn_combine_k(partial_ml, partial_o, gate, out, grid_splits, length_arg):
-        n_splits = SPLITS(grid_splits, READ_LENGTH(length_arg))
-        wsh = cuda.shared.array(MAX_SPLITS, float32)
-        scratch = cuda.shared.array(32, float32)
-        h = cuda.blockIdx.x
+
+@functools.lru_cache(maxsize=None)
+def combine_item(Hq: int, Dh: int, T: int):
+    """``attn_combine`` for one query head as a device function (``T`` = the block size):
+
+        body(h, n_splits, partial_ml, partial_o, gate, out, ws)
+
+    ``ws``: a float32 shared array of >= ``combine_workspace()``. Returns with the block synchronised."""
+    NEG_INF = np.float32(-np.inf)
+
+    @cuda.jit(device=True)
+    def attn_combine_body(h, n_splits, partial_ml, partial_o, gate, out, ws):
+        wsh = ws[0:MAX_SPLITS]
+        scratch = ws[MAX_SPLITS:MAX_SPLITS + 32]
         tid = cuda.threadIdx.x
         m = NEG_INF
         for i in range(tid, n_splits, T):
@@ -428,6 +482,26 @@ def combine_kernel(Hq: int, Dh: int, T: int, device_length: bool = False):
             for i in range(n_splits):
                 o += partial_o[h, i, d] * wsh[i]
             out[h * Dh + d] = o / lsum * D.sigmoid(gate[h * Dh + d])
+        cuda.syncthreads()
+
+    return attn_combine_body
+
+
+@functools.lru_cache(maxsize=None)
+def combine_kernel(Hq: int, Dh: int, T: int, device_length: bool = False):
+    """``attn_combine`` for one size tuple (``combine_item``, one query head per block); launch as ``[Hq, T]`` with
+    ``(partial_ml, partial_o, gate, out, n_splits, length)``; with ``device_length`` the splits in use follow the
+    device-held length as in ``decode_kernel`` (``length`` is ignored otherwise)."""
+    READ_LENGTH = _length_in_memory if device_length else _scalar
+    SPLITS = splits_for_length if device_length else _splits_given
+    body = combine_item(Hq, Dh, T)
+    WS = combine_workspace()
+
+    @cuda.jit
+    def attn_combine_k(partial_ml, partial_o, gate, out, grid_splits, length_arg):
+        n_splits = SPLITS(grid_splits, READ_LENGTH(length_arg))
+        ws = cuda.shared.array(WS, float32)
+        body(cuda.blockIdx.x, n_splits, partial_ml, partial_o, gate, out, ws)
 
     return attn_combine_k
 

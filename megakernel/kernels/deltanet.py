@@ -72,6 +72,8 @@ from megakernel import launch
 
 __all__ = [
     "deltanet_step",
+    "deltanet_item",
+    "deltanet_workspace",
     "deltanet_sizes",
     "deltanet_launch_config",
     "deltanet_kernel",
@@ -152,10 +154,23 @@ def deltanet_launch_config(Hk, Hv, Dk, Dv, K, columns_per_block=None, threads=No
     return cw, t
 
 
+def deltanet_workspace(Dk: int, CW: int, T: int) -> int:
+    """float32 shared-memory elements one ``deltanet_item`` needs: q|k (2 Dk), v (CW), the per-row-group column
+    sums (RG x CW) and a block-reduction scratch (32)."""
+    return 2 * Dk + CW + (T // CW) * CW + 32
+
+
 @functools.lru_cache(maxsize=None)
-def deltanet_kernel(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int):
-    """The decode-step kernel for one size tuple; launch as ``[Hv * (Dv // CW), T]`` with arguments
-    ``(proj, conv_w, conv_state, A_log, dt_bias, state, o, counters)``."""
+def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int):
+    """The decode step of one work item as a device function (one per size tuple):
+
+        body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag)
+
+    ``item`` in ``[0, Hv * Dv / CW)``: value head ``item // NS``, columns ``[s CW, (s+1) CW)`` of split
+    ``s = item % NS`` (the module docstring). ``ws``: a float32 shared array of >= ``deltanet_workspace(Dk, CW, T)``
+    elements; ``flag``: an int32 shared array of >= 1; ``counters``: the per-key-head int32 counters of the "last
+    reader" hand-over (zero between launches). ``T`` must be the block size. The layered decoder's kernel runs one
+    item per block; the megakernel lets each block loop over items. Returns with the block synchronised."""
     G = Hv // Hk
     NS = Dv // CW
     QK = 2 * Dk
@@ -171,21 +186,23 @@ def deltanet_kernel(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int)
     READERS = G * NS  # blocks that read one key head's q/k conv state
     EPS = np.float32(L2_EPS)
     SQRT_DK = np.float32(math.sqrt(Dk))  # q / sqrt(Dk), as the reference divides
+    VSH = QK  # workspace offsets
+    RED = VSH + CW
+    SCR = RED + RG * CW
 
-    @cuda.jit
-    def deltanet_step_k(proj, conv_w, conv_state, A_log, dt_bias, state, o, counters):
-        qk = cuda.shared.array(QK, float32)  # conv+silu, then normalised: q [0, Dk) | k [Dk, 2 Dk)
-        vsh = cuda.shared.array(CW, float32)  # this block's v values
-        red = cuda.shared.array((RG, CW), float32)  # per-row-group partial column sums
-        scratch = cuda.shared.array(32, float32)
-        last = cuda.shared.array(1, int32)
+    @cuda.jit(device=True)
+    def deltanet_item_body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag):
+        qk = ws[0:QK]  # conv+silu, then normalised: q [0, Dk) | k [Dk, 2 Dk)
+        vsh = ws[VSH:RED]  # this item's v values
+        red = ws[RED:SCR]  # per-row-group partial column sums, [RG, CW] row-major
+        scratch = ws[SCR:SCR + 32]
 
-        h = cuda.blockIdx.x // NS
-        s = cuda.blockIdx.x % NS
+        h = item // NS
+        s = item % NS
         hk = h // G
         tid = cuda.threadIdx.x
 
-        # ---- 1. conv + SiLU of the key head's q/k channels (read only: other blocks read them too)
+        # ---- 1. conv + SiLU of the key head's q/k channels (read only: other items read them too)
         ssq = float32(0)
         ssk = float32(0)
         for c in range(tid, QK, T):
@@ -201,7 +218,7 @@ def deltanet_kernel(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int)
             else:
                 ssk += y * y
 
-        # ---- 2. this block's v channels: conv, SiLU, and the in-place state shift (only this block owns them)
+        # ---- 2. this item's v channels: conv, SiLU, and the in-place state shift (only this item owns them)
         for j in range(tid, CW, T):
             ch = V_OFF + h * Dv + s * CW + j
             x = proj[ch]
@@ -231,11 +248,11 @@ def deltanet_kernel(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int)
             prev = cuda.atomic.add(counters, hk, 1)
             if prev == READERS - 1:
                 counters[hk] = 0  # every reader has arrived: reset for the next launch
-                last[0] = 1
+                flag[0] = 1
             else:
-                last[0] = 0
+                flag[0] = 0
         cuda.syncthreads()  # also publishes qk (step 3) and vsh (step 2)
-        if last[0] != 0:
+        if flag[0] != 0:
             for c in range(tid, QK, T):
                 ch = hk * Dk + c if c < Dk else KD + hk * Dk + (c - Dk)
                 for t in range(KM1 - 1):
@@ -265,11 +282,11 @@ def deltanet_kernel(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int)
                     v = sreg[m] * decay
                     sreg[m] = v
                     part += v * qk[Dk + i]
-            red[rg, cj] = part
+            red[rg * CW + cj] = part
         cuda.syncthreads()
         pred = float32(0)
         for r in range(RG):
-            pred += red[r, cj]
+            pred += red[r * CW + cj]
         delta = (vsh[cj] - pred) * beta
         cuda.syncthreads()  # everybody has read red
         part = float32(0)
@@ -280,13 +297,30 @@ def deltanet_kernel(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int)
                     v = sreg[m] + qk[Dk + i] * delta
                     state[h, i, col] = v
                     part += v * qk[i]
-            red[rg, cj] = part
+            red[rg * CW + cj] = part
         cuda.syncthreads()
         if rg == 0:
             out = float32(0)
             for r in range(RG):
-                out += red[r, cj]
+                out += red[r * CW + cj]
             o[h * Dv + col] = out
+        cuda.syncthreads()  # the workspace and flag are free for the next item
+
+    return deltanet_item_body
+
+
+@functools.lru_cache(maxsize=None)
+def deltanet_kernel(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int):
+    """The decode-step kernel for one size tuple: ``deltanet_item`` with one item per block; launch as
+    ``[Hv * (Dv // CW), T]`` with arguments ``(proj, conv_w, conv_state, A_log, dt_bias, state, o, counters)``."""
+    body = deltanet_item(Hk, Hv, Dk, Dv, K, CW, T)
+    WS = deltanet_workspace(Dk, CW, T)
+
+    @cuda.jit
+    def deltanet_step_k(proj, conv_w, conv_state, A_log, dt_bias, state, o, counters):
+        ws = cuda.shared.array(WS, float32)
+        flag = cuda.shared.array(1, int32)
+        body(cuda.blockIdx.x, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag)
 
     return deltanet_step_k
 

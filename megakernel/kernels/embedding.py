@@ -16,14 +16,20 @@ from .. import launch
 THREADS = 128
 
 
-@cuda.jit
-def embedding_kernel(embed, token, h, half_d):
-    """embed: int32 words [V * D/2]; token: int32[1]; h: float32 [D]; half_d = D/2."""
-    row = token[0] * half_d
-    for j in range(cuda.threadIdx.x, half_d, cuda.blockDim.x):
+@cuda.jit(device=True)
+def embed_rows(embed, token, h, half_d, block, nblocks):
+    """h = float32(embed[token]) over a work range: ``block`` of ``nblocks`` blocks share the D/2 words."""
+    row = token * half_d
+    for j in range(block * cuda.blockDim.x + cuda.threadIdx.x, half_d, nblocks * cuda.blockDim.x):
         w = embed[row + j]
         h[2 * j] = bf16_lo(w)
         h[2 * j + 1] = bf16_hi(w)
+
+
+@cuda.jit
+def embedding_kernel(embed, token, h, half_d):
+    """embed: int32 words [V * D/2]; token: int32[1]; h: float32 [D]; half_d = D/2."""
+    embed_rows(embed, token[0], h, half_d, 0, 1)
 
 
 @cuda.jit

@@ -393,16 +393,17 @@ def stage_gated(o, z, norm_w, xs, heads, head_dim, eps):
                 xs[j] = xs[j] * r
 
 
-def norm_matvec_kernel_v7(G: int):
-    """y = W @ rms_norm(h): the block stages x = h * (1 + w) and rstd, then matvec v7 scaled by rstd."""
+# Each variant is a device body over a work range (``block`` of ``nblocks``, shared arrays passed in: see
+# ``matvec.matvec_rows``), shared by the layered decoder's kernels below and the persistent megakernel.
+def norm_matvec_rows(G: int):
+    """body(h, norm_w, W, y, n, k, eps, block, nblocks, xs, parts, scratch): y = W @ rms_norm(h).  The block
+    stages x = h * (1 + w) and rstd (``stage_norm``: every block computes the bit-identical rstd), then matvec v7
+    scaled by rstd.  ``xs`` >= k floats, ``parts`` ``PARTS_LEN``, ``scratch`` 32 (float32 shared arrays)."""
 
     def make():
-        @cuda.jit(launch_bounds=V6_BOUNDS)
-        def norm_matvec_v7(h, norm_w, W, y, n, k, eps):
-            xs = cuda.shared.array(0, float32)
-            parts = cuda.shared.array(PARTS_LEN, float32)
-            scratch = cuda.shared.array(WARP, float32)
-            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(k, G)
+        @cuda.jit(device=True)
+        def norm_matvec_body(h, norm_w, W, y, n, k, eps, block, nblocks, xs, parts, scratch):
+            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(k, G, block, nblocks)
             cur = load_batch(W, row, n, nv, v0, stride)
             r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k) + eps)
             base = row - slot
@@ -416,25 +417,24 @@ def norm_matvec_kernel_v7(G: int):
                 row += step
                 base += step
                 it += 1
+            cuda.syncthreads()
 
-        return norm_matvec_v7
+        return norm_matvec_body
 
-    return memo_kernel(("norm_matvec", G), make)
+    return memo_kernel(("norm_matvec_rows", G), make)
 
 
-def norm_swiglu_matvec_kernel_v7(G: int):
-    """act = silu(Wg @ x) * (Wu @ x), x = rms_norm(h): G warps per row pair, the first G/2 on the gate row and
-    the rest on the up row (4 pieces per lane each: the plain matvec's shape of work), met in shared memory."""
+def norm_swiglu_rows(G: int):
+    """body(h, norm_w, Wg, Wu, act, n, k, eps, block, nblocks, xs, parts, scratch): act = silu(Wg @ x) * (Wu @ x),
+    x = rms_norm(h).  G warps per row pair, the first G/2 on the gate row and the rest on the up row (4 pieces per
+    lane each: the plain matvec's shape of work), met in shared memory (``combine_pair``)."""
 
     def make():
         half = G // 2
 
-        @cuda.jit(launch_bounds=V6_BOUNDS)
-        def norm_swiglu_matvec_v7(h, norm_w, Wg, Wu, act, n, k, eps):
-            xs = cuda.shared.array(0, float32)
-            parts = cuda.shared.array(PARTS_LEN, float32)
-            scratch = cuda.shared.array(WARP, float32)
-            lane, warp, slot, p, nv, _v0, _stride, step, row = rows_setup(k, G)
+        @cuda.jit(device=True)
+        def norm_swiglu_body(h, norm_w, Wg, Wu, act, n, k, eps, block, nblocks, xs, parts, scratch):
+            lane, warp, slot, p, nv, _v0, _stride, step, row = rows_setup(k, G, block, nblocks)
             up = p >= half
             g = p - half if up else p
             v0 = lane + WARP * g
@@ -453,23 +453,22 @@ def norm_swiglu_matvec_kernel_v7(G: int):
                 row += step
                 base += step
                 it += 1
+            cuda.syncthreads()
 
-        return norm_swiglu_matvec_v7
+        return norm_swiglu_body
 
-    return memo_kernel(("norm_swiglu", G), make)
+    return memo_kernel(("norm_swiglu_rows", G), make)
 
 
-def gated_norm_matvec_residual_kernel_v7(G: int):
-    """h += W @ gated_rms_norm(o, z): the first row's weight loads, then the block stages the gated norm per
-    head (``stage_gated``), then matvec v7 + residual.  No launch bounds: holding the loads through the
-    prologue takes ~85 registers (blocks of 16 warps, one per SM, one head per warp)."""
+def gated_norm_matvec_residual_rows(G: int):
+    """body(o, z, norm_w, W, h, n, heads, head_dim, eps, block, nblocks, xs, parts): h += W @ gated_rms_norm(o, z).
+    The first row's weight loads, then the block stages the gated norm per head (``stage_gated``; ``xs`` >=
+    heads * head_dim floats), then matvec v7 + residual."""
 
     def make():
-        @cuda.jit
-        def gated_norm_matvec_residual_v7(o, z, norm_w, W, h, n, heads, head_dim, eps):
-            xs = cuda.shared.array(0, float32)
-            parts = cuda.shared.array(PARTS_LEN, float32)
-            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(heads * head_dim, G)
+        @cuda.jit(device=True)
+        def gated_norm_body(o, z, norm_w, W, h, n, heads, head_dim, eps, block, nblocks, xs, parts):
+            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(heads * head_dim, G, block, nblocks)
             cur = load_batch(W, row, n, nv, v0, stride)
             stage_gated(o, z, norm_w, xs, heads, head_dim, eps)
             cuda.syncthreads()
@@ -484,6 +483,62 @@ def gated_norm_matvec_residual_kernel_v7(G: int):
                 row += step
                 base += step
                 it += 1
+            cuda.syncthreads()
+
+        return gated_norm_body
+
+    return memo_kernel(("gated_rows", G), make)
+
+
+def norm_matvec_kernel_v7(G: int):
+    """y = W @ rms_norm(h): ``norm_matvec_rows`` over the whole grid."""
+
+    def make():
+        body = norm_matvec_rows(G)
+
+        @cuda.jit(launch_bounds=V6_BOUNDS)
+        def norm_matvec_v7(h, norm_w, W, y, n, k, eps):
+            xs = cuda.shared.array(0, float32)
+            parts = cuda.shared.array(PARTS_LEN, float32)
+            scratch = cuda.shared.array(WARP, float32)
+            body(h, norm_w, W, y, n, k, eps, cuda.blockIdx.x, cuda.gridDim.x, xs, parts, scratch)
+
+        return norm_matvec_v7
+
+    return memo_kernel(("norm_matvec", G), make)
+
+
+def norm_swiglu_matvec_kernel_v7(G: int):
+    """act = silu(Wg @ x) * (Wu @ x), x = rms_norm(h): ``norm_swiglu_rows`` over the whole grid."""
+
+    def make():
+        body = norm_swiglu_rows(G)
+
+        @cuda.jit(launch_bounds=V6_BOUNDS)
+        def norm_swiglu_matvec_v7(h, norm_w, Wg, Wu, act, n, k, eps):
+            xs = cuda.shared.array(0, float32)
+            parts = cuda.shared.array(PARTS_LEN, float32)
+            scratch = cuda.shared.array(WARP, float32)
+            body(h, norm_w, Wg, Wu, act, n, k, eps, cuda.blockIdx.x, cuda.gridDim.x, xs, parts, scratch)
+
+        return norm_swiglu_matvec_v7
+
+    return memo_kernel(("norm_swiglu", G), make)
+
+
+def gated_norm_matvec_residual_kernel_v7(G: int):
+    """h += W @ gated_rms_norm(o, z): ``gated_norm_matvec_residual_rows`` over the whole grid.  No launch bounds:
+    holding the first row's loads through the prologue takes ~85 registers (blocks of 16 warps, one per SM, one
+    head per warp)."""
+
+    def make():
+        body = gated_norm_matvec_residual_rows(G)
+
+        @cuda.jit
+        def gated_norm_matvec_residual_v7(o, z, norm_w, W, h, n, heads, head_dim, eps):
+            xs = cuda.shared.array(0, float32)
+            parts = cuda.shared.array(PARTS_LEN, float32)
+            body(o, z, norm_w, W, h, n, heads, head_dim, eps, cuda.blockIdx.x, cuda.gridDim.x, xs, parts)
 
         return gated_norm_matvec_residual_v7
 
@@ -672,4 +727,5 @@ PTX_CHECK_OPTIONS = {"norm_matvec_v7": {"launch_bounds": V6_BOUNDS},
                      "norm_swiglu_matvec_v7": {"launch_bounds": V6_BOUNDS}}
 
 __all__ = ["norm_matvec", "norm_swiglu_matvec", "matvec_residual", "gated_norm_matvec_residual",
+           "norm_matvec_rows", "norm_swiglu_rows", "gated_norm_matvec_residual_rows", "stage_norm",
            "dot_row_norm", "dot_rows2_norm", "PTX_SIGNATURES"]

@@ -111,10 +111,10 @@ def key_to_index(key: int) -> int:
 
 
 @cuda.jit(device=True)
-def publish_block_best(key, best):
-    """Block-wide max of the warps' keys, one atomicMax per block, and the last block to finish publishes the
-    token (best[2], best[3]) and resets best[0], best[1] for the next launch.  Every thread of every block must
-    call this exactly once (lane values within a warp must agree)."""
+def publish_block_best(key, best, nblocks):
+    """Block-wide max of the warps' keys, one atomicMax per block, and the last of ``nblocks`` blocks to finish
+    publishes the token (best[2], best[3]) and resets best[0], best[1] for the next launch.  Every thread of every
+    participating block must call this exactly once (lane values within a warp must agree)."""
     keys = cuda.shared.array(32, int64)
     if cuda.threadIdx.x % WARP == 0:
         keys[cuda.threadIdx.x // WARP] = key
@@ -128,11 +128,12 @@ def publish_block_best(key, best):
             cuda.atomic.max(best, 0, m)
         cuda.threadfence()  # our atomicMax is visible before our ticket
         ticket = cuda.atomic.add(best, 1, 1)
-        if ticket == cuda.gridDim.x - 1:  # every other block has published: the max is final
+        if ticket == nblocks - 1:  # every other block has published: the max is final
             final = cuda.atomic.exch(best, 0, _NO_KEY)
             best[1] = 0
             best[2] = final
             best[3] = key_index(final)
+    cuda.syncthreads()  # keys is free again
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -155,22 +156,20 @@ def lm_head_argmax_kernel(h, norm_w, W, logits, n, k, eps, best):
         key = argmax_key(y, row)
         if key > mine:
             mine = key
-    publish_block_best(mine, best)
+    publish_block_best(mine, best, cuda.gridDim.x)
 
 
-def lm_head_argmax_kernel_v7(G: int):
-    """The same on the matvec v7 skeleton: the block stages x = h * (1 + w) and rstd in shared memory once
-    (instead of every warp redoing the norm for every row), one resident wave of 8-warp blocks grid-strides over
-    the rows with each row's loads issued before the previous row is reduced; G warps per row only for
-    K > 1024."""
+def lm_head_argmax_rows(G: int):
+    """body(h, norm_w, W, logits, n, k, eps, best, block, nblocks, xs, parts, scratch): logits = W @ rms_norm(h)
+    and their argmax into ``best``, on the matvec v7 skeleton over a work range (``matvec.matvec_rows``): the block
+    stages x = h * (1 + w) and rstd in shared memory once, warps grid-stride over the rows with each row's loads
+    issued before the previous row is reduced; G warps per row only for K > 1024.  The ``nblocks`` blocks meet
+    in ``publish_block_best``."""
 
     def make():
-        @cuda.jit(launch_bounds=V6_BOUNDS)
-        def lm_head_argmax_v7(h, norm_w, W, logits, n, k, eps, best):
-            xs = cuda.shared.array(0, float32)
-            parts = cuda.shared.array(PARTS_LEN, float32)
-            scratch = cuda.shared.array(WARP, float32)
-            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(k, G)
+        @cuda.jit(device=True)
+        def lm_head_argmax_body(h, norm_w, W, logits, n, k, eps, best, block, nblocks, xs, parts, scratch):
+            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(k, G, block, nblocks)
             cur = load_batch(W, row, n, nv, v0, stride)
             r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k) + eps)
             mine = _NO_KEY
@@ -189,7 +188,25 @@ def lm_head_argmax_kernel_v7(G: int):
                 row += step
                 base += step
                 it += 1
-            publish_block_best(mine, best)
+            publish_block_best(mine, best, nblocks)
+
+        return lm_head_argmax_body
+
+    return memo_kernel(("lm_head_argmax_rows", G), make)
+
+
+def lm_head_argmax_kernel_v7(G: int):
+    """``lm_head_argmax_rows`` over the whole grid."""
+
+    def make():
+        body = lm_head_argmax_rows(G)
+
+        @cuda.jit(launch_bounds=V6_BOUNDS)
+        def lm_head_argmax_v7(h, norm_w, W, logits, n, k, eps, best):
+            xs = cuda.shared.array(0, float32)
+            parts = cuda.shared.array(PARTS_LEN, float32)
+            scratch = cuda.shared.array(WARP, float32)
+            body(h, norm_w, W, logits, n, k, eps, best, cuda.blockIdx.x, cuda.gridDim.x, xs, parts, scratch)
 
         return lm_head_argmax_v7
 
@@ -308,18 +325,25 @@ def uniform01(s, index):
     return float32(r >> _S8) * _BIN + _HALF_BIN
 
 
-@cuda.jit
-def sample_gumbel_kernel(logits, n, inv_t, seed_lo, seed_hi, step, best):
-    """best <- argmax_i(logits[i] * inv_t + Gumbel noise(seed, step, i))."""
+@cuda.jit(device=True)
+def sample_gumbel_rows(logits, n, inv_t, seed_lo, seed_hi, step, best, block, nblocks):
+    """best <- argmax_i(logits[i] * inv_t + Gumbel noise(seed, step, i)), over a work range (``block`` of
+    ``nblocks`` blocks grid-stride over i and meet in ``publish_block_best``)."""
     s = stream_key(seed_lo, seed_hi, step)
     mine = _NO_KEY
-    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+    for i in range(block * cuda.blockDim.x + cuda.threadIdx.x, n, nblocks * cuda.blockDim.x):
         u = uniform01(s, i)
         g = -float32(math.log(-float32(math.log(u))))
         key = argmax_key(logits[i] * inv_t + g, i)
         if key > mine:
             mine = key
-    publish_block_best(D.warp_max(mine), best)
+    publish_block_best(D.warp_max(mine), best, nblocks)
+
+
+@cuda.jit
+def sample_gumbel_kernel(logits, n, inv_t, seed_lo, seed_hi, step, best):
+    """``sample_gumbel_rows`` over the whole grid."""
+    sample_gumbel_rows(logits, n, inv_t, seed_lo, seed_hi, step, best, cuda.blockIdx.x, cuda.gridDim.x)
 
 
 SAMPLE_THREADS = 256
@@ -398,5 +422,5 @@ PTX_SIGNATURES = {
 
 PTX_CHECK_OPTIONS = {"lm_head_argmax_v7": {"launch_bounds": V6_BOUNDS}}
 
-__all__ = ["lm_head_argmax", "sample_gumbel", "new_best", "reset_best", "read_token", "token_view",
+__all__ = ["lm_head_argmax", "sample_gumbel", "lm_head_argmax_rows", "sample_gumbel_rows", "publish_block_best", "new_best", "reset_best", "read_token", "token_view",
            "argmax_key", "key_to_index", "gumbel_noise_host", "INT64_MIN", "PTX_SIGNATURES"]

@@ -450,18 +450,20 @@ def dot_batch_global(b, x, v0, stride, lim):
 
 
 @cuda.jit(device=True)
-def rows_setup(k, G):
+def rows_setup(k, G, block, nblocks):
     """Who does what: blocks of R * G warps, R row slots of G warps each (G a compile-time constant); warp g of a
-    slot reads pieces lane + 32 g, + 32 G, + 64 G, + 96 G of its row.  Returns lane, warp, slot, g, nv (pieces
-    per row), v0 (first piece), stride (32 G), the row step per iteration (gridDim * R) and the first row."""
+    slot reads pieces lane + 32 g, + 32 G, + 64 G, + 96 G of its row.  ``block`` of ``nblocks`` is this block's
+    place in the work range (``blockIdx.x`` of ``gridDim.x`` for a kernel of its own; the megakernel passes its
+    own).  Returns lane, warp, slot, g, nv (pieces per row), v0 (first piece), stride (32 G), the row step per
+    iteration (nblocks * R) and the first row."""
     tid = cuda.threadIdx.x
     lane = tid % WARP
     warp = tid // WARP
     rows_per_block = (cuda.blockDim.x // WARP) // G
     slot = warp // G
     g = warp - slot * G
-    step = cuda.gridDim.x * rows_per_block
-    row = cuda.blockIdx.x * rows_per_block + slot
+    step = nblocks * rows_per_block
+    row = block * rows_per_block + slot
     return lane, warp, slot, g, k // 8, lane + WARP * g, WARP * G, step, row
 
 
@@ -506,17 +508,24 @@ def memo_kernel(key, make):
     return kernel
 
 
-def rows_matvec_kernel(G: int, residual: bool = False, x_shared: bool = True):
-    """The v6/v7 kernel for G warps per row (a compile-time constant: the piece offsets become immediates):
-    y = W @ x, or y += W @ x (``residual``); x staged in shared memory, or (``x_shared=False``) read through L1
-    in its natural layout, each warp loading only the pieces of x it needs, with no barrier before the dots."""
+def matvec_rows(G: int, residual: bool = False, x_shared: bool = True):
+    """The v6/v7 matvec as a device function over a work range (one per G, residual, x_shared; G a compile-time
+    constant: the piece offsets become immediates):
+
+        body(W, x, y, n, k, block, nblocks, xs, parts)      y = W @ x   (or y += W @ x with ``residual``)
+
+    ``block`` of ``nblocks``: this block's place among the blocks sharing the rows; ``xs``: a float32 shared array
+    of >= k elements (x staged there in the split layout when ``x_shared``; otherwise x is read through L1 in its
+    natural layout, each warp loading only the pieces it needs, with no barrier before the dots); ``parts``: a
+    float32 shared array of ``PARTS_LEN``.  The layered decoder's kernel calls it with ``blockIdx.x, gridDim.x``;
+    the persistent megakernel with its own block index and grid size.  Every thread of the block must call it; it
+    returns with the block synchronised, its shared arrays free for reuse (the contract of every ``*_rows`` /
+    ``*_item`` body in ``megakernel.kernels``)."""
 
     def make():
-        @cuda.jit(launch_bounds=V6_BOUNDS)
-        def matvec_v6(W, x, y, n, k):
-            xs = cuda.shared.array(0, float32)
-            parts = cuda.shared.array(PARTS_LEN, float32)
-            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(k, G)
+        @cuda.jit(device=True)
+        def matvec_rows_body(W, x, y, n, k, block, nblocks, xs, parts):
+            lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(k, G, block, nblocks)
             cur = load_batch(W, row, n, nv, v0, stride)  # issued before x is staged: the latencies overlap
             if x_shared:
                 stage_split(x, xs, nv)
@@ -539,6 +548,24 @@ def rows_matvec_kernel(G: int, residual: bool = False, x_shared: bool = True):
                 row += step
                 base += step
                 it += 1
+            cuda.syncthreads()  # xs and parts are free for whatever the block does next
+
+        return matvec_rows_body
+
+    return memo_kernel(("matvec_rows", G, residual, x_shared), make)
+
+
+def rows_matvec_kernel(G: int, residual: bool = False, x_shared: bool = True):
+    """The v6/v7 kernel for G warps per row: ``matvec_rows`` over the whole grid."""
+
+    def make():
+        body = matvec_rows(G, residual, x_shared)
+
+        @cuda.jit(launch_bounds=V6_BOUNDS)
+        def matvec_v6(W, x, y, n, k):
+            xs = cuda.shared.array(0, float32)
+            parts = cuda.shared.array(PARTS_LEN, float32)
+            body(W, x, y, n, k, cuda.blockIdx.x, cuda.gridDim.x, xs, parts)
 
         return matvec_v6
 
