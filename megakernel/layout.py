@@ -8,6 +8,11 @@ Weights (converted once at load time):
   k (Hkv*Dh) ; v (Hkv*Dh)] x D;
 * small parameters (norm weights, conv taps, ``A_log``, ``dt_bias``, RoPE inverse frequencies) are fp32, exact
   upcasts of the stored values.
+* all of them live in two arenas, ``DeviceWeights.words`` (int32: every bf16 matrix) and ``DeviceWeights.floats``
+  (fp32: every small parameter), at offsets fixed by the config (:func:`arena_layout`); the per-layer tensors are
+  views into them. The layered decoder passes the views to its kernels; the persistent megakernel gets the two
+  arenas and uses the offsets as compile-time constants (two kernel arguments instead of ~200). Every array starts
+  on a 256-byte boundary (16-byte vector loads need 16).
 
 Decode state (the same contents as :class:`reference.state.DecodeState`, in flat stacked buffers):
 
@@ -53,6 +58,102 @@ def check_supported(config: Qwen35Config) -> None:
         raise UnsupportedConfigError("config not supported by the Numba kernels: " + "; ".join(problems))
 
 
+ALIGN_WORDS = 64  # 256 bytes
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN_WORDS) * ALIGN_WORDS
+
+
+@dataclass(frozen=True)
+class ArenaLayout:
+    """Where every weight lives in the two arenas (offsets in elements: int32 words / fp32 floats).
+
+    Layers of one kind share a shape, so they are stacked at a fixed stride: the DeltaNet layer with linear index
+    ``j`` has its ``in_proj`` at ``lin_in + j * lin_stride`` (words), its conv taps at ``conv_w + j * conv_stride``
+    (floats), and so on; layer ``i``'s MLP ``gate`` at ``mlp_gate + i * mlp_stride``. ``lm_head == embed`` when the
+    embedding is tied."""
+
+    words: int
+    floats: int
+    embed: int
+    lm_head: int
+    mlp_gate: int
+    mlp_up: int
+    mlp_down: int
+    mlp_stride: int
+    lin_in: int
+    lin_out: int
+    lin_stride: int
+    att_qkv: int
+    att_o: int
+    att_stride: int
+    # floats
+    input_norm: int
+    post_norm: int
+    norm_stride: int
+    final_norm: int
+    inv_freq: int
+    conv_w: int
+    conv_stride: int
+    A_log: int
+    dt_bias: int
+    gated_norm: int
+    lin_small_stride: int
+    q_norm: int
+    k_norm: int
+    att_small_stride: int
+
+
+def arena_layout(config: Qwen35Config) -> ArenaLayout:
+    """The arena offsets of a config (see :class:`ArenaLayout`)."""
+    c = config
+    D, F = c.hidden_size, c.intermediate_size
+    n_lin, n_full, L = len(c.linear_layers), len(c.full_layers), c.num_hidden_layers
+    words = lambda rows, k: _align(rows * k // 2)  # noqa: E731
+    w = 0
+    embed = w
+    w += words(c.vocab_size, D)
+    lm_head = embed
+    if not c.tie_word_embeddings:
+        lm_head = w
+        w += words(c.vocab_size, D)
+    mlp_gate, mlp_up, mlp_down = 0, words(F, D), 2 * words(F, D)
+    mlp_stride = mlp_down + words(D, F)
+    mlp_base, w = w, w + L * mlp_stride
+    rows_in = c.conv_dim + c.value_dim + 2 * c.linear_num_value_heads
+    lin_in, lin_out = 0, words(rows_in, D)
+    lin_stride = lin_out + words(D, c.value_dim)
+    lin_base, w = w, w + n_lin * lin_stride
+    hq = c.num_attention_heads * c.head_dim
+    att_qkv, att_o = 0, words(2 * hq + 2 * c.num_key_value_heads * c.head_dim, D)
+    att_stride = att_o + words(D, hq)
+    att_base, w = w, w + n_full * att_stride
+    f = 0
+    norm_stride = _align(D)
+    input_norm, f = f, f + L * norm_stride
+    post_norm, f = f, f + L * norm_stride
+    final_norm, f = f, f + norm_stride
+    inv_freq, f = f, f + _align(max(1, c.rotary_dim // 2))
+    conv_stride = _align(c.conv_dim * c.linear_conv_kernel_dim)
+    conv_w, f = f, f + n_lin * conv_stride
+    Hv = c.linear_num_value_heads
+    a_log, dt_bias, gated = 0, _align(Hv), 2 * _align(Hv)
+    lin_small_stride = gated + _align(c.linear_value_head_dim)
+    lin_small, f = f, f + n_lin * lin_small_stride
+    att_small_stride = 2 * _align(c.head_dim)
+    att_small, f = f, f + n_full * att_small_stride
+    return ArenaLayout(
+        words=max(w, ALIGN_WORDS), floats=max(f, ALIGN_WORDS), embed=embed, lm_head=lm_head,
+        mlp_gate=mlp_base + mlp_gate, mlp_up=mlp_base + mlp_up, mlp_down=mlp_base + mlp_down, mlp_stride=mlp_stride,
+        lin_in=lin_base + lin_in, lin_out=lin_base + lin_out, lin_stride=lin_stride,
+        att_qkv=att_base + att_qkv, att_o=att_base + att_o, att_stride=att_stride,
+        input_norm=input_norm, post_norm=post_norm, norm_stride=norm_stride, final_norm=final_norm,
+        inv_freq=inv_freq, conv_w=conv_w, conv_stride=conv_stride, A_log=lin_small + a_log,
+        dt_bias=lin_small + dt_bias, gated_norm=lin_small + gated, lin_small_stride=lin_small_stride,
+        q_norm=att_small, k_norm=att_small + _align(c.head_dim), att_small_stride=att_small_stride)
+
+
 @dataclass
 class LayerWeights:
     kind: str
@@ -77,46 +178,73 @@ class LayerWeights:
 
 
 class DeviceWeights:
-    """All weights on the kernel device (GPU, or CPU under the simulator), in kernel layout."""
+    """All weights on the kernel device (GPU, or CPU under the simulator), in kernel layout: two arenas
+    (``words``, ``floats``; offsets in ``layout``) and per-layer views into them (``layers``, ``embed``, ...)."""
 
     def __init__(self, config: Qwen35Config, weights: dict[str, torch.Tensor], device: torch.device):
         check_supported(config)
-        self.config = config
-        bf16 = lambda t: t.to(device=device, dtype=torch.bfloat16).contiguous()  # noqa: E731
-        f32 = lambda t: t.to(device=device, dtype=torch.float32).contiguous()  # noqa: E731
-        self.embed = bf16(weights["embed_tokens.weight"])
+        self.config = c = config
+        self.layout = lay = arena_layout(config)
+        self.words = torch.zeros(lay.words, dtype=torch.int32, device=device)
+        self.floats = torch.zeros(lay.floats, dtype=torch.float32, device=device)
+        def bf16(offset: int, t: torch.Tensor) -> torch.Tensor:
+            """Copy ``t`` (rounded to bf16) into the word arena at ``offset``; return the bf16 view there."""
+            rows, k = t.shape
+            view = self.words[offset : offset + rows * k // 2].view(torch.bfloat16).view(rows, k)
+            view.copy_(t.to(device=device, dtype=torch.bfloat16))
+            return view
+
+        def f32(offset: int, t: torch.Tensor, shape=None) -> torch.Tensor:
+            t = t.to(device=device, dtype=torch.float32).reshape(shape or t.shape)
+            view = self.floats[offset : offset + t.numel()].view(t.shape)
+            view.copy_(t)
+            return view
+
+        self.embed = bf16(lay.embed, weights["embed_tokens.weight"])
         tied = weights["lm_head.weight"] is weights["embed_tokens.weight"]
-        self.lm_head = self.embed if tied else bf16(weights["lm_head.weight"])
-        self.final_norm = f32(weights["norm.weight"])
-        self.inv_freq = f32(1.0 / (config.rope_theta ** (torch.arange(0, config.rotary_dim, 2).float()
-                                                          / config.rotary_dim)))
+        if tied != (lay.lm_head == lay.embed):
+            raise UnsupportedConfigError(
+                f"tie_word_embeddings={c.tie_word_embeddings} but the checkpoint's lm_head is "
+                f"{'tied to' if tied else 'separate from'} the embedding")
+        self.lm_head = self.embed if tied else bf16(lay.lm_head, weights["lm_head.weight"])
+        self.final_norm = f32(lay.final_norm, weights["norm.weight"])
+        self.inv_freq = f32(lay.inv_freq, 1.0 / (config.rope_theta ** (
+            torch.arange(0, config.rotary_dim, 2).float() / config.rotary_dim)))
+        linear_index = {layer: j for j, layer in enumerate(c.linear_layers)}
+        full_index = {layer: j for j, layer in enumerate(c.full_layers)}
         self.layers: list[LayerWeights] = []
         for i, kind in enumerate(config.layer_types):
             p = f"layers.{i}."
+            m = i * lay.mlp_stride
             lw = LayerWeights(
                 kind=kind,
-                input_norm=f32(weights[p + "input_layernorm.weight"]),
-                post_norm=f32(weights[p + "post_attention_layernorm.weight"]),
-                gate=bf16(weights[p + "mlp.gate_proj.weight"]),
-                up=bf16(weights[p + "mlp.up_proj.weight"]),
-                down=bf16(weights[p + "mlp.down_proj.weight"]),
+                input_norm=f32(lay.input_norm + i * lay.norm_stride, weights[p + "input_layernorm.weight"]),
+                post_norm=f32(lay.post_norm + i * lay.norm_stride, weights[p + "post_attention_layernorm.weight"]),
+                gate=bf16(lay.mlp_gate + m, weights[p + "mlp.gate_proj.weight"]),
+                up=bf16(lay.mlp_up + m, weights[p + "mlp.up_proj.weight"]),
+                down=bf16(lay.mlp_down + m, weights[p + "mlp.down_proj.weight"]),
             )
             if kind == LINEAR:
                 a = p + "linear_attn."
-                lw.in_proj = bf16(torch.cat([weights[a + n + ".weight"] for n in
-                                             ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")]))
+                j = linear_index[i]
+                lw.in_proj = bf16(lay.lin_in + j * lay.lin_stride, torch.cat(
+                    [weights[a + n + ".weight"] for n in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")]))
                 conv = weights[a + "conv1d.weight"]
-                lw.conv_w = f32(conv.reshape(conv.shape[0], -1))
-                lw.A_log = f32(weights[a + "A_log"])
-                lw.dt_bias = f32(weights[a + "dt_bias"])
-                lw.gated_norm = f32(weights[a + "norm.weight"])
-                lw.out_proj = bf16(weights[a + "out_proj.weight"])
+                lw.conv_w = f32(lay.conv_w + j * lay.conv_stride, conv, (conv.shape[0], -1))
+                s = j * lay.lin_small_stride
+                lw.A_log = f32(lay.A_log + s, weights[a + "A_log"])
+                lw.dt_bias = f32(lay.dt_bias + s, weights[a + "dt_bias"])
+                lw.gated_norm = f32(lay.gated_norm + s, weights[a + "norm.weight"])
+                lw.out_proj = bf16(lay.lin_out + j * lay.lin_stride, weights[a + "out_proj.weight"])
             else:
                 a = p + "self_attn."
-                lw.qkv = bf16(torch.cat([weights[a + n + ".weight"] for n in ("q_proj", "k_proj", "v_proj")]))
-                lw.q_norm = f32(weights[a + "q_norm.weight"])
-                lw.k_norm = f32(weights[a + "k_norm.weight"])
-                lw.o_proj = bf16(weights[a + "o_proj.weight"])
+                j = full_index[i]
+                lw.qkv = bf16(lay.att_qkv + j * lay.att_stride,
+                              torch.cat([weights[a + n + ".weight"] for n in ("q_proj", "k_proj", "v_proj")]))
+                s = j * lay.att_small_stride
+                lw.q_norm = f32(lay.q_norm + s, weights[a + "q_norm.weight"])
+                lw.k_norm = f32(lay.k_norm + s, weights[a + "k_norm.weight"])
+                lw.o_proj = bf16(lay.att_o + j * lay.att_stride, weights[a + "o_proj.weight"])
             lw.k = _kernel_views(lw)
             self.layers.append(lw)
         self.k = {
@@ -124,9 +252,12 @@ class DeviceWeights:
             "lm_head": as_kernel_array(words(self.lm_head).view(-1)),
             "final_norm": as_kernel_array(self.final_norm),
             "inv_freq": as_kernel_array(self.inv_freq),
+            "words": as_kernel_array(self.words),
+            "floats": as_kernel_array(self.floats),
         }
 
     def nbytes(self) -> int:
+        """Bytes of weights (the arenas' payload, padding excluded)."""
         seen, total = set(), 0
         for t in [self.embed, self.lm_head, self.final_norm, self.inv_freq] + [
                 v for lw in self.layers for v in vars(lw).values() if isinstance(v, torch.Tensor)]:
@@ -205,4 +336,5 @@ class DeviceState:
         return s
 
 
-__all__ = ["DeviceState", "DeviceWeights", "LayerWeights", "UnsupportedConfigError", "check_supported"]
+__all__ = ["ArenaLayout", "DeviceState", "DeviceWeights", "LayerWeights", "UnsupportedConfigError",
+           "arena_layout", "check_supported"]
