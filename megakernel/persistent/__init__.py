@@ -1,0 +1,12 @@
+"""Stage 3: the persistent megakernel (one launch decodes a token, or N tokens).
+
+* ``plan``     -- every size, offset and launch choice for one config (refuses what the kernel cannot run);
+* ``schedule`` -- the kernel's phases and barriers as Python data: drawn by notebook 07, checked by the tests
+                  (dependencies, barrier count), executable in torch;
+* ``v1``       -- version 1: the layered kernels' bodies as phases, a grid barrier after each;
+* ``decoder``  -- ``PersistentDecoder``: the reference model's API over the kernel.
+"""
+
+from .decoder import DEFAULT_VERSION, VERSIONS, GridNotCoResidentError, PersistentDecoder
+
+__all__ = ["PersistentDecoder", "GridNotCoResidentError", "VERSIONS", "DEFAULT_VERSION"]

@@ -1,0 +1,289 @@
+"""Stage 3 on the host side: ``PersistentDecoder``, the persistent megakernel behind the reference model's API.
+
+``decode_step`` is one launch that decodes one token (and returns its logits); ``greedy_tokens`` and ``generate``
+run N decode steps per launch (the kernel loops, the chosen token feeds the next step's embedding on the device,
+the host reads the tokens once per launch). ``prefill`` runs the reference on the device and copies its states
+into the kernel layout (as the layered decoder does).
+
+Sampling: greedy, or temperature sampling inside the kernel by Gumbel-max with a counter-based RNG keyed by
+(seed, position) (``megakernel.kernels.lm_head``): a seed gives the same tokens on every run and every stage that
+uses the same keys, but not the reference's tokens (its host sampler draws from torch's generator; the
+distribution is the same, which the tests check). The first token after the prompt is drawn on the host with the
+same keys (``gumbel_noise_host``). Top-k / top-p are not done in the kernel (they need a sort or a threshold search
+over 248k logits): ``generate`` with ``top_k`` or ``top_p`` runs one launch per token and the shared host sampler
+(``reference.sampling``), exactly as the reference does, and says so in ``last_run``.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import torch
+
+from reference.config import LINEAR
+from reference.model import Qwen35Model, as_token_list, generate_tokens
+from reference.sampling import check_sampling_args
+from reference.state import ContextTooLongError
+
+from ..kernels import lm_head as lmh
+from ..launch import SIMULATOR, as_kernel_array, current_stream, halves, kernel_device, require_gpu
+from ..layout import DeviceState, DeviceWeights, check_supported
+from . import plan as P
+from . import v1
+
+VERSIONS = {1: v1}
+DEFAULT_VERSION = 1
+DEFAULT_THREADS = 256
+SIMULATOR_THREADS = 64
+SIMULATOR_BLOCKS = 3
+
+
+class GridNotCoResidentError(RuntimeError):
+    """The grid asked for cannot be resident all at once (a grid barrier would hang): refused before launch."""
+
+
+def _token_id(token_id, vocab_size: int) -> int:
+    if isinstance(token_id, torch.Tensor):
+        if token_id.numel() != 1 or token_id.dtype.is_floating_point:
+            raise TypeError(f"token must be an int (or a one-element integer tensor), got a {token_id.dtype} tensor "
+                            f"of shape {tuple(token_id.shape)}")
+        token_id = int(token_id.item())
+    if isinstance(token_id, bool) or not isinstance(token_id, (int, np.integer)):
+        raise TypeError(f"token must be an int, got {type(token_id).__name__}")
+    (token,) = as_token_list([int(token_id)], vocab_size)
+    return token
+
+
+class PersistentDecoder:
+    """Qwen3.5 decode with one persistent Numba kernel launch per token (or per N tokens). Same API as
+    :class:`reference.Qwen35Model`."""
+
+    stage = "persistent"
+
+    def __init__(self, reference: Qwen35Model, max_context: int = 4096, version: int | None = None,
+                 threads: int | None = None, blocks: int | None = None, barriers: bool = True):
+        require_gpu("the persistent megakernel")
+        check_supported(reference.config)
+        version = DEFAULT_VERSION if version is None else version
+        if version not in VERSIONS:
+            raise ValueError(f"unknown persistent kernel version {version!r}: choose one of {sorted(VERSIONS)}")
+        self.version, self.module = version, VERSIONS[version]
+        self.config = c = reference.config
+        self.reference = reference
+        self.device = kernel_device()
+        self.max_context = min(max_context, c.max_position_embeddings)
+        threads = threads or (SIMULATOR_THREADS if SIMULATOR else DEFAULT_THREADS)
+        self.plan = P.make_plan(c, self.max_context, threads, blocks or 1)
+        self.requested_blocks = blocks
+        self.barriers = barriers
+        self.weights = DeviceWeights(c, reference.weights, self.device)
+        dev = self.device
+        self.scratch = torch.zeros(self.plan.scratch_len, dtype=torch.float32, device=dev)
+        self.ctl = torch.zeros(P.CTL_LEN, dtype=torch.int32, device=dev)
+        self.best = lmh.new_best(dev)
+        self.best_sample = lmh.new_best(dev)
+        self.tokens = torch.zeros(self.max_context, dtype=torch.int32, device=dev)
+        self.counters = torch.zeros(c.linear_num_key_heads, dtype=torch.int32, device=dev)
+        self.trace = torch.zeros(c.num_hidden_layers, c.hidden_size, dtype=torch.float32, device=dev)
+        off, n = self.plan.scratch["logits"]
+        self.logits = self.scratch[off : off + n]
+        off, n = self.plan.scratch["h"]
+        self.h = self.scratch[off : off + n]
+        k = as_kernel_array
+        self._k = [k(self.scratch), k(self.ctl), k(self.best), k(self.best_sample), k(self.tokens),
+                   k(self.counters), k(self.trace)]
+        self._kernel = None
+        self.blocks = None
+        self.last_run: dict = {}
+
+    # ------------------------------------------------------------------ the kernel and its grid
+    def kernel(self):
+        """The compiled kernel and its grid (compiled at the first call): every block must be resident at once, so
+        the grid is the occupancy limit of the compiled kernel (or what was asked for, if smaller)."""
+        if self._kernel is None:
+            plan = self.plan
+            kern = self.module.build(self.module.kernel_key(plan), plan, self.barriers)
+            if SIMULATOR:
+                from ..testing.simulator import MAX_SIM_THREADS
+
+                limit = MAX_SIM_THREADS // plan.threads
+                want = self.requested_blocks or min(SIMULATOR_BLOCKS, limit)
+            else:
+                compiled = kern.compile(self.module.SIGNATURE)
+                limit = compiled.max_cooperative_grid_blocks(plan.threads, plan.shared_bytes)
+                want = self.requested_blocks or limit
+                self.registers = compiled.regs_per_thread
+            if limit < 1 or want > limit:
+                raise GridNotCoResidentError(
+                    f"grid not co-resident: {want} blocks of {plan.threads} threads ({plan.shared_bytes} B of shared "
+                    f"memory each) requested, but only {limit} fit on this device at once; a grid barrier would "
+                    "hang, so the kernel is not launched (ask for fewer blocks or threads)")
+            self.blocks = want
+            self._kernel = kern
+        return self._kernel
+
+    def launch(self, state: DeviceState, token: int, steps: int, eos: int = -1, sample: bool = False,
+               temperature: float = 1.0, seed: int = 0, trace: bool = False) -> None:
+        """One launch: ``steps`` decode steps from ``state`` (position ``state.length``), the first fed ``token``.
+        Asynchronous; ``finish`` reads how many steps ran."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if state.length == 0:
+            raise ValueError("decoding needs a state from prefill")
+        state.check_room(steps)
+        if state.capacity > self.max_context:
+            raise ContextTooLongError(f"a state of capacity {state.capacity} exceeds this decoder's max_context "
+                                      f"{self.max_context}")
+        kern = self.kernel()
+        seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+        as_i32 = lambda u: u - (1 << 32) if u >= 1 << 31 else u  # noqa: E731
+        inv_t = np.float32(1.0 / temperature if sample else 1.0).view(np.int32)
+        ctl = [0] * P.CTL_LEN
+        ctl[P.CTL_TOKEN], ctl[P.CTL_STEPS], ctl[P.CTL_EOS] = token, steps, eos
+        ctl[P.CTL_SAMPLE], ctl[P.CTL_TRACE], ctl[P.CTL_INV_T] = int(sample), int(trace), int(inv_t)
+        ctl[P.CTL_SEED_LO], ctl[P.CTL_SEED_HI] = as_i32(seed & 0xFFFFFFFF), as_i32(seed >> 32)
+        self.ctl.copy_(torch.tensor(ctl, dtype=torch.int32))
+        s = state.k
+        key = (id(state), self.blocks)
+        args = getattr(state, "_persistent_args", None)
+        if args is None or args[0] != key:
+            args = (key, [self.weights.k["words"], self.weights.k["floats"], as_kernel_array(state.conv),
+                          as_kernel_array(state.rec), as_kernel_array(halves(state.k_cache)),
+                          as_kernel_array(halves(state.v_cache)), s["position"]])
+            state._persistent_args = args
+        _, stream = current_stream()
+        kern[self.blocks, self.plan.threads, stream, self.plan.shared_bytes](*args[1], *self._k)
+        self._pending = (state, steps)
+
+    def finish(self) -> list[int]:
+        """Wait for the last launch; advance the state by the steps it ran; return their tokens."""
+        state, steps = self._pending
+        ctl = self.ctl.cpu()
+        done = int(ctl[P.CTL_DONE])
+        state.length += done
+        self.last_run = {"steps": done, "barriers": int(ctl[P.CTL_BARRIERS]), "blocks": self.blocks,
+                         "threads": self.plan.threads}
+        return self.tokens[:done].tolist()
+
+    def barriers_per_step(self) -> int:
+        """Grid barriers one greedy step costs (from the schedule; the kernel counts its own: ``last_run``)."""
+        from .schedule import barriers_per_token
+
+        return barriers_per_token(self.config, version=self.version)
+
+    # ------------------------------------------------------------------ public API (as the reference model)
+    def new_state(self, capacity: int | None = None) -> DeviceState:
+        capacity = capacity or self.max_context
+        if capacity > self.max_context:
+            raise ContextTooLongError(f"context too long: capacity {capacity} exceeds this decoder's max_context "
+                                      f"{self.max_context}")
+        return DeviceState(self.config, self.device, capacity)
+
+    @torch.no_grad()
+    def prefill(self, input_ids, state: DeviceState | None = None, last_only: bool = False):
+        """Run the prompt through the reference model on this device, then copy its states into the kernel
+        layout. Returns (logits [T, V] fp32 (or [1, V] with last_only), DeviceState)."""
+        ids = as_token_list(input_ids, self.config.vocab_size)
+        state = state or self.new_state()
+        if len(ids) > state.capacity:
+            raise ContextTooLongError(f"context too long: a prompt of {len(ids)} tokens exceeds this decoder's "
+                                      f"KV-cache capacity {state.capacity}")
+        logits, ref_state = self.reference.prefill(ids, last_only=last_only)
+        state.load_reference(ref_state)
+        return logits, state
+
+    @torch.no_grad()
+    def decode_step(self, token_id, state: DeviceState, trace: dict | None = None) -> torch.Tensor:
+        """Feed one token at position ``state.length`` (one launch); returns logits [V] fp32 (a copy) and advances
+        the state. ``trace``: if a dict, ``trace["hidden"][layer]`` gets each layer's output hidden state."""
+        token = _token_id(token_id, self.config.vocab_size)
+        if not isinstance(state, DeviceState):
+            raise TypeError(f"state must be a DeviceState from prefill/new_state, got {type(state).__name__}")
+        self.launch(state, token, 1, trace=trace is not None)
+        self.finish()
+        if trace is not None:
+            hidden = self.trace.cpu()
+            trace.setdefault("hidden", {}).update({i: hidden[i].clone() for i in range(hidden.shape[0])})
+        return self.logits.clone()
+
+    @torch.no_grad()
+    def run(self, state: DeviceState, token: int, steps: int, eos: int = -1, sample: bool = False,
+            temperature: float = 1.0, seed: int = 0) -> list[int]:
+        """``steps`` decode steps in ONE launch, the first fed ``token``; stops early after ``eos``. Returns the
+        tokens chosen (the last step's logits stay in ``self.logits``)."""
+        self.launch(state, token, steps, eos, sample, temperature, seed)
+        return self.finish()
+
+    @torch.no_grad()
+    def greedy_tokens(self, input_ids, n: int, state: DeviceState | None = None, steps_per_launch: int | None = None
+                      ) -> list[int]:
+        """n greedy tokens: the first from the prefill logits, the other n-1 from launches of ``steps_per_launch``
+        steps each (default: all in one launch)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        logits, state = self.prefill(input_ids, state=state, last_only=True)
+        out = [int(logits[-1].argmax())]
+        chunk = steps_per_launch or max(1, n - 1)
+        while len(out) < n:
+            out += self.run(state, out[-1], min(chunk, n - len(out)))
+        return out
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True, eos_token_id=None,
+                 callback=None, steps_per_launch: int | None = None) -> torch.Tensor:
+        """As :meth:`reference.Qwen35Model.generate` (new token ids only). Greedy and temperature sampling run
+        ``steps_per_launch`` tokens per launch (default: everything in one launch, or 16 per launch when a
+        ``callback`` streams them); top-k / top-p run one launch per token with the host sampler (see the module
+        docstring). ``last_run["mode"]`` says which."""
+        check_sampling_args(temperature, top_k, top_p)
+        if top_k or top_p < 1.0:
+            self.last_run = {"mode": "one launch per token, host top-k/top-p sampler"}
+            return generate_tokens(self, input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos,
+                                   eos_token_id, callback)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        ids = as_token_list(input_ids, self.config.vocab_size)
+        if len(ids) + max_new_tokens > self.max_context + 1:
+            raise ContextTooLongError(f"context too long: {len(ids)} prompt + {max_new_tokens} new tokens exceed "
+                                      f"this decoder's KV-cache capacity {self.max_context} (load with a larger "
+                                      "max_context)")
+        if max_new_tokens == 0:
+            return torch.tensor([], dtype=torch.long)
+        eos = eos_token_id if eos_token_id is not None else self.config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if len(eos_ids) > 1:
+            raise ValueError("the persistent kernel stops at one EOS id; got several: " + str(eos_ids))
+        eos_id = eos_ids[0] if (stop_at_eos and eos_ids) else -1
+        sample = temperature > 0
+        if sample and seed is None:
+            seed = secrets.randbits(63)
+        logits, state = self.prefill(ids, last_only=True)
+        last = logits[-1]
+        if sample:  # the same keys as the kernel's: (seed, position of the token the logits came from)
+            noise = torch.from_numpy(lmh.gumbel_noise_host(seed, len(ids) - 1, last.numel()))
+            first = int((last.cpu() / temperature + noise).argmax())
+        else:
+            first = int(last.argmax())
+        out = [first]
+        if callback is not None:
+            callback(first)
+        chunk = steps_per_launch or (16 if callback is not None else max_new_tokens)
+        self.last_run = {"mode": f"{'sampled' if sample else 'greedy'}, up to {chunk} tokens per launch"}
+        mode = self.last_run["mode"]
+        while len(out) < max_new_tokens and out[-1] != eos_id:
+            new = self.run(state, out[-1], min(chunk, max_new_tokens - len(out)), eos_id, sample,
+                           temperature if sample else 1.0, seed or 0)
+            for t in new:
+                out.append(t)
+                if callback is not None:
+                    callback(t)
+        self.last_run["mode"] = mode
+        return torch.tensor(out, dtype=torch.long)
+
+    def launches_per_token(self) -> float:
+        return 1.0
+
+
+__all__ = ["PersistentDecoder", "GridNotCoResidentError", "VERSIONS", "DEFAULT_VERSION"]
