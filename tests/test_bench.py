@@ -314,11 +314,11 @@ def test_bench_pipeline_on_cpu(tiny_checkpoint, tmp_path, monkeypatch):
             return super().decode(ids, gen)
 
     real_make = bench.make_system
-    monkeypatch.setattr(bench, "make_system", lambda name, ctx: WrongLogits(name, ctx) if name == "megakernel"
+    monkeypatch.setattr(bench, "make_system", lambda name, ctx: WrongLogits(name, ctx) if name == "persistent-v1"
                         else real_make(name, ctx))
     settings = Settings(model=Path(tiny_checkpoint), out=tmp_path, contexts=[8, 20], gen=2, prefill=8, reps=2,
                         check_steps=3, llama_json=LLAMA,
-                        systems=["llama.cpp", "reference-eager", "reference-graph", "layered", "megakernel"])
+                        systems=["llama.cpp", "reference-eager", "reference-graph", "layered", "persistent-v1"])
     res = Bench(settings, torch.device("cpu"), progress=False).run()
     path, png = write_outputs(res, tmp_path)
     doc = R.load_results(path)
@@ -329,13 +329,13 @@ def test_bench_pipeline_on_cpu(tiny_checkpoint, tmp_path, monkeypatch):
     assert rows[("reference-eager", "pp8")]["status"] == "ok"
     assert doc["systems"]["reference-graph"]["status"] == "unavailable"
     assert "CUDA" in doc["systems"]["layered"]["reason"]
-    bad = doc["systems"]["megakernel"]
+    bad = doc["systems"]["persistent-v1"]
     assert bad["status"] == "failed" and bad["checked"] == "FAILED" and not timed
-    assert all(r["tok_s"] is None and r["status"] == "failed" for r in doc["rows"] if r["system"] == "megakernel")
+    assert all(r["tok_s"] is None and r["status"] == "failed" for r in doc["rows"] if r["system"] == "persistent-v1")
     assert rows[("llama.cpp", "tg128@16")]["checked"] == "no"
     assert png is not None and png.exists() and (tmp_path / "bench_latest.png").exists()
     table = R.markdown_table(doc)
-    assert "`megakernel` | failed" in table and "**FAILED**" in table
+    assert "`persistent-v1` | failed" in table and "**FAILED**" in table
     # a second run of one system merges into the same file
     settings.systems = ["llama.cpp"]
     again = Bench(settings, torch.device("cpu"), progress=False).run()

@@ -31,7 +31,8 @@ SCHEMA = 1
 # Table order: the peers, then transformers, then the reference, then this project's kernels.
 SYSTEM_ORDER = (
     "llama.cpp", "hf-generate-eager", "hf-generate-sdpa", "hf-loop-eager", "hf-loop-sdpa", "reference-eager",
-    "reference-graph", "reference-compile", "layered", "layered-graph", "megakernel",
+    "reference-graph", "reference-compile", "layered", "layered-graph",
+    *(f"persistent-v{v}{m}" for v in range(1, 10) for m in ("-step", "")),
 )
 
 

@@ -45,8 +45,11 @@ from .results import llama_cpp_rows, quantiles, read_llama_bench_json  # noqa: F
 TOL_BF16 = 5e-2  # bf16 vs bf16 (kept for callers; the bench checks in fp32, see the module docstring)
 TOL_FP32 = 1e-3  # fp32 compute on bf16 weights vs the same in the reference (as tests/gpu uses)
 
+from megakernel.persistent.decoder import VERSIONS as PERSISTENT_VERSIONS  # noqa: E402
+
+PERSISTENT_NAMES = tuple(n for v in sorted(PERSISTENT_VERSIONS) for n in (f"persistent-v{v}", f"persistent-v{v}-step"))
 SYSTEM_NAMES = (
-    "llama.cpp", "megakernel", "layered", "layered-graph", "reference-graph", "reference-compile",
+    "llama.cpp", *PERSISTENT_NAMES, "layered", "layered-graph", "reference-graph", "reference-compile",
     "reference-eager", "hf-loop-sdpa", "hf-loop-eager", "hf-generate-sdpa", "hf-generate-eager",
 )
 DESCRIPTIONS = {
@@ -60,8 +63,11 @@ DESCRIPTIONS = {
     "llama.cpp": "llama.cpp llama-bench, bf16 GGUF (tools/llama_cpp_peer.sh)",
     "layered": "megakernel/layered.py: one Numba CUDA kernel per op",
     "layered-graph": "the layered decoder in its CUDA-graph mode",
-    "megakernel": "megakernel/megakernel.py: one persistent kernel per token",
 }
+for _v in PERSISTENT_VERSIONS:
+    DESCRIPTIONS[f"persistent-v{_v}"] = (f"megakernel/persistent/ version {_v}: one persistent kernel launch "
+                                         "decodes all the tokens")
+    DESCRIPTIONS[f"persistent-v{_v}-step"] = f"megakernel/persistent/ version {_v}: one launch per token"
 GRAPH_API = ("capture_graph", "graph_prefill", "graph_replay", "graph_greedy_tokens")  # a kernel stage's graph mode
 
 
@@ -630,40 +636,38 @@ class KernelStage(DecoderSystem):
 
     oracle_name = "reference fp32 compute, bf16 weights/KV"
 
-    def __init__(self, name, ctx, stage: str, graph: bool = False):
+    def __init__(self, name, ctx, stage: str, graph: bool = False, version: int | None = None,
+                 step_mode: bool = False):
         super().__init__(name, ctx)
-        self.stage, self.graph = stage, graph
+        self.stage, self.graph, self.version, self.step_mode = stage, graph, version, step_mode
         self._oracle_model = None
 
     def load(self):
         if self.device.type != "cuda":
             raise Unavailable("needs a CUDA GPU")
-        if self.stage == "megakernel":
-            try:
-                mod = importlib.import_module("megakernel.megakernel")
-            except ModuleNotFoundError as e:
-                if e.name in ("megakernel.megakernel",):
-                    raise Unavailable("not built yet (no megakernel/megakernel.py)") from e
-                raise Unavailable(f"megakernel.megakernel cannot be imported: {short_error(e)}") from e
-            except Exception as e:  # noqa: BLE001
-                raise Unavailable(f"megakernel.megakernel cannot be imported: {short_error(e)}") from e
-            loader = getattr(mod, "load", None)
-            if loader is None:
-                raise Unavailable("megakernel.megakernel has no load(path, ...) function yet")
-        else:
-            try:
-                mod = importlib.import_module("megakernel.layered")
-            except Exception as e:  # noqa: BLE001 (kernels not landed yet, numba missing, ...)
-                raise Unavailable(f"megakernel.layered cannot be imported: {short_error(e)}") from e
-            loader = mod.load
         try:
-            self.model = loader(self.ctx.path, self.stage, max_context=self.ctx.max_context)
+            import megakernel
+        except Exception as e:  # noqa: BLE001 (numba missing, ...)
+            raise Unavailable(f"megakernel cannot be imported: {short_error(e)}") from e
+        kwargs = {"version": self.version} if self.stage == "persistent" else {}
+        try:
+            self.model = megakernel.load(self.ctx.path, self.stage, max_context=self.ctx.max_context, **kwargs)
         except Exception as e:  # noqa: BLE001
-            from .launch import NoGPUError
+            from ..launch import NoGPUError
 
             if isinstance(e, NoGPUError):
                 raise Unavailable(short_error(e)) from e
             raise
+        if self.stage == "persistent":
+            self.model.kernel()  # compile and size the grid up front
+            self.notes.append(f"persistent kernel v{self.version}: {self.model.blocks} blocks x "
+                              f"{self.model.plan.threads} threads, {self.model.barriers_per_step()} grid barriers "
+                              "per token")
+            if self.step_mode:
+                self.notes.append("tg: one launch per token, each continuing from the token the last one left on "
+                                  "the device (no host work between launches but the launch)")
+            else:
+                self.notes.append("tg: all N tokens in one launch (the kernel loops; tokens read once at the end)")
         if self.graph:
             missing = [m for m in GRAPH_API if not hasattr(self.model, m)]
             if missing:
@@ -671,7 +675,7 @@ class KernelStage(DecoderSystem):
             self.model.capture_graph()  # once, up front: the check and the timing replay the same graph
             self.notes.append("greedy decoding replays one captured CUDA graph per step (graph_greedy_tokens); the "
                               "logits check feeds tokens through the same kernels eagerly (decode_step)")
-        else:
+        elif self.stage != "persistent":
             self.notes.append("tg: decode_step loop (logits copied, argmax read by the host each step)")
         self.notes.append("prefill: the reference model (fp32 compute) on the GPU, then its state is copied into "
                           "the kernel layout")
@@ -681,18 +685,43 @@ class KernelStage(DecoderSystem):
         def loader():
             if self._oracle_model is not None:
                 return self._oracle_model
-            from .layered import load
+            import megakernel
 
-            return load(self.ctx.path, "reference")
+            return megakernel.load(self.ctx.path, "reference")
 
         return _reference_oracle(self.ctx, self.oracle_name, loader, TOL_FP32)
 
     def greedy(self, prompt, n):
         if self.graph:
             return [int(t) for t in self.model.graph_greedy_tokens(prompt, n)]
+        if self.stage == "persistent" and self.step_mode:
+            logits, state = self.model.prefill(prompt, last_only=True)
+            out = [int(logits[-1].argmax())]
+            if n > 1:
+                out += self.model.run(state, out[0], 1)
+            if n > 2:
+                self.model.relaunch(n - 2)
+                out += self.model.finish()
+            return out
         return super().greedy(prompt, n)
 
     def decode(self, ids, gen):
+        if self.stage == "persistent":
+            with torch.no_grad():
+                logits, state = self.model.prefill(ids, last_only=True)
+                token = int(torch.argmax(logits[-1]))
+                if self.step_mode:  # the first launch sets the control block up (untimed)
+                    self.model.run(state, token, 1)
+                    sync(self.device)
+                    t0 = time.perf_counter()
+                    self.model.relaunch(gen)
+                    self.model.finish()
+                else:
+                    sync(self.device)
+                    t0 = time.perf_counter()
+                    self.model.run(state, token, gen)  # one launch; finish() reads the tokens (a sync)
+                sync(self.device)
+                return time.perf_counter() - t0, gen
         if not self.graph:
             return super().decode(ids, gen)
         with torch.no_grad():
@@ -705,6 +734,11 @@ class KernelStage(DecoderSystem):
 
     def count_launches(self):
         fn = getattr(self.model, "launches_per_token", None)
+        if self.stage == "persistent":
+            self.launches, self.kernels = (1, 1) if self.step_mode else (0, 1)
+            self.launches_note = ("1 launch (one kernel)" if self.step_mode else
+                                  "1 launch per 128 tokens (one kernel)")
+            return
         if callable(fn) and self.graph:
             self.launches, self.kernels = 1, int(fn())
             self.launches_note = f"1 CUDA graph launch ({self.kernels} kernels inside, the decoder's own count)"
@@ -749,8 +783,12 @@ def make_system(name: str, ctx: BenchContext) -> System:
         return KernelStage(name, ctx, "layered")
     if name == "layered-graph":
         return KernelStage(name, ctx, "layered", graph=True)
-    if name == "megakernel":
-        return KernelStage(name, ctx, "megakernel")
+    if name.startswith("persistent-v"):
+        rest = name[len("persistent-v"):]
+        step = rest.endswith("-step")
+        version = rest[: -len("-step")] if step else rest
+        if version.isdigit():
+            return KernelStage(name, ctx, "persistent", version=int(version), step_mode=step)
     if name == "llama.cpp":
         return LlamaCpp(name, ctx)
     raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEM_NAMES)}")

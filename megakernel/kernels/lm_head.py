@@ -111,11 +111,12 @@ def key_to_index(key: int) -> int:
 
 
 @cuda.jit(device=True)
-def publish_block_best(key, best, nblocks):
+def publish_block_best(key, best, nblocks, keys):
     """Block-wide max of the warps' keys, one atomicMax per block, and the last of ``nblocks`` blocks to finish
     publishes the token (best[2], best[3]) and resets best[0], best[1] for the next launch.  Every thread of every
-    participating block must call this exactly once (lane values within a warp must agree)."""
-    keys = cuda.shared.array(32, int64)
+    participating block must call this exactly once (lane values within a warp must agree).  ``keys``: an int64
+    shared array of >= 32 (passed in: a shared array declared inside a device function would be one more global
+    symbol per module, and two such modules cannot be linked into one kernel)."""
     if cuda.threadIdx.x % WARP == 0:
         keys[cuda.threadIdx.x // WARP] = key
     cuda.syncthreads()
@@ -156,19 +157,19 @@ def lm_head_argmax_kernel(h, norm_w, W, logits, n, k, eps, best):
         key = argmax_key(y, row)
         if key > mine:
             mine = key
-    publish_block_best(mine, best, cuda.gridDim.x)
+    publish_block_best(mine, best, cuda.gridDim.x, cuda.shared.array(32, int64))
 
 
 def lm_head_argmax_rows(G: int):
-    """body(h, norm_w, W, logits, n, k, eps, best, block, nblocks, xs, parts, scratch): logits = W @ rms_norm(h)
+    """body(h, norm_w, W, logits, n, k, eps, best, block, nblocks, xs, parts, scratch, keys): logits = W @ rms_norm(h)
     and their argmax into ``best``, on the matvec v7 skeleton over a work range (``matvec.matvec_rows``): the block
     stages x = h * (1 + w) and rstd in shared memory once, warps grid-stride over the rows with each row's loads
     issued before the previous row is reduced; G warps per row only for K > 1024.  The ``nblocks`` blocks meet
-    in ``publish_block_best``."""
+    in ``publish_block_best`` (``keys``: int64 shared, >= 32)."""
 
     def make():
         @cuda.jit(device=True)
-        def lm_head_argmax_body(h, norm_w, W, logits, n, k, eps, best, block, nblocks, xs, parts, scratch):
+        def lm_head_argmax_body(h, norm_w, W, logits, n, k, eps, best, block, nblocks, xs, parts, scratch, keys):
             lane, warp, slot, g, nv, v0, stride, step, row = rows_setup(k, G, block, nblocks)
             cur = load_batch(W, row, n, nv, v0, stride)
             r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k) + eps)
@@ -188,7 +189,7 @@ def lm_head_argmax_rows(G: int):
                 row += step
                 base += step
                 it += 1
-            publish_block_best(mine, best, nblocks)
+            publish_block_best(mine, best, nblocks, keys)
 
         return lm_head_argmax_body
 
@@ -206,7 +207,8 @@ def lm_head_argmax_kernel_v7(G: int):
             xs = cuda.shared.array(0, float32)
             parts = cuda.shared.array(PARTS_LEN, float32)
             scratch = cuda.shared.array(WARP, float32)
-            body(h, norm_w, W, logits, n, k, eps, best, cuda.blockIdx.x, cuda.gridDim.x, xs, parts, scratch)
+            keys = cuda.shared.array(WARP, int64)
+            body(h, norm_w, W, logits, n, k, eps, best, cuda.blockIdx.x, cuda.gridDim.x, xs, parts, scratch, keys)
 
         return lm_head_argmax_v7
 
@@ -326,9 +328,9 @@ def uniform01(s, index):
 
 
 @cuda.jit(device=True)
-def sample_gumbel_rows(logits, n, inv_t, seed_lo, seed_hi, step, best, block, nblocks):
+def sample_gumbel_rows(logits, n, inv_t, seed_lo, seed_hi, step, best, block, nblocks, keys):
     """best <- argmax_i(logits[i] * inv_t + Gumbel noise(seed, step, i)), over a work range (``block`` of
-    ``nblocks`` blocks grid-stride over i and meet in ``publish_block_best``)."""
+    ``nblocks`` blocks grid-stride over i and meet in ``publish_block_best``; ``keys``: int64 shared, >= 32)."""
     s = stream_key(seed_lo, seed_hi, step)
     mine = _NO_KEY
     for i in range(block * cuda.blockDim.x + cuda.threadIdx.x, n, nblocks * cuda.blockDim.x):
@@ -337,13 +339,14 @@ def sample_gumbel_rows(logits, n, inv_t, seed_lo, seed_hi, step, best, block, nb
         key = argmax_key(logits[i] * inv_t + g, i)
         if key > mine:
             mine = key
-    publish_block_best(D.warp_max(mine), best, nblocks)
+    publish_block_best(D.warp_max(mine), best, nblocks, keys)
 
 
 @cuda.jit
 def sample_gumbel_kernel(logits, n, inv_t, seed_lo, seed_hi, step, best):
     """``sample_gumbel_rows`` over the whole grid."""
-    sample_gumbel_rows(logits, n, inv_t, seed_lo, seed_hi, step, best, cuda.blockIdx.x, cuda.gridDim.x)
+    keys = cuda.shared.array(WARP, int64)
+    sample_gumbel_rows(logits, n, inv_t, seed_lo, seed_hi, step, best, cuda.blockIdx.x, cuda.gridDim.x, keys)
 
 
 SAMPLE_THREADS = 256

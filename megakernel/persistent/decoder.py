@@ -91,9 +91,17 @@ class PersistentDecoder:
         off, n = self.plan.scratch["h"]
         self.h = self.scratch[off : off + n]
         k = as_kernel_array
-        self._k = [k(self.scratch), k(self.ctl), k(self.best), k(self.best_sample), k(self.tokens),
-                   k(self.counters), k(self.trace)]
+        view = lambda name, shape: self.scratch[self.plan.scratch[name][0]:][: int(np.prod(shape))].view(shape)  # noqa: E731
+        Hq, Dh, S = c.num_attention_heads, c.head_dim, self.plan.max_splits
+        lay = self.weights.layout
+        n_lin, C, K = len(c.linear_layers), c.conv_dim, c.linear_conv_kernel_dim
+        conv_w = torch.as_strided(self.weights.floats, (max(n_lin, 1), C, K), (lay.conv_stride, K, 1), lay.conv_w)
+        self._weights_k = [self.weights.k["words"], self.weights.k["floats"], k(conv_w)]
+        self._scratch_k = [k(self.scratch), k(view("q", (Hq, Dh))), k(view("partial_ml", (Hq, S, 2))),
+                           k(view("partial_o", (Hq, S, Dh)))]
+        self._k = [k(self.ctl), k(self.best), k(self.best_sample), k(self.tokens), k(self.counters), k(self.trace)]
         self._kernel = None
+        self._relaunched = 0
         self.blocks = None
         self.last_run: dict = {}
 
@@ -123,10 +131,20 @@ class PersistentDecoder:
             self._kernel = kern
         return self._kernel
 
-    def launch(self, state: DeviceState, token: int, steps: int, eos: int = -1, sample: bool = False,
+    def resize_grid(self, blocks: int | None) -> int:
+        """Use ``blocks`` blocks from now on (None: the occupancy limit); refused if they cannot all be resident.
+        Every grid size computes the same bits (each row, item and split is done the same way by whichever block
+        takes it): the GPU stress test checks that."""
+        self.kernel()
+        self._kernel, self.requested_blocks = None, blocks
+        self.kernel()
+        return self.blocks
+
+    def launch(self, state: DeviceState, token: int | None, steps: int, eos: int = -1, sample: bool = False,
                temperature: float = 1.0, seed: int = 0, trace: bool = False) -> None:
-        """One launch: ``steps`` decode steps from ``state`` (position ``state.length``), the first fed ``token``.
-        Asynchronous; ``finish`` reads how many steps ran."""
+        """One launch: ``steps`` decode steps from ``state`` (position ``state.length``), the first fed ``token``
+        (None: the previous launch's last token, read on the device). Asynchronous; ``finish`` reads how many
+        steps ran."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if state.length == 0:
@@ -140,31 +158,52 @@ class PersistentDecoder:
         as_i32 = lambda u: u - (1 << 32) if u >= 1 << 31 else u  # noqa: E731
         inv_t = np.float32(1.0 / temperature if sample else 1.0).view(np.int32)
         ctl = [0] * P.CTL_LEN
-        ctl[P.CTL_TOKEN], ctl[P.CTL_STEPS], ctl[P.CTL_EOS] = token, steps, eos
+        ctl[P.CTL_TOKEN], ctl[P.CTL_STEPS], ctl[P.CTL_EOS] = -1 if token is None else token, steps, eos
         ctl[P.CTL_SAMPLE], ctl[P.CTL_TRACE], ctl[P.CTL_INV_T] = int(sample), int(trace), int(inv_t)
         ctl[P.CTL_SEED_LO], ctl[P.CTL_SEED_HI] = as_i32(seed & 0xFFFFFFFF), as_i32(seed >> 32)
-        self.ctl.copy_(torch.tensor(ctl, dtype=torch.int32))
+        # the inputs only: CTL_LAST (the token a launch with token None continues from) stays as the device has it
+        self.ctl[: P.CTL_DONE].copy_(torch.tensor(ctl[: P.CTL_DONE], dtype=torch.int32))
         s = state.k
         key = (id(state), self.blocks)
         args = getattr(state, "_persistent_args", None)
         if args is None or args[0] != key:
-            args = (key, [self.weights.k["words"], self.weights.k["floats"], as_kernel_array(state.conv),
-                          as_kernel_array(state.rec), as_kernel_array(halves(state.k_cache)),
-                          as_kernel_array(halves(state.v_cache)), s["position"]])
+            args = (key, [*self._weights_k, as_kernel_array(state.conv), as_kernel_array(state.rec),
+                          as_kernel_array(halves(state.k_cache)), as_kernel_array(halves(state.v_cache)),
+                          s["position"], *self._scratch_k])
             state._persistent_args = args
         _, stream = current_stream()
         kern[self.blocks, self.plan.threads, stream, self.plan.shared_bytes](*args[1], *self._k)
-        self._pending = (state, steps)
+        self._pending = (state, state.length)
+
+    def relaunch(self, n: int) -> None:
+        """``n`` more launches of one step each, every one continuing from the last token on the device, with no
+        host work but the launch itself (the "one launch per token" mode of the benchmark). Call after ``run``
+        (which sets the control block up) and ``finish`` afterwards; the state advances by ``n``."""
+        state, _ = self._pending
+        state.check_room(n)
+        self._pending = (state, state.length)
+        self.ctl[P.CTL_TOKEN] = -1  # continue from the device's last token
+        self.ctl[P.CTL_STEPS] = 1
+        self.ctl[P.CTL_EOS] = -1
+        self.ctl[P.CTL_SAMPLE] = 0
+        self.ctl[P.CTL_TRACE] = 0
+        _, stream = current_stream()
+        launch = self._kernel[self.blocks, self.plan.threads, stream, self.plan.shared_bytes]
+        args = state._persistent_args[1] + self._k
+        for _ in range(n):
+            launch(*args)
+        self._relaunched = n
 
     def finish(self) -> list[int]:
-        """Wait for the last launch; advance the state by the steps it ran; return their tokens."""
-        state, steps = self._pending
+        """Wait for the last launch(es); advance the state by the steps they ran; return their tokens."""
+        state, start = self._pending
         ctl = self.ctl.cpu()
-        done = int(ctl[P.CTL_DONE])
-        state.length += done
+        done = self._relaunched or int(ctl[P.CTL_DONE])
+        self._relaunched = 0
+        state.length = start + done
         self.last_run = {"steps": done, "barriers": int(ctl[P.CTL_BARRIERS]), "blocks": self.blocks,
                          "threads": self.plan.threads}
-        return self.tokens[:done].tolist()
+        return self.tokens[start : start + done].tolist()
 
     def barriers_per_step(self) -> int:
         """Grid barriers one greedy step costs (from the schedule; the kernel counts its own: ``last_run``)."""

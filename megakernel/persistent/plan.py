@@ -38,7 +38,7 @@ from ..kernels.matvec import MAX_PARTS, SHARED_LIMIT_BYTES, WARP, min_parts
 from ..layout import UnsupportedConfigError, arena_layout, check_supported
 
 # control block (int32)
-CTL_TOKEN = 0        # in: the token fed at the first step
+CTL_TOKEN = 0        # in: the token fed at the first step (-1: the previous launch's last token, CTL_LAST)
 CTL_STEPS = 1        # in: steps to run (N tokens per launch)
 CTL_EOS = 2          # in: stop after this token (-1: never)
 CTL_SAMPLE = 3       # in: 0 greedy, 1 Gumbel-max sampling at temperature 1/inv_t

@@ -24,6 +24,11 @@ but worse, every phase ends with its slowest warp and every block then starts it
 memory system idles at each of the 134 boundaries; and the register count of the kernel is the maximum over its
 phases (attention decode's ~168), which leaves one block of 8 warps per SM for the matvecs. Version 2 attacks both.
 
+Arguments: the two weight arenas and a strided view of the conv taps [n_linear, C, K]; the decode state (conv,
+DeltaNet, K and V caches, position); the scratch arena plus 2-D/3-D views of it for the attention phases (a
+``reshape`` inside a kernel needs a runtime helper that CUDA cannot link); the control block, the two argmax
+buffers (greedy, sampled), the token history, the DeltaNet hand-over counters and the per-layer trace.
+
 Memory ordering. ``this_grid().sync()`` orders every global-memory access before it against every access after it
 (it includes the fence). The two hand-offs inside a phase are the layered kernels' own and unchanged: the DeltaNet
 q/k conv-state "last reader" counter and the argmax's "last block" ticket, each a ``threadfence`` before an atomic.
@@ -68,7 +73,7 @@ def build(plan_key, plan, barriers: bool = True):
     return kernel
 
 
-def _build(plan, barriers: bool):
+def _build(plan, barriers: bool, max_registers: int | None = None):
     """The version-1 kernel for a plan. ``barriers=False`` removes every grid barrier: a test-only switch that
     shows the barriers are what makes the result right (the kernel is then wrong, never hangs)."""
     c = plan.config
@@ -98,11 +103,8 @@ def _build(plan, barriers: bool):
     PL0 = SC["proj_lin"][0]
     OL0 = SC["o_lin"][0]
     PA0 = SC["proj_att"][0]
-    Q0 = SC["q"][0]
     GT0 = SC["gate"][0]
     AO0 = SC["attn_out"][0]
-    ML0 = SC["partial_ml"][0]
-    PO0 = SC["partial_o"][0]
     ACT0 = SC["act"][0]
     LG0 = SC["logits"][0]
     # weight arena offsets (words / floats)
@@ -112,7 +114,6 @@ def _build(plan, barriers: bool):
     W_EMB, W_LM = lay.embed, lay.lm_head
     F_IN, F_POST, NS_ = lay.input_norm, lay.post_norm, lay.norm_stride
     F_FINAL, F_FREQ = lay.final_norm, lay.inv_freq
-    F_CONV, CONV_S = lay.conv_w, lay.conv_stride
     F_ALOG, F_DT, F_GN, LSS = lay.A_log, lay.dt_bias, lay.gated_norm, lay.lin_small_stride
     F_QN, F_KN, ASS = lay.q_norm, lay.k_norm, lay.att_small_stride
     # the shared bodies
@@ -122,13 +123,14 @@ def _build(plan, barriers: bool):
     o_body = mv.matvec_rows(plan.G_o, residual=True, x_shared=plan.G_o == 1)
     down_body = mv.matvec_rows(plan.G_down, residual=True, x_shared=plan.G_down == 1)
     lm_body = lmh.lm_head_argmax_rows(plan.G_lm)
-    has_lin = bool((KIND == 0).any())
-    has_att = bool((KIND == 1).any())
+    has_lin = HAS_LIN = bool((KIND == 0).any())
+    has_att = HAS_ATT = bool((KIND == 1).any())
     dn_body = dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T) if has_lin else None
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if has_att else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if has_att else None
     comb_body = attn.combine_item(Hq, Dh, T) if has_att else None
     BARRIERS = barriers
+    MAX_REGISTERS = max_registers
 
     @cuda.jit(device=True)
     def barrier(grid, count):
@@ -136,115 +138,135 @@ def _build(plan, barriers: bool):
             grid.sync()
         return count + 1
 
-    @cuda.jit
-    def persistent_v1(Ww, Wf, conv, rec, kc, vc, position, scr, ctl, best, best_s, tokens, counters, trace):
+    # One device function per layer kind: the arena slices are made where they are used, so they live in
+    # registers for one phase only (slices made once at the top of the kernel stay live across the whole step
+    # loop: that alone took the kernel to 255 registers and a 1 KB stack).
+    @cuda.jit(device=True)
+    def deltanet_layer(i, j, Ww, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, parts, scratch, flag, grid,
+                       count):
+        h = scr[H0:H0 + D_]
+        proj_lin = scr[PL0:PL0 + P_LIN]
+        o_lin = scr[OL0:OL0 + HVDV]
+        in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
+        w_in = Ww[W_IN + j * LIN_S:W_IN + j * LIN_S + P_LIN * D_ // 2]
+        in_body(h, in_norm, w_in, proj_lin, P_LIN, D_, EPS, b, nb, ws, parts, scratch)
+        count = barrier(grid, count)
+        a_log = Wf[F_ALOG + j * LSS:F_ALOG + j * LSS + Hv]
+        dt_bias = Wf[F_DT + j * LSS:F_DT + j * LSS + Hv]
+        for item in range(b, N_DN, nb):
+            dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
+        count = barrier(grid, count)
+        z = scr[PL0 + C:PL0 + C + HVDV]
+        gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
+        w_out = Ww[W_OUT + j * LIN_S:W_OUT + j * LIN_S + D_ * HVDV // 2]
+        out_body(o_lin, z, gn, w_out, h, D_, Hv, Dv, EPS, b, nb, ws, parts)
+        return barrier(grid, count)
+
+    @cuda.jit(device=True)
+    def attention_layer(i, j, Ww, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, parts, scratch, grid, count):
+        h = scr[H0:H0 + D_]
+        proj_att = scr[PA0:PA0 + P_ATT]
+        gate = scr[GT0:GT0 + HQDH]
+        attn_out = scr[AO0:AO0 + HQDH]
+        in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
+        w_qkv = Ww[W_QKV + j * ATT_S:W_QKV + j * ATT_S + P_ATT * D_ // 2]
+        in_body(h, in_norm, w_qkv, proj_att, P_ATT, D_, EPS, b, nb, ws, parts, scratch)
+        count = barrier(grid, count)
+        qn = Wf[F_QN + j * ASS:F_QN + j * ASS + Dh]
+        kn = Wf[F_KN + j * ASS:F_KN + j * ASS + Dh]
+        inv_freq = Wf[F_FREQ:F_FREQ + R // 2]
+        for item in range(b, Hq + Hkv, nb):
+            prep_body(item, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)
+        count = barrier(grid, count)
+        length = pos + 1
+        ns = attn.splits_for_length(S_MAX, length)
+        for item in range(b, Hkv * ns, nb):
+            dec_body(item // ns, item % ns, ns, length, q, kc[j], vc[j], pml, po, ws)
+        count = barrier(grid, count)
+        for item in range(b, Hq, nb):
+            comb_body(item, ns, pml, po, gate, attn_out, ws)
+        count = barrier(grid, count)
+        w_o = Ww[W_O + j * ATT_S:W_O + j * ATT_S + D_ * HQDH // 2]
+        o_body(w_o, attn_out, h, D_, HQDH, b, nb, ws, parts)
+        return barrier(grid, count)
+
+    @cuda.jit(device=True)
+    def mlp(i, Ww, Wf, scr, b, nb, ws, parts, scratch, grid, count):
+        h = scr[H0:H0 + D_]
+        act = scr[ACT0:ACT0 + F]
+        post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
+        m = i * MLP_S
+        w_gate = Ww[W_GATE + m:W_GATE + m + F * D_ // 2]
+        w_up = Ww[W_UP + m:W_UP + m + F * D_ // 2]
+        sw_body(h, post_norm, w_gate, w_up, act, F, D_, EPS, b, nb, ws, parts, scratch)
+        count = barrier(grid, count)
+        w_down = Ww[W_DOWN + m:W_DOWN + m + D_ * F // 2]
+        down_body(w_down, act, h, D_, F, b, nb, ws, parts)
+        return barrier(grid, count)
+
+    @cuda.jit(device=True)
+    def lm_head_and_token(Ww, Wf, scr, best, best_s, sample, inv_t, seed_lo, seed_hi, pos, b, nb, ws, parts,
+                          scratch, keys, grid, count):
+        h = scr[H0:H0 + D_]
+        logits = scr[LG0:LG0 + V]
+        lm_w = Ww[W_LM:W_LM + V * D_ // 2]
+        final_norm = Wf[F_FINAL:F_FINAL + D_]
+        lm_body(h, final_norm, lm_w, logits, V, D_, EPS, best, b, nb, ws, parts, scratch, keys)
+        count = barrier(grid, count)
+        if sample:
+            lmh.sample_gumbel_rows(logits, V, inv_t, seed_lo, seed_hi, pos, best_s, b, nb, keys)
+            count = barrier(grid, count)
+        return count
+
+    @cuda.jit(max_registers=MAX_REGISTERS)
+    def persistent_v1(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
+                      counters, trace):
         ws = cuda.shared.array(0, float32)
         parts = cuda.shared.array(PARTS_LEN, float32)
         scratch = cuda.shared.array(32, float32)
         flag = cuda.shared.array(1, int32)
+        keys = cuda.shared.array(WARP, int64)
         grid = cuda.cg.this_grid()
         b = cuda.blockIdx.x
         nb = cuda.gridDim.x
         first = b == 0 and cuda.threadIdx.x == 0
 
-        h = scr[H0:H0 + D_]
-        proj_lin = scr[PL0:PL0 + P_LIN]
-        z = scr[PL0 + C:PL0 + C + HVDV]
-        o_lin = scr[OL0:OL0 + HVDV]
-        proj_att = scr[PA0:PA0 + P_ATT]
-        q = scr[Q0:Q0 + HQDH].reshape((Hq, Dh))
-        gate = scr[GT0:GT0 + HQDH]
-        attn_out = scr[AO0:AO0 + HQDH]
-        pml = scr[ML0:ML0 + Hq * S_MAX * 2].reshape((Hq, S_MAX, 2))
-        po = scr[PO0:PO0 + Hq * S_MAX * Dh].reshape((Hq, S_MAX, Dh))
-        act = scr[ACT0:ACT0 + F]
-        logits = scr[LG0:LG0 + V]
-        embed = Ww[W_EMB:W_EMB + V * D_ // 2]
-        lm_w = Ww[W_LM:W_LM + V * D_ // 2]
-        final_norm = Wf[F_FINAL:F_FINAL + D_]
-        inv_freq = Wf[F_FREQ:F_FREQ + R // 2]
-
         pos0 = position[0]
         n_steps = ctl[P.CTL_STEPS]
-        eos = ctl[P.CTL_EOS]
-        sample = ctl[P.CTL_SAMPLE] != 0
-        tracing = ctl[P.CTL_TRACE] != 0
-        inv_t = D.bits_to_f32(ctl[P.CTL_INV_T])
-        seed_lo = int64(ctl[P.CTL_SEED_LO]) & int64(0xFFFFFFFF)  # the seed's bits, not a signed value
-        seed_hi = int64(ctl[P.CTL_SEED_HI]) & int64(0xFFFFFFFF)
         token = ctl[P.CTL_TOKEN]
+        if token < 0:  # continue from the previous launch's last token (one launch per token, no host copy)
+            token = ctl[P.CTL_LAST]
         count = 0
         done = 0
         for step in range(n_steps):
             pos = pos0 + step
-            length = pos + 1
-            embed_rows(embed, token, h, D_ // 2, b, nb)
+            embed_rows(Ww[W_EMB:W_EMB + V * D_ // 2], token, scr[H0:H0 + D_], D_ // 2, b, nb)
             count = barrier(grid, count)
             for i in range(L):
-                j = SLOT[i]
-                in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
                 if KIND[i] == 0:
-                    # ---- Gated DeltaNet
-                    w_in = Ww[W_IN + j * LIN_S:W_IN + j * LIN_S + P_LIN * D_ // 2]
-                    in_body(h, in_norm, w_in, proj_lin, P_LIN, D_, EPS, b, nb, ws, parts, scratch)
-                    count = barrier(grid, count)
-                    conv_w = Wf[F_CONV + j * CONV_S:F_CONV + j * CONV_S + C * KC].reshape((C, KC))
-                    a_log = Wf[F_ALOG + j * LSS:F_ALOG + j * LSS + Hv]
-                    dt_bias = Wf[F_DT + j * LSS:F_DT + j * LSS + Hv]
-                    for item in range(b, N_DN, nb):
-                        dn_body(item, proj_lin, conv_w, conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
-                    count = barrier(grid, count)
-                    gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
-                    w_out = Ww[W_OUT + j * LIN_S:W_OUT + j * LIN_S + D_ * HVDV // 2]
-                    out_body(o_lin, z, gn, w_out, h, D_, Hv, Dv, EPS, b, nb, ws, parts)
-                    count = barrier(grid, count)
+                    if HAS_LIN:  # compile-time: a config without DeltaNet layers never types this call
+                        count = deltanet_layer(i, SLOT[i], Ww, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws,
+                                               parts, scratch, flag, grid, count)
                 else:
-                    # ---- gated attention
-                    w_qkv = Ww[W_QKV + j * ATT_S:W_QKV + j * ATT_S + P_ATT * D_ // 2]
-                    in_body(h, in_norm, w_qkv, proj_att, P_ATT, D_, EPS, b, nb, ws, parts, scratch)
-                    count = barrier(grid, count)
-                    qn = Wf[F_QN + j * ASS:F_QN + j * ASS + Dh]
-                    kn = Wf[F_KN + j * ASS:F_KN + j * ASS + Dh]
-                    for item in range(b, Hq + Hkv, nb):
-                        prep_body(item, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)
-                    count = barrier(grid, count)
-                    ns = attn.splits_for_length(S_MAX, length)
-                    for item in range(b, Hkv * ns, nb):
-                        dec_body(item // ns, item % ns, ns, length, q, kc[j], vc[j], pml, po, ws)
-                    count = barrier(grid, count)
-                    for item in range(b, Hq, nb):
-                        comb_body(item, ns, pml, po, gate, attn_out, ws)
-                    count = barrier(grid, count)
-                    w_o = Ww[W_O + j * ATT_S:W_O + j * ATT_S + D_ * HQDH // 2]
-                    o_body(w_o, attn_out, h, D_, HQDH, b, nb, ws, parts)
-                    count = barrier(grid, count)
-                # ---- MLP
-                post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
-                m = i * MLP_S
-                w_gate = Ww[W_GATE + m:W_GATE + m + F * D_ // 2]
-                w_up = Ww[W_UP + m:W_UP + m + F * D_ // 2]
-                sw_body(h, post_norm, w_gate, w_up, act, F, D_, EPS, b, nb, ws, parts, scratch)
-                count = barrier(grid, count)
-                w_down = Ww[W_DOWN + m:W_DOWN + m + D_ * F // 2]
-                down_body(w_down, act, h, D_, F, b, nb, ws, parts)
-                count = barrier(grid, count)
-                if tracing:  # h is final for layer i until the next layer's first residual add, 2 phases on
+                    if HAS_ATT:
+                        count = attention_layer(i, SLOT[i], Ww, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, parts,
+                                                scratch, grid, count)
+                count = mlp(i, Ww, Wf, scr, b, nb, ws, parts, scratch, grid, count)
+                if ctl[P.CTL_TRACE] != 0:  # h is final for layer i until the next residual add, 2 phases on
                     for d in range(b * T + cuda.threadIdx.x, D_, nb * T):
-                        trace[i, d] = h[d]
-            # ---- LM head + argmax, and the next token
-            lm_body(h, final_norm, lm_w, logits, V, D_, EPS, best, b, nb, ws, parts, scratch)
-            count = barrier(grid, count)
-            if sample:
-                lmh.sample_gumbel_rows(logits, V, inv_t, seed_lo, seed_hi, pos, best_s, b, nb)
-                count = barrier(grid, count)
-                token = int32(best_s[3])
-            else:
-                token = int32(best[3])
+                        trace[i, d] = scr[H0 + d]
+            sample = ctl[P.CTL_SAMPLE] != 0
+            seed_lo = int64(ctl[P.CTL_SEED_LO]) & int64(0xFFFFFFFF)  # the seed's bits, not a signed value
+            seed_hi = int64(ctl[P.CTL_SEED_HI]) & int64(0xFFFFFFFF)
+            count = lm_head_and_token(Ww, Wf, scr, best, best_s, sample, D.bits_to_f32(ctl[P.CTL_INV_T]), seed_lo,
+                                      seed_hi, pos, b, nb, ws, parts, scratch, keys, grid, count)
+            token = int32(best_s[3]) if sample else int32(best[3])
             if first:
-                tokens[step] = token
+                tokens[pos] = token  # the token chosen at position pos (the input of position pos + 1)
             done = step + 1
-            if token == eos:
+            if token == ctl[P.CTL_EOS]:
                 break
+        count = barrier(grid, count)  # every block has read position and ctl before they change
         if first:
             position[0] = pos0 + done
             ctl[P.CTL_DONE] = done
@@ -254,6 +276,7 @@ def _build(plan, barriers: bool):
     return persistent_v1
 
 
-SIGNATURE = ("void(int32[::1], float32[::1], float32[:, :, ::1], float32[:, :, :, ::1], int16[:, :, :, ::1], "
-             "int16[:, :, :, ::1], int32[::1], float32[::1], int32[::1], int64[::1], int64[::1], int32[::1], "
-             "int32[::1], float32[:, ::1])")
+SIGNATURE = ("void(int32[::1], float32[::1], float32[:, :, :], float32[:, :, ::1], float32[:, :, :, ::1], "
+             "int16[:, :, :, ::1], int16[:, :, :, ::1], int32[::1], float32[::1], float32[:, ::1], "
+             "float32[:, :, ::1], float32[:, :, ::1], int32[::1], int64[::1], int64[::1], int32[::1], int32[::1], "
+             "float32[:, ::1])")

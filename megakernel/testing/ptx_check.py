@@ -166,10 +166,11 @@ def _needs_cudadevrt(ptx: str) -> bool:
     return bool(re.search(r"\.extern\s+\.func[^\n]*\bcudaCG", ptx))
 
 
-def _assemble_nvjitlink(ptx: str, arch: str) -> tuple[str, str]:
+def _assemble_nvjitlink(ptx: str, arch: str, max_registers: int | None = None) -> tuple[str, str]:
     from cuda.bindings import nvjitlink
 
-    handle = nvjitlink.create(2, [f"-arch={arch}", "-verbose"])
+    options = [f"-arch={arch}", "-verbose"] + ([f"-maxrregcount={max_registers}"] if max_registers else [])
+    handle = nvjitlink.create(len(options), options)
     try:
         data = ptx.encode()
         nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel.ptx")
@@ -202,7 +203,7 @@ def _find_ptxas() -> str | None:
     )
 
 
-def _assemble_ptxas(ptx: str, arch: str) -> tuple[str, str]:
+def _assemble_ptxas(ptx: str, arch: str, max_registers: int | None = None) -> tuple[str, str]:
     exe = _find_ptxas()
     if exe is None:
         raise RuntimeError("no ptxas on PATH")
@@ -211,6 +212,8 @@ def _assemble_ptxas(ptx: str, arch: str) -> tuple[str, str]:
         for _ in range(2):
             src.write_text(ptx)
             cmd = [exe, f"-arch={arch}", "-v", "-c", "-o", str(Path(tmp, "k.o")), str(src)]
+            if max_registers:
+                cmd.insert(1, f"-maxrregcount={max_registers}")
             proc = subprocess.run(cmd, capture_output=True, text=True)
             log = proc.stdout + proc.stderr
             if proc.returncode == 0:
@@ -223,14 +226,15 @@ def _assemble_ptxas(ptx: str, arch: str) -> tuple[str, str]:
         raise RuntimeError(f"ptxas failed:\n{log}")
 
 
-def assemble(ptx: str, arch: str = ARCH) -> tuple[str, str]:
-    """Assemble PTX for ``arch``; returns (tool used, its verbose log)."""
+def assemble(ptx: str, arch: str = ARCH, max_registers: int | None = None) -> tuple[str, str]:
+    """Assemble PTX for ``arch`` (``max_registers``: the kernel's register cap, as ``cuda.jit(max_registers=)``
+    passes it to the linker); returns (tool used, its verbose log)."""
     try:
-        return _assemble_nvjitlink(ptx, arch)
+        return _assemble_nvjitlink(ptx, arch, max_registers)
     except (ImportError, OSError) as exc:  # library missing: try the command-line tool
         nvjitlink_error = exc
     try:
-        return _assemble_ptxas(ptx, arch)
+        return _assemble_ptxas(ptx, arch, max_registers)
     except RuntimeError as exc:
         raise RuntimeError(f"cannot assemble: nvJitLink: {nvjitlink_error}; ptxas: {exc}") from exc
 

@@ -1,0 +1,158 @@
+"""The megakernel's schedule as Python data: what each phase of a decode step reads, writes and streams, who
+does it, and where the grid waits.
+
+This is the kernel's plan in a form a reader (and a test) can inspect without a GPU, in the spirit of Hazy
+Research's ``python_vm.py``: notebook 07 draws it, and the tests check that
+
+* every read of a buffer is ordered after the phase that wrote it by a barrier (``check_dependencies``: a phase
+  whose reads race with an earlier phase's writes, or whose writes race with an earlier phase's reads, is an
+  error; remove a barrier from the list and it says which buffer and which phases);
+* executing the phases in order in plain PyTorch (``execute``) gives the reference's logits and every state, so
+  the list is complete and in the right order;
+* the kernel passes exactly as many grid barriers as the schedule has (the kernel counts its own, ``CTL_BARRIERS``).
+
+A phase's ``work`` is how it is spread over the grid: ``rows`` (matvec rows, ``units`` of them, split over every
+block by the shared matvec skeleton), ``items`` (independent work items: DeltaNet column slabs, attention heads or
+splits; block b takes items b, b + nblocks, ...), or ``all`` (every block the same small job).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reference.config import LINEAR
+from reference.budget import decode_budget
+
+# buffers: activations in the scratch arena, and the decode state
+STATE = ("conv", "rec", "kv")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str                 # embed, in_proj, deltanet, out_proj, qkv, attn_prepare, attn_decode, attn_combine,
+    layer: int | None         #   o_proj, mlp_gate_up, mlp_down, lm_head, sample
+    work: str                 # "rows" | "items" | "all"
+    units: int                # rows or items
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]   # "h+" = read-modify-write of the residual stream's rows (each row by one warp)
+    weight_bytes: int
+    state_bytes: int = 0      # DeltaNet state read + written, KV cache read
+    barrier_after: bool = True
+
+    @property
+    def label(self) -> str:
+        return self.name if self.layer is None else f"{self.name}[{self.layer}]"
+
+
+def step_phases(config, context: int = 1, sample: bool = False, version: int = 1) -> list[Phase]:
+    """The phases of one decode step at a context of ``context`` cached positions (the new token included)."""
+    c = config
+    D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
+    Hv, Dk, Dv = c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim
+    Hq, Hkv, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    from megakernel.kernels.attention import attention_splits
+
+    splits = attention_splits(max(1, context))
+    rows_in = c.conv_dim + c.value_dim + 2 * Hv
+    rows_qkv = 2 * Hq * Dh + 2 * Hkv * Dh
+    phases = [Phase("embed", None, "all", 1, ("token",), ("h",), D * 2)]
+    for i, kind in enumerate(c.layer_types):
+        if kind == LINEAR:
+            phases += [
+                Phase("in_proj", i, "rows", rows_in, ("h",), ("proj_lin",), rows_in * D * 2),
+                Phase("deltanet", i, "items", Hv * Dv // 16 if Dv % 16 == 0 else Hv, ("proj_lin", "conv", "rec"),
+                      ("o_lin", "conv", "rec"), 0, state_bytes=2 * Hv * Dk * Dv * 4),
+                Phase("out_proj", i, "rows", D, ("o_lin", "proj_lin"), ("h+",), D * c.value_dim * 2),
+            ]
+        else:
+            phases += [
+                Phase("qkv", i, "rows", rows_qkv, ("h",), ("proj_att",), rows_qkv * D * 2),
+                Phase("attn_prepare", i, "items", Hq + Hkv, ("proj_att",), ("q", "gate", "kv"), 0),
+                Phase("attn_decode", i, "items", Hkv * splits, ("q", "kv"), ("partials",), 0,
+                      state_bytes=2 * Hkv * context * Dh * 2),
+                Phase("attn_combine", i, "items", Hq, ("partials", "gate"), ("attn_out",), 0),
+                Phase("o_proj", i, "rows", D, ("attn_out",), ("h+",), D * Hq * Dh * 2),
+            ]
+        phases += [
+            Phase("mlp_gate_up", i, "rows", F, ("h",), ("act",), 2 * F * D * 2),
+            Phase("mlp_down", i, "rows", D, ("act",), ("h+",), D * F * 2),
+        ]
+    phases.append(Phase("lm_head", None, "rows", V, ("h",), ("logits", "token"), V * D * 2))
+    if sample:
+        phases.append(Phase("sample", None, "all", V, ("logits",), ("token",), 0))
+    return phases
+
+
+def barriers_per_token(config, sample: bool = False, version: int = 1) -> int:
+    """Grid barriers one decode step costs (the kernel adds one per launch, after its last step)."""
+    return sum(p.barrier_after for p in step_phases(config, sample=sample, version=version))
+
+
+class ScheduleError(AssertionError):
+    """A phase reads (or overwrites) a buffer without a barrier ordering it after the phase that wrote (read) it."""
+
+
+def check_dependencies(phases: list[Phase], steps: int = 2) -> None:
+    """Raise ``ScheduleError`` unless every cross-phase hand-off is ordered by a barrier, over ``steps`` steps
+    (the last phase of a step hands the token to the next step's first). Within one phase, the work is disjoint
+    by construction (each row, item and split has one owner; "h+" rows are read and written by their owner)."""
+    seq = [p for _ in range(steps) for p in phases]
+    last_write: dict[str, int] = {}
+    reads_since: dict[str, list[int]] = {}
+    epoch = 0  # barriers passed so far
+    epoch_of: list[int] = []
+    for idx, p in enumerate(seq):
+        epoch_of.append(epoch)
+        reads = set(p.reads) | {w[:-1] for w in p.writes if w.endswith("+")}
+        writes = {w.rstrip("+") for w in p.writes}
+        for buf in reads:
+            w = last_write.get(buf)
+            if w is not None and w != idx and epoch_of[w] == epoch:
+                raise ScheduleError(f"{p.label} reads {buf!r} written by {seq[w].label} with no barrier between")
+        for buf in writes:
+            for r in reads_since.get(buf, []):
+                if r != idx and epoch_of[r] == epoch:
+                    raise ScheduleError(f"{p.label} overwrites {buf!r} that {seq[r].label} reads, with no barrier "
+                                        "between")
+            w = last_write.get(buf)
+            if w is not None and w != idx and epoch_of[w] == epoch:
+                raise ScheduleError(f"{p.label} and {seq[w].label} both write {buf!r} with no barrier between")
+        for buf in reads:
+            reads_since.setdefault(buf, []).append(idx)
+        for buf in writes:
+            last_write[buf] = idx
+            reads_since[buf] = [r for r in reads_since.get(buf, []) if r == idx]
+        if p.barrier_after:
+            epoch += 1
+
+
+def bytes_per_step(phases: list[Phase]) -> int:
+    return sum(p.weight_bytes + p.state_bytes for p in phases)
+
+
+def check_bytes(config, context: int = 1) -> None:
+    """The schedule streams exactly the bytes of ``reference.budget`` (weights + DeltaNet state + KV cache)."""
+    phases = step_phases(config, context)
+    budget = decode_budget(config, context=context)
+    total = bytes_per_step(phases)
+    if abs(total - budget.total_bytes) > 0.01 * budget.total_bytes:
+        raise ScheduleError(f"schedule streams {total} B per step, the budget says {budget.total_bytes} B")
+
+
+def block_work(phase: Phase, block: int, nblocks: int, rows_per_block: int = 1) -> list[int]:
+    """The rows or items block ``block`` of ``nblocks`` takes in a phase (as the kernel's bodies distribute them:
+    rows in groups of ``rows_per_block`` = warps / G, items round-robin)."""
+    if phase.work == "all":
+        return [0] if block == 0 else []
+    if phase.work == "items":
+        return list(range(block, phase.units, nblocks))
+    out = []
+    for base in range(block * rows_per_block, phase.units, nblocks * rows_per_block):
+        out += [r for r in range(base, min(base + rows_per_block, phase.units))]
+    return out
+
+
+__all__ = ["Phase", "step_phases", "barriers_per_token", "check_dependencies", "check_bytes", "bytes_per_step",
+           "block_work", "ScheduleError"]

@@ -1,0 +1,166 @@
+"""The persistent megakernel on the GPU at the real Qwen3.5-0.8B shapes (synthetic checkpoint), every version.
+
+Oracle: the reference on the same GPU computing in fp32 from the same bf16 weights with a bf16 KV cache (the
+arithmetic the kernels do), and the layered decoder (the same device bodies, one launch per op). Tolerances as
+tests/gpu/test_gpu_layered.py: 1e-3 relative for logits and fp32 states after 64 steps, 1e-3 + 2^-8 for the bf16
+KV cache (one bf16 step of drift where both sides straddle a rounding midpoint).
+
+Memory ordering between blocks cannot be checked on the CPU (the simulator's memory is sequentially consistent):
+the stress test runs the kernel many times at several grid sizes and requires bit-identical tokens, logits and
+states every time.
+"""
+
+import pytest
+import torch
+
+from megakernel.launch import gpu_available
+from reference.check import bf16_storage_tol, check
+from reference.hf_compare import compare_states
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU")]
+
+TOL = 1e-3
+LONG = [(i * 7919) % 200_000 + 17 for i in range(2100)]  # a 2,100-token prompt
+PROMPTS = [[785, 6722, 315, 9625, 374], list(range(1000, 1037)), LONG]
+
+
+def _versions():
+    from megakernel.persistent import VERSIONS
+
+    return sorted(VERSIONS)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    import megakernel
+    from reference import ensure_synthetic_checkpoint
+
+    return megakernel.load(ensure_synthetic_checkpoint(), "reference")
+
+
+@pytest.fixture(scope="module")
+def layered(ref):
+    from megakernel.layered import LayeredDecoder
+
+    return LayeredDecoder(ref, max_context=4096)
+
+
+@pytest.fixture(scope="module", params=_versions(), ids=lambda v: f"v{v}")
+def pers(request, ref):
+    from megakernel.persistent import PersistentDecoder
+
+    dec = PersistentDecoder(ref, max_context=4096, version=request.param)
+    dec.kernel()
+    print(f"\npersistent v{dec.version}: {dec.blocks} blocks x {dec.plan.threads} threads, "
+          f"{getattr(dec, 'registers', '?')} registers, {dec.plan.shared_bytes} B dynamic shared memory")
+    return dec
+
+
+def test_logits_and_all_states_after_64_steps(ref, pers, capsys):
+    worst = {"logits": 0.0, "states": 0.0}
+    for prompt in PROMPTS[:2]:
+        ref_logits, ref_state = ref.prefill(prompt)
+        _, state = pers.prefill(prompt)
+        token = int(ref_logits[-1].argmax())
+        for step in range(64):
+            out = pers.decode_step(token, state)
+            expected = ref.decode_step(token, ref_state)
+            worst["logits"] = max(worst["logits"], check(f"step {step} logits", expected, out, TOL, verbose=False).rel)
+            token = int(expected.argmax())
+        results = compare_states(ref_state.to("cpu"), state.to_reference(), TOL, prefix="after 64 steps ")
+        worst["states"] = max([worst["states"]] + [r.rel for r in results])
+    with capsys.disabled():
+        print(f"\npersistent v{pers.version} vs reference, 2 prompts x 64 steps: worst logits rel "
+              f"{worst['logits']:.2e}, worst state rel {worst['states']:.2e} (tol {TOL:.0e}, bf16 KV "
+              f"{bf16_storage_tol(TOL):.1e})")
+
+
+def test_greedy_tokens_identical_to_layered_and_reference_over_128(ref, layered, pers):
+    for prompt in PROMPTS:
+        expected = ref.generate(prompt, 128, stop_at_eos=False).tolist()
+        assert layered.greedy_tokens(prompt, 128) == expected
+        assert pers.greedy_tokens(prompt, 128) == expected, f"prompt of {len(prompt)} tokens"
+        assert pers.last_run["steps"] == 127
+
+
+def test_one_and_n_token_launches_give_the_same_tokens(pers):
+    prompt = PROMPTS[1]
+    all_in_one = pers.greedy_tokens(prompt, 48)
+    assert pers.greedy_tokens(prompt, 48, steps_per_launch=5) == all_in_one
+    logits, state = pers.prefill(prompt)
+    steps = [int(logits[-1].argmax())]
+    for _ in range(47):
+        steps.append(int(pers.decode_step(steps[-1], state).argmax()))
+    assert steps == all_in_one
+    logits, state = pers.prefill(prompt)
+    relaunched = [int(logits[-1].argmax())]
+    relaunched += pers.run(state, relaunched[0], 1)
+    pers.relaunch(46)
+    relaunched += pers.finish()
+    assert relaunched == all_in_one
+
+
+def test_barrier_count_matches_the_schedule(pers):
+    logits, state = pers.prefill([1, 2, 3])
+    pers.run(state, int(logits[-1].argmax()), 4)
+    assert pers.last_run["barriers"] == 4 * pers.barriers_per_step() + 1
+
+
+def test_stress_bit_identical_over_runs_and_grid_sizes(pers):
+    """Memory ordering: 5 runs at each of 3 grid sizes, 24 steps each, every token, logits and state identical."""
+    prompt = PROMPTS[1]
+    full = pers.resize_grid(None)
+    baseline = None
+    try:
+        for blocks in (full, max(1, full // 2), 37 if full > 37 else max(1, full - 1)):
+            pers.resize_grid(blocks)
+            for run in range(5):
+                logits, state = pers.prefill(prompt)
+                tokens = pers.run(state, int(logits[-1].argmax()), 24)
+                result = (tokens, pers.logits.clone(), state.to_reference())
+                if baseline is None:
+                    baseline = result
+                    continue
+                assert result[0] == baseline[0], f"tokens differ at grid {blocks}, run {run}"
+                assert torch.equal(result[1], baseline[1]), f"logits differ at grid {blocks}, run {run}"
+                a, b = result[2], baseline[2]
+                for i in a.conv:
+                    assert torch.equal(a.conv[i], b.conv[i]) and torch.equal(a.recurrent[i], b.recurrent[i]), i
+                for i in a.k_cache:
+                    assert torch.equal(a.k_cache[i], b.k_cache[i]) and torch.equal(a.v_cache[i], b.v_cache[i]), i
+    finally:
+        pers.resize_grid(None)
+
+
+def test_sampling_in_the_kernel_is_reproducible_and_follows_its_keys(pers):
+    prompt = PROMPTS[0]
+    a = pers.generate(prompt, 24, temperature=0.8, seed=1234, stop_at_eos=False).tolist()
+    b = pers.generate(prompt, 24, temperature=0.8, seed=1234, stop_at_eos=False).tolist()
+    c = pers.generate(prompt, 24, temperature=0.8, seed=99, stop_at_eos=False).tolist()
+    assert a == b and a != c
+
+
+def _chunked_reference_prefill(ref, ids, capacity, chunk=2048):
+    state = ref.new_state(capacity=capacity)
+    logits = None
+    for i in range(0, len(ids), chunk):
+        logits, state = ref.prefill(ids[i : i + chunk], state=state, last_only=True)
+    return logits, state
+
+
+def test_32k_context_decodes_correctly(ref, pers):
+    """A 32,000-token context (reference prefill in chunks), then 16 steps against the reference."""
+    from megakernel.persistent import PersistentDecoder
+
+    ids = [(i * 104729) % 240_000 + 3 for i in range(32_000)]
+    dec = PersistentDecoder(ref, max_context=32_768, version=pers.version)
+    logits, ref_state = _chunked_reference_prefill(ref, ids, capacity=32_768)
+    state = dec.new_state()
+    state.load_reference(ref_state)
+    token = int(logits[-1].argmax())
+    for step in range(16):
+        out = dec.decode_step(token, state)
+        expected = ref.decode_step(token, ref_state)
+        check(f"32k step {step} logits", expected, out, TOL, verbose=False)
+        assert int(out.argmax()) == int(expected.argmax())
+        token = int(expected.argmax())
