@@ -291,11 +291,13 @@ def checked_cell(info: dict) -> str:
 
 def launches_cell(info: dict) -> str:
     n, k = info.get("launches_per_token"), info.get("kernels_per_token")
+    note = info.get("launches_note") or ""
+    if note.startswith("persistent:"):
+        return note[len("persistent:"):].strip()
     if n == 1 and k:
         return f"1 graph ({k:,} kernels)"
     if n:
         return f"{n:,}"
-    note = info.get("launches_note") or ""
     return "graphs" if note.startswith("CUDA graph") else "unknown"
 
 

@@ -712,6 +712,7 @@ class KernelStage(DecoderSystem):
                 token = int(torch.argmax(logits[-1]))
                 if self.step_mode:  # the first launch sets the control block up (untimed)
                     self.model.run(state, token, 1)
+                    gen -= 1
                     sync(self.device)
                     t0 = time.perf_counter()
                     self.model.relaunch(gen)
@@ -735,9 +736,9 @@ class KernelStage(DecoderSystem):
     def count_launches(self):
         fn = getattr(self.model, "launches_per_token", None)
         if self.stage == "persistent":
-            self.launches, self.kernels = (1, 1) if self.step_mode else (0, 1)
-            self.launches_note = ("1 launch (one kernel)" if self.step_mode else
-                                  "1 launch per 128 tokens (one kernel)")
+            self.launches, self.kernels = (1, 1) if self.step_mode else (None, 1)
+            self.launches_note = ("persistent: 1 kernel" if self.step_mode else
+                                  "persistent: 1 kernel per 128 tokens")
             return
         if callable(fn) and self.graph:
             self.launches, self.kernels = 1, int(fn())

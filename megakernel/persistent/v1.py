@@ -42,15 +42,13 @@ from numba.cuda import float32, int32, int64
 
 from megakernel import device as D
 
-from ..kernels import attention as attn
-from ..kernels import deltanet as dn
 from ..kernels import fused_matvec as fm
 from ..kernels import lm_head as lmh
 from ..kernels import matvec as mv
 from ..kernels.embedding import embed_rows
 from ..kernels.matvec import PARTS_LEN, WARP
-from ..layout import arena_layout
 from . import plan as P
+from .phases import Offsets, make_barrier, make_mixers
 
 VERSION = 1
 DESCRIPTION = "grid barrier after every phase (134 per 0.8B token); the layered kernels' bodies as phases"
@@ -76,46 +74,19 @@ def build(plan_key, plan, barriers: bool = True):
 def _build(plan, barriers: bool, max_registers: int | None = None):
     """The version-1 kernel for a plan. ``barriers=False`` removes every grid barrier: a test-only switch that
     shows the barriers are what makes the result right (the kernel is then wrong, never hangs)."""
-    c = plan.config
-    lay = arena_layout(c)
-    T = plan.threads
-    NW = T // WARP
-    D_ = c.hidden_size
-    F = c.intermediate_size
-    V = c.vocab_size
-    EPS = np.float32(c.rms_norm_eps)
-    L = c.num_hidden_layers
-    KIND, SLOT = plan.layer_table()
-    # DeltaNet sizes
-    Hk, Hv, Dk, Dv, KC = dn.deltanet_sizes(c)
-    C = c.conv_dim
-    P_LIN = C + c.value_dim + 2 * Hv
-    HVDV = c.value_dim
-    N_DN = plan.deltanet_items
-    # attention sizes
-    Hq, Hkv, Dh, R = attn.attention_sizes(c)
-    P_ATT = 2 * Hq * Dh + 2 * Hkv * Dh
-    HQDH = Hq * Dh
-    S_MAX = plan.max_splits
-    # scratch offsets
-    SC = plan.scratch
-    H0 = SC["h"][0]
-    PL0 = SC["proj_lin"][0]
-    OL0 = SC["o_lin"][0]
-    PA0 = SC["proj_att"][0]
-    GT0 = SC["gate"][0]
-    AO0 = SC["attn_out"][0]
-    ACT0 = SC["act"][0]
-    LG0 = SC["logits"][0]
-    # weight arena offsets (words / floats)
+    o = Offsets(plan)
+    lay = o.lay
+    T, D_, F, V, EPS, L, KIND, SLOT = o.T, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
+    HAS_LIN, HAS_ATT = o.HAS_LIN, o.HAS_ATT
+    Hv, Dv, C, P_LIN, HVDV = o.Hv, o.Dv, o.C, o.P_LIN, o.HVDV
+    P_ATT, HQDH = o.P_ATT, o.HQDH
+    H0, PL0, OL0, PA0, AO0, ACT0, LG0 = o.H0, o.PL0, o.OL0, o.PA0, o.AO0, o.ACT0, o.LG0
     W_IN, W_OUT, LIN_S = lay.lin_in, lay.lin_out, lay.lin_stride
     W_QKV, W_O, ATT_S = lay.att_qkv, lay.att_o, lay.att_stride
     W_GATE, W_UP, W_DOWN, MLP_S = lay.mlp_gate, lay.mlp_up, lay.mlp_down, lay.mlp_stride
     W_EMB, W_LM = lay.embed, lay.lm_head
     F_IN, F_POST, NS_ = lay.input_norm, lay.post_norm, lay.norm_stride
-    F_FINAL, F_FREQ = lay.final_norm, lay.inv_freq
-    F_ALOG, F_DT, F_GN, LSS = lay.A_log, lay.dt_bias, lay.gated_norm, lay.lin_small_stride
-    F_QN, F_KN, ASS = lay.q_norm, lay.k_norm, lay.att_small_stride
+    F_FINAL, F_GN, LSS = lay.final_norm, lay.gated_norm, lay.lin_small_stride
     # the shared bodies
     in_body = fm.norm_matvec_rows(plan.G_in)
     sw_body = fm.norm_swiglu_rows(plan.G_sw)
@@ -123,39 +94,24 @@ def _build(plan, barriers: bool, max_registers: int | None = None):
     o_body = mv.matvec_rows(plan.G_o, residual=True, x_shared=plan.G_o == 1)
     down_body = mv.matvec_rows(plan.G_down, residual=True, x_shared=plan.G_down == 1)
     lm_body = lmh.lm_head_argmax_rows(plan.G_lm)
-    has_lin = HAS_LIN = bool((KIND == 0).any())
-    has_att = HAS_ATT = bool((KIND == 1).any())
-    dn_body = dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T) if has_lin else None
-    prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if has_att else None
-    dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if has_att else None
-    comb_body = attn.combine_item(Hq, Dh, T) if has_att else None
-    BARRIERS = barriers
     MAX_REGISTERS = max_registers
-
-    @cuda.jit(device=True)
-    def barrier(grid, count):
-        if BARRIERS:
-            grid.sync()
-        return count + 1
+    barrier = make_barrier(barriers)
+    deltanet_core, attention_core = make_mixers(plan, barrier)
 
     # One device function per layer kind: the arena slices are made where they are used, so they live in
     # registers for one phase only (slices made once at the top of the kernel stay live across the whole step
-    # loop: that alone took the kernel to 255 registers and a 1 KB stack).
+    # loop, which costs registers).
     @cuda.jit(device=True)
     def deltanet_layer(i, j, Ww, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, parts, scratch, flag, grid,
                        count):
         h = scr[H0:H0 + D_]
         proj_lin = scr[PL0:PL0 + P_LIN]
-        o_lin = scr[OL0:OL0 + HVDV]
         in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
         w_in = Ww[W_IN + j * LIN_S:W_IN + j * LIN_S + P_LIN * D_ // 2]
         in_body(h, in_norm, w_in, proj_lin, P_LIN, D_, EPS, b, nb, ws, parts, scratch)
         count = barrier(grid, count)
-        a_log = Wf[F_ALOG + j * LSS:F_ALOG + j * LSS + Hv]
-        dt_bias = Wf[F_DT + j * LSS:F_DT + j * LSS + Hv]
-        for item in range(b, N_DN, nb):
-            dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
-        count = barrier(grid, count)
+        count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count)
+        o_lin = scr[OL0:OL0 + HVDV]
         z = scr[PL0 + C:PL0 + C + HVDV]
         gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
         w_out = Ww[W_OUT + j * LIN_S:W_OUT + j * LIN_S + D_ * HVDV // 2]
@@ -166,26 +122,12 @@ def _build(plan, barriers: bool, max_registers: int | None = None):
     def attention_layer(i, j, Ww, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, parts, scratch, grid, count):
         h = scr[H0:H0 + D_]
         proj_att = scr[PA0:PA0 + P_ATT]
-        gate = scr[GT0:GT0 + HQDH]
-        attn_out = scr[AO0:AO0 + HQDH]
         in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
         w_qkv = Ww[W_QKV + j * ATT_S:W_QKV + j * ATT_S + P_ATT * D_ // 2]
         in_body(h, in_norm, w_qkv, proj_att, P_ATT, D_, EPS, b, nb, ws, parts, scratch)
         count = barrier(grid, count)
-        qn = Wf[F_QN + j * ASS:F_QN + j * ASS + Dh]
-        kn = Wf[F_KN + j * ASS:F_KN + j * ASS + Dh]
-        inv_freq = Wf[F_FREQ:F_FREQ + R // 2]
-        for item in range(b, Hq + Hkv, nb):
-            prep_body(item, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)
-        count = barrier(grid, count)
-        length = pos + 1
-        ns = attn.splits_for_length(S_MAX, length)
-        for item in range(b, Hkv * ns, nb):
-            dec_body(item // ns, item % ns, ns, length, q, kc[j], vc[j], pml, po, ws)
-        count = barrier(grid, count)
-        for item in range(b, Hq, nb):
-            comb_body(item, ns, pml, po, gate, attn_out, ws)
-        count = barrier(grid, count)
+        count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count)
+        attn_out = scr[AO0:AO0 + HQDH]
         w_o = Ww[W_O + j * ATT_S:W_O + j * ATT_S + D_ * HQDH // 2]
         o_body(w_o, attn_out, h, D_, HQDH, b, nb, ws, parts)
         return barrier(grid, count)

@@ -1,0 +1,111 @@
+"""The weight stream of the persistent megakernel (version 2+): which rows of which matrix every block reads, in
+which order, in shared-memory pages.
+
+A decode step reads every weight matrix once. Version 2 gives each block a contiguous range of rows of every matrix
+(block ``b`` of ``nb`` takes rows ``[b N / nb, (b+1) N / nb)``: one contiguous byte range, so one bulk copy), cuts
+its ranges into pages of at most ``page_words`` 32-bit words (whole rows only), and streams the pages through a ring
+of shared-memory slots in the order the step consumes them. The MLP's gate and up rows travel together: a page holds
+``n`` gate rows then the same ``n`` up rows.
+
+The list is the same every step (weights never depend on the token), so it is built once on the host as a table,
+``table[block, page] = (src1, n1, src2, n2, row0, nrows, phase, K)`` (word offsets into the weight arena, row range,
+the index of the rows-phase it belongs to, the row length), plus ``count[block]`` pages per step. The kernel's
+producer (thread 0) walks the table ahead of the consumers, across phase and step boundaries, as far as the ring
+allows; the consumers walk it in step with the phases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from reference.config import LINEAR
+
+from ..layout import arena_layout
+
+# rows-phase kinds (what the consumer does with a row's dot product)
+K_NORM = 0      # y[row] = acc * rstd(h)           in_proj, qkv (x = rms_norm(h) staged)
+K_GATED = 1     # h[row] += acc                    DeltaNet out_proj (x = gated_rms_norm(o, z) staged)
+K_PLAIN = 2     # h[row] += acc                    o_proj, down (x = the vector as is)
+K_SWIGLU = 3    # act[row] = silu(g * r) * (u * r) gate/up pairs
+K_LMHEAD = 4    # logits[row] = acc * r, argmax    the LM head
+DESC = 8        # int32 fields per page
+
+
+@dataclass(frozen=True)
+class RowsPhase:
+    name: str
+    layer: int | None
+    kind: int
+    rows: int
+    k: int
+    w1: int                 # word offset of the matrix (gate for SwiGLU)
+    w2: int = -1            # up matrix for SwiGLU
+
+
+def rows_phases(config) -> list[RowsPhase]:
+    """The matvec phases of one step, in the order the kernel runs them."""
+    c = config
+    lay = arena_layout(c)
+    D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
+    Hv = c.linear_num_value_heads
+    Hq, Hkv, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    lin = {layer: j for j, layer in enumerate(c.linear_layers)}
+    full = {layer: j for j, layer in enumerate(c.full_layers)}
+    out = []
+    for i, kind in enumerate(c.layer_types):
+        if kind == LINEAR:
+            j = lin[i]
+            out.append(RowsPhase("in_proj", i, K_NORM, c.conv_dim + c.value_dim + 2 * Hv, D,
+                                 lay.lin_in + j * lay.lin_stride))
+            out.append(RowsPhase("out_proj", i, K_GATED, D, c.value_dim, lay.lin_out + j * lay.lin_stride))
+        else:
+            j = full[i]
+            out.append(RowsPhase("qkv", i, K_NORM, 2 * Hq * Dh + 2 * Hkv * Dh, D, lay.att_qkv + j * lay.att_stride))
+            out.append(RowsPhase("o_proj", i, K_PLAIN, D, Hq * Dh, lay.att_o + j * lay.att_stride))
+        m = i * lay.mlp_stride
+        out.append(RowsPhase("mlp_gate_up", i, K_SWIGLU, F, D, lay.mlp_gate + m, lay.mlp_up + m))
+        out.append(RowsPhase("mlp_down", i, K_PLAIN, D, F, lay.mlp_down + m))
+    out.append(RowsPhase("lm_head", None, K_LMHEAD, V, D, lay.lm_head))
+    return out
+
+
+def block_rows(rows: int, block: int, nblocks: int) -> tuple[int, int]:
+    """Block ``block``'s contiguous share of ``rows`` rows: [first, end)."""
+    return rows * block // nblocks, rows * (block + 1) // nblocks
+
+
+def rows_per_page(phase: RowsPhase, page_words: int) -> int:
+    per_row = phase.k // 2 * (2 if phase.kind == K_SWIGLU else 1)
+    if per_row > page_words:
+        raise ValueError(f"{phase.name}: a row of {phase.k} weights ({per_row} words with its pair) does not fit a "
+                         f"page of {page_words} words")
+    return page_words // per_row
+
+
+def page_table(config, nblocks: int, page_words: int) -> tuple[np.ndarray, np.ndarray]:
+    """(table int32 [nblocks, max pages, DESC], count int32 [nblocks]): every block's pages for one step."""
+    phases = rows_phases(config)
+    per_block: list[list[tuple]] = [[] for _ in range(nblocks)]
+    for p, ph in enumerate(phases):
+        rpp = rows_per_page(ph, page_words)
+        words = ph.k // 2
+        for b in range(nblocks):
+            first, end = block_rows(ph.rows, b, nblocks)
+            for r0 in range(first, end, rpp):
+                n = min(rpp, end - r0)
+                src2, n2 = (ph.w2 + r0 * words, n * words) if ph.kind == K_SWIGLU else (0, 0)
+                per_block[b].append((ph.w1 + r0 * words, n * words, src2, n2, r0, n, p, ph.k))
+    count = np.array([len(x) for x in per_block], dtype=np.int32)
+    table = np.zeros((nblocks, max(1, int(count.max())), DESC), dtype=np.int64)
+    for b, pages in enumerate(per_block):
+        if pages:
+            table[b, : len(pages)] = pages
+    if table.max() >= 1 << 31:
+        raise ValueError("weight arena too large for 32-bit word offsets in the page table")
+    return table.astype(np.int32), count
+
+
+__all__ = ["RowsPhase", "rows_phases", "block_rows", "rows_per_page", "page_table", "DESC", "K_NORM", "K_GATED",
+           "K_PLAIN", "K_SWIGLU", "K_LMHEAD"]

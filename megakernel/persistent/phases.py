@@ -1,0 +1,118 @@
+"""Pieces every persistent kernel version shares: the scratch/weight offsets of a plan, the grid barrier, and the
+mixer phases (the DeltaNet recurrence and attention), which run the layered decoder's device bodies
+(``deltanet_item``, ``prepare_item``, ``decode_item``, ``combine_item``) over work items spread round-robin over
+the blocks. The versions differ in how they run the matvec phases and where the barriers go.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from ..kernels import attention as attn
+from ..kernels import deltanet as dn
+from ..kernels.matvec import WARP
+from ..layout import arena_layout
+
+
+class Offsets:
+    """A plan's sizes and offsets as plain attributes (a kernel factory reads them into closure constants)."""
+
+    def __init__(self, plan):
+        c = plan.config
+        lay = arena_layout(c)
+        self.T = plan.threads
+        self.NW = plan.threads // WARP
+        self.D = c.hidden_size
+        self.F = c.intermediate_size
+        self.V = c.vocab_size
+        self.EPS = np.float32(c.rms_norm_eps)
+        self.L = c.num_hidden_layers
+        self.KIND, self.SLOT = plan.layer_table()
+        self.HAS_LIN = bool((self.KIND == 0).any())
+        self.HAS_ATT = bool((self.KIND == 1).any())
+        self.Hk, self.Hv, self.Dk, self.Dv, self.KC = dn.deltanet_sizes(c)
+        self.C = c.conv_dim
+        self.HVDV = c.value_dim
+        self.P_LIN = self.C + self.HVDV + 2 * self.Hv
+        self.N_DN = plan.deltanet_items
+        self.Hq, self.Hkv, self.Dh, self.R = attn.attention_sizes(c)
+        self.HQDH = self.Hq * self.Dh
+        self.P_ATT = 2 * self.HQDH + 2 * self.Hkv * self.Dh
+        self.S_MAX = plan.max_splits
+        sc = plan.scratch
+        self.H0, self.PL0, self.OL0, self.PA0 = sc["h"][0], sc["proj_lin"][0], sc["o_lin"][0], sc["proj_att"][0]
+        self.GT0, self.AO0, self.ACT0, self.LG0 = sc["gate"][0], sc["attn_out"][0], sc["act"][0], sc["logits"][0]
+        self.lay = lay
+
+
+def make_barrier(enabled: bool):
+    """``count = barrier(grid, count)``: a grid barrier (counted, so the host can check the schedule), or with
+    ``enabled=False`` only the count: the test-only switch that shows what the barriers are for."""
+    ENABLED = enabled
+
+    @cuda.jit(device=True)
+    def barrier(grid, count):
+        if ENABLED:
+            grid.sync()
+        return count + 1
+
+    return barrier
+
+
+def make_mixers(plan, barrier):
+    """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
+
+    deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count) -> count
+        the DeltaNet items of linear layer ``j`` (conv, norms, decay, the state update, o = S^T q), then a barrier;
+    attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count) -> count
+        prepare (norms, RoPE, KV write), barrier, split attention, barrier, combine (* sigmoid(gate)), barrier.
+    """
+    o = Offsets(plan)
+    T, NW, EPS = o.T, o.NW, o.EPS
+    Hk, Hv, Dk, Dv, KC = o.Hk, o.Hv, o.Dk, o.Dv, o.KC
+    P_LIN, HVDV, N_DN = o.P_LIN, o.HVDV, o.N_DN
+    Hq, Hkv, Dh, R, HQDH, P_ATT, S_MAX = o.Hq, o.Hkv, o.Dh, o.R, o.HQDH, o.P_ATT, o.S_MAX
+    PL0, OL0, PA0, GT0, AO0 = o.PL0, o.OL0, o.PA0, o.GT0, o.AO0
+    lay = o.lay
+    F_ALOG, F_DT, LSS = lay.A_log, lay.dt_bias, lay.lin_small_stride
+    F_QN, F_KN, ASS, F_FREQ = lay.q_norm, lay.k_norm, lay.att_small_stride, lay.inv_freq
+    dn_body = dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T) if o.HAS_LIN else None
+    prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
+    dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
+    comb_body = attn.combine_item(Hq, Dh, T) if o.HAS_ATT else None
+
+    @cuda.jit(device=True)
+    def deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count):
+        proj_lin = scr[PL0:PL0 + P_LIN]
+        o_lin = scr[OL0:OL0 + HVDV]
+        a_log = Wf[F_ALOG + j * LSS:F_ALOG + j * LSS + Hv]
+        dt_bias = Wf[F_DT + j * LSS:F_DT + j * LSS + Hv]
+        for item in range(b, N_DN, nb):
+            dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
+        return barrier(grid, count)
+
+    @cuda.jit(device=True)
+    def attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count):
+        proj_att = scr[PA0:PA0 + P_ATT]
+        gate = scr[GT0:GT0 + HQDH]
+        attn_out = scr[AO0:AO0 + HQDH]
+        qn = Wf[F_QN + j * ASS:F_QN + j * ASS + Dh]
+        kn = Wf[F_KN + j * ASS:F_KN + j * ASS + Dh]
+        inv_freq = Wf[F_FREQ:F_FREQ + R // 2]
+        for item in range(b, Hq + Hkv, nb):
+            prep_body(item, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)
+        count = barrier(grid, count)
+        length = pos + 1
+        ns = attn.splits_for_length(S_MAX, length)
+        for item in range(b, Hkv * ns, nb):
+            dec_body(item // ns, item % ns, ns, length, q, kc[j], vc[j], pml, po, ws)
+        count = barrier(grid, count)
+        for item in range(b, Hq, nb):
+            comb_body(item, ns, pml, po, gate, attn_out, ws)
+        return barrier(grid, count)
+
+    return deltanet_core, attention_core
+
+
+__all__ = ["Offsets", "make_barrier", "make_mixers"]
