@@ -123,6 +123,19 @@ def configured(kernel, grid, block, stream, shared_bytes: int = 0):
     return kernel[grid, block, stream, shared_bytes]
 
 
+def allow_dynamic_shared(compiled_kernel, nbytes: int) -> None:
+    """Let a compiled Numba kernel use ``nbytes`` of dynamic shared memory (a block gets 48 KB unless the kernel
+    opts in, and Numba has no API for it), and prefer shared memory over L1 in the SM's split. GPU only."""
+    if SIMULATOR or nbytes <= 48 * 1024:
+        return
+    from numba.cuda.cudadrv.driver import binding, driver
+
+    cufunc = compiled_kernel._codelibrary.get_cufunc()
+    attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
+    cufunc.set_shared_memory_carveout(100)
+
+
 def synchronize() -> None:
     if not SIMULATOR and torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -137,4 +150,5 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["SIMULATOR", "NoGPUError", "gpu_available", "kernel_device", "require_gpu", "words", "halves",
-           "as_kernel_array", "launch_stream", "current_stream", "configured", "synchronize", "poison_"]
+           "as_kernel_array", "launch_stream", "current_stream", "configured", "synchronize", "poison_",
+           "allow_dynamic_shared"]

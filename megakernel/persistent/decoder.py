@@ -27,13 +27,14 @@ from reference.sampling import check_sampling_args
 from reference.state import ContextTooLongError
 
 from ..kernels import lm_head as lmh
-from ..launch import SIMULATOR, as_kernel_array, current_stream, halves, kernel_device, require_gpu
+from ..launch import (SIMULATOR, allow_dynamic_shared, as_kernel_array, current_stream, halves, kernel_device,
+                      require_gpu)
 from ..layout import DeviceState, DeviceWeights, check_supported
 from . import plan as P
-from . import v1
+from . import v1, v2
 
-VERSIONS = {1: v1}
-DEFAULT_VERSION = 1
+VERSIONS = {1: v1, 2: v2}
+DEFAULT_VERSION = 2
 DEFAULT_THREADS = 256
 SIMULATOR_THREADS = 64
 SIMULATOR_BLOCKS = 3
@@ -75,6 +76,9 @@ class PersistentDecoder:
         self.max_context = min(max_context, c.max_position_embeddings)
         threads = threads or (SIMULATOR_THREADS if SIMULATOR else DEFAULT_THREADS)
         self.plan = P.make_plan(c, self.max_context, threads, blocks or 1)
+        configure = getattr(self.module, "configure", None)
+        if configure is not None:
+            self.plan = configure(self.plan)
         self.requested_blocks = blocks
         self.barriers = barriers
         self.weights = DeviceWeights(c, reference.weights, self.device)
@@ -119,6 +123,7 @@ class PersistentDecoder:
                 want = self.requested_blocks or min(SIMULATOR_BLOCKS, limit)
             else:
                 compiled = kern.compile(self.module.SIGNATURE)
+                allow_dynamic_shared(compiled, plan.shared_bytes)
                 limit = compiled.max_cooperative_grid_blocks(plan.threads, plan.shared_bytes)
                 want = self.requested_blocks or limit
                 self.registers = compiled.regs_per_thread
@@ -172,7 +177,7 @@ class PersistentDecoder:
                           s["position"], *self._scratch_k])
             state._persistent_args = args
         _, stream = current_stream()
-        kern[self.blocks, self.plan.threads, stream, self.plan.shared_bytes](*args[1], *self._k)
+        kern[self.blocks, self.plan.threads, stream, self.plan.shared_bytes](*args[1], *self._k, *self._extra())
         self._pending = (state, state.length)
 
     def relaunch(self, n: int) -> None:
@@ -189,10 +194,14 @@ class PersistentDecoder:
         self.ctl[P.CTL_TRACE] = 0
         _, stream = current_stream()
         launch = self._kernel[self.blocks, self.plan.threads, stream, self.plan.shared_bytes]
-        args = state._persistent_args[1] + self._k
+        args = state._persistent_args[1] + self._k + self._extra()
         for _ in range(n):
             launch(*args)
         self._relaunched = n
+
+    def _extra(self) -> list:
+        extra = getattr(self.module, "extra_args", None)
+        return extra(self) if extra is not None else []
 
     def finish(self) -> list[int]:
         """Wait for the last launch(es); advance the state by the steps they ran; return their tokens."""

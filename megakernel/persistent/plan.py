@@ -75,6 +75,8 @@ class Plan:
     workspace: int           # float32 elements of dynamic shared memory
     scratch: dict = field(default_factory=dict)   # name -> (offset, size) in the fp32 scratch arena
     scratch_len: int = 0
+    ring_pages: int = 0      # version 2+: shared-memory slots of the weight stream
+    page_words: int = 0      # version 2+: 32-bit words per slot
 
     @property
     def warps(self) -> int:
@@ -86,7 +88,9 @@ class Plan:
 
     @property
     def shared_bytes(self) -> int:
-        return 4 * self.workspace
+        """Dynamic shared memory per block: the phases' workspace, and the weight ring (+ 128 B to align it)."""
+        ring = 4 * self.ring_pages * self.page_words
+        return 4 * self.workspace + (ring + 128 if ring else 0)
 
     def layer_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(kind, slot) per layer: kind 0 DeltaNet / 1 attention, slot = index among layers of that kind."""

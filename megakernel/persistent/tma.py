@@ -18,6 +18,8 @@ shared array of mbarriers, ``slot`` an index into it):
 ``mbar_wait(bars, slot, parity)``       wait until the mbarrier's phase of that parity has completed
 ``fence_proxy_async()``                 order this thread's earlier shared-memory accesses before later bulk copies
                                         (the copy engine is another "proxy" than the threads' loads and stores)
+``fence_mbarrier_init()``               make initialised mbarriers visible to the copy engine
+``shared_address(arr)``                 the 32-bit shared-memory address of ``arr[0]`` (for alignment)
 =====================================  ============================================================================
 
 In the CUDA simulator a bulk copy is an immediate NumPy copy and the waits return at once: the ring logic around
@@ -61,6 +63,12 @@ if SIMULATOR:
 
     def fence_proxy_async():
         pass
+
+    def fence_mbarrier_init():
+        pass
+
+    def shared_address(arr):
+        return int(_np(arr).ctypes.data) & 0xFFFFFFFF
 
 else:
     from llvmlite import ir
@@ -162,6 +170,26 @@ else:
 
         return types.void(), codegen
 
+    @intrinsic
+    def fence_mbarrier_init(typingctx):
+        def codegen(context, builder, sig, args):
+            builder.asm(ir.FunctionType(ir.VoidType(), []), "fence.mbarrier_init.release.cluster;", "", [],
+                        side_effect=True)
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+    @intrinsic
+    def shared_address(typingctx, arr):
+        """The 32-bit shared-window address of a shared array's first element (to align what follows)."""
+        if not _is_array(arr):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], ir.Constant(_i64, 0)))
+
+        return types.uint32(arr), codegen
+
     from numba import cuda
 
     @cuda.jit(device=True)
@@ -170,4 +198,5 @@ else:
             pass
 
 
-__all__ = ["mbar_init", "mbar_expect", "bulk_copy", "mbar_wait", "fence_proxy_async"]
+__all__ = ["mbar_init", "mbar_expect", "bulk_copy", "mbar_wait", "fence_proxy_async", "fence_mbarrier_init",
+           "shared_address"]

@@ -1,0 +1,316 @@
+"""Persistent megakernel, version 2: the weights stream through shared memory, ahead of the barriers.
+
+What changes from version 1, and why. Version 1 loads each phase's weights into registers after the grid barrier
+that opens the phase, so at each of the 134 barriers per token the memory system drains: the slowest warp of the
+last phase finishes, everybody waits, then every warp starts its loads cold, and with the kernel at 255 registers
+(the maximum over all phases) an SM holds only 8 warps, too few loads in flight to reach full bandwidth anyway
+(H100: 29 % of the floor, slower than the layered CUDA graph). But the weights never depend on the activations:
+they can be fetched before the activations are ready.
+
+So in version 2 every block owns a contiguous range of rows of every matrix (``megakernel.persistent.pages``),
+and thread 0 streams those rows, page after page, through a ring of ``ring_pages`` shared-memory slots with the
+copy engine (``cp.async.bulk``, one instruction per page; ``megakernel.persistent.tma``), completing on one
+``mbarrier`` per slot. The stream runs ahead of the computation by up to the ring's size (192 KB per SM on an
+H100, ~8 us of streaming): while the block computes a page, waits at a grid barrier, or runs a phase without
+weights (the DeltaNet recurrence, attention), the next pages are already on their way. A page is consumed by
+all warps (one row per warp at a time, x staged in shared memory in the split layout, ``dot_row_split``), then the
+block synchronises and thread 0 refills the slot with the next page of the table. Memory-level parallelism no
+longer comes from warps and registers, so one block of 256 threads per SM is enough, whatever the register
+count of the attention phase.
+
+The phases, their order and the barriers are version 1's (134 per 0.8B token, ``schedule``); the mixer phases run
+the same device bodies (``phases.make_mixers``). The matvec phases no longer use the layered kernels' global-load
+skeleton (``matvec_rows``): their rows come from the ring, but the dot product (``dot_row_split``), the norm and
+gated-norm prologues (``stage_norm``, ``stage_gated``, ``stage_split``) and the argmax (``argmax_key``,
+``publish_block_best``) are the same functions.
+
+Memory ordering: the grid barriers as in version 1; a slot is rewritten only after a ``syncthreads`` (every warp
+has read it) and a ``fence.proxy.async`` (the copy engine's writes are ordered after the threads' reads); a page is
+read only after its mbarrier phase completed (the copy engine's writes are then visible to the block).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from numba import cuda
+from numba.cuda import float32, int32, int64
+
+from megakernel import device as D
+
+from ..kernels import lm_head as lmh
+from ..kernels.embedding import embed_rows
+from ..kernels.fused_matvec import dot_row_split, stage_gated, stage_norm
+from ..kernels.matvec import PARTS_LEN, SHARED_LIMIT_BYTES, WARP, stage_split
+from ..launch import SIMULATOR, as_kernel_array
+from . import pages as PG
+from . import plan as P
+from . import tma
+from .phases import Offsets, make_barrier, make_mixers
+
+VERSION = 2
+DESCRIPTION = "weights streamed through a shared-memory ring by the copy engine, ahead of the barriers"
+
+RING_PAGES = 6
+PAGE_WORDS = 8192            # 32 KB pages
+SIM_RING_PAGES = 3
+SMEM_PER_BLOCK = 227 * 1024  # H100: dynamic + static shared memory one block may use (after opting in)
+
+
+def configure(plan):
+    """The plan with the ring's size: as many 32 KB pages as fit next to the workspace (at most ``RING_PAGES``);
+    in the simulator 3 small pages (two rows of the widest phase each), so rows, pages and ring wrap-around are
+    all exercised on a tiny model."""
+    c = plan.config
+    widest = max(ph.k // 2 * (2 if ph.kind == PG.K_SWIGLU else 1) for ph in PG.rows_phases(c))
+    if SIMULATOR:
+        words = -(-2 * widest // 4) * 4
+        return dataclasses.replace(plan, ring_pages=SIM_RING_PAGES, page_words=words)
+    words = max(PAGE_WORDS, -(-widest // 4) * 4)
+    static = 2048  # parts, scratch, keys, flag, mbarriers, rounded up
+    pages = (SMEM_PER_BLOCK - static - 4 * plan.workspace - 128) // (4 * words)
+    pages = min(RING_PAGES, pages)
+    if pages < 2:
+        raise P.UnsupportedConfigError(f"config not supported by persistent kernel v2: hidden/MLP sizes leave room "
+                                       f"for {pages} weight pages of {4 * words} B in shared memory (need 2)")
+    return dataclasses.replace(plan, ring_pages=pages, page_words=words)
+
+
+def kernel_key(plan) -> tuple:
+    return (plan.config, plan.capacity, plan.threads, plan.ring_pages, plan.page_words)
+
+
+_BUILT: dict = {}
+
+
+def build(plan_key, plan, barriers: bool = True):
+    kernel = _BUILT.get((plan_key, barriers))
+    if kernel is None:
+        kernel = _BUILT[(plan_key, barriers)] = _build(plan, barriers)
+    return kernel
+
+
+def _build(plan, barriers: bool):
+    o = Offsets(plan)
+    lay = o.lay
+    T, NW, D_, F, V, EPS, L, KIND, SLOT = o.T, o.NW, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
+    HAS_LIN, HAS_ATT = o.HAS_LIN, o.HAS_ATT
+    Hv, Dv, C, P_LIN, HVDV = o.Hv, o.Dv, o.C, o.P_LIN, o.HVDV
+    P_ATT, HQDH = o.P_ATT, o.HQDH
+    H0, PL0, OL0, PA0, AO0, ACT0, LG0 = o.H0, o.PL0, o.OL0, o.PA0, o.AO0, o.ACT0, o.LG0
+    W_EMB = lay.embed
+    F_IN, F_POST, NS_ = lay.input_norm, lay.post_norm, lay.norm_stride
+    F_FINAL, F_GN, LSS = lay.final_norm, lay.gated_norm, lay.lin_small_stride
+    R_ = plan.ring_pages
+    PW = plan.page_words
+    XS = plan.workspace
+    K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
+    NO_KEY = np.int64(lmh.INT64_MIN)
+    barrier = make_barrier(barriers)
+    deltanet_core, attention_core = make_mixers(plan, barrier)
+
+    @cuda.jit(device=True)
+    def issue(g, b, pb, table, Ww, ring, bars):
+        """Thread 0: start the copy of page ``g`` of this block's stream into slot g % R."""
+        slot = g % R_
+        d = g % pb
+        n1 = table[b, d, 1]
+        n2 = table[b, d, 3]
+        tma.mbar_expect(bars, slot, (n1 + n2) * 4)
+        tma.bulk_copy(ring, slot * PW, Ww, table[b, d, 0], n1, bars, slot)
+        if n2 > 0:
+            tma.bulk_copy(ring, slot * PW + n1, Ww, table[b, d, 2], n2, bars, slot)
+
+    @cuda.jit(device=True)
+    def rows_phase(p, kind, k, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, table, Ww, ring, bars,
+                   xs):
+        """Consume this block's pages of rows-phase ``p`` (x staged in ``xs``), refilling each slot as it frees.
+        Returns (cursor, issued, mine)."""
+        nv = k // 8
+        kw = k // 2
+        lane = cuda.threadIdx.x % WARP
+        warp = cuda.threadIdx.x // WARP
+        while cursor < total and table[b, cursor % pb, 6] == p:
+            slot = cursor % R_
+            tma.mbar_wait(bars, slot, (cursor // R_) & 1)
+            d = cursor % pb
+            row0 = table[b, d, 4]
+            nrows = table[b, d, 5]
+            n1 = table[b, d, 1]
+            base = slot * PW
+            for r in range(warp, nrows, NW):
+                acc = D.warp_sum(dot_row_split(ring, (base + r * kw) // 4, xs, nv, lane))
+                row = row0 + r
+                if kind == K_SWIGLU:
+                    up = D.warp_sum(dot_row_split(ring, (base + n1 + r * kw) // 4, xs, nv, lane))
+                    if lane == 0:
+                        act[row] = D.silu(acc * rstd) * (up * rstd)
+                elif kind == K_NORM:
+                    if lane == 0:
+                        y[row] = acc * rstd
+                elif kind == K_LMHEAD:
+                    value = acc * rstd
+                    if lane == 0:
+                        logits[row] = value
+                    key = lmh.argmax_key(value, row)
+                    if key > mine:
+                        mine = key
+                else:  # K_GATED, K_PLAIN: the residual add
+                    if lane == 0:
+                        h[row] += acc
+            cuda.syncthreads()  # every warp is done with the slot
+            if issued < total:
+                if cuda.threadIdx.x == 0:
+                    tma.fence_proxy_async()
+                    issue(issued, b, pb, table, Ww, ring, bars)
+                issued += 1
+            cursor += 1
+        return cursor, issued, mine
+
+    @cuda.jit
+    def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
+                      counters, trace, table, npages):
+        smem_w = cuda.shared.array(0, int32)
+        smem_f = cuda.shared.array(0, float32)
+        parts = cuda.shared.array(PARTS_LEN, float32)
+        scratch = cuda.shared.array(32, float32)
+        flag = cuda.shared.array(1, int32)
+        keys = cuda.shared.array(WARP, int64)
+        bars = cuda.shared.array(R_, int64)
+        grid = cuda.cg.this_grid()
+        b = cuda.blockIdx.x
+        nb = cuda.gridDim.x
+        tid = cuda.threadIdx.x
+        first = b == 0 and tid == 0
+        xs = smem_f[0:XS]  # the phases' workspace: staged x, the mixers' scratch
+        pad = ((128 - (tma.shared_address(smem_w) + 4 * XS) % 128) % 128) // 4  # the ring on a 128-byte boundary
+        ring = smem_w[XS + pad:XS + pad + R_ * PW]
+
+        pos0 = position[0]
+        n_steps = ctl[P.CTL_STEPS]
+        token = ctl[P.CTL_TOKEN]
+        if token < 0:
+            token = ctl[P.CTL_LAST]
+        pb = npages[b]
+        total = pb * n_steps
+        if tid == 0:
+            for s in range(R_):
+                tma.mbar_init(bars, s, 1)
+            tma.fence_mbarrier_init()
+        cuda.syncthreads()
+        issued = min(R_, total)
+        if tid == 0:
+            for g in range(issued):
+                issue(g, b, pb, table, Ww, ring, bars)
+        cursor = 0
+        count = 0
+        done = 0
+        h = scr[H0:H0 + D_]
+        for step in range(n_steps):
+            pos = pos0 + step
+            embed_rows(Ww[W_EMB:W_EMB + V * D_ // 2], token, h, D_ // 2, b, nb)
+            count = barrier(grid, count)
+            p = 0
+            for i in range(L):
+                j = SLOT[i]
+                in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
+                rstd = D.rsqrt(stage_norm(h, in_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
+                if KIND[i] == 0:
+                    if HAS_LIN:
+                        cursor, issued, _m = rows_phase(p, K_NORM, D_, rstd, scr[PL0:PL0 + P_LIN], h, h, h, NO_KEY,
+                                                        cursor, issued, total, pb, b, table, Ww, ring, bars, xs)
+                        count = barrier(grid, count)
+                        count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag, grid,
+                                              count)
+                        gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
+                        stage_gated(scr[OL0:OL0 + HVDV], scr[PL0 + C:PL0 + C + HVDV], gn, xs, Hv, Dv, EPS)
+                        cuda.syncthreads()
+                        cursor, issued, _m = rows_phase(p + 1, K_GATED, HVDV, rstd, h, h, h, h, NO_KEY, cursor,
+                                                        issued, total, pb, b, table, Ww, ring, bars, xs)
+                        count = barrier(grid, count)
+                else:
+                    if HAS_ATT:
+                        cursor, issued, _m = rows_phase(p, K_NORM, D_, rstd, scr[PA0:PA0 + P_ATT], h, h, h, NO_KEY,
+                                                        cursor, issued, total, pb, b, table, Ww, ring, bars, xs)
+                        count = barrier(grid, count)
+                        count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid, count)
+                        stage_split(scr[AO0:AO0 + HQDH], xs, HQDH // 8)
+                        cuda.syncthreads()
+                        cursor, issued, _m = rows_phase(p + 1, K_PLAIN, HQDH, rstd, h, h, h, h, NO_KEY, cursor,
+                                                        issued, total, pb, b, table, Ww, ring, bars, xs)
+                        count = barrier(grid, count)
+                post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
+                rstd = D.rsqrt(stage_norm(h, post_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
+                act = scr[ACT0:ACT0 + F]
+                cursor, issued, _m = rows_phase(p + 2, K_SWIGLU, D_, rstd, h, h, act, h, NO_KEY, cursor, issued,
+                                                total, pb, b, table, Ww, ring, bars, xs)
+                count = barrier(grid, count)
+                stage_split(act, xs, F // 8)
+                cuda.syncthreads()
+                cursor, issued, _m = rows_phase(p + 3, K_PLAIN, F, rstd, h, h, h, h, NO_KEY, cursor, issued, total,
+                                                pb, b, table, Ww, ring, bars, xs)
+                count = barrier(grid, count)
+                p += 4
+                if ctl[P.CTL_TRACE] != 0:
+                    for d in range(b * T + tid, D_, nb * T):
+                        trace[i, d] = h[d]
+            # ---- LM head + argmax, and the next token
+            final_norm = Wf[F_FINAL:F_FINAL + D_]
+            rstd = D.rsqrt(stage_norm(h, final_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
+            logits = scr[LG0:LG0 + V]
+            cursor, issued, mine = rows_phase(p, K_LMHEAD, D_, rstd, h, h, h, logits, NO_KEY, cursor, issued,
+                                              total, pb, b, table, Ww, ring, bars, xs)
+            lmh.publish_block_best(mine, best, nb, keys)
+            count = barrier(grid, count)
+            if ctl[P.CTL_SAMPLE] != 0:
+                seed_lo = int64(ctl[P.CTL_SEED_LO]) & int64(0xFFFFFFFF)
+                seed_hi = int64(ctl[P.CTL_SEED_HI]) & int64(0xFFFFFFFF)
+                lmh.sample_gumbel_rows(logits, V, D.bits_to_f32(ctl[P.CTL_INV_T]), seed_lo, seed_hi, pos, best_s,
+                                       b, nb, keys)
+                count = barrier(grid, count)
+                token = int32(best_s[3])
+            else:
+                token = int32(best[3])
+            if first:
+                tokens[pos] = token
+            done = step + 1
+            if token == ctl[P.CTL_EOS]:
+                break
+        if tid == 0:  # pages already requested for steps that will not run: wait for them before exiting
+            for g in range(cursor, issued):
+                tma.mbar_wait(bars, g % R_, (g // R_) & 1)
+        count = barrier(grid, count)
+        if first:
+            position[0] = pos0 + done
+            ctl[P.CTL_DONE] = done
+            ctl[P.CTL_LAST] = token
+            ctl[P.CTL_BARRIERS] = count
+
+    return persistent_v2
+
+
+SIGNATURE = ("void(int32[::1], float32[::1], float32[:, :, :], float32[:, :, ::1], float32[:, :, :, ::1], "
+             "int16[:, :, :, ::1], int16[:, :, :, ::1], int32[::1], float32[::1], float32[:, ::1], "
+             "float32[:, :, ::1], float32[:, :, ::1], int32[::1], int64[::1], int64[::1], int32[::1], int32[::1], "
+             "float32[:, ::1], int32[:, :, ::1], int32[::1])")
+
+
+def extra_args(decoder) -> list:
+    """The page table for the decoder's grid (rebuilt when the grid changes)."""
+    key = (decoder.blocks, decoder.plan.page_words)
+    cached = getattr(decoder, "_v2_pages", None)
+    if cached is None or cached[0] != key:
+        table, count = PG.page_table(decoder.config, decoder.blocks, decoder.plan.page_words)
+        t = torch.from_numpy(table).to(decoder.device)
+        n = torch.from_numpy(count).to(decoder.device)
+        cached = decoder._v2_pages = (key, [as_kernel_array(t), as_kernel_array(n)], (t, n))
+    return cached[1]
+
+
+def shared_limit(plan) -> int:
+    return SMEM_PER_BLOCK if not SIMULATOR else plan.shared_bytes
+
+
+__all__ = ["VERSION", "DESCRIPTION", "configure", "build", "kernel_key", "extra_args", "SIGNATURE"]
