@@ -38,6 +38,7 @@ DEFAULT_VERSION = 2
 DEFAULT_THREADS = 256
 SIMULATOR_THREADS = 64
 SIMULATOR_BLOCKS = 3
+PROFILE_STEPS = 4
 
 
 class GridNotCoResidentError(RuntimeError):
@@ -63,7 +64,8 @@ class PersistentDecoder:
     stage = "persistent"
 
     def __init__(self, reference: Qwen35Model, max_context: int = 4096, version: int | None = None,
-                 threads: int | None = None, blocks: int | None = None, barriers: bool = True):
+                 threads: int | None = None, blocks: int | None = None, barriers: bool = True,
+                 profile: bool = False):
         require_gpu("the persistent megakernel")
         check_supported(reference.config)
         version = DEFAULT_VERSION if version is None else version
@@ -81,6 +83,7 @@ class PersistentDecoder:
             self.plan = configure(self.plan)
         self.requested_blocks = blocks
         self.barriers = barriers
+        self.profile = profile  # a kernel that records every block's arrival at / departure from each barrier
         self.weights = DeviceWeights(c, reference.weights, self.device)
         dev = self.device
         self.scratch = torch.zeros(self.plan.scratch_len, dtype=torch.float32, device=dev)
@@ -103,7 +106,9 @@ class PersistentDecoder:
         self._weights_k = [self.weights.k["words"], self.weights.k["floats"], k(conv_w)]
         self._scratch_k = [k(self.scratch), k(view("q", (Hq, Dh))), k(view("partial_ml", (Hq, S, 2))),
                            k(view("partial_o", (Hq, S, Dh)))]
-        self._k = [k(self.ctl), k(self.best), k(self.best_sample), k(self.tokens), k(self.counters), k(self.trace)]
+        self.prof = torch.zeros(1, 2, dtype=torch.int64, device=dev)
+        self._k = [k(self.ctl), k(self.best), k(self.best_sample), k(self.tokens), k(self.counters), k(self.trace),
+                   k(self.prof)]
         self._kernel = None
         self._relaunched = 0
         self.blocks = None
@@ -111,18 +116,23 @@ class PersistentDecoder:
 
     # ------------------------------------------------------------------ the kernel and its grid
     def kernel(self):
-        """The compiled kernel and its grid (compiled at the first call): every block must be resident at once, so
-        the grid is the occupancy limit of the compiled kernel (or what was asked for, if smaller)."""
+        """The compiled kernel and its grid (compiled at the first call, for the argument types a launch passes,
+        so the launch uses exactly this overload): every block must be resident at once, so the grid is the
+        occupancy limit of the compiled kernel (or what was asked for, if smaller)."""
         if self._kernel is None:
             plan = self.plan
-            kern = self.module.build(self.module.kernel_key(plan), plan, self.barriers)
+            kern = self.module.build(self.module.kernel_key(plan), plan, self.barriers, self.profile)
             if SIMULATOR:
                 from ..testing.simulator import MAX_SIM_THREADS
 
                 limit = MAX_SIM_THREADS // plan.threads
                 want = self.requested_blocks or min(SIMULATOR_BLOCKS, limit)
             else:
-                compiled = kern.compile(self.module.SIGNATURE)
+                self.blocks = 1  # only the argument types matter here
+                probe = DeviceState(self.config, self.device, 1)
+                types = tuple(kern.typeof_pyval(a) for a in self._args(probe))
+                del probe
+                compiled = kern.compile(types)
                 allow_dynamic_shared(compiled, plan.shared_bytes)
                 limit = compiled.max_cooperative_grid_blocks(plan.threads, plan.shared_bytes)
                 want = self.requested_blocks or limit
@@ -134,7 +144,27 @@ class PersistentDecoder:
                     "hang, so the kernel is not launched (ask for fewer blocks or threads)")
             self.blocks = want
             self._kernel = kern
+            if self.profile:
+                self.set_profile_steps(PROFILE_STEPS)
         return self._kernel
+
+    def set_profile_steps(self, steps: int) -> None:
+        """Room in the profile buffer for the barriers of ``steps`` sampled steps (profiling kernels only)."""
+        events = steps * (self.barriers_per_step() + 1) + 2
+        self.prof = torch.zeros(self.blocks, 2 * events, dtype=torch.int64, device=self.device)
+        self._k[-1] = as_kernel_array(self.prof)
+
+    def _args(self, state: DeviceState) -> list:
+        """The kernel's arguments for a state (the state's part is made once per state and grid)."""
+        key = (id(state), self.blocks)
+        cached = getattr(state, "_persistent_args", None)
+        if cached is None or cached[0] != key:
+            s = state.k
+            cached = (key, [*self._weights_k, as_kernel_array(state.conv), as_kernel_array(state.rec),
+                            as_kernel_array(halves(state.k_cache)), as_kernel_array(halves(state.v_cache)),
+                            s["position"], *self._scratch_k])
+            state._persistent_args = cached
+        return cached[1] + self._k + self._extra()
 
     def resize_grid(self, blocks: int | None) -> int:
         """Use ``blocks`` blocks from now on (None: the occupancy limit); refused if they cannot all be resident.
@@ -168,16 +198,8 @@ class PersistentDecoder:
         ctl[P.CTL_SEED_LO], ctl[P.CTL_SEED_HI] = as_i32(seed & 0xFFFFFFFF), as_i32(seed >> 32)
         # the inputs only: CTL_LAST (the token a launch with token None continues from) stays as the device has it
         self.ctl[: P.CTL_DONE].copy_(torch.tensor(ctl[: P.CTL_DONE], dtype=torch.int32))
-        s = state.k
-        key = (id(state), self.blocks)
-        args = getattr(state, "_persistent_args", None)
-        if args is None or args[0] != key:
-            args = (key, [*self._weights_k, as_kernel_array(state.conv), as_kernel_array(state.rec),
-                          as_kernel_array(halves(state.k_cache)), as_kernel_array(halves(state.v_cache)),
-                          s["position"], *self._scratch_k])
-            state._persistent_args = args
         _, stream = current_stream()
-        kern[self.blocks, self.plan.threads, stream, self.plan.shared_bytes](*args[1], *self._k, *self._extra())
+        kern[self.blocks, self.plan.threads, stream, self.plan.shared_bytes](*self._args(state))
         self._pending = (state, state.length)
 
     def relaunch(self, n: int) -> None:
@@ -194,7 +216,7 @@ class PersistentDecoder:
         self.ctl[P.CTL_TRACE] = 0
         _, stream = current_stream()
         launch = self._kernel[self.blocks, self.plan.threads, stream, self.plan.shared_bytes]
-        args = state._persistent_args[1] + self._k + self._extra()
+        args = self._args(state)
         for _ in range(n):
             launch(*args)
         self._relaunched = n

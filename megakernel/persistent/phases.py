@@ -13,6 +13,7 @@ from ..kernels import attention as attn
 from ..kernels import deltanet as dn
 from ..kernels.matvec import WARP
 from ..layout import arena_layout
+from . import tma
 
 
 class Offsets:
@@ -46,15 +47,27 @@ class Offsets:
         self.lay = lay
 
 
-def make_barrier(enabled: bool):
-    """``count = barrier(grid, count)``: a grid barrier (counted, so the host can check the schedule), or with
-    ``enabled=False`` only the count: the test-only switch that shows what the barriers are for."""
+def make_barrier(enabled: bool, profile: bool = False):
+    """``count = barrier(grid, count, prof)``: a grid barrier (counted, so the host can check the schedule), or
+    with ``enabled=False`` only the count: the test-only switch that shows what the barriers are for.
+
+    With ``profile``, thread 0 of every block records the GPU's global timer when it arrives at barrier ``k`` and
+    when it leaves it, in ``prof[block, 2k]`` and ``prof[block, 2k + 1]`` (``prof``: int64 [blocks, 2 x barriers
+    of the launch]): the phase a block worked on before barrier ``k`` took ``prof[b, 2k] - prof[b, 2k - 1]``, its
+    wait ``prof[b, 2k + 1] - prof[b, 2k]`` (``megakernel.persistent.profile`` turns that into a timeline)."""
     ENABLED = enabled
+    PROFILE = profile
 
     @cuda.jit(device=True)
-    def barrier(grid, count):
+    def barrier(grid, count, prof):
+        if PROFILE:
+            if cuda.threadIdx.x == 0 and 2 * count + 1 < prof.shape[1]:
+                prof[cuda.blockIdx.x, 2 * count] = tma.globaltimer()
         if ENABLED:
             grid.sync()
+        if PROFILE:
+            if cuda.threadIdx.x == 0 and 2 * count + 1 < prof.shape[1]:
+                prof[cuda.blockIdx.x, 2 * count + 1] = tma.globaltimer()
         return count + 1
 
     return barrier
@@ -63,9 +76,9 @@ def make_barrier(enabled: bool):
 def make_mixers(plan, barrier):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
-    deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count) -> count
+    deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
         the DeltaNet items of linear layer ``j`` (conv, norms, decay, the state update, o = S^T q), then a barrier;
-    attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count) -> count
+    attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count, prof) -> count
         prepare (norms, RoPE, KV write), barrier, split attention, barrier, combine (* sigmoid(gate)), barrier.
     """
     o = Offsets(plan)
@@ -83,17 +96,17 @@ def make_mixers(plan, barrier):
     comb_body = attn.combine_item(Hq, Dh, T) if o.HAS_ATT else None
 
     @cuda.jit(device=True)
-    def deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count):
+    def deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof):
         proj_lin = scr[PL0:PL0 + P_LIN]
         o_lin = scr[OL0:OL0 + HVDV]
         a_log = Wf[F_ALOG + j * LSS:F_ALOG + j * LSS + Hv]
         dt_bias = Wf[F_DT + j * LSS:F_DT + j * LSS + Hv]
         for item in range(b, N_DN, nb):
             dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
-        return barrier(grid, count)
+        return barrier(grid, count, prof)
 
     @cuda.jit(device=True)
-    def attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count):
+    def attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count, prof):
         proj_att = scr[PA0:PA0 + P_ATT]
         gate = scr[GT0:GT0 + HQDH]
         attn_out = scr[AO0:AO0 + HQDH]
@@ -102,15 +115,15 @@ def make_mixers(plan, barrier):
         inv_freq = Wf[F_FREQ:F_FREQ + R // 2]
         for item in range(b, Hq + Hkv, nb):
             prep_body(item, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)
-        count = barrier(grid, count)
+        count = barrier(grid, count, prof)
         length = pos + 1
         ns = attn.splits_for_length(S_MAX, length)
         for item in range(b, Hkv * ns, nb):
             dec_body(item // ns, item % ns, ns, length, q, kc[j], vc[j], pml, po, ws)
-        count = barrier(grid, count)
+        count = barrier(grid, count, prof)
         for item in range(b, Hq, nb):
             comb_body(item, ns, pml, po, gate, attn_out, ws)
-        return barrier(grid, count)
+        return barrier(grid, count, prof)
 
     return deltanet_core, attention_core
 

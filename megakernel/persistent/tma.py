@@ -20,6 +20,7 @@ shared array of mbarriers, ``slot`` an index into it):
                                         (the copy engine is another "proxy" than the threads' loads and stores)
 ``fence_mbarrier_init()``               make initialised mbarriers visible to the copy engine
 ``shared_address(arr)``                 the 32-bit shared-memory address of ``arr[0]`` (for alignment)
+``globaltimer()``                       nanoseconds on the GPU's global timer (the same clock on every SM)
 =====================================  ============================================================================
 
 In the CUDA simulator a bulk copy is an immediate NumPy copy and the waits return at once: the ring logic around
@@ -69,6 +70,11 @@ if SIMULATOR:
 
     def shared_address(arr):
         return int(_np(arr).ctypes.data) & 0xFFFFFFFF
+
+    def globaltimer():
+        import time
+
+        return np.int64(time.perf_counter_ns())
 
 else:
     from llvmlite import ir
@@ -190,6 +196,15 @@ else:
 
         return types.uint32(arr), codegen
 
+    @intrinsic
+    def globaltimer(typingctx):
+        """The GPU's global nanosecond timer (%globaltimer: comparable across SMs)."""
+
+        def codegen(context, builder, sig, args):
+            return builder.asm(ir.FunctionType(_i64, []), "mov.u64 $0, %globaltimer;", "=l", [], side_effect=True)
+
+        return types.int64(), codegen
+
     from numba import cuda
 
     @cuda.jit(device=True)
@@ -199,4 +214,4 @@ else:
 
 
 __all__ = ["mbar_init", "mbar_expect", "bulk_copy", "mbar_wait", "fence_proxy_async", "fence_mbarrier_init",
-           "shared_address"]
+           "shared_address", "globaltimer"]

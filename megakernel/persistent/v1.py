@@ -63,15 +63,15 @@ def kernel_key(plan) -> tuple:
 _BUILT: dict = {}
 
 
-def build(plan_key, plan, barriers: bool = True):
+def build(plan_key, plan, barriers: bool = True, profile: bool = False):
     """The version-1 kernel for a plan (compiled on first launch; one per ``kernel_key`` and ``barriers``)."""
-    kernel = _BUILT.get((plan_key, barriers))
+    kernel = _BUILT.get((plan_key, barriers, profile))
     if kernel is None:
-        kernel = _BUILT[(plan_key, barriers)] = _build(plan, barriers)
+        kernel = _BUILT[(plan_key, barriers, profile)] = _build(plan, barriers, profile)
     return kernel
 
 
-def _build(plan, barriers: bool, max_registers: int | None = None):
+def _build(plan, barriers: bool, profile: bool = False, max_registers: int | None = None):
     """The version-1 kernel for a plan. ``barriers=False`` removes every grid barrier: a test-only switch that
     shows the barriers are what makes the result right (the kernel is then wrong, never hangs)."""
     o = Offsets(plan)
@@ -95,7 +95,7 @@ def _build(plan, barriers: bool, max_registers: int | None = None):
     down_body = mv.matvec_rows(plan.G_down, residual=True, x_shared=plan.G_down == 1)
     lm_body = lmh.lm_head_argmax_rows(plan.G_lm)
     MAX_REGISTERS = max_registers
-    barrier = make_barrier(barriers)
+    barrier = make_barrier(barriers, profile)
     deltanet_core, attention_core = make_mixers(plan, barrier)
 
     # One device function per layer kind: the arena slices are made where they are used, so they live in
@@ -103,37 +103,37 @@ def _build(plan, barriers: bool, max_registers: int | None = None):
     # loop, which costs registers).
     @cuda.jit(device=True)
     def deltanet_layer(i, j, Ww, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, parts, scratch, flag, grid,
-                       count):
+                       count, prof):
         h = scr[H0:H0 + D_]
         proj_lin = scr[PL0:PL0 + P_LIN]
         in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
         w_in = Ww[W_IN + j * LIN_S:W_IN + j * LIN_S + P_LIN * D_ // 2]
         in_body(h, in_norm, w_in, proj_lin, P_LIN, D_, EPS, b, nb, ws, parts, scratch)
-        count = barrier(grid, count)
-        count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count)
+        count = barrier(grid, count, prof)
+        count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof)
         o_lin = scr[OL0:OL0 + HVDV]
         z = scr[PL0 + C:PL0 + C + HVDV]
         gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
         w_out = Ww[W_OUT + j * LIN_S:W_OUT + j * LIN_S + D_ * HVDV // 2]
         out_body(o_lin, z, gn, w_out, h, D_, Hv, Dv, EPS, b, nb, ws, parts)
-        return barrier(grid, count)
+        return barrier(grid, count, prof)
 
     @cuda.jit(device=True)
-    def attention_layer(i, j, Ww, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, parts, scratch, grid, count):
+    def attention_layer(i, j, Ww, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, parts, scratch, grid, count, prof):
         h = scr[H0:H0 + D_]
         proj_att = scr[PA0:PA0 + P_ATT]
         in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
         w_qkv = Ww[W_QKV + j * ATT_S:W_QKV + j * ATT_S + P_ATT * D_ // 2]
         in_body(h, in_norm, w_qkv, proj_att, P_ATT, D_, EPS, b, nb, ws, parts, scratch)
-        count = barrier(grid, count)
-        count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count)
+        count = barrier(grid, count, prof)
+        count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count, prof)
         attn_out = scr[AO0:AO0 + HQDH]
         w_o = Ww[W_O + j * ATT_S:W_O + j * ATT_S + D_ * HQDH // 2]
         o_body(w_o, attn_out, h, D_, HQDH, b, nb, ws, parts)
-        return barrier(grid, count)
+        return barrier(grid, count, prof)
 
     @cuda.jit(device=True)
-    def mlp(i, Ww, Wf, scr, b, nb, ws, parts, scratch, grid, count):
+    def mlp(i, Ww, Wf, scr, b, nb, ws, parts, scratch, grid, count, prof):
         h = scr[H0:H0 + D_]
         act = scr[ACT0:ACT0 + F]
         post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
@@ -141,28 +141,28 @@ def _build(plan, barriers: bool, max_registers: int | None = None):
         w_gate = Ww[W_GATE + m:W_GATE + m + F * D_ // 2]
         w_up = Ww[W_UP + m:W_UP + m + F * D_ // 2]
         sw_body(h, post_norm, w_gate, w_up, act, F, D_, EPS, b, nb, ws, parts, scratch)
-        count = barrier(grid, count)
+        count = barrier(grid, count, prof)
         w_down = Ww[W_DOWN + m:W_DOWN + m + D_ * F // 2]
         down_body(w_down, act, h, D_, F, b, nb, ws, parts)
-        return barrier(grid, count)
+        return barrier(grid, count, prof)
 
     @cuda.jit(device=True)
     def lm_head_and_token(Ww, Wf, scr, best, best_s, sample, inv_t, seed_lo, seed_hi, pos, b, nb, ws, parts,
-                          scratch, keys, grid, count):
+                          scratch, keys, grid, count, prof):
         h = scr[H0:H0 + D_]
         logits = scr[LG0:LG0 + V]
         lm_w = Ww[W_LM:W_LM + V * D_ // 2]
         final_norm = Wf[F_FINAL:F_FINAL + D_]
         lm_body(h, final_norm, lm_w, logits, V, D_, EPS, best, b, nb, ws, parts, scratch, keys)
-        count = barrier(grid, count)
+        count = barrier(grid, count, prof)
         if sample:
             lmh.sample_gumbel_rows(logits, V, inv_t, seed_lo, seed_hi, pos, best_s, b, nb, keys)
-            count = barrier(grid, count)
+            count = barrier(grid, count, prof)
         return count
 
     @cuda.jit(max_registers=MAX_REGISTERS)
     def persistent_v1(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
-                      counters, trace):
+                      counters, trace, prof):
         ws = cuda.shared.array(0, float32)
         parts = cuda.shared.array(PARTS_LEN, float32)
         scratch = cuda.shared.array(32, float32)
@@ -183,17 +183,17 @@ def _build(plan, barriers: bool, max_registers: int | None = None):
         for step in range(n_steps):
             pos = pos0 + step
             embed_rows(Ww[W_EMB:W_EMB + V * D_ // 2], token, scr[H0:H0 + D_], D_ // 2, b, nb)
-            count = barrier(grid, count)
+            count = barrier(grid, count, prof)
             for i in range(L):
                 if KIND[i] == 0:
                     if HAS_LIN:  # compile-time: a config without DeltaNet layers never types this call
                         count = deltanet_layer(i, SLOT[i], Ww, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws,
-                                               parts, scratch, flag, grid, count)
+                                               parts, scratch, flag, grid, count, prof)
                 else:
                     if HAS_ATT:
                         count = attention_layer(i, SLOT[i], Ww, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, parts,
-                                                scratch, grid, count)
-                count = mlp(i, Ww, Wf, scr, b, nb, ws, parts, scratch, grid, count)
+                                                scratch, grid, count, prof)
+                count = mlp(i, Ww, Wf, scr, b, nb, ws, parts, scratch, grid, count, prof)
                 if ctl[P.CTL_TRACE] != 0:  # h is final for layer i until the next residual add, 2 phases on
                     for d in range(b * T + cuda.threadIdx.x, D_, nb * T):
                         trace[i, d] = scr[H0 + d]
@@ -201,14 +201,14 @@ def _build(plan, barriers: bool, max_registers: int | None = None):
             seed_lo = int64(ctl[P.CTL_SEED_LO]) & int64(0xFFFFFFFF)  # the seed's bits, not a signed value
             seed_hi = int64(ctl[P.CTL_SEED_HI]) & int64(0xFFFFFFFF)
             count = lm_head_and_token(Ww, Wf, scr, best, best_s, sample, D.bits_to_f32(ctl[P.CTL_INV_T]), seed_lo,
-                                      seed_hi, pos, b, nb, ws, parts, scratch, keys, grid, count)
+                                      seed_hi, pos, b, nb, ws, parts, scratch, keys, grid, count, prof)
             token = int32(best_s[3]) if sample else int32(best[3])
             if first:
                 tokens[pos] = token  # the token chosen at position pos (the input of position pos + 1)
             done = step + 1
             if token == ctl[P.CTL_EOS]:
                 break
-        count = barrier(grid, count)  # every block has read position and ctl before they change
+        count = barrier(grid, count, prof)  # every block has read position and ctl before they change
         if first:
             position[0] = pos0 + done
             ctl[P.CTL_DONE] = done
@@ -221,4 +221,4 @@ def _build(plan, barriers: bool, max_registers: int | None = None):
 SIGNATURE = ("void(int32[::1], float32[::1], float32[:, :, :], float32[:, :, ::1], float32[:, :, :, ::1], "
              "int16[:, :, :, ::1], int16[:, :, :, ::1], int32[::1], float32[::1], float32[:, ::1], "
              "float32[:, :, ::1], float32[:, :, ::1], int32[::1], int64[::1], int64[::1], int32[::1], int32[::1], "
-             "float32[:, ::1])")
+             "float32[:, ::1], int64[:, ::1])")

@@ -85,14 +85,14 @@ def kernel_key(plan) -> tuple:
 _BUILT: dict = {}
 
 
-def build(plan_key, plan, barriers: bool = True):
-    kernel = _BUILT.get((plan_key, barriers))
+def build(plan_key, plan, barriers: bool = True, profile: bool = False):
+    kernel = _BUILT.get((plan_key, barriers, profile))
     if kernel is None:
-        kernel = _BUILT[(plan_key, barriers)] = _build(plan, barriers)
+        kernel = _BUILT[(plan_key, barriers, profile)] = _build(plan, barriers, profile)
     return kernel
 
 
-def _build(plan, barriers: bool):
+def _build(plan, barriers: bool, profile: bool = False):
     o = Offsets(plan)
     lay = o.lay
     T, NW, D_, F, V, EPS, L, KIND, SLOT = o.T, o.NW, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
@@ -108,7 +108,7 @@ def _build(plan, barriers: bool):
     XS = plan.workspace
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
     NO_KEY = np.int64(lmh.INT64_MIN)
-    barrier = make_barrier(barriers)
+    barrier = make_barrier(barriers, profile)
     deltanet_core, attention_core = make_mixers(plan, barrier)
 
     @cuda.jit(device=True)
@@ -171,7 +171,7 @@ def _build(plan, barriers: bool):
 
     @cuda.jit
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
-                      counters, trace, table, npages):
+                      counters, trace, prof, table, npages):
         smem_w = cuda.shared.array(0, int32)
         smem_f = cuda.shared.array(0, float32)
         parts = cuda.shared.array(PARTS_LEN, float32)
@@ -211,7 +211,7 @@ def _build(plan, barriers: bool):
         for step in range(n_steps):
             pos = pos0 + step
             embed_rows(Ww[W_EMB:W_EMB + V * D_ // 2], token, h, D_ // 2, b, nb)
-            count = barrier(grid, count)
+            count = barrier(grid, count, prof)
             p = 0
             for i in range(L):
                 j = SLOT[i]
@@ -221,37 +221,38 @@ def _build(plan, barriers: bool):
                     if HAS_LIN:
                         cursor, issued, _m = rows_phase(p, K_NORM, D_, rstd, scr[PL0:PL0 + P_LIN], h, h, h, NO_KEY,
                                                         cursor, issued, total, pb, b, table, Ww, ring, bars, xs)
-                        count = barrier(grid, count)
+                        count = barrier(grid, count, prof)
                         count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag, grid,
-                                              count)
+                                              count, prof)
                         gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
                         stage_gated(scr[OL0:OL0 + HVDV], scr[PL0 + C:PL0 + C + HVDV], gn, xs, Hv, Dv, EPS)
                         cuda.syncthreads()
                         cursor, issued, _m = rows_phase(p + 1, K_GATED, HVDV, rstd, h, h, h, h, NO_KEY, cursor,
                                                         issued, total, pb, b, table, Ww, ring, bars, xs)
-                        count = barrier(grid, count)
+                        count = barrier(grid, count, prof)
                 else:
                     if HAS_ATT:
                         cursor, issued, _m = rows_phase(p, K_NORM, D_, rstd, scr[PA0:PA0 + P_ATT], h, h, h, NO_KEY,
                                                         cursor, issued, total, pb, b, table, Ww, ring, bars, xs)
-                        count = barrier(grid, count)
-                        count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid, count)
+                        count = barrier(grid, count, prof)
+                        count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid,
+                                               count, prof)
                         stage_split(scr[AO0:AO0 + HQDH], xs, HQDH // 8)
                         cuda.syncthreads()
                         cursor, issued, _m = rows_phase(p + 1, K_PLAIN, HQDH, rstd, h, h, h, h, NO_KEY, cursor,
                                                         issued, total, pb, b, table, Ww, ring, bars, xs)
-                        count = barrier(grid, count)
+                        count = barrier(grid, count, prof)
                 post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
                 rstd = D.rsqrt(stage_norm(h, post_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
                 act = scr[ACT0:ACT0 + F]
                 cursor, issued, _m = rows_phase(p + 2, K_SWIGLU, D_, rstd, h, h, act, h, NO_KEY, cursor, issued,
                                                 total, pb, b, table, Ww, ring, bars, xs)
-                count = barrier(grid, count)
+                count = barrier(grid, count, prof)
                 stage_split(act, xs, F // 8)
                 cuda.syncthreads()
                 cursor, issued, _m = rows_phase(p + 3, K_PLAIN, F, rstd, h, h, h, h, NO_KEY, cursor, issued, total,
                                                 pb, b, table, Ww, ring, bars, xs)
-                count = barrier(grid, count)
+                count = barrier(grid, count, prof)
                 p += 4
                 if ctl[P.CTL_TRACE] != 0:
                     for d in range(b * T + tid, D_, nb * T):
@@ -263,13 +264,13 @@ def _build(plan, barriers: bool):
             cursor, issued, mine = rows_phase(p, K_LMHEAD, D_, rstd, h, h, h, logits, NO_KEY, cursor, issued,
                                               total, pb, b, table, Ww, ring, bars, xs)
             lmh.publish_block_best(mine, best, nb, keys)
-            count = barrier(grid, count)
+            count = barrier(grid, count, prof)
             if ctl[P.CTL_SAMPLE] != 0:
                 seed_lo = int64(ctl[P.CTL_SEED_LO]) & int64(0xFFFFFFFF)
                 seed_hi = int64(ctl[P.CTL_SEED_HI]) & int64(0xFFFFFFFF)
                 lmh.sample_gumbel_rows(logits, V, D.bits_to_f32(ctl[P.CTL_INV_T]), seed_lo, seed_hi, pos, best_s,
                                        b, nb, keys)
-                count = barrier(grid, count)
+                count = barrier(grid, count, prof)
                 token = int32(best_s[3])
             else:
                 token = int32(best[3])
@@ -281,7 +282,7 @@ def _build(plan, barriers: bool):
         if tid == 0:  # pages already requested for steps that will not run: wait for them before exiting
             for g in range(cursor, issued):
                 tma.mbar_wait(bars, g % R_, (g // R_) & 1)
-        count = barrier(grid, count)
+        count = barrier(grid, count, prof)
         if first:
             position[0] = pos0 + done
             ctl[P.CTL_DONE] = done
@@ -294,7 +295,7 @@ def _build(plan, barriers: bool):
 SIGNATURE = ("void(int32[::1], float32[::1], float32[:, :, :], float32[:, :, ::1], float32[:, :, :, ::1], "
              "int16[:, :, :, ::1], int16[:, :, :, ::1], int32[::1], float32[::1], float32[:, ::1], "
              "float32[:, :, ::1], float32[:, :, ::1], int32[::1], int64[::1], int64[::1], int32[::1], int32[::1], "
-             "float32[:, ::1], int32[:, :, ::1], int32[::1])")
+             "float32[:, ::1], int64[:, ::1], int32[:, :, ::1], int32[::1])")
 
 
 def extra_args(decoder) -> list:

@@ -1,0 +1,118 @@
+"""Where a persistent kernel's time goes: every block's arrival at and departure from every grid barrier, read from
+the GPU's global timer by a profiling build of the kernel (``PersistentDecoder(..., profile=True)``).
+
+For barrier ``k`` of a launch and block ``b``: the phase before it took ``arrive[b, k] - leave[b, k-1]`` on that
+block (its work, waiting for its pages included), the barrier ``leave[b, k] - arrive[b, k]`` (waiting for the
+slowest block, plus the barrier itself). Per phase, the critical path is the slowest block's work; what the others
+spend waiting is idle time. ``phase_table`` sums that per phase kind (in_proj, deltanet, ..., lm_head) over a step;
+``plot_timeline`` draws blocks x time coloured by phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .schedule import step_phases
+
+
+@dataclass
+class Timeline:
+    labels: list[str]       # the phase that ends at each barrier ("end" for the launch's last barrier)
+    kinds: list[str]        # the phase's kind (its name without the layer)
+    arrive: np.ndarray      # int64 [blocks, barriers], ns
+    leave: np.ndarray       # int64 [blocks, barriers], ns
+    steps: int
+
+    @property
+    def start(self) -> int:
+        return int(self.arrive[:, 0].min())
+
+    def work(self) -> np.ndarray:
+        """[blocks, barriers]: each block's time in the phase before each barrier (ns)."""
+        prev = np.concatenate([np.full((self.arrive.shape[0], 1), self.start), self.leave[:, :-1]], axis=1)
+        return self.arrive - prev
+
+    def wait(self) -> np.ndarray:
+        return self.leave - self.arrive
+
+    @property
+    def total_ns(self) -> int:
+        return int(self.leave[:, -1].max() - self.start)
+
+
+def read_timeline(decoder, steps: int, context: int, sample: bool = False) -> Timeline:
+    """The profile buffer of ``decoder``'s last launch (``steps`` steps at ``context``), labelled by the schedule."""
+    phases = step_phases(decoder.config, context=context, sample=sample, version=decoder.version)
+    labels = [p.label for _ in range(steps) for p in phases if p.barrier_after] + ["end"]
+    kinds = [lab.split("[")[0] for lab in labels]
+    prof = decoder.prof.cpu().numpy()
+    n = len(labels)
+    if 2 * n > prof.shape[1]:
+        raise ValueError(f"the profile buffer holds {prof.shape[1] // 2} barriers, the launch had {n}: "
+                         "set_profile_steps(steps) before the launch")
+    return Timeline(labels, kinds, prof[:, 0 : 2 * n : 2].copy(), prof[:, 1 : 2 * n : 2].copy(), steps)
+
+
+def phase_table(t: Timeline) -> list[dict]:
+    """Per phase kind, summed over the launch and divided by the steps: the critical path (slowest block's work),
+    the mean block's work, the mean wait at the barrier after it. Times in microseconds per step."""
+    work, wait = t.work(), t.wait()
+    rows: dict[str, dict] = {}
+    for k, kind in enumerate(t.kinds):
+        r = rows.setdefault(kind, {"phase": kind, "count": 0, "critical_us": 0.0, "mean_work_us": 0.0,
+                                   "mean_wait_us": 0.0})
+        r["count"] += 1
+        r["critical_us"] += work[:, k].max() / 1e3
+        r["mean_work_us"] += work[:, k].mean() / 1e3
+        r["mean_wait_us"] += wait[:, k].mean() / 1e3
+    out = []
+    for r in rows.values():
+        for key in ("critical_us", "mean_work_us", "mean_wait_us"):
+            r[key] /= t.steps
+        r["count"] //= max(1, t.steps) if r["phase"] != "end" else 1
+        out.append(r)
+    return out
+
+
+def format_table(t: Timeline) -> str:
+    rows = phase_table(t)
+    lines = [f"{'phase':<14} {'per step':>8} {'critical us':>12} {'mean work us':>13} {'mean wait us':>13}"]
+    for r in rows:
+        lines.append(f"{r['phase']:<14} {r['count']:>8} {r['critical_us']:>12.1f} {r['mean_work_us']:>13.1f} "
+                     f"{r['mean_wait_us']:>13.1f}")
+    total = t.total_ns / 1e3 / t.steps
+    crit = sum(r["critical_us"] for r in rows)
+    lines.append(f"per step: {total:.1f} us; sum of critical paths {crit:.1f} us; barriers "
+                 f"{len(t.labels) / t.steps:.0f}")
+    return "\n".join(lines)
+
+
+def plot_timeline(t: Timeline, ax=None, max_blocks: int | None = None, title: str | None = None):
+    """Blocks (rows) x time (us), each phase a coloured bar, barrier waits left white."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(12, 4))
+    kinds = sorted(set(t.kinds))
+    cmap = plt.get_cmap("tab20")
+    color = {k: cmap(i % 20) for i, k in enumerate(kinds)}
+    work_start = np.concatenate([np.full((t.arrive.shape[0], 1), t.start), t.leave[:, :-1]], axis=1)
+    nb = t.arrive.shape[0] if max_blocks is None else min(max_blocks, t.arrive.shape[0])
+    for b in range(nb):
+        for k, kind in enumerate(t.kinds):
+            s = (work_start[b, k] - t.start) / 1e3
+            w = (t.arrive[b, k] - work_start[b, k]) / 1e3
+            ax.broken_barh([(s, w)], (b - 0.4, 0.8), facecolors=color[kind], linewidth=0)
+    ax.set_xlabel("time (us)")
+    ax.set_ylabel("block")
+    ax.set_ylim(-1, nb)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=color[k]) for k in kinds]
+    ax.legend(handles, kinds, ncol=min(6, len(kinds)), fontsize=7, loc="upper right")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+__all__ = ["Timeline", "read_timeline", "phase_table", "format_table", "plot_timeline"]
