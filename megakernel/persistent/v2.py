@@ -112,39 +112,46 @@ def _build(plan, barriers: bool, profile: bool = False):
     deltanet_core, attention_core = make_mixers(plan, barrier)
 
     @cuda.jit(device=True)
-    def issue(g, b, pb, table, Ww, ring, bars):
-        """Thread 0: start the copy of page ``g`` of this block's stream into slot g % R."""
-        slot = g % R_
+    def next_desc(g, total, b, pb, table):
+        """Thread 0: the copy descriptor (src1, n1, src2, n2) of page ``g``, loaded one page ahead of its issue so
+        the load's latency never stands between a freed slot and its refill."""
+        if g >= total:
+            return int32(0), int32(0), int32(0), int32(0)
         d = g % pb
-        n1 = table[b, d, 1]
-        n2 = table[b, d, 3]
-        tma.mbar_expect(bars, slot, (n1 + n2) * 4)
-        tma.bulk_copy(ring, slot * PW, Ww, table[b, d, 0], n1, bars, slot)
-        if n2 > 0:
-            tma.bulk_copy(ring, slot * PW + n1, Ww, table[b, d, 2], n2, bars, slot)
+        return table[b, d, 0], table[b, d, 1], table[b, d, 2], table[b, d, 3]
 
     @cuda.jit(device=True)
-    def rows_phase(p, kind, k, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, table, Ww, ring, bars,
-                   xs):
-        """Consume this block's pages of rows-phase ``p`` (x staged in ``xs``), refilling each slot as it frees.
-        Returns (cursor, issued, mine)."""
+    def issue(slot, s1, n1, s2, n2, Ww, ring, bars):
+        """Thread 0: start the copy of a page (one or two row ranges) into ``slot``."""
+        tma.mbar_expect(bars, slot, (n1 + n2) * 4)
+        tma.bulk_copy(ring, slot * PW, Ww, s1, n1, bars, slot)
+        if n2 > 0:
+            tma.bulk_copy(ring, slot * PW + n1, Ww, s2, n2, bars, slot)
+
+    @cuda.jit(device=True)
+    def rows_phase(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
+                   ring, bars, xs, d1, d2, d3, d4):
+        """Consume this block's pages of a rows phase (``rows`` rows of length ``k``; x staged in ``xs``),
+        refilling each slot as it frees. The block's rows and their pages follow from (rows, b, nb) as in
+        ``pages.page_table``, so the consumers read no table; thread 0 carries the next copy descriptor
+        (d1..d4). Returns (cursor, issued, mine, d1, d2, d3, d4)."""
         nv = k // 8
         kw = k // 2
         lane = cuda.threadIdx.x % WARP
         warp = cuda.threadIdx.x // WARP
-        while cursor < total and table[b, cursor % pb, 6] == p:
+        rpp = PW // (kw * 2) if kind == K_SWIGLU else PW // kw
+        first = rows * b // nb
+        end = rows * (b + 1) // nb
+        for row0 in range(first, end, rpp):
+            nrows = min(rpp, end - row0)
             slot = cursor % R_
             tma.mbar_wait(bars, slot, (cursor // R_) & 1)
-            d = cursor % pb
-            row0 = table[b, d, 4]
-            nrows = table[b, d, 5]
-            n1 = table[b, d, 1]
             base = slot * PW
             for r in range(warp, nrows, NW):
                 acc = D.warp_sum(dot_row_split(ring, (base + r * kw) // 4, xs, nv, lane))
                 row = row0 + r
                 if kind == K_SWIGLU:
-                    up = D.warp_sum(dot_row_split(ring, (base + n1 + r * kw) // 4, xs, nv, lane))
+                    up = D.warp_sum(dot_row_split(ring, (base + nrows * kw + r * kw) // 4, xs, nv, lane))
                     if lane == 0:
                         act[row] = D.silu(acc * rstd) * (up * rstd)
                 elif kind == K_NORM:
@@ -164,10 +171,11 @@ def _build(plan, barriers: bool, profile: bool = False):
             if issued < total:
                 if cuda.threadIdx.x == 0:
                     tma.fence_proxy_async()
-                    issue(issued, b, pb, table, Ww, ring, bars)
+                    issue(slot, d1, d2, d3, d4, Ww, ring, bars)
+                    d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
                 issued += 1
             cursor += 1
-        return cursor, issued, mine
+        return cursor, issued, mine, d1, d2, d3, d4
 
     @cuda.jit
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
@@ -201,9 +209,12 @@ def _build(plan, barriers: bool, profile: bool = False):
             tma.fence_mbarrier_init()
         cuda.syncthreads()
         issued = min(R_, total)
+        d1 = d2 = d3 = d4 = int32(0)
         if tid == 0:
             for g in range(issued):
-                issue(g, b, pb, table, Ww, ring, bars)
+                d1, d2, d3, d4 = next_desc(g, total, b, pb, table)
+                issue(g % R_, d1, d2, d3, d4, Ww, ring, bars)
+            d1, d2, d3, d4 = next_desc(issued, total, b, pb, table)
         cursor = 0
         count = 0
         done = 0
@@ -212,48 +223,52 @@ def _build(plan, barriers: bool, profile: bool = False):
             pos = pos0 + step
             embed_rows(Ww[W_EMB:W_EMB + V * D_ // 2], token, h, D_ // 2, b, nb)
             count = barrier(grid, count, prof)
-            p = 0
             for i in range(L):
                 j = SLOT[i]
                 in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
                 rstd = D.rsqrt(stage_norm(h, in_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
                 if KIND[i] == 0:
                     if HAS_LIN:
-                        cursor, issued, _m = rows_phase(p, K_NORM, D_, rstd, scr[PL0:PL0 + P_LIN], h, h, h, NO_KEY,
-                                                        cursor, issued, total, pb, b, table, Ww, ring, bars, xs)
+                        cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                            K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, NO_KEY, cursor, issued, total,
+                            pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
                         count = barrier(grid, count, prof)
                         count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag, grid,
                                               count, prof)
                         gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
                         stage_gated(scr[OL0:OL0 + HVDV], scr[PL0 + C:PL0 + C + HVDV], gn, xs, Hv, Dv, EPS)
                         cuda.syncthreads()
-                        cursor, issued, _m = rows_phase(p + 1, K_GATED, HVDV, rstd, h, h, h, h, NO_KEY, cursor,
-                                                        issued, total, pb, b, table, Ww, ring, bars, xs)
+                        cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                            K_GATED, HVDV, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table,
+                            Ww, ring, bars, xs, d1, d2, d3, d4)
                         count = barrier(grid, count, prof)
                 else:
                     if HAS_ATT:
-                        cursor, issued, _m = rows_phase(p, K_NORM, D_, rstd, scr[PA0:PA0 + P_ATT], h, h, h, NO_KEY,
-                                                        cursor, issued, total, pb, b, table, Ww, ring, bars, xs)
+                        cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                            K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, NO_KEY, cursor, issued, total,
+                            pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
                         count = barrier(grid, count, prof)
                         count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid,
                                                count, prof)
                         stage_split(scr[AO0:AO0 + HQDH], xs, HQDH // 8)
                         cuda.syncthreads()
-                        cursor, issued, _m = rows_phase(p + 1, K_PLAIN, HQDH, rstd, h, h, h, h, NO_KEY, cursor,
-                                                        issued, total, pb, b, table, Ww, ring, bars, xs)
+                        cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                            K_PLAIN, HQDH, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table,
+                            Ww, ring, bars, xs, d1, d2, d3, d4)
                         count = barrier(grid, count, prof)
                 post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
                 rstd = D.rsqrt(stage_norm(h, post_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
                 act = scr[ACT0:ACT0 + F]
-                cursor, issued, _m = rows_phase(p + 2, K_SWIGLU, D_, rstd, h, h, act, h, NO_KEY, cursor, issued,
-                                                total, pb, b, table, Ww, ring, bars, xs)
+                cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                    K_SWIGLU, D_, F, rstd, h, h, act, h, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
+                    bars, xs, d1, d2, d3, d4)
                 count = barrier(grid, count, prof)
                 stage_split(act, xs, F // 8)
                 cuda.syncthreads()
-                cursor, issued, _m = rows_phase(p + 3, K_PLAIN, F, rstd, h, h, h, h, NO_KEY, cursor, issued, total,
-                                                pb, b, table, Ww, ring, bars, xs)
+                cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                    K_PLAIN, F, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
+                    bars, xs, d1, d2, d3, d4)
                 count = barrier(grid, count, prof)
-                p += 4
                 if ctl[P.CTL_TRACE] != 0:
                     for d in range(b * T + tid, D_, nb * T):
                         trace[i, d] = h[d]
@@ -261,8 +276,9 @@ def _build(plan, barriers: bool, profile: bool = False):
             final_norm = Wf[F_FINAL:F_FINAL + D_]
             rstd = D.rsqrt(stage_norm(h, final_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
             logits = scr[LG0:LG0 + V]
-            cursor, issued, mine = rows_phase(p, K_LMHEAD, D_, rstd, h, h, h, logits, NO_KEY, cursor, issued,
-                                              total, pb, b, table, Ww, ring, bars, xs)
+            cursor, issued, mine, d1, d2, d3, d4 = rows_phase(
+                K_LMHEAD, D_, V, rstd, h, h, h, logits, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
+                bars, xs, d1, d2, d3, d4)
             lmh.publish_block_best(mine, best, nb, keys)
             count = barrier(grid, count, prof)
             if ctl[P.CTL_SAMPLE] != 0:
