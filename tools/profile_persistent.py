@@ -1,5 +1,9 @@
-"""Profile the persistent kernel versions on a GPU: one launch of a few steps per version, the per-phase table and
-a timeline chart (blocks x time). Usage: python tools/profile_persistent.py OUT_DIR [versions] [context]"""
+"""Profile the persistent kernel versions on a GPU: one launch of a few steps per variant, the per-phase table and
+a timeline chart (blocks x time).
+
+Usage: python tools/profile_persistent.py OUT_DIR [VARIANTS] [CONTEXT]
+  VARIANTS  comma-separated: a version ("1", "2") with build options after "+": "2+ool" (mixer bodies out of
+            line), "2+l2=6" (prefetch 6 pages ahead into L2), "2+ool+l2=6"; default "1,2"."""
 
 import sys
 from pathlib import Path
@@ -17,13 +21,29 @@ from reference import ensure_synthetic_checkpoint  # noqa: E402
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
-versions = [int(v) for v in (sys.argv[2] if len(sys.argv) > 2 else "1,2").split(",")]
+variants = (sys.argv[2] if len(sys.argv) > 2 else "1,2").split(",")
+
+
+def parse(variant):
+    version, *opts = variant.split("+")
+    options = {}
+    for o in opts:
+        if o == "ool":
+            options["out_of_line"] = True
+        elif o.startswith("l2="):
+            options["l2_ahead"] = int(o[3:])
+        else:
+            raise SystemExit(f"unknown option {o!r} in variant {variant!r}")
+    return int(version), options
+
+
 context = int(sys.argv[3]) if len(sys.argv) > 3 else 16
 ref = megakernel.load(ensure_synthetic_checkpoint(), "reference")
 prompt = [(i * 7919) % 200_000 + 17 for i in range(context)]
 steps = 3
-for v in versions:
-    dec = PersistentDecoder(ref, max_context=max(1024, 2 * context), version=v, profile=True)
+for variant in variants:
+    v, options = parse(variant)
+    dec = PersistentDecoder(ref, max_context=max(1024, 2 * context), version=v, profile=True, options=options)
     dec.kernel()
     logits, state = dec.prefill(prompt)
     dec.run(state, int(logits[-1].argmax()), 2)  # warm-up
@@ -31,13 +51,14 @@ for v in versions:
     dec.run(state, int(logits[-1].argmax()), steps)
     torch.cuda.synchronize()
     t = read_timeline(dec, steps, context=context + 2)
-    print(f"\n=== persistent v{v}: {dec.blocks} blocks x {dec.plan.threads} threads, {getattr(dec, 'registers', '?')} "
+    print(f"\n=== persistent {variant}: {dec.blocks} blocks x {dec.plan.threads} threads, {getattr(dec, 'registers', '?')} "
           f"registers, context {context}")
     print(format_table(t))
     fig, ax = plt.subplots(figsize=(14, 5))
-    plot_timeline(t, ax=ax, title=f"persistent v{v}, one step of three, context {context}")
-    fig.savefig(out / f"timeline_v{v}.png", dpi=110, bbox_inches="tight")
+    plot_timeline(t, ax=ax, title=f"persistent {variant}, three steps, context {context}")
+    tag = variant.replace("+", "_").replace("=", "")
+    fig.savefig(out / f"timeline_v{tag}.png", dpi=110, bbox_inches="tight")
     import numpy as np
 
-    np.savez(out / f"timeline_v{v}.npz", arrive=t.arrive, leave=t.leave, labels=np.array(t.labels))
+    np.savez(out / f"timeline_v{tag}.npz", arrive=t.arrive, leave=t.leave, labels=np.array(t.labels))
     del dec

@@ -65,7 +65,7 @@ class PersistentDecoder:
 
     def __init__(self, reference: Qwen35Model, max_context: int = 4096, version: int | None = None,
                  threads: int | None = None, blocks: int | None = None, barriers: bool = True,
-                 profile: bool = False):
+                 profile: bool = False, options: dict | None = None):
         require_gpu("the persistent megakernel")
         check_supported(reference.config)
         version = DEFAULT_VERSION if version is None else version
@@ -84,6 +84,7 @@ class PersistentDecoder:
         self.requested_blocks = blocks
         self.barriers = barriers
         self.profile = profile  # a kernel that records every block's arrival at / departure from each barrier
+        self.options = dict(options or {})  # build variants of a version (measured in NOTES.md)
         self.weights = DeviceWeights(c, reference.weights, self.device)
         dev = self.device
         self.scratch = torch.zeros(self.plan.scratch_len, dtype=torch.float32, device=dev)
@@ -121,7 +122,7 @@ class PersistentDecoder:
         occupancy limit of the compiled kernel (or what was asked for, if smaller)."""
         if self._kernel is None:
             plan = self.plan
-            kern = self.module.build(self.module.kernel_key(plan), plan, self.barriers, self.profile)
+            kern = self.module.build(self.module.kernel_key(plan), plan, self.barriers, self.profile, **self.options)
             if SIMULATOR:
                 from ..testing.simulator import MAX_SIM_THREADS
 

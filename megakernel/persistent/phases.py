@@ -73,13 +73,16 @@ def make_barrier(enabled: bool, profile: bool = False):
     return barrier
 
 
-def make_mixers(plan, barrier):
+def make_mixers(plan, barrier, out_of_line: bool = False):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
         the DeltaNet items of linear layer ``j`` (conv, norms, decay, the state update, o = S^T q), then a barrier;
     attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count, prof) -> count
         prepare (norms, RoPE, KV write), barrier, split attention, barrier, combine (* sigmoid(gate)), barrier.
+
+    ``out_of_line``: call the bodies through ``noinline`` wrappers, so each gets its own register allocation
+    (``megakernel.persistent.noinline``; the layered kernels keep inlining the same bodies).
     """
     o = Offsets(plan)
     T, NW, EPS = o.T, o.NW, o.EPS
@@ -94,6 +97,9 @@ def make_mixers(plan, barrier):
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
     comb_body = attn.combine_item(Hq, Dh, T) if o.HAS_ATT else None
+    if out_of_line:
+        dn_body, prep_body, dec_body, comb_body = (_out_of_line(f) if f is not None else None
+                                                   for f in (dn_body, prep_body, dec_body, comb_body))
 
     @cuda.jit(device=True)
     def deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof):
@@ -126,6 +132,29 @@ def make_mixers(plan, barrier):
         return barrier(grid, count, prof)
 
     return deltanet_core, attention_core
+
+
+def _out_of_line(body):
+    """A ``noinline`` wrapper around a device body (the body itself stays inlinable for the layered kernels)."""
+    from .noinline import noinline
+
+    @cuda.jit(device=True)
+    def call(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
+        body(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10)
+
+    @cuda.jit(device=True)
+    def call7(a0, a1, a2, a3, a4, a5, a6):
+        body(a0, a1, a2, a3, a4, a5, a6)
+
+    @cuda.jit(device=True)
+    def call10(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
+        body(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9)
+
+    import inspect
+
+    n = len(inspect.signature(body.py_func).parameters)
+    wrapper = {11: call, 7: call7, 10: call10}[n]
+    return noinline(wrapper)
 
 
 __all__ = ["Offsets", "make_barrier", "make_mixers"]

@@ -19,6 +19,7 @@ shared array of mbarriers, ``slot`` an index into it):
 ``fence_proxy_async()``                 order this thread's earlier shared-memory accesses before later bulk copies
                                         (the copy engine is another "proxy" than the threads' loads and stores)
 ``fence_mbarrier_init()``               make initialised mbarriers visible to the copy engine
+``prefetch_l2(src, s, n)``              start bringing ``src[s:s+n]`` into L2 (no destination; a hint)
 ``shared_address(arr)``                 the 32-bit shared-memory address of ``arr[0]`` (for alignment)
 ``globaltimer()``                       nanoseconds on the GPU's global timer (the same clock on every SM)
 =====================================  ============================================================================
@@ -66,6 +67,9 @@ if SIMULATOR:
         pass
 
     def fence_mbarrier_init():
+        pass
+
+    def prefetch_l2(src, s, n):
         pass
 
     def shared_address(arr):
@@ -177,6 +181,21 @@ else:
         return types.void(), codegen
 
     @intrinsic
+    def prefetch_l2(typingctx, src, s, n):
+        """Ask the copy engine to bring words ``src[s:s+n]`` into L2 (no destination, no completion)."""
+        if not _is_array(src):
+            return None
+
+        def codegen(context, builder, sig, args):
+            src_a = _gmem(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            nbytes = builder.mul(_as_i32(builder, args[2]), ir.Constant(_i32, 4))
+            builder.asm(ir.FunctionType(ir.VoidType(), [_i64, _i32]), "cp.async.bulk.prefetch.L2.global [$0], $1;",
+                        "l,r", [src_a, nbytes], side_effect=True)
+            return context.get_dummy_value()
+
+        return types.void(src, s, n), codegen
+
+    @intrinsic
     def fence_mbarrier_init(typingctx):
         def codegen(context, builder, sig, args):
             builder.asm(ir.FunctionType(ir.VoidType(), []), "fence.mbarrier_init.release.cluster;", "", [],
@@ -214,4 +233,4 @@ else:
 
 
 __all__ = ["mbar_init", "mbar_expect", "bulk_copy", "mbar_wait", "fence_proxy_async", "fence_mbarrier_init",
-           "shared_address", "globaltimer"]
+           "shared_address", "globaltimer", "prefetch_l2"]

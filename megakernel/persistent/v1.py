@@ -63,8 +63,10 @@ def kernel_key(plan) -> tuple:
 _BUILT: dict = {}
 
 
-def build(plan_key, plan, barriers: bool = True, profile: bool = False):
+def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
     """The version-1 kernel for a plan (compiled on first launch; one per ``kernel_key`` and ``barriers``)."""
+    if options:
+        raise ValueError(f"persistent v1 has no build options (got {sorted(options)})")
     kernel = _BUILT.get((plan_key, barriers, profile))
     if kernel is None:
         kernel = _BUILT[(plan_key, barriers, profile)] = _build(plan, barriers, profile)

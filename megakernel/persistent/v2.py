@@ -85,14 +85,22 @@ def kernel_key(plan) -> tuple:
 _BUILT: dict = {}
 
 
-def build(plan_key, plan, barriers: bool = True, profile: bool = False):
-    kernel = _BUILT.get((plan_key, barriers, profile))
+OPTIONS = {"out_of_line": False, "l2_ahead": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+
+
+def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
+    opts = {**OPTIONS, **options}
+    key = (plan_key, barriers, profile, tuple(sorted(opts.items())))
+    kernel = _BUILT.get(key)
     if kernel is None:
-        kernel = _BUILT[(plan_key, barriers, profile)] = _build(plan, barriers, profile)
+        kernel = _BUILT[key] = _build(plan, barriers, profile, **opts)
     return kernel
 
 
-def _build(plan, barriers: bool, profile: bool = False):
+def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0):
+    """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
+    ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
+    pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer)."""
     o = Offsets(plan)
     lay = o.lay
     T, NW, D_, F, V, EPS, L, KIND, SLOT = o.T, o.NW, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
@@ -109,7 +117,24 @@ def _build(plan, barriers: bool, profile: bool = False):
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
     NO_KEY = np.int64(lmh.INT64_MIN)
     barrier = make_barrier(barriers, profile)
-    deltanet_core, attention_core = make_mixers(plan, barrier)
+    deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line)
+    L2_AHEAD = l2_ahead
+
+    @cuda.jit(device=True)
+    def bar(grid, count, prof, issued, prefetched, total, b, pb, table, Ww):
+        """The grid barrier; first, thread 0 (idle until the barrier anyway) prefetches upcoming pages into L2."""
+        if L2_AHEAD > 0:
+            if cuda.threadIdx.x == 0:
+                g = max(prefetched, issued)
+                stop = min(issued + L2_AHEAD, total)
+                while g < stop:
+                    d = g % pb
+                    tma.prefetch_l2(Ww, table[b, d, 0], table[b, d, 1])
+                    if table[b, d, 3] > 0:
+                        tma.prefetch_l2(Ww, table[b, d, 2], table[b, d, 3])
+                    g += 1
+                prefetched = max(prefetched, stop)
+        return barrier(grid, count, prof), prefetched
 
     @cuda.jit(device=True)
     def next_desc(g, total, b, pb, table):
@@ -216,13 +241,14 @@ def _build(plan, barriers: bool, profile: bool = False):
                 issue(g % R_, d1, d2, d3, d4, Ww, ring, bars)
             d1, d2, d3, d4 = next_desc(issued, total, b, pb, table)
         cursor = 0
+        pf = 0  # thread 0: pages prefetched into L2 so far
         count = 0
         done = 0
         h = scr[H0:H0 + D_]
         for step in range(n_steps):
             pos = pos0 + step
             embed_rows(Ww[W_EMB:W_EMB + V * D_ // 2], token, h, D_ // 2, b, nb)
-            count = barrier(grid, count, prof)
+            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
             for i in range(L):
                 j = SLOT[i]
                 in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
@@ -232,7 +258,7 @@ def _build(plan, barriers: bool, profile: bool = False):
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
-                        count = barrier(grid, count, prof)
+                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag, grid,
                                               count, prof)
                         gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
@@ -241,13 +267,13 @@ def _build(plan, barriers: bool, profile: bool = False):
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_GATED, HVDV, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table,
                             Ww, ring, bars, xs, d1, d2, d3, d4)
-                        count = barrier(grid, count, prof)
+                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 else:
                     if HAS_ATT:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
-                        count = barrier(grid, count, prof)
+                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid,
                                                count, prof)
                         stage_split(scr[AO0:AO0 + HQDH], xs, HQDH // 8)
@@ -255,20 +281,20 @@ def _build(plan, barriers: bool, profile: bool = False):
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_PLAIN, HQDH, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table,
                             Ww, ring, bars, xs, d1, d2, d3, d4)
-                        count = barrier(grid, count, prof)
+                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
                 rstd = D.rsqrt(stage_norm(h, post_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
                 act = scr[ACT0:ACT0 + F]
                 cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                     K_SWIGLU, D_, F, rstd, h, h, act, h, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
                     bars, xs, d1, d2, d3, d4)
-                count = barrier(grid, count, prof)
+                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 stage_split(act, xs, F // 8)
                 cuda.syncthreads()
                 cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                     K_PLAIN, F, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
                     bars, xs, d1, d2, d3, d4)
-                count = barrier(grid, count, prof)
+                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 if ctl[P.CTL_TRACE] != 0:
                     for d in range(b * T + tid, D_, nb * T):
                         trace[i, d] = h[d]
@@ -280,13 +306,13 @@ def _build(plan, barriers: bool, profile: bool = False):
                 K_LMHEAD, D_, V, rstd, h, h, h, logits, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
                 bars, xs, d1, d2, d3, d4)
             lmh.publish_block_best(mine, best, nb, keys)
-            count = barrier(grid, count, prof)
+            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
             if ctl[P.CTL_SAMPLE] != 0:
                 seed_lo = int64(ctl[P.CTL_SEED_LO]) & int64(0xFFFFFFFF)
                 seed_hi = int64(ctl[P.CTL_SEED_HI]) & int64(0xFFFFFFFF)
                 lmh.sample_gumbel_rows(logits, V, D.bits_to_f32(ctl[P.CTL_INV_T]), seed_lo, seed_hi, pos, best_s,
                                        b, nb, keys)
-                count = barrier(grid, count, prof)
+                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 token = int32(best_s[3])
             else:
                 token = int32(best[3])
@@ -298,7 +324,7 @@ def _build(plan, barriers: bool, profile: bool = False):
         if tid == 0:  # pages already requested for steps that will not run: wait for them before exiting
             for g in range(cursor, issued):
                 tma.mbar_wait(bars, g % R_, (g // R_) & 1)
-        count = barrier(grid, count, prof)
+        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
         if first:
             position[0] = pos0 + done
             ctl[P.CTL_DONE] = done
