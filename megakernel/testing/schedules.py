@@ -34,7 +34,7 @@ from dataclasses import dataclass
 ENV_VAR = "MEGAKERNEL_SIM_SCHEDULE"
 KINDS = ("forward", "reverse", "random")
 # random schedules: probability that a thread yields the GIL at a yield point (barrier exit, atomic, shared write).
-YIELD_PROBABILITY = 0.25
+YIELD_PROBABILITY = 0.1
 
 
 @dataclass(frozen=True)

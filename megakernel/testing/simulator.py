@@ -34,10 +34,24 @@ but the stock simulator has gaps that make some tests pass for the wrong reason:
   Python thread, so big launches take minutes.  Tests must use tiny configurations;
 * ``max_cooperative_grid_blocks`` returns how many blocks fit under ``MAX_SIM_THREADS``;
 * shared and local arrays start filled with 0xFF bytes (NaN for floats, -1 for ints) instead of
-  whatever ``np.empty`` returns, so reading memory no thread wrote shows up in results;
+  whatever ``np.empty`` returns, so reading memory no thread wrote shows up in results; a static
+  shared array is fresh poison at every execution of its declaration (each call of a device
+  function that declares one), not one array per source line whose old values hide a missing write;
+* data races are reported: ``megakernel.testing.races`` checks every access to shared memory and
+  to the kernel's array arguments against happens-before (barriers, syncwarp, threadfence +
+  atomics) and raises ``SimulatorRace`` naming the kernel, array, index, both threads and the
+  line, whatever order the threads ran in (``MEGAKERNEL_SIM_RACES=off|shared|all``, default all);
+* threads start in a schedule's order (``megakernel.testing.schedules``: forward, reverse, or a
+  seeded random order with random GIL yields; ``MEGAKERNEL_SIM_SCHEDULE``), named in the message
+  of every failure a launch raises so it can be replayed;
 * common float32 ``libdevice`` functions get Python fallbacks (see ``LIBDEVICE_FALLBACKS``);
 * CPU ``torch.Tensor`` kernel arguments are passed as NumPy views (results land in the tensor),
-  so host code can launch the same way it does on the GPU with CUDA tensors;
+  so host code can launch the same way it does on the GPU with CUDA tensors; NumPy arrays are not
+  copied either (the stock simulator copies each one), so arguments that overlap in memory
+  overlap in the kernel, as device arrays do on the GPU;
+* one lock serialises all atomics (the stock simulator has one per kind of atomic);
+* ``install()`` refuses numba-cuda releases outside ``SUPPORTED_NUMBA_CUDA``: the layer replaces
+  methods of the simulator's private classes;
 * ``cuda.jit`` accepts (and ignores) GPU-only code generation options such as ``lineinfo``
   and ``launch_bounds``, so one kernel source serves both targets.
 
@@ -59,7 +73,10 @@ Limits that remain (write kernels so they do not matter):
 * ``cuda.grid``/``threadIdx`` give Python ints, and array elements are NumPy scalars: integer
   overflow and signedness can differ from the GPU's 32/64-bit arithmetic.
 * cost: ~0.1-0.3 ms to start each simulated thread, ~20-30 us per thread per barrier or
-  warp exchange; a 64x64 warp-per-row matvec on 2x128 threads takes ~0.15 s.
+  warp exchange; a 64x64 warp-per-row matvec on 2x128 threads takes ~0.15 s.  Race detection
+  costs ~0.4 us per tracked access (about what the stock array wrapper it replaces cost) and an
+  O(threads) vector-clock join per barrier.
+* what the race detector cannot see: see ``megakernel.testing.races``.
 * one launch at a time; Python floats stay float64 (``math.exp(x)`` returns a Python float in the
   simulator, float32 on the GPU), so float64 promotion is caught by ``megakernel.testing.ptx_check``,
   not here.
