@@ -602,8 +602,9 @@ def test_supported_numba_cuda_versions(monkeypatch):
     for good in ("0.30.4", "0.30.12", "0.30.5rc1"):
         simulator.check_numba_cuda_version(good)
     for bad in ("0.31.0", "0.30.3", "1.0.0"):
-        with pytest.raises(RuntimeError, match=re.escape(f"supports numba-cuda >=0.30.4,<0.31 (it patches private "
-                                                         f"classes of Numba's CUDA simulator), found numba-cuda {bad}")):
+        with pytest.raises(RuntimeError, match=re.escape(f"supports numba-cuda >=0.30.4,<0.31 (it patches "
+                                                         f"private classes of Numba's CUDA simulator), found "
+                                                         f"numba-cuda {bad}")):
             simulator.check_numba_cuda_version(bad)
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"numba-cuda[cu13]{simulator.SUPPORTED_NUMBA_CUDA}" in deps  # one range, in both places

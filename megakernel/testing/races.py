@@ -142,7 +142,6 @@ class LaunchRaces:
 
     def __init__(self, kernel_name: str, mode: str, threads: list, nthreads: int):
         self.kernel = kernel_name
-        self.mode = mode
         self.check_global = mode == "all"
         self.threads = threads  # filled by the launch, in tid order
         self.nt = nthreads

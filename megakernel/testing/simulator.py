@@ -154,7 +154,9 @@ class _Barrier:
     all queue again for the condition's lock.
     """
 
-    __slots__ = ("lock", "parties", "count", "gen", "error", "name", "waiters", "arrived", "on_release")
+    __slots__ = (
+        "lock", "parties", "count", "gen", "error", "name", "waiters", "arrived", "on_release"
+    )
 
     def __init__(self, parties: int, name: str, on_release=None):
         self.lock = threading.Lock()
@@ -164,8 +166,8 @@ class _Barrier:
         self.error: BaseException | None = None
         self.name = name
         self.waiters: list = []
-        # Race detection: on_release(threads that arrived) runs when a generation completes, before anyone
-        # leaves (it joins their vector clocks).
+        # Race detection: on_release(threads that arrived) runs when a generation completes,
+        # before anyone leaves (it joins their vector clocks).
         self.arrived: list = []
         self.on_release = on_release
 
@@ -404,7 +406,7 @@ class _Block:
     def __init__(self, idx, linear: int, nthreads: int, dynshared_size: int, races=None):
         self.idx = idx
         self.linear = linear
-        self.exited: list = []  # threads that finished: their last clocks join every later syncthreads
+        self.exited: list = []  # finished threads: their last clocks join every later syncthreads
         on_release = None
         if races is not None:
             def on_release(arrived):
@@ -431,7 +433,7 @@ class _SimThread(threading.Thread):
         self.block = block
         self.block_linear = block.linear
         self.thread_id = linear_id
-        self.tid = len(launch.threads)  # index in the launch (block-major): the race detector's thread id
+        self.tid = len(launch.threads)  # index in the launch (block-major): race detector's id
         self.threadIdx = thread_idx
         self.blockIdx = block_idx
         self.lane = linear_id % WARP_SIZE
@@ -590,7 +592,7 @@ def _make_module_class():
 
         def atomic(self, array, *args):
             if type(array) is racemod.TrackedArray:
-                # unwrapped: an atomic is not a plain access; the race detector sees it as a release/acquire
+                # unwrapped: not a plain access; the race detector sees a release/acquire
                 index = (0,) * array._a.ndim if name == "compare_and_swap" else args[0]
                 th = threading.current_thread()
                 with _ATOMIC_LOCK:
@@ -740,7 +742,10 @@ class _Launch:
             schedules.launched.append(self.schedule)
         self.threads: list[_SimThread] = []
         mode = racemod.current_mode()
-        self.races = None if mode == "off" else racemod.LaunchRaces(self.name, mode, self.threads, self.nthreads)
+        self.races = (
+            None if mode == "off"
+            else racemod.LaunchRaces(self.name, mode, self.threads, self.nthreads)
+        )
         on_release = None
         if self.races is not None:
             def on_release(arrived):
@@ -804,7 +809,7 @@ class _Launch:
 
     def thread_done(self, th):
         block = th.block
-        if self.races is not None:  # before leaving the barriers: the next join must include this thread
+        if self.races is not None:  # before leaving the barriers: the next join must include it
             block.exited.append(th)
             self.races.exited.append(th)
         with self.lock:
@@ -1017,8 +1022,8 @@ def plain_array(arr) -> np.ndarray:
 
 
 def record_reads(arr, start: int, count: int) -> None:
-    """Tell the race detector that elements ``start .. start+count-1`` of 1-D ``arr`` were read (a no-op for
-    arrays it does not track)."""
+    """Tell the race detector that elements ``start .. start+count-1`` of 1-D ``arr`` were read
+    (a no-op for arrays it does not track)."""
     if type(arr) is racemod.TrackedArray:
         arr.read_run(start, count)
 
@@ -1189,9 +1194,10 @@ def check_numba_cuda_version(version: str | None = None) -> None:
     low, high = _SUPPORTED_RANGE
     if not numbers or not low <= numbers < high:
         raise RuntimeError(
-            f"megakernel.testing.simulator supports numba-cuda {SUPPORTED_NUMBA_CUDA} (it patches private "
-            f"classes of Numba's CUDA simulator), found numba-cuda {version}: install "
-            f"'numba-cuda[cu13]{SUPPORTED_NUMBA_CUDA}' (pyproject.toml) or port the layer to this release"
+            f"megakernel.testing.simulator supports numba-cuda {SUPPORTED_NUMBA_CUDA} (it patches "
+            f"private classes of Numba's CUDA simulator), found numba-cuda {version}: install "
+            f"'numba-cuda[cu13]{SUPPORTED_NUMBA_CUDA}' (pyproject.toml) or port the layer to this "
+            "release"
         )
 
 
