@@ -290,18 +290,11 @@ else:
     def bf16_hi(w):
         return _BF16[(int(w) >> 16) & 0xFFFF]
 
-    def _ndarray(arr):
-        """The NumPy array behind a simulator kernel argument (they come wrapped)."""
-        while not isinstance(arr, np.ndarray):
-            inner = arr.__dict__.get("_item")
-            arr = inner if inner is not None else arr._ary
-        return arr
-
     def _vector_load(name, n, kinds):
         nbytes = 4 * n
 
         def load(arr, i):
-            a = _ndarray(arr)
+            a = _sim.plain_array(arr)
             if a.ndim != 1 or a.dtype.itemsize != 4 or a.dtype.kind not in kinds:
                 raise TypeError(f"{name} needs a 1-D {kinds!r}-kind 32-bit array, got {a.dtype}")
             if not a.flags.c_contiguous:
@@ -314,6 +307,7 @@ else:
             j = n * int(i)
             if j < 0 or j + n > a.shape[0]:
                 raise IndexError(f"{name}: vector {int(i)} is out of bounds for {a.shape[0]} elements")
+            _sim.record_reads(arr, j, n)  # the race detector sees vector loads like element reads
             return tuple(a[j : j + n])
 
         load.__name__ = name

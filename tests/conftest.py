@@ -41,6 +41,36 @@ TEST_CONFIGS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def simulator_schedule(request):
+    """Every test's kernel launches run under one simulator schedule (forward, reverse or random, picked from the
+    test id; MEGAKERNEL_SIM_SCHEDULE overrides it to replay a failure), named in the report if the test fails."""
+    from numba import config
+
+    if not config.ENABLE_CUDASIM:
+        yield None
+        return
+    from megakernel.testing import schedules
+
+    schedule = schedules.for_test(request.node.nodeid)
+    schedules.launched.clear()
+    request.node.simulator_schedules = schedules.launched
+    with schedules.use(schedule):
+        yield schedule
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    launched = getattr(item, "simulator_schedules", None)
+    if report.failed and launched:
+        from megakernel.testing.schedules import ENV_VAR
+
+        names = ", ".join(map(str, launched))
+        report.sections.append(("simulator schedules", f"this test's launches ran under {names} (replay one: "
+                                                       f"{ENV_VAR}={launched[-1]} pytest '{item.nodeid}')"))
+
+
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):
     """checkpoint_factory(name, **write_kwargs) -> path; each distinct request is written once per session."""

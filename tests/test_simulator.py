@@ -354,6 +354,7 @@ def flag_barrier(flag, data, out, nrounds):
         out[g] = data[(g + cuda.blockDim.x) % cuda.gridsize(1)]
         cuda.syncthreads()
         if t == 0:
+            cuda.threadfence()  # orders this block's reads of data before the next round's writes
             cuda.atomic.add(flag, 1, 1)
             while cuda.atomic.add(flag, 1, 0) < (r + 1) * cuda.gridDim.x:
                 pass
@@ -463,15 +464,52 @@ def test_uninitialised_shared_and_local_memory_is_poisoned():
     assert (iout == -1).all()
 
 
+@cuda.jit(device=True)
+def stage_through_shared(value, write):
+    s = cuda.shared.array(32, float32)
+    t = cuda.threadIdx.x
+    if write:
+        s[t] = value
+    cuda.syncthreads()
+    res = s[t]
+    cuda.syncthreads()
+    return res
+
+
+@cuda.jit
+def two_calls_one_forgets_to_write(out):
+    t = cuda.threadIdx.x
+    out[0, t] = stage_through_shared(float32(1), True)
+    out[1, t] = stage_through_shared(float32(2), False)  # on the GPU: whatever the first call left
+
+
+def test_shared_arrays_are_fresh_poison_at_every_call():
+    out = np.zeros((2, 32), np.float32)
+    run_with_timeout(lambda: two_calls_one_forgets_to_write[1, 32](out))
+    assert (out[0] == 1).all()
+    assert np.isnan(out[1]).all()  # the read of memory this call never wrote shows up
+    with simulator.stock_simulator():
+        out = np.zeros((2, 32), np.float32)
+        two_calls_one_forgets_to_write[1, 32](out)
+    assert (out[1] == 1).all()  # one array per source line: the first call's values hid the bug
+
+
 @cuda.jit
 def block_votes(x, res):
     t = cuda.threadIdx.x
-    res[cuda.blockIdx.x, 0] = cuda.syncthreads_count(x[cuda.grid(1)] > 0)
-    res[cuda.blockIdx.x, 1] = cuda.syncthreads_and(x[cuda.grid(1)] > 0)
-    res[cuda.blockIdx.x, 2] = cuda.syncthreads_or(x[cuda.grid(1)] > 1)
+    b = cuda.blockIdx.x
+    count = cuda.syncthreads_count(x[cuda.grid(1)] > 0)
+    every = cuda.syncthreads_and(x[cuda.grid(1)] > 0)
+    some = cuda.syncthreads_or(x[cuda.grid(1)] > 1)
+    if t == 39:  # one writer per element (every thread writing the same value is still a race)
+        res[b, 0] = count
+        res[b, 1] = every
+        res[b, 2] = some
     if t >= 40:
         return  # exited threads no longer count
-    res[cuda.blockIdx.x, 3] = cuda.syncthreads_count(1)
+    count = cuda.syncthreads_count(1)
+    if t == 0:
+        res[b, 3] = count
 
 
 def test_syncthreads_count_and_or():
@@ -552,3 +590,27 @@ def test_math_in_kernels_unchanged():
     out = np.zeros_like(x)
     k[1, 32](x, out)
     np.testing.assert_allclose(out, np.exp(x) + np.sqrt(x), rtol=1e-6)
+
+
+def test_supported_numba_cuda_versions(monkeypatch):
+    import importlib.metadata
+    import re
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    for good in ("0.30.4", "0.30.12", "0.30.5rc1"):
+        simulator.check_numba_cuda_version(good)
+    for bad in ("0.31.0", "0.30.3", "1.0.0"):
+        with pytest.raises(RuntimeError, match=re.escape(f"supports numba-cuda >=0.30.4,<0.31 (it patches "
+                                                         f"private classes of Numba's CUDA simulator), found "
+                                                         f"numba-cuda {bad}")):
+            simulator.check_numba_cuda_version(bad)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"numba-cuda[cu13]{simulator.SUPPORTED_NUMBA_CUDA}" in deps  # one range, in both places
+    with simulator.stock_simulator():
+        monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.32.1")
+        with pytest.raises(RuntimeError, match="found numba-cuda 0.32.1"):
+            simulator.install()
+        monkeypatch.undo()
+    assert simulator.is_installed()

@@ -34,10 +34,24 @@ but the stock simulator has gaps that make some tests pass for the wrong reason:
   Python thread, so big launches take minutes.  Tests must use tiny configurations;
 * ``max_cooperative_grid_blocks`` returns how many blocks fit under ``MAX_SIM_THREADS``;
 * shared and local arrays start filled with 0xFF bytes (NaN for floats, -1 for ints) instead of
-  whatever ``np.empty`` returns, so reading memory no thread wrote shows up in results;
+  whatever ``np.empty`` returns, so reading memory no thread wrote shows up in results; a static
+  shared array is fresh poison at every execution of its declaration (each call of a device
+  function that declares one), not one array per source line whose old values hide a missing write;
+* data races are reported: ``megakernel.testing.races`` checks every access to shared memory and
+  to the kernel's array arguments against happens-before (barriers, syncwarp, threadfence +
+  atomics) and raises ``SimulatorRace`` naming the kernel, array, index, both threads and the
+  line, whatever order the threads ran in (``MEGAKERNEL_SIM_RACES=off|shared|all``, default all);
+* threads start in a schedule's order (``megakernel.testing.schedules``: forward, reverse, or a
+  seeded random order with random GIL yields; ``MEGAKERNEL_SIM_SCHEDULE``), named in the message
+  of every failure a launch raises so it can be replayed;
 * common float32 ``libdevice`` functions get Python fallbacks (see ``LIBDEVICE_FALLBACKS``);
 * CPU ``torch.Tensor`` kernel arguments are passed as NumPy views (results land in the tensor),
-  so host code can launch the same way it does on the GPU with CUDA tensors;
+  so host code can launch the same way it does on the GPU with CUDA tensors; NumPy arrays are not
+  copied either (the stock simulator copies each one), so arguments that overlap in memory
+  overlap in the kernel, as device arrays do on the GPU;
+* one lock serialises all atomics (the stock simulator has one per kind of atomic);
+* ``install()`` refuses numba-cuda releases outside ``SUPPORTED_NUMBA_CUDA``: the layer replaces
+  methods of the simulator's private classes;
 * ``cuda.jit`` accepts (and ignores) GPU-only code generation options such as ``lineinfo``
   and ``launch_bounds``, so one kernel source serves both targets.
 
@@ -59,7 +73,10 @@ Limits that remain (write kernels so they do not matter):
 * ``cuda.grid``/``threadIdx`` give Python ints, and array elements are NumPy scalars: integer
   overflow and signedness can differ from the GPU's 32/64-bit arithmetic.
 * cost: ~0.1-0.3 ms to start each simulated thread, ~20-30 us per thread per barrier or
-  warp exchange; a 64x64 warp-per-row matvec on 2x128 threads takes ~0.15 s.
+  warp exchange; a 64x64 warp-per-row matvec on 2x128 threads takes ~0.15 s.  Race detection
+  costs ~0.4 us per tracked access (about what the stock array wrapper it replaces cost) and an
+  O(threads) vector-clock join per barrier.
+* what the race detector cannot see: see ``megakernel.testing.races``.
 * one launch at a time; Python floats stay float64 (``math.exp(x)`` returns a Python float in the
   simulator, float32 on the GPU), so float64 promotion is caught by ``megakernel.testing.ptx_check``,
   not here.
@@ -73,6 +90,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 import struct
 import sys
 import threading
@@ -80,6 +98,10 @@ import time
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
+
+from megakernel.testing import races as racemod
+from megakernel.testing import schedules
+from megakernel.testing.races import SimulatorRace  # noqa: F401  (re-exported)
 
 # Largest launch we agree to simulate (one Python thread per CUDA thread; ~0.1 ms each to
 # start, more to run).  Raise it locally if you must, but CI configs should stay tiny.
@@ -132,9 +154,11 @@ class _Barrier:
     all queue again for the condition's lock.
     """
 
-    __slots__ = ("lock", "parties", "count", "gen", "error", "name", "waiters")
+    __slots__ = (
+        "lock", "parties", "count", "gen", "error", "name", "waiters", "arrived", "on_release"
+    )
 
-    def __init__(self, parties: int, name: str):
+    def __init__(self, parties: int, name: str, on_release=None):
         self.lock = threading.Lock()
         self.parties = parties
         self.count = 0
@@ -142,6 +166,10 @@ class _Barrier:
         self.error: BaseException | None = None
         self.name = name
         self.waiters: list = []
+        # Race detection: on_release(threads that arrived) runs when a generation completes,
+        # before anyone leaves (it joins their vector clocks).
+        self.arrived: list = []
+        self.on_release = on_release
 
     def wait(self, thread) -> None:
         lock = self.lock
@@ -151,19 +179,26 @@ class _Barrier:
             raise _Aborted(str(self.error))
         gen = self.gen
         self.count += 1
+        if self.on_release is not None:
+            self.arrived.append(thread)
         if self.count >= self.parties:
             self._release_locked()  # releases the lock
-            return
-        wake = thread.wake
-        self.waiters.append(wake)
-        thread.waiting_on = (self, gen)
-        lock.release()
-        wake.acquire()  # released by the last arrival, or by abort()
-        thread.waiting_on = None
-        if self.gen == gen:
-            raise _Aborted(str(self.error))
+        else:
+            wake = thread.wake
+            self.waiters.append(wake)
+            thread.waiting_on = (self, gen)
+            lock.release()
+            wake.acquire()  # released by the last arrival, or by abort()
+            thread.waiting_on = None
+            if self.gen == gen:
+                raise _Aborted(str(self.error))
+        if thread.maybe_yield is not None:
+            thread.maybe_yield()
 
     def _release_locked(self) -> None:
+        if self.on_release is not None:
+            self.on_release(self.arrived)
+            self.arrived = []
         waiters = self.waiters
         self.waiters = []
         self.count = 0
@@ -203,8 +238,8 @@ class _GridBarrier(_Barrier):
 
     __slots__ = ("dead_block",)
 
-    def __init__(self, parties: int, name: str):
-        super().__init__(parties, name)
+    def __init__(self, parties: int, name: str, on_release=None):
+        super().__init__(parties, name, on_release)
         self.dead_block = None
 
     def _dead_error(self):
@@ -257,11 +292,16 @@ class _Warp:
 
     __slots__ = ("index", "n", "full", "barrier", "vals", "kinds", "exited", "block_idx")
 
-    def __init__(self, index: int, nlanes: int, block_idx):
+    def __init__(self, index: int, nlanes: int, block_idx, races=None):
         self.index = index
         self.n = nlanes
         self.full = (1 << nlanes) - 1
-        self.barrier = _Barrier(nlanes, f"warp {index} of block {block_idx}")
+        on_release = None
+        if races is not None:
+            def on_release(lanes):  # only syncwarp orders memory; shuffles and votes do not
+                if lanes[-1].warp_kind == "syncwarp":
+                    races.join(lanes)
+        self.barrier = _Barrier(nlanes, f"warp {index} of block {block_idx}", on_release)
         self.vals = ([None] * WARP_SIZE, [None] * WARP_SIZE)
         self.kinds = ([None] * WARP_SIZE, [None] * WARP_SIZE)
         self.exited = 0
@@ -284,25 +324,59 @@ class _BlockShared:
     """``cuda.shared`` of one block (the stock simulator shares one across all blocks).
 
     Like the stock simulator, a static shared array is identified by the source line that
-    declares it, so declare each shared array on its own line.
+    declares it, so declare each shared array on its own line.  Unlike it, every execution of a
+    declaration (the n-th call of a device function that declares one, by each thread) gets a
+    fresh poisoned array, so a read of memory this call did not write shows up as NaN instead of
+    a value left by an earlier call.  On the GPU it is the same memory every time: with race
+    detection on, all calls of one declaration share one shadow, so a race between a late reader
+    of call n and an early writer of call n+1 is still reported.
     """
 
-    def __init__(self, dynshared_size: int):
-        self._allocations: dict = {}
+    def __init__(self, dynshared_size: int, races=None):
+        self._instances: dict = {}
+        self._shadows: dict = {}
+        self._races = races
         self._dynshared = np.full(dynshared_size, 0xFF, dtype=np.uint8)
+        self._dyn_shadow = None
 
     def array(self, shape, dtype, alignment=None):
         dtype = _np_dtype(dtype)
+        races = self._races
         if shape == 0:  # dynamic shared memory: every such array aliases one buffer
             count = self._dynshared.size // dtype.itemsize
-            return np.frombuffer(self._dynshared.data, dtype=dtype, count=count)
+            res = np.frombuffer(self._dynshared.data, dtype=dtype, count=count)
+            if races is None:
+                return res
+            if self._dyn_shadow is None:
+                # one shadow per block, per 4-byte word (2 or 1 if the buffer size demands it)
+                unit = min(4, self._dynshared.size & -self._dynshared.size or 4)
+                shadow = races.shadow(-(-self._dynshared.size // unit), unit.bit_length() - 1,
+                                      racemod.SharedDescription(res, None, None), shared=True)
+                with _SHARED_LOCK:
+                    if self._dyn_shadow is None:
+                        self._dyn_shadow = shadow
+            return racemod.TrackedArray(res, self._dyn_shadow, 0)
         frame = sys._getframe(1)
         key = (frame.f_code.co_filename, frame.f_lineno)
-        res = self._allocations.get(key)
+        calls = threading.current_thread().shared_calls
+        n = calls.get(key, 0)
+        calls[key] = n + 1
+        res = self._instances.get((key, n))
         if res is None:
+            fresh = _poisoned(shape, dtype)
+            if races is not None:
+                shadow = self._shadows.get(key)
+                if shadow is None:
+                    shadow = self._shadows.setdefault(key, races.shadow(
+                        fresh.size, fresh.itemsize.bit_length() - 1,
+                        racemod.SharedDescription(fresh, *key), shared=True))
+                fresh = racemod.TrackedArray(fresh, shadow, 0)
             # setdefault is atomic, so all threads of the block get the same array.
-            res = self._allocations.setdefault(key, _poisoned(shape, dtype))
+            res = self._instances.setdefault((key, n), fresh)
         return res
+
+
+_SHARED_LOCK = threading.Lock()
 
 
 class _Local:
@@ -327,17 +401,23 @@ def _poisoned(shape, dtype):
 
 
 class _Block:
-    __slots__ = ("idx", "barrier", "shared", "state", "live", "warps")
+    __slots__ = ("idx", "linear", "barrier", "shared", "state", "live", "warps", "exited")
 
-    def __init__(self, idx, nthreads: int, dynshared_size: int):
+    def __init__(self, idx, linear: int, nthreads: int, dynshared_size: int, races=None):
         self.idx = idx
-        self.barrier = _Barrier(nthreads, f"syncthreads of block {idx}")
-        self.shared = _BlockShared(dynshared_size)
+        self.linear = linear
+        self.exited: list = []  # finished threads: their last clocks join every later syncthreads
+        on_release = None
+        if races is not None:
+            def on_release(arrived):
+                races.join(arrived, self.exited)
+        self.barrier = _Barrier(nthreads, f"syncthreads of block {idx}", on_release)
+        self.shared = _BlockShared(dynshared_size, races)
         # syncthreads_count/and/or votes: 0/1 per thread, -1 once a thread has exited
         self.state = np.zeros(nthreads, dtype=np.int8)
         self.live = nthreads
         self.warps = [
-            _Warp(w, min(WARP_SIZE, nthreads - w * WARP_SIZE), idx)
+            _Warp(w, min(WARP_SIZE, nthreads - w * WARP_SIZE), idx, races)
             for w in range((nthreads + WARP_SIZE - 1) // WARP_SIZE)
         ]
 
@@ -351,13 +431,20 @@ class _SimThread(threading.Thread):
         super().__init__(daemon=True, name=f"cudasim{tuple(block_idx)}{tuple(thread_idx)}")
         self.launch = launch
         self.block = block
+        self.block_linear = block.linear
         self.thread_id = linear_id
+        self.tid = len(launch.threads)  # index in the launch (block-major): race detector's id
         self.threadIdx = thread_idx
         self.blockIdx = block_idx
         self.lane = linear_id % WARP_SIZE
         self.warp = block.warps[linear_id // WARP_SIZE]
         self.warp_gen = 0
+        self.warp_kind = None
         self.waiting_on = None
+        self.shared_calls: dict = {}  # declaration -> how many times this thread executed it
+        self.maybe_yield = launch.schedule.yielder(self.tid)
+        if launch.races is not None:
+            launch.races.init_thread(self)
         self.wake = threading.Lock()  # held; released to wake this thread from a barrier
         self.wake.acquire()
         self._target_fn = target
@@ -365,6 +452,7 @@ class _SimThread(threading.Thread):
 
     def run(self):
         launch = self.launch
+        racemod._tls.thread = self
         try:
             # GPUs do not trap on overflow/NaN; debug=True keeps the stock "divide raises".
             np.seterr(all="ignore", divide="raise" if launch.debug else "ignore")
@@ -417,6 +505,7 @@ class _SimThread(threading.Thread):
         kinds = warp.kinds[gen]
         vals[self.lane] = value
         kinds[self.lane] = kind
+        self.warp_kind = kind
         warp.barrier.wait(self)
         if self.lane == 0 and kinds.count(kind) != warp.n:
             seen = sorted({k for k in kinds[: warp.n]})
@@ -491,27 +580,41 @@ _ATOMIC_OPS = (
     "add", "sub", "and_", "or_", "xor", "inc", "dec", "exch", "max", "min",
     "nanmax", "nanmin", "compare_and_swap", "cas",
 )
+_ATOMIC_LOCK = threading.Lock()
 
 
 def _make_module_class():
     """Built lazily: importing this module must not import numba.cuda."""
     from numba.cuda.simulator.kernelapi import FakeCUDAAtomic, FakeCUDAModule
 
-    def _yielding(op):
-        def atomic(self, *args):
-            res = op(self, *args)
+    def _atomic(name):
+        op = getattr(FakeCUDAAtomic, name)
+
+        def atomic(self, array, *args):
+            if type(array) is racemod.TrackedArray:
+                # unwrapped: not a plain access; the race detector sees a release/acquire
+                index = (0,) * array._a.ndim if name == "compare_and_swap" else args[0]
+                th = threading.current_thread()
+                with _ATOMIC_LOCK:
+                    res = op(self, array._a, *args)
+                    self.races.atomic(th, array, index)
+            else:
+                with _ATOMIC_LOCK:
+                    res = op(self, array, *args)
             time.sleep(0)  # let other threads run: atomics are what spin-waits poll
             return res
 
-        atomic.__name__ = op.__name__
+        atomic.__name__ = name
         return atomic
 
-    # A thread spinning on a flag (a hand-made inter-block barrier) would otherwise keep the
-    # GIL for a whole switch interval per turn while the thread it waits for cannot run.
-    YieldingAtomic = type(
-        "YieldingAtomic",
+    # One lock for every kind of atomic (the stock simulator has one per kind, so an atomic max and
+    # an atomic exchange on one element could interleave).  Atomics yield the GIL: a thread spinning
+    # on a flag (a hand-made inter-block barrier) would otherwise keep it for a whole switch
+    # interval per turn while the thread it waits for cannot run.
+    TrackingAtomic = type(
+        "TrackingAtomic",
         (FakeCUDAAtomic,),
-        {name: _yielding(getattr(FakeCUDAAtomic, name)) for name in _ATOMIC_OPS},
+        {name: _atomic(name) for name in _ATOMIC_OPS},
     )
 
     class HonestCUDAModule(FakeCUDAModule):
@@ -521,18 +624,23 @@ def _make_module_class():
             super().__init__(grid_dim, block_dim, 0)
             self._cg = _Cg(launch.grid_barrier)
             self._local = _Local()
-            self._atomic = YieldingAtomic()
+            self._atomic = TrackingAtomic()
+            self._atomic.races = self._races = launch.races
 
-        # Fences order memory on the GPU; here memory is always coherent, but they often sit
-        # in spin-wait loops, so they yield the GIL like atomics do.
+        # Fences order memory on the GPU; here memory is always coherent, but the race detector
+        # needs them (a fence then an atomic is a release).  They often sit in spin-wait loops,
+        # so they yield the GIL like atomics do.
         def threadfence(self):
+            if self._races is not None:
+                self._races.fence(threading.current_thread(), block_scope=False)
             time.sleep(0)
 
         def threadfence_block(self):
+            if self._races is not None:
+                self._races.fence(threading.current_thread(), block_scope=True)
             time.sleep(0)
 
-        def threadfence_system(self):
-            time.sleep(0)
+        threadfence_system = threadfence
 
         def nanosleep(self, ns):
             time.sleep(0)
@@ -629,13 +737,25 @@ class _Launch:
         self.block_threads = block_dim[0] * block_dim[1] * block_dim[2]
         self.nthreads = self.block_threads * grid_dim[0] * grid_dim[1] * grid_dim[2]
         self._check_config()
-        self.grid_barrier = _GridBarrier(self.nthreads, "this_grid().sync()")
+        self.schedule = schedules.current()
+        if self.schedule not in schedules.launched:
+            schedules.launched.append(self.schedule)
+        self.threads: list[_SimThread] = []
+        mode = racemod.current_mode()
+        self.races = (
+            None if mode == "off"
+            else racemod.LaunchRaces(self.name, mode, self.threads, self.nthreads)
+        )
+        on_release = None
+        if self.races is not None:
+            def on_release(arrived):
+                self.races.join(arrived, self.races.exited)
+        self.grid_barrier = _GridBarrier(self.nthreads, "this_grid().sync()", on_release)
         self.module = _module_class()(self, grid_dim, block_dim, dynshared_size)
         self.dynshared_size = dynshared_size
         self.lock = threading.Lock()
         self.error: tuple | None = None  # (thread, exception) of the first failure
         self.blocks: list[_Block] = []
-        self.threads: list[_SimThread] = []
         self.live = 0
         self.done = threading.Event()
         self.swapped: set[int] = set()
@@ -689,6 +809,9 @@ class _Launch:
 
     def thread_done(self, th):
         block = th.block
+        if self.races is not None:  # before leaving the barriers: the next join must include it
+            block.exited.append(th)
+            self.races.exited.append(th)
         with self.lock:
             block.live -= 1
             finished = block.live == 0
@@ -716,7 +839,8 @@ class _Launch:
             for j in range(gy):
                 for i in range(gx):
                     bidx = Dim3(i, j, k)
-                    block = _Block(bidx, self.block_threads, self.dynshared_size)
+                    block = _Block(bidx, len(self.blocks), self.block_threads, self.dynshared_size,
+                                   self.races)
                     self.blocks.append(block)
                     for z in range(bz):
                         for y in range(by):
@@ -727,12 +851,14 @@ class _Launch:
                                 )
         self.live = len(self.threads)
         # Threads start one by one and run at once (gating them all behind one event was
-        # measured 2-3x slower for big launches: thousands of threads waking together).
+        # measured 2-3x slower for big launches: thousands of threads waking together), in the
+        # schedule's order: the first started usually runs ahead.
+        order = self.schedule.start_order(len(self.blocks), self.block_threads)
         try:
-            for th in self.threads:
+            for i in order:
                 if self.error is not None:
                     break  # no point starting the rest
-                th.start()
+                self.threads[i].start()
         except BaseException as exc:  # e.g. the OS refuses more threads
             self.fail(None, exc)
         for th in self.threads:
@@ -810,7 +936,10 @@ class _Launch:
                 f" in thread threadIdx={tuple(thread.threadIdx)} "
                 f"blockIdx={tuple(thread.blockIdx)}"
             )
-        msg = f"simulated kernel {self.name}{where}: {type(exc).__name__}: {exc}"
+        msg = (
+            f"simulated kernel {self.name}{where}: {type(exc).__name__}: {exc} [schedule "
+            f"{self.schedule}: replay with {schedules.ENV_VAR}={self.schedule}]"
+        )
         try:
             new = type(exc)(msg)
         except Exception:  # noqa: BLE001 - exception types with unusual constructors
@@ -838,6 +967,9 @@ def _launch(kernel, args):
     launch = _Launch(kernel, grid_dim, block_dim, kernel.dynshared_size)
     retr: list = []
     fake_args = [_fake_arg(kernel, a, retr) for a in args]
+    if launch.races is not None and launch.races.check_global:
+        fake_args = launch.races.wrap_arguments(_parameter_names(kernel.fn, len(args)),
+                                                [_array_behind(a) for a in fake_args])
     old_interval = sys.getswitchinterval()
     with kmod._push_kernel_context(launch.module):
         _active_launch = launch
@@ -853,8 +985,53 @@ def _launch(kernel, args):
         wb()
 
 
+_PARAMETER_NAMES: dict = {}
+
+
+def _parameter_names(fn, nargs: int) -> list[str]:
+    """The kernel's parameter names (for race reports)."""
+    names = _PARAMETER_NAMES.get(fn)
+    if names is None:
+        import inspect
+
+        try:
+            names = list(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            names = []
+        _PARAMETER_NAMES[fn] = names
+    return names[:nargs] + [f"argument {i}" for i in range(len(names), nargs)]
+
+
+def _array_behind(arg):
+    """The NumPy array a kernel argument wraps (other arguments unchanged)."""
+    item = getattr(arg, "__dict__", {}).get("_item")
+    if item is not None and isinstance(item._ary, np.ndarray) and item._ary.ndim > 0:
+        return item._ary
+    return arg
+
+
+def plain_array(arr) -> np.ndarray:
+    """The NumPy array behind anything a kernel can receive as an array (for helpers such as
+    ``megakernel.device``'s vector loads that work on the raw data)."""
+    while not isinstance(arr, np.ndarray):
+        if type(arr) is racemod.TrackedArray:
+            return arr._a
+        inner = arr.__dict__.get("_item")
+        arr = inner if inner is not None else arr._ary
+    return arr
+
+
+def record_reads(arr, start: int, count: int) -> None:
+    """Tell the race detector that elements ``start .. start+count-1`` of 1-D ``arr`` were read
+    (a no-op for arrays it does not track)."""
+    if type(arr) is racemod.TrackedArray:
+        arr.read_run(start, count)
+
+
 def _fake_arg(kernel, arg, retr):
-    """Same argument conversion as the stock simulator, plus CPU torch tensors."""
+    """Same argument conversion as the stock simulator, plus CPU torch tensors, and no copy of
+    NumPy arrays: the kernel works on the caller's memory, as a GPU kernel works on the device
+    array it is given (so arguments that overlap in memory overlap in the kernel too)."""
     import functools
 
     from numba.cuda.simulator.args import ArgHint, InOut
@@ -873,7 +1050,15 @@ def _fake_arg(kernel, arg, retr):
         if arg.device.type != "cpu":
             raise TypeError("the simulator runs on the CPU: pass CPU tensors")
         arg = arg.detach().numpy()  # shares memory: results land in the tensor
-    if isinstance(arg, np.ndarray) and arg.ndim > 0:
+    if (
+        isinstance(arg, np.ndarray)
+        and arg.ndim > 0
+        and arg.dtype.kind in "biufc"
+        and (arg.flags.c_contiguous or arg.flags.f_contiguous)
+        and arg.flags.writeable
+    ):
+        ret = FakeCUDAArray(arg)
+    elif isinstance(arg, np.ndarray) and arg.ndim > 0:
         ret = InOut(arg).to_device(retr)
     elif isinstance(arg, ArgHint):
         ret = arg.to_device(retr)
@@ -959,6 +1144,11 @@ LIBDEVICE_FALLBACKS = {
 # --------------------------------------------------------------------------------------
 
 _saved: dict | None = None
+# The numba-cuda releases this layer was written against: it replaces methods of the simulator's
+# private classes (FakeCUDAKernel, FakeCUDAModule, FakeCUDAAtomic, FakeWithinKernelCUDAArray...),
+# which may change in any release.  Keep in step with pyproject.toml.
+SUPPORTED_NUMBA_CUDA = ">=0.30.4,<0.31"
+_SUPPORTED_RANGE = ((0, 30, 4), (0, 31))
 _GPU_ONLY_JIT_OPTIONS = ("lineinfo", "launch_bounds", "forceinline", "lto", "max_registers")
 
 
@@ -990,8 +1180,30 @@ def is_installed() -> bool:
     return _saved is not None
 
 
+def check_numba_cuda_version(version: str | None = None) -> None:
+    """Raise unless the installed numba-cuda (or ``version``) is one this layer supports."""
+    if version is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            version = installed("numba-cuda")
+        except PackageNotFoundError:
+            version = "none"
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+    low, high = _SUPPORTED_RANGE
+    if not numbers or not low <= numbers < high:
+        raise RuntimeError(
+            f"megakernel.testing.simulator supports numba-cuda {SUPPORTED_NUMBA_CUDA} (it patches "
+            f"private classes of Numba's CUDA simulator), found numba-cuda {version}: install "
+            f"'numba-cuda[cu13]{SUPPORTED_NUMBA_CUDA}' (pyproject.toml) or port the layer to this "
+            "release"
+        )
+
+
 def install() -> None:
-    """Patch Numba's CUDA simulator (idempotent).  Needs NUMBA_ENABLE_CUDASIM=1."""
+    """Patch Numba's CUDA simulator (idempotent).  Needs NUMBA_ENABLE_CUDASIM=1 and a supported
+    numba-cuda (``SUPPORTED_NUMBA_CUDA``)."""
     global _saved
     if _saved is not None:
         return
@@ -999,6 +1211,7 @@ def install() -> None:
 
     if not config.ENABLE_CUDASIM:
         raise RuntimeError("megakernel.testing.simulator.install() needs NUMBA_ENABLE_CUDASIM=1")
+    check_numba_cuda_version()
     import numba.cuda
     from numba.cuda import libdevice
     from numba.cuda import simulator as sim
