@@ -24,7 +24,8 @@ shared array of mbarriers, ``slot`` an index into it):
 ``globaltimer()``                       nanoseconds on the GPU's global timer (the same clock on every SM)
 =====================================  ============================================================================
 
-In the CUDA simulator a bulk copy is an immediate NumPy copy and the waits return at once: the ring logic around
+In the CUDA simulator a bulk copy is an immediate copy by the issuing thread (which the race detector sees: a slot
+refilled while another warp still reads it is a race there) and the waits return at once: the ring logic around
 them (slots, parities, the page table) runs the same code and is tested there; the asynchrony is what the GPU
 stress tests check.
 """
@@ -37,12 +38,8 @@ from numba import config
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
 if SIMULATOR:
-
-    def _np(arr):
-        while not isinstance(arr, np.ndarray):
-            inner = arr.__dict__.get("_item")
-            arr = inner if inner is not None else arr._ary
-        return arr
+    from ..testing.simulator import plain_array as _np
+    from ..testing.simulator import record_reads
 
     def mbar_init(bars, slot, count):
         _np(bars)[int(slot)] = 0
@@ -58,7 +55,9 @@ if SIMULATOR:
         if d < 0 or s < 0 or d + n > out.shape[0] or s + n > inp.shape[0]:
             raise IndexError(f"bulk_copy: dst[{d}:{d + n}] of {out.shape[0]} or src[{s}:{s + n}] of "
                              f"{inp.shape[0]} out of bounds")
-        out[d : d + n] = inp[s : s + n]
+        record_reads(src, s, n)
+        for i in range(n):  # element by element, so the race detector sees the copy's writes (by this thread)
+            dst[d + i] = inp[s + i]
 
     def mbar_wait(bars, slot, parity):
         pass
