@@ -161,11 +161,14 @@ def positive_int_list(text: str) -> list[int]:
     return values
 
 
-def name_list(choices, what: str = "name"):
-    """A type for ``--flag a,b,c``: a list of names, each one of ``choices`` (listed in the error)."""
+def name_list(choices, what: str = "name", allow_all: bool = False):
+    """A type for ``--flag a,b,c``: a list of names, each one of ``choices`` (listed in the error); with
+    ``allow_all``, ``all`` means every choice."""
     choices = tuple(choices)
 
     def parse(text: str) -> list[str]:
+        if allow_all and text.strip() == "all":
+            return list(choices)
         names = [x.strip() for x in text.split(",") if x.strip()]
         unknown = [x for x in names if x not in choices]
         if unknown:

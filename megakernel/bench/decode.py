@@ -466,8 +466,9 @@ parser = cli.parser("megakernel.bench", __doc__)
 parser.add_argument("--model", metavar="DIR",
                     help="checkpoint directory (default: the synthetic 0.8B checkpoint, generated on first use)")
 parser.add_argument("--out", default=str(PROJECT_ROOT / "data" / "results"), help="results directory (%(default)s)")
-parser.add_argument("--systems", type=cli.name_list(SYSTEM_NAMES, "system"), default=list(SYSTEM_NAMES),
-                    help="comma-separated systems to run, in that order (default: all): " + ", ".join(SYSTEM_NAMES))
+parser.add_argument("--systems", type=cli.name_list(SYSTEM_NAMES, "system", allow_all=True),
+                    default=list(SYSTEM_NAMES),
+                    help="comma-separated systems to run, in that order, or all (default): " + ", ".join(SYSTEM_NAMES))
 parser.add_argument("--contexts", type=cli.positive_int_list,
                     help="decode contexts, comma-separated (default: 16,512,4096)")
 parser.add_argument("--gen", type=cli.positive_int, help="decode steps per run, >= 1 (default: 128)")
