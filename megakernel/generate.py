@@ -2,7 +2,7 @@
 
     python -m megakernel.generate --stage layered --model /path/to/Qwen3.5-0.8B --prompt "The capital of France is"
     python -m megakernel.generate --stage persistent --model DIR --prompt "..." --max-new-tokens 64 --temperature 0.7 --top-p 0.9 --seed 1
-    NUMBA_ENABLE_CUDASIM=1 python -m megakernel.generate --stage layered --model data/checkpoints/tiny-synthetic --prompt "a" --max-new-tokens 3
+    NUMBA_ENABLE_CUDASIM=1 python -m megakernel.generate --stage layered --tiny --prompt "a." --max-new-tokens 4
 
 Stages (``megakernel.load``): ``reference`` (pure PyTorch, fp32 compute over the bf16 weights), ``layered`` (one
 Numba kernel per op), ``persistent`` (the megakernel). The text goes to stdout as it is generated, whole UTF-8
@@ -11,7 +11,8 @@ in tok/s and its fraction of the bandwidth floor. The floor is an H100 figure (3
 on another GPU the fraction says how far from an H100's floor it runs; on the CPU it is not given.
 
 Every argument is checked before the model loads (see ``reference.cli`` for the exit statuses). Without --model
-the synthetic checkpoint with the real 0.8B shapes is used (random weights: the text is meaningless).
+the synthetic checkpoint with the real 0.8B shapes is used, with --tiny a tiny one (random weights: the text is
+meaningless; both are generated on first use).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ parser.add_argument("--stage", required=True, choices=STAGES, help="which implem
 parser.add_argument("--model", metavar="DIR",
                     help="checkpoint directory, e.g. the published Qwen3.5-0.8B (default: the synthetic 0.8B "
                          "checkpoint, generated on first use; its text is meaningless)")
+parser.add_argument("--tiny", action="store_true",
+                    help="use the tiny synthetic config instead (what the CUDA simulator runs; its vocabulary knows "
+                         "only short ASCII pieces such as 'a.')")
 parser.add_argument("--prompt", default="The quick brown fox", help="the prompt text (default: %(default)r)")
 parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template (one user turn)")
 parser.add_argument("--max-new-tokens", type=cli.positive_int, default=32,
@@ -47,12 +51,14 @@ def check_args(args) -> None:
     from .launch import SIMULATOR, kernel_device
     from .stages import check_simulator_budget, default_max_context
 
+    from reference import Qwen35Config
+
+    if args.model is not None and args.tiny:
+        raise cli.UsageError("--model and --tiny both name a checkpoint: give one")
     if args.model is not None:
         args.config = cli.checkpoint_config("--model", args.model)  # the weights are checked below
     else:
-        from reference import Qwen35Config
-
-        args.config = Qwen35Config.qwen35_0_8b()
+        args.config = Qwen35Config.tiny() if args.tiny else Qwen35Config.qwen35_0_8b()
     config = args.config
     kernel = args.stage in KERNEL_STAGES
     if kernel:
@@ -88,11 +94,13 @@ def main(args) -> int:
     from .launch import gpu_available, synchronize
 
     if args.model is None:
-        from reference import ensure_synthetic_checkpoint
+        from reference import Qwen35Config, ensure_synthetic_checkpoint
 
-        print("Using the SYNTHETIC checkpoint (random weights with the real Qwen3.5-0.8B shapes): the generated "
-              "text is meaningless. Pass --model DIR for real weights.", file=sys.stderr)
-        args.model = ensure_synthetic_checkpoint()
+        shapes = "a tiny config" if args.tiny else "the real Qwen3.5-0.8B shapes"
+        print(f"Using a SYNTHETIC checkpoint (random weights, {shapes}): the generated text is meaningless. Pass "
+              "--model DIR for real weights.", file=sys.stderr)
+        args.model = (ensure_synthetic_checkpoint("tiny-synthetic", Qwen35Config.tiny()) if args.tiny
+                      else ensure_synthetic_checkpoint())
     kwargs = {"max_context": args.max_context} if args.max_context else {}
     print(f"loading {args.model} for stage {args.stage} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
