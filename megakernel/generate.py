@@ -1,7 +1,7 @@
 """Generate text with any stage, streamed to the terminal, with its speed against the bandwidth floor.
 
     python -m megakernel.generate --stage layered --model /path/to/Qwen3.5-0.8B --prompt "The capital of France is"
-    python -m megakernel.generate --stage persistent --model DIR --prompt "..." --max-new-tokens 64 --temperature 0.7 --top-p 0.9 --seed 1
+    python -m megakernel.generate --stage persistent --model DIR --prompt "..." --temperature 0.7 --top-p 0.9 --seed 1
     NUMBA_ENABLE_CUDASIM=1 python -m megakernel.generate --stage layered --tiny --prompt "a." --max-new-tokens 4
 
 Stages (``megakernel.load``): ``reference`` (pure PyTorch, fp32 compute over the bf16 weights), ``layered`` (one

@@ -524,8 +524,8 @@ def gpu_problem() -> str | None:
     if not torch.cuda.is_available():
         return (f"the decode benchmark needs a CUDA GPU: torch.cuda.is_available() is False here (torch "
                 f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). It times decode on the GPU; "
-                "run it on a GPU machine. Without a GPU: `python -m megakernel.bench.results` renders existing results, "
-                "`make test` checks every stage on the CPU.")
+                "run it on a GPU machine. Without a GPU: `python -m megakernel.bench.results` renders existing "
+                "results, `make test` checks every stage on the CPU.")
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         return ("NUMBA_ENABLE_CUDASIM is set, so the Numba kernels would run in the CPU "
                 "simulator; unset it to benchmark the GPU")
