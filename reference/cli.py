@@ -184,14 +184,14 @@ def name_list(choices, what: str = "name", allow_all: bool = False):
 # ------------------------------------------------------------------------------------------ shared arguments
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """--temperature, --top-k, --top-p, --seed, checked by type (the sampler's own checks, as one-line errors)."""
-    p.add_argument("--temperature", type=non_negative_float, default=0.0,
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",
                    help="sampling temperature, a finite number >= 0; 0 = greedy (default)")
-    p.add_argument("--top-k", type=non_negative_int, default=0,
+    p.add_argument("--top-k", type=non_negative_int, default=0, metavar="K",
                    help="sample among the K most likely tokens; 0 = all (default)")
-    p.add_argument("--top-p", type=probability, default=1.0,
+    p.add_argument("--top-p", type=probability, default=1.0, metavar="P",
                    help="nucleus sampling: the smallest set of tokens whose probability reaches P, in (0, 1] "
                         "(default: 1 = off)")
-    p.add_argument("--seed", type=seed, default=None,
+    p.add_argument("--seed", type=seed, default=None, metavar="N",
                    help="seed of the sampler (same seed, same tokens); default: a fresh one each run")
 
 
