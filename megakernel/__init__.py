@@ -5,7 +5,14 @@
 (concurrent blocks, real grid barriers, warp primitives): see ``megakernel/testing/simulator.py``.
 """
 
+import os as _os
+
 import numba as _numba
+
+# Small grids are deliberate here (a 1024-row matvec, one block per head): Numba's "low occupancy" warning would
+# only alarm users. NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=1 brings it back.
+if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in _os.environ:
+    _numba.config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 if _numba.config.ENABLE_CUDASIM:
     from megakernel.testing import simulator as _simulator

@@ -16,16 +16,17 @@ kernel stage in the list, with a bf16 KV cache like the kernels), ``layered`` (t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 
 import torch
 
+from reference import cli
 from reference.check import relative_error
 from reference.config import LINEAR
 
 KERNEL_STAGES = ("layered",)
+COMPARE_STAGES = ("transformers", "reference") + KERNEL_STAGES
 
 
 # ---------------------------------------------------------------------------- stage adapters
@@ -116,7 +117,9 @@ def build_stage(name: str, path, stages: list[str], max_context: int):
         from .layered import load
 
         return LayeredRunner(load(path, "layered", max_context=max_context))
-    raise SystemExit(f"unknown stage {name!r}; choose from transformers, reference, layered")
+    from .stages import UnknownStageError
+
+    raise UnknownStageError(f"unknown stage {name!r}: choose from {', '.join(COMPARE_STAGES)}")
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -175,19 +178,61 @@ def format_report(rep: PairReport, config) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megakernel.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="checkpoint directory (default: the synthetic 0.8B checkpoint, or --tiny)")
-    p.add_argument("--tiny", action="store_true", help="use a tiny synthetic config (for the CPU simulator)")
-    p.add_argument("--stages", default="reference,layered")
-    p.add_argument("--tokens", type=int, default=16, help="decode steps")
-    p.add_argument("--prompt-len", type=int, default=12)
-    p.add_argument("--tol", type=float, default=1e-4, help="fail above this relative error")
-    p.add_argument("--max-context", type=int, default=None,
-                   help="KV-cache capacity of kernel stages (default: 4096; 64 in the CUDA simulator, whose "
-                        "attention grid is sized for the capacity and runs one Python thread per CUDA thread)")
-    args = p.parse_args(argv)
+parser = cli.parser("megakernel.compare", __doc__)
+parser.add_argument("--model", metavar="DIR",
+                    help="checkpoint directory (default: the synthetic 0.8B checkpoint, or the tiny one with --tiny)")
+parser.add_argument("--tiny", action="store_true",
+                    help="use the tiny synthetic config (what the CUDA simulator can run; written on first use)")
+parser.add_argument("--stages", type=cli.name_list(COMPARE_STAGES, "stage"), default=["reference", "layered"],
+                    help=f"comma-separated stages, each compared with the next: {', '.join(COMPARE_STAGES)} "
+                         "(default: reference,layered)")
+parser.add_argument("--tokens", type=cli.positive_int, default=16, help="decode steps, >= 1 (default: %(default)s)")
+parser.add_argument("--prompt-len", type=cli.positive_int, default=12,
+                    help="length of the random prompt, >= 1 (default: %(default)s)")
+parser.add_argument("--tol", type=cli.positive_float, default=1e-4,
+                    help="fail above this relative error (default: %(default)s)")
+parser.add_argument("--max-context", type=cli.positive_int, default=None,
+                    help="KV-cache capacity of kernel stages (default: 4096; 64 in the CUDA simulator, whose "
+                         "attention grid is sized for the capacity and runs one Python thread per CUDA thread)")
 
+
+def check_args(args) -> None:
+    """Everything that can be refused before a model loads."""
+    from reference import Qwen35Config
+
+    from .launch import SIMULATOR, kernel_device
+
+    if len(args.stages) < 2:
+        raise cli.UsageError(f"--stages needs at least two stages to compare, e.g. reference,layered (from "
+                             f"{', '.join(COMPARE_STAGES)})")
+    if args.model and args.tiny:
+        raise cli.UsageError("--model and --tiny both name a checkpoint: give one")
+    if args.model:
+        config = cli.checkpoint_config("--model", args.model)  # the weights are checked below
+    else:
+        config = Qwen35Config.tiny() if args.tiny else Qwen35Config.qwen35_0_8b()
+    if args.max_context is None:
+        args.max_context = 64 if SIMULATOR else 4096
+    kernel = [s for s in args.stages if s in KERNEL_STAGES]
+    if kernel:
+        kernel_device()  # NoGPUError without a GPU, saying how to run in the simulator
+        if SIMULATOR:
+            from .stages import check_simulator_budget
+
+            check_simulator_budget(config)
+        need = args.prompt_len + args.tokens
+        if need > min(args.max_context, config.max_position_embeddings):
+            raise cli.UsageError(f"--prompt-len {args.prompt_len} + --tokens {args.tokens} need {need} positions, "
+                                 f"more than the kernel stages' KV cache of {args.max_context} (--max-context)")
+    if args.prompt_len + args.tokens > config.max_position_embeddings:
+        raise cli.UsageError(f"--prompt-len + --tokens exceed the model's max_position_embeddings "
+                             f"({config.max_position_embeddings})")
+    if args.model:  # names and shapes of every tensor against config.json (transformers' own error is long)
+        cli.checkpoint_argument("--model", args.model, config)
+
+
+@cli.command(parser, validate=check_args)
+def main(args) -> int:
     from reference import Qwen35Config, ensure_synthetic_checkpoint
 
     if args.model:
@@ -196,19 +241,18 @@ def main(argv=None) -> int:
         path = ensure_synthetic_checkpoint("tiny-synthetic", Qwen35Config.tiny())
     else:
         path = ensure_synthetic_checkpoint()
-    from .launch import SIMULATOR
-
-    if args.max_context is None:
-        args.max_context = 64 if SIMULATOR else 4096
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if len(stages) < 2:
-        raise SystemExit("give at least two stages, e.g. --stages reference,layered")
-    runners = [build_stage(s, path, stages, args.max_context) for s in stages]
+    stages = args.stages
+    runners = []
+    for s in stages:
+        print(f"loading {s} ...", file=sys.stderr, flush=True)
+        runners.append(build_stage(s, path, stages, args.max_context))
     config = runners[0].config
     prompt = torch.randint(0, min(config.vocab_size, 248044), (args.prompt_len,),
                            generator=torch.Generator().manual_seed(0)).tolist()
     failed = False
     for a, b in zip(runners, runners[1:]):
+        print(f"comparing {a.name} with {b.name}: prefill of {args.prompt_len} tokens, then {args.tokens} decode "
+              "steps ...", file=sys.stderr, flush=True)
         rep = compare_pair(a, b, prompt, args.tokens)
         print(format_report(rep, config))
         bad = rep.worst_rel() > args.tol or rep.tokens_agree != rep.steps

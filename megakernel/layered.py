@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from reference.config import LINEAR
-from reference.model import Qwen35Model, as_token_list, generate_tokens, load_model
+from reference.model import Qwen35Model, as_token_id, as_token_list, generate_tokens, load_model
 from reference.state import ContextTooLongError
 
 from .kernels import attention, deltanet, embedding, fused_matvec, lm_head
@@ -121,7 +121,7 @@ class LayeredDecoder:
 
         trace: if a dict, ``trace["hidden"][layer]`` gets each layer's output hidden state (for the compare CLI).
         """
-        (token,) = as_token_list(token_id, self.config.vocab_size)
+        token = as_token_id(token_id, self.config.vocab_size)
         if state.length == 0:
             raise ValueError("decode_step needs a state from prefill")
         state.check_room()

@@ -13,7 +13,9 @@ a test or a CLI switches stages by name:
 
 Defaults work both on a GPU and in Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): the KV-cache capacity is
 ``DEFAULT_MAX_CONTEXT`` on a GPU and ``SIMULATOR_MAX_CONTEXT`` in the simulator (where every CUDA thread is a Python
-thread), capped by the config's ``max_position_embeddings``; pass ``max_context=`` for longer contexts.
+thread), capped by the config's ``max_position_embeddings``; pass ``max_context=`` for longer contexts. In the
+simulator a kernel stage refuses a config above ``SIMULATOR_BUDGET`` (e.g. the 0.8B model: hours per token) before
+reading any weights.
 """
 
 from __future__ import annotations
@@ -25,8 +27,15 @@ import torch
 from .launch import SIMULATOR, kernel_device
 
 STAGES = ("reference", "layered", "persistent")
+KERNEL_STAGES = ("layered", "persistent")
 DEFAULT_MAX_CONTEXT = 4096
 SIMULATOR_MAX_CONTEXT = 128
+# In the simulator every CUDA thread is a Python thread: a tiny config decodes a token in seconds, the 0.8B model
+# would take hours. A kernel stage refuses a config above these sizes at once (before any weights are read).
+SIMULATOR_BUDGET = {
+    "hidden_size": 256, "intermediate_size": 1024, "vocab_size": 8192, "num_hidden_layers": 16, "head_dim": 128,
+    "num_attention_heads": 16, "linear_num_value_heads": 16, "linear_key_head_dim": 64, "linear_value_head_dim": 64,
+}
 
 
 class UnknownStageError(ValueError):
@@ -37,6 +46,20 @@ def check_stage(stage: str) -> str:
     if stage not in STAGES:
         raise UnknownStageError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
     return stage
+
+
+def check_simulator_budget(config) -> None:
+    """SimulatorLimitError naming the first field of ``config`` above ``SIMULATOR_BUDGET``."""
+    from .testing.simulator import SimulatorLimitError
+
+    for name, limit in SIMULATOR_BUDGET.items():
+        value = getattr(config, name)
+        if value > limit:
+            raise SimulatorLimitError(
+                f"{name} = {value} is too big for the kernel stages in Numba's CUDA simulator (at most {limit}: it "
+                "runs one Python thread per CUDA thread, so this model would take hours per token); use a tiny "
+                "config (reference.Qwen35Config.tiny(); python -m megakernel.compare --tiny), or a GPU without "
+                "NUMBA_ENABLE_CUDASIM")
 
 
 def default_max_context(config) -> int:
@@ -62,6 +85,10 @@ def load(path: str | Path, stage: str = "layered", *, max_context: int | None = 
         device = "cuda" if torch.cuda.is_available() and not SIMULATOR else "cpu"
     else:
         device = kernel_device()  # refuses a GPU stage on a machine without one, saying how to simulate
+        if SIMULATOR:
+            from reference.config import Qwen35Config
+
+            check_simulator_budget(Qwen35Config.from_pretrained(path))
     ref = load_model(path, device=device, dtype=torch.float32, weights_dtype=torch.bfloat16,
                      cache_dtype=torch.bfloat16, keep_fp32=keep_fp32)
     if stage == "reference":
@@ -76,5 +103,5 @@ def load(path: str | Path, stage: str = "layered", *, max_context: int | None = 
     return PersistentDecoder(ref, max_context=max_context, version=version)
 
 
-__all__ = ["STAGES", "DEFAULT_MAX_CONTEXT", "SIMULATOR_MAX_CONTEXT", "UnknownStageError", "check_stage",
-           "default_max_context", "load"]
+__all__ = ["STAGES", "KERNEL_STAGES", "DEFAULT_MAX_CONTEXT", "SIMULATOR_MAX_CONTEXT", "SIMULATOR_BUDGET",
+           "UnknownStageError", "check_stage", "check_simulator_budget", "default_max_context", "load"]

@@ -10,16 +10,29 @@ Public API (used by the notebooks, the later stages and outside checks):
     new_ids = model.generate(input_ids, max_new_tokens, temperature=0, top_k=0, top_p=1, seed=None)
 """
 
-from .checkpoint import CheckpointError, expected_shapes, load_weights
-from .config import FULL, LINEAR, ConfigError, Qwen35Config
-from .model import Qwen35Model, generate_tokens, load_model
-from .sampling import sample_next_token
-from .state import ContextTooLongError, DecodeState
-from .synthetic import ensure_synthetic_checkpoint, write_synthetic_checkpoint
-from .tokenizer import Tokenizer, load_tokenizer
+import importlib
 
-__all__ = [
-    "CheckpointError", "ConfigError", "ContextTooLongError", "DecodeState", "FULL", "LINEAR", "Qwen35Config",
-    "Qwen35Model", "Tokenizer", "ensure_synthetic_checkpoint", "expected_shapes", "generate_tokens",
-    "load_model", "load_tokenizer", "load_weights", "sample_next_token", "write_synthetic_checkpoint",
-]
+# Exports load their module on first use, so that a light module (``reference.cli``, ``reference.config``) can be
+# imported without torch: ``from reference import load_model`` works as usual.
+_EXPORTS = {
+    "CheckpointError": "checkpoint", "expected_shapes": "checkpoint", "load_weights": "checkpoint",
+    "FULL": "config", "LINEAR": "config", "ConfigError": "config", "Qwen35Config": "config",
+    "Qwen35Model": "model", "generate_tokens": "model", "load_model": "model",
+    "sample_next_token": "sampling",
+    "ContextTooLongError": "state", "DecodeState": "state",
+    "ensure_synthetic_checkpoint": "synthetic", "write_synthetic_checkpoint": "synthetic",
+    "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'reference' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -76,13 +76,43 @@ def expected_shapes(config: Qwen35Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def checkpoint_dir(path: str | Path, need_config: bool = True, need_weights: bool = True) -> Path:
+    """``path`` as a checkpoint directory, or an error that says what it is instead and what to pass: missing
+    (FileNotFoundError), a file such as its ``config.json`` (NotADirectoryError), a directory without
+    ``config.json`` (when ``need_config``) or without ``*.safetensors`` files (when ``need_weights``;
+    FileNotFoundError)."""
+    path = Path(path).expanduser()
+    what = "a directory holding config.json and the *.safetensors weights"
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist (expected {what})")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a checkpoint directory: pass the directory that holds it "
+                                 f"({path.parent}), {what}")
+    if need_config and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {path}: not a checkpoint directory (expected {what})")
+    if need_weights and not (path / "model.safetensors.index.json").is_file() and not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(f"no *.safetensors files in {path} (expected {what})")
+    return path
+
+
+def _open(f: Path):
+    """safe_open, with a corrupt or truncated file named in a CheckpointError (safetensors does not name it)."""
+    try:
+        return safe_open(f, framework="pt", device="cpu")
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own SafetensorError, or OSError)
+        raise CheckpointError(f"{f} is not a readable safetensors file ({e}): it is truncated or corrupt; copy or "
+                              "download it again") from e
+
+
 def safetensors_files(path: Path) -> dict[str, Path]:
     """Map every tensor name in the checkpoint directory to the file that holds it."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    path = checkpoint_dir(path, need_config=False)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a JSON object with a weight_map ({e}): truncated or corrupt?") from e
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index} has no weight_map")
         missing_files = sorted({f for f in weight_map.values() if not (path / f).is_file()})
@@ -91,11 +121,9 @@ def safetensors_files(path: Path) -> dict[str, Path]:
         return {name: path / f for name, f in weight_map.items()}
     files = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else sorted(
         path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {path}")
     names: dict[str, Path] = {}
     for f in files:
-        with safe_open(f, framework="pt") as fh:
+        with _open(f) as fh:
             for name in fh.keys():
                 if name in names:
                     raise CheckpointError(f"tensor {name} appears in both {names[name].name} and {f.name}")
@@ -142,7 +170,47 @@ def load_weights(
     transformers' default load rounds them to the model dtype: pass ``keep_fp32=False`` to do the same).
     Returns (config, weights) with ``weights["lm_head.weight"]`` present (the embedding itself when tied).
     """
-    path = Path(path)
+    config, where, mapping, expected = _tensor_index(path, config)
+    weights: dict[str, torch.Tensor] = {}
+    handles = {}
+    try:
+        for stored, name in mapping.items():
+            f = where[stored]
+            if f not in handles:
+                handles[f] = _open(f).__enter__()
+            t = handles[f].get_tensor(stored)
+            if name.endswith("conv1d.weight"):
+                t = t[:, 0, :]  # [C, 1, K] -> [C, K]
+            keep = keep_fp32 and t.dtype == torch.float32 and dtype != torch.float32
+            weights[name] = t.to(device=device, dtype=torch.float32 if keep else dtype)
+    finally:
+        for h in handles.values():
+            h.__exit__(None, None, None)
+
+    if config.tie_word_embeddings:
+        if "lm_head.weight" in weights:
+            stored_head = weights.pop("lm_head.weight")
+            if stored_head.shape != weights["embed_tokens.weight"].shape:
+                raise CheckpointError(_shape_message("lm_head.weight", stored_head.shape,
+                                                     weights["embed_tokens.weight"].shape))
+            if not torch.equal(stored_head, weights["embed_tokens.weight"]):
+                warnings.warn("the checkpoint has an lm_head.weight that differs from embed_tokens, but the config "
+                              "ties them (tie_word_embeddings=true): the embedding is used, as in transformers")
+        weights["lm_head.weight"] = weights["embed_tokens.weight"]
+    return config, weights
+
+
+def check_checkpoint(path: str | Path, config: Qwen35Config | None = None) -> Qwen35Config:
+    """Check a checkpoint without reading its tensor data: the directory, ``config.json``, every file's header,
+    and every tensor's name and shape against the config. Raises what :func:`load_weights` would (naming the
+    file or tensor); returns the config. Cheap enough to run before a slow load."""
+    return _tensor_index(path, config)[0]
+
+
+def _tensor_index(path, config):
+    """(config, file of each stored name, stored -> canonical name, expected shapes), names and shapes checked
+    from the file headers."""
+    path = checkpoint_dir(path, need_config=config is None)
     config = config or Qwen35Config.from_pretrained(path)
     where = safetensors_files(path)
     mapping, _ = _canonical_names(list(where))
@@ -163,36 +231,20 @@ def load_weights(
             f"unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all): not part of a Qwen3.5 text model "
             f"with this config (layer_types={list(config.layer_types)})"
         )
-
-    weights: dict[str, torch.Tensor] = {}
-    handles = {}
-    try:
-        for stored, name in mapping.items():
-            f = where[stored]
-            if f not in handles:
-                handles[f] = safe_open(f, framework="pt", device="cpu").__enter__()
-            t = handles[f].get_tensor(stored)
-            if name in expected and tuple(t.shape) != expected[name]:
-                raise CheckpointError(_shape_message(stored, t.shape, expected[name]))
-            if name.endswith("conv1d.weight"):
-                t = t[:, 0, :]  # [C, 1, K] -> [C, K]
-            keep = keep_fp32 and t.dtype == torch.float32 and dtype != torch.float32
-            weights[name] = t.to(device=device, dtype=torch.float32 if keep else dtype)
-    finally:
-        for h in handles.values():
-            h.__exit__(None, None, None)
-
-    if config.tie_word_embeddings:
-        if "lm_head.weight" in weights:
-            stored_head = weights.pop("lm_head.weight")
-            if stored_head.shape != weights["embed_tokens.weight"].shape:
-                raise CheckpointError(_shape_message("lm_head.weight", stored_head.shape,
-                                                     weights["embed_tokens.weight"].shape))
-            if not torch.equal(stored_head, weights["embed_tokens.weight"]):
-                warnings.warn("the checkpoint has an lm_head.weight that differs from embed_tokens, but the config "
-                              "ties them (tie_word_embeddings=true): the embedding is used, as in transformers")
-        weights["lm_head.weight"] = weights["embed_tokens.weight"]
-    return config, weights
+    by_file: dict[Path, list[str]] = {}
+    for stored in mapping:
+        by_file.setdefault(where[stored], []).append(stored)
+    for f, stored_names in by_file.items():
+        with _open(f) as fh:
+            for stored in stored_names:
+                name = mapping[stored]
+                try:
+                    shape = tuple(fh.get_slice(stored).get_shape())
+                except Exception as e:  # noqa: BLE001 (an index naming a tensor its shard lacks)
+                    raise CheckpointError(f"tensor {stored!r} cannot be read from {f} ({e})") from e
+                if name in expected and shape != expected[name]:
+                    raise CheckpointError(_shape_message(stored, shape, expected[name]))
+    return config, where, mapping, expected
 
 
 def _shape_message(name, found, expected) -> str:

@@ -10,65 +10,78 @@ the numerics. Point --model at a local copy of the real Qwen3.5-0.8B for real te
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 
-from .model import load_model
-from .synthetic import ensure_synthetic_checkpoint
-from .tokenizer import QWEN35_VOCAB_USED, load_tokenizer
+from . import cli
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
+parser = cli.parser("reference.generate", __doc__)
+parser.add_argument("--model", metavar="DIR",
+                    help="checkpoint directory (default: the synthetic 0.8B checkpoint, generated on first use)")
+parser.add_argument("--prompt", default="The quick brown fox", metavar="TEXT",
+                    help="the prompt text (default: %(default)r)")
+parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template (one user turn)")
+parser.add_argument("--max-new-tokens", type=cli.positive_int, default=32, metavar="N",
+                    help="tokens to generate, >= 1 (default: %(default)s; fewer if EOS comes first)")
+cli.add_sampling_arguments(parser)
+parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                    help="compute dtype of the weights and activations (default: %(default)s)")
+parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where the model runs (default here: %(default)s)")
+parser.add_argument("--no-stop-at-eos", action="store_true", help="keep going after an end-of-sequence token")
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m reference.generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="checkpoint directory (default: the synthetic 0.8B checkpoint)")
-    p.add_argument("--prompt", default="The quick brown fox")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-stop-at-eos", action="store_true")
-    return p.parse_args(argv)
+
+def check_args(args) -> None:
+    """Everything that can be refused without loading the model."""
+    from .config import Qwen35Config
+    from .tokenizer import load_tokenizer
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise cli.UsageError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                             "use --device cpu")
+    args.config = (cli.checkpoint_argument("--model", args.model) if args.model is not None
+                   else Qwen35Config.qwen35_0_8b())
+    args.tokenizer = load_tokenizer()
+    args.ids = args.tokenizer.chat_prompt(args.prompt) if args.chat else args.tokenizer.encode(args.prompt)
+    cli.check_prompt("--prompt", args.ids, args.config, args.max_new_tokens, args.config.max_position_embeddings,
+                     "the model's max_position_embeddings")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    synthetic = args.model is None
-    path = ensure_synthetic_checkpoint() if synthetic else args.model
-    if synthetic:
+@cli.command(parser, validate=check_args)
+def main(args) -> int:
+    from .model import load_model
+    from .synthetic import ensure_synthetic_checkpoint
+    from .tokenizer import TextStream
+
+    if args.model is None:
         print("Using the SYNTHETIC checkpoint (random weights with the real Qwen3.5-0.8B shapes): the generated "
               "text is meaningless. Pass --model DIR for real weights.", file=sys.stderr)
-    model = load_model(path, device=args.device, dtype=DTYPES[args.dtype])
-    tok = load_tokenizer()
-    if model.config.vocab_size < QWEN35_VOCAB_USED:
-        print(f"note: this model's vocabulary ({model.config.vocab_size}) is smaller than Qwen3.5's; "
-              "prompt tokens outside it are refused", file=sys.stderr)
-    ids = tok.chat_prompt(args.prompt) if args.chat else tok.encode(args.prompt)
-    print(f"prompt: {len(ids)} tokens on {args.device} in {args.dtype}", file=sys.stderr)
+        args.model = ensure_synthetic_checkpoint()
+    model = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    print(f"prompt: {len(args.ids)} tokens on {args.device} in {args.dtype}", file=sys.stderr)
+    stream = TextStream(args.tokenizer)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    pieces: list[int] = []
-    t0 = time.perf_counter()
 
-    def stream(token: int) -> None:
-        pieces.append(token)
-        sys.stdout.write(tok.decode([token]))
+    def emit(token: int) -> None:
+        sys.stdout.write(stream(token))
         sys.stdout.flush()
 
-    new = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed, stop_at_eos=not args.no_stop_at_eos, callback=stream)
+    t0 = time.perf_counter()
+    try:
+        new = model.generate(args.ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, seed=args.seed, stop_at_eos=not args.no_stop_at_eos, callback=emit)
+    finally:
+        sys.stdout.write(stream.close() + "\n")
+        sys.stdout.flush()
     dt = time.perf_counter() - t0
-    print(f"\n\n{len(new)} tokens in {dt:.2f} s ({len(new) / dt:.1f} tok/s incl. prefill)", file=sys.stderr)
+    print(f"\n{len(new)} tokens in {dt:.2f} s ({len(new) / dt:.1f} tok/s incl. prefill)", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

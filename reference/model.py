@@ -12,6 +12,7 @@ The model is stateless between calls: everything carried across tokens lives in 
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Sequence
 
@@ -36,16 +37,38 @@ def as_token_list(input_ids, vocab_size: int) -> list[int]:
         if input_ids.dtype.is_floating_point:
             raise ValueError(f"input_ids must be integers, got {input_ids.dtype}")
         ids = [int(t) for t in input_ids.tolist()]
-    elif isinstance(input_ids, int):
-        ids = [input_ids]
+    elif isinstance(input_ids, numbers.Integral) and not isinstance(input_ids, bool):
+        ids = [int(input_ids)]
     else:
-        ids = [int(t) for t in input_ids]
+        try:
+            ids = list(input_ids)
+        except TypeError:
+            raise TypeError(f"input_ids must be token ids (a list of ints or an integer tensor), got "
+                            f"{type(input_ids).__name__} {input_ids!r}") from None
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
+        if bad:
+            raise TypeError(f"token ids must be ints, got {type(bad[0]).__name__} {bad[0]!r}")
+        ids = [int(t) for t in ids]
     if not ids:
         raise ValueError("input_ids is empty: give at least one token")
     bad = [t for t in ids if not 0 <= t < vocab_size]
     if bad:
         raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
     return ids
+
+
+def as_token_id(token, vocab_size: int) -> int:
+    """The one token ``decode_step`` feeds: a Python (or NumPy) integer in [0, vocab_size). A tensor is refused
+    rather than read (``int(t)`` on a CUDA tensor waits for the GPU: the caller should decide when), and so are
+    floats, bools and None."""
+    if isinstance(token, torch.Tensor):
+        raise TypeError(f"decode_step takes one token id as an int, got a tensor of shape {tuple(token.shape)} "
+                        "(pass int(t))")
+    if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+        raise TypeError(f"decode_step takes one token id as an int, got {type(token).__name__} {token!r}")
+    if not 0 <= token < vocab_size:
+        raise ValueError(f"token id {token} is outside the vocabulary [0, {vocab_size})")
+    return int(token)
 
 
 class Qwen35Model:
@@ -148,9 +171,7 @@ class Qwen35Model:
     @torch.no_grad()
     def decode_step(self, token_id, state: DecodeState, trace: dict | None = None) -> torch.Tensor:
         """Feed one token at position ``state.length``; advances the state. Returns logits [V] fp32."""
-        ids = as_token_list(token_id, self.config.vocab_size)
-        if len(ids) != 1:
-            raise ValueError(f"decode_step takes one token, got {len(ids)}")
+        ids = [as_token_id(token_id, self.config.vocab_size)]
         if state.length == 0:
             raise ValueError("decode_step needs a state from prefill (the first forward uses the prefill path)")
         return self.forward(ids, state, decode=True, trace=trace)[0]
@@ -182,8 +203,8 @@ def generate_tokens(model, input_ids, max_new_tokens, temperature=0.0, top_k=0, 
                     stop_at_eos=True, eos_token_id=None, callback=None) -> torch.Tensor:
     """The generation loop shared by every stage: any object with ``config``, ``prefill`` and ``decode_step``."""
     check_sampling_args(temperature, top_k, top_p)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     ids = as_token_list(input_ids, model.config.vocab_size)
     limit = model.config.max_position_embeddings
     if len(ids) + max_new_tokens > limit + 1:  # the last generated token is never fed back
@@ -237,4 +258,4 @@ def load_model(
     return Qwen35Model(config, weights, dtype=dtype, cache_dtype=cache_dtype)
 
 
-__all__ = ["Qwen35Model", "load_model", "generate_tokens", "as_token_list"]
+__all__ = ["Qwen35Model", "load_model", "generate_tokens", "as_token_id", "as_token_list"]

@@ -6,16 +6,25 @@ thing everywhere and a seed reproduces a run.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 
 def check_sampling_args(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    """ValueError naming the first argument that is not a finite number in its range (NaN compares false with
+    everything, so it is tested explicitly)."""
+    if not _real(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if not _real(top_p) or not 0.0 < top_p <= 1.0:  # also refuses NaN
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def sample_next_token(

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LINEAR
-from .model import Qwen35Model, as_token_list
+from .model import Qwen35Model, as_token_id, as_token_list
 from .ops import apply_partial_rope, gated_deltanet, lm_head, rms_norm, split_query_gate, swiglu_mlp
 from .ops.rope import rope_inv_freq
 from .state import ContextTooLongError, DecodeState
@@ -254,7 +254,7 @@ class StaticDecoder:
         """Feed one token at position ``state.length``; returns logits [V] fp32 (a copy) and advances the state."""
         if state is not None and state is not self.state:
             raise ValueError("a StaticDecoder decodes only its own state (the one prefill returned)")
-        (token,) = as_token_list(token_id, self.config.vocab_size)
+        token = as_token_id(token_id, self.config.vocab_size)
         if self.state.length == 0:
             raise ValueError("decode_step needs a state from prefill (the first forward uses the prefill path)")
         self.check_room()

@@ -8,6 +8,7 @@ llama.cpp's converter) read from a checkpoint directory.
 
 from __future__ import annotations
 
+import codecs
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -54,9 +55,35 @@ class Tokenizer:
             pieces.append(self._tok.decode(run))
         return "".join(pieces)
 
+    def decode_bytes(self, ids) -> bytes:
+        """The UTF-8 bytes of token ids. One byte-level BPE token can hold part of a character (an emoji is often
+        split over two tokens), so text is only complete once the bytes are: see :class:`TextStream`."""
+        ids = [int(i) for i in ids]
+        known = [i for i in ids if 0 <= i < self.vocab_size]
+        if len(known) == len(ids):
+            return self._tok._tokenizer.decode_bytes(ids)
+        return b"".join(self._tok._tokenizer.decode_bytes([i]) if 0 <= i < self.vocab_size
+                        else f"<|unused_{i}|>".encode() for i in ids)
+
     def chat_prompt(self, user_message: str) -> list[int]:
         """The chat-template prompt for one user turn (``<|im_start|>user ... <|im_end|> <|im_start|>assistant``)."""
         return self.encode(f"<|im_start|>user\n{user_message}<|im_end|>\n<|im_start|>assistant\n")
+
+
+class TextStream:
+    """Token ids in, text out as soon as it is complete: ``stream(token)`` returns the characters that token
+    completes (bytes of a character split over tokens wait for the rest); ``stream.close()`` returns what is left
+    (an incomplete character as U+FFFD)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._bytes = tokenizer.decode_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def __call__(self, token: int) -> str:
+        return self._utf8.decode(self._bytes([token]))
+
+    def close(self) -> str:
+        return self._utf8.decode(b"", final=True)
 
 
 @lru_cache(maxsize=1)

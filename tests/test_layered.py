@@ -6,6 +6,7 @@ decay, a wrong head mapping, an unwritten element) is O(1).
 """
 
 import pytest
+import torch
 
 from reference import Qwen35Config
 from reference.check import check
@@ -54,6 +55,9 @@ def test_layered_bad_input(stages):
     _, layered = stages
     with pytest.raises(ValueError, match="outside the vocabulary"):
         layered.prefill([1, 10_000])
+    for token in (torch.tensor(1), 1.0, None):  # refused before the state is looked at
+        with pytest.raises(TypeError, match="decode_step takes one token id as an int"):
+            layered.decode_step(token, None)
     with pytest.raises(ContextTooLongError, match="capacity 64"):
         layered.prefill(list(range(65)))
     _, state = layered.prefill(list(range(63)))

@@ -1,15 +1,19 @@
-"""Execute every tutorial notebook top to bottom on the tiny config (as CI does), in a temporary copy.
+"""The tutorial notebooks: each has one source, ``notebooks/NN_name.py`` (jupytext percent format), and a paired
+``NN_name.ipynb`` generated from it (``make notebooks``), committed without outputs.
 
-Each ``notebooks/0*.ipynb`` runs with nbclient under the ``python3`` kernel of this interpreter, with
-``QWEN35_NOTEBOOK_CONFIG=tiny`` (tiny synthetic checkpoint), ``MPLBACKEND=Agg`` and the rest of the environment
-passed through (so ``NUMBA_ENABLE_CUDASIM=1`` makes the kernel notebooks run on the CUDA simulator). Outputs are
-never written back into the repository. A failing cell fails the test with that cell's source and error.
+* every pair is in sync (same cells, same sources) and the ``.ipynb`` has no outputs;
+* every notebook runs top to bottom on the tiny config (as CI does): the source is executed with nbclient under
+  the ``python3`` kernel of this interpreter, in a temporary directory, with ``QWEN35_NOTEBOOK_CONFIG=tiny``
+  (tiny synthetic checkpoint), ``MPLBACKEND=Agg`` and the rest of the environment passed through (so
+  ``NUMBA_ENABLE_CUDASIM=1`` makes the kernel notebooks run on the CUDA simulator). A failing cell fails the test
+  with that cell's source and error.
+
+Any ``notebooks/[0-9][0-9]_*.py`` is picked up: a new notebook is covered once its file exists.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 CELL_TIMEOUT_S = 600
 
 
@@ -32,23 +36,39 @@ def notebook_env(monkeypatch):
 
 
 def test_notebooks_found():
-    assert NOTEBOOKS, "no notebooks/0*.ipynb found"
+    assert SOURCES, "no notebooks/NN_*.py found"
+    strays = sorted({p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")} - {p.stem for p in SOURCES})
+    assert not strays, f"notebooks without a .py source: {strays} (jupytext --to py:percent notebooks/NAME.ipynb)"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, notebook_env, capsys):
+def _cells(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source) for c in nb.cells]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_pair_in_sync_without_outputs(source):
+    jupytext = pytest.importorskip("jupytext")
+    nbformat = pytest.importorskip("nbformat")
+    ipynb = source.with_suffix(".ipynb")
+    fix = f"run `make notebooks` (jupytext --to ipynb --update {source.relative_to(ROOT)})"
+    assert ipynb.is_file(), f"{ipynb.name} is missing: {fix}"
+    paired = nbformat.read(ipynb, as_version=4)
+    assert _cells(paired) == _cells(jupytext.read(source)), f"{ipynb.name} differs from {source.name}: {fix}"
+    for cell in paired.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs, f"{ipynb.name}: committed with outputs; {fix} clears them"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_notebook_runs(source, tmp_path, notebook_env, capsys):
+    jupytext = pytest.importorskip("jupytext")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     from nbclient.exceptions import CellExecutionError
 
-    work = tmp_path / "notebooks"
+    work = tmp_path / "notebooks"  # notebooks find data/ and each other relative to their directory
     work.mkdir()
-    copy = work / path.name
-    shutil.copy(path, copy)
-    nb = nbformat.read(copy, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert not cell.outputs, f"{path.name}: committed with outputs; clear them before committing"
+    nb = jupytext.read(source)
     client = nbclient.NotebookClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=False,
         resources={"metadata": {"path": str(work)}},
@@ -57,8 +77,8 @@ def test_notebook_runs(path, tmp_path, notebook_env, capsys):
     try:
         client.execute()
     except CellExecutionError as e:
-        pytest.fail(f"{path.name} failed:\n{e}", pytrace=False)
+        pytest.fail(f"{source.name} failed:\n{e}", pytrace=False)
     finally:
-        nbformat.write(nb, copy)  # the executed copy stays in tmp_path for inspection
+        nbformat.write(nb, work / source.with_suffix(".ipynb").name)  # the executed copy, for inspection
     with capsys.disabled():
-        print(f"\n[{path.name}] ran in {time.perf_counter() - start:.1f} s ({sys.executable})")
+        print(f"\n[{source.name}] ran in {time.perf_counter() - start:.1f} s ({sys.executable})")

@@ -31,7 +31,6 @@ Needs a CUDA GPU: on a machine without one it exits with a message (status 2) be
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shutil
@@ -47,6 +46,8 @@ from pathlib import Path
 
 import torch
 
+from reference import cli
+
 from . import run_info
 
 from . import results as results_mod
@@ -59,7 +60,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOKEN_ID_LIMIT = 248044  # random prompt ids stay below Qwen3.5's first special token (<|endoftext|>)
 QUICK = dict(contexts=[16, 512], gen=32, prefill=128, reps=2, check_steps=8)
 DEFAULTS = dict(contexts=[16, 512, 4096], gen=128, prefill=512, reps=5, check_steps=16)
-EXIT_NO_GPU = 2
 EXIT_INTERRUPTED = 3
 
 
@@ -462,87 +462,89 @@ def write_outputs(results: dict, out: Path, merge: bool = True) -> tuple[Path, P
     return path, png
 
 
-def parse_args(argv=None) -> tuple[Settings, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m megakernel.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="systems: " + ", ".join(SYSTEM_NAMES))
-    p.add_argument("--model", help="checkpoint directory (default: the synthetic 0.8B checkpoint, generated on "
-                                   "first use)")
-    p.add_argument("--out", default=str(PROJECT_ROOT / "data" / "results"), help="results directory (%(default)s)")
-    p.add_argument("--systems", default="all", help="comma-separated systems to run, in that order (default: all)")
-    p.add_argument("--contexts", help="decode contexts, comma-separated (default: 16,512,4096)")
-    p.add_argument("--gen", type=int, help="decode steps per run (default: 128)")
-    p.add_argument("--prefill", type=int, help="prefill length, 0 = none (default: 512)")
-    p.add_argument("--reps", type=int, help="timed runs per workload (default: 5)")
-    p.add_argument("--check-steps", type=int, help="greedy steps compared with the oracle (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="prompt ids seed (default: 0)")
-    p.add_argument("--bandwidth", type=float, help="bytes/s for the floor (default: the H100's measured 3.02e12)")
-    p.add_argument("--llama-json", help="llama-bench JSON to turn into llama.cpp rows (tools/llama_cpp_peer.sh)")
-    p.add_argument("--quick", action="store_true", help="smoke run: contexts 16,512, tg32, pp128, 2 reps, 8 check "
-                                                        "steps (explicit options still win)")
-    p.add_argument("--no-merge", action="store_true", help="overwrite an existing results file of the same name")
-    p.add_argument("--readme", help="also regenerate this README's results section at the end")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--list", action="store_true", help="list the systems and exit")
-    a = p.parse_args(argv)
+parser = cli.parser("megakernel.bench", __doc__)
+parser.add_argument("--model", metavar="DIR",
+                    help="checkpoint directory (default: the synthetic 0.8B checkpoint, generated on first use)")
+parser.add_argument("--out", default=str(PROJECT_ROOT / "data" / "results"), help="results directory (%(default)s)")
+parser.add_argument("--systems", type=cli.name_list(SYSTEM_NAMES, "system", allow_all=True),
+                    default=list(SYSTEM_NAMES),
+                    help="comma-separated systems to run, in that order, or all (default): " + ", ".join(SYSTEM_NAMES))
+parser.add_argument("--contexts", type=cli.positive_int_list,
+                    help="decode contexts, comma-separated (default: 16,512,4096)")
+parser.add_argument("--gen", type=cli.positive_int, help="decode steps per run, >= 1 (default: 128)")
+parser.add_argument("--prefill", type=cli.non_negative_int, help="prefill length, 0 = none (default: 512)")
+parser.add_argument("--reps", type=cli.positive_int, help="timed runs per workload, >= 1 (default: 5)")
+parser.add_argument("--check-steps", type=cli.positive_int,
+                    help="greedy steps compared with the oracle, >= 1 (default: 16)")
+parser.add_argument("--seed", type=cli.seed, default=0, help="prompt ids seed (default: 0)")
+parser.add_argument("--bandwidth", type=cli.positive_float,
+                    help="bytes/s for the floor (default: the H100's measured 3.02e12)")
+parser.add_argument("--llama-json", metavar="PATH",
+                    help="llama-bench JSON to turn into llama.cpp rows (tools/llama_cpp_peer.sh)")
+parser.add_argument("--quick", action="store_true", help="smoke run: contexts 16,512, tg32, pp128, 2 reps, 8 check "
+                                                         "steps (explicit options still win)")
+parser.add_argument("--no-merge", action="store_true", help="overwrite an existing results file of the same name")
+parser.add_argument("--readme", metavar="PATH", help="also regenerate this README's results section at the end")
+parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+parser.add_argument("--list", action="store_true", help="list the systems and exit (needs no GPU)")
+
+
+def settings_from(a) -> Settings:
+    """Settings from parsed arguments (the --quick or default values where an option is not given)."""
     base = QUICK if a.quick else DEFAULTS
-    systems = list(SYSTEM_NAMES) if a.systems.strip() in ("all", "") else [x.strip() for x in a.systems.split(",")
-                                                                           if x.strip()]
-    unknown = [x for x in systems if x not in SYSTEM_NAMES]
-    if unknown:
-        p.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEM_NAMES)}")
-    try:
-        contexts = [int(x) for x in a.contexts.split(",") if x.strip()] if a.contexts else list(base["contexts"])
-    except ValueError:
-        p.error(f"--contexts must be comma-separated integers, got {a.contexts!r}")
-    s = Settings(
-        model=Path(a.model) if a.model else None, out=Path(a.out), systems=list(dict.fromkeys(systems)),
-        contexts=contexts, gen=a.gen if a.gen is not None else base["gen"],
-        prefill=a.prefill if a.prefill is not None else base["prefill"],
-        reps=a.reps if a.reps is not None else base["reps"],
-        check_steps=a.check_steps if a.check_steps is not None else base["check_steps"], seed=a.seed,
+    pick = lambda value, key: value if value is not None else base[key]  # noqa: E731
+    return Settings(
+        model=Path(a.model) if a.model else None, out=Path(a.out), systems=list(dict.fromkeys(a.systems)),
+        contexts=pick(a.contexts, "contexts"), gen=pick(a.gen, "gen"), prefill=pick(a.prefill, "prefill"),
+        reps=pick(a.reps, "reps"), check_steps=pick(a.check_steps, "check_steps"), seed=a.seed,
         bandwidth=a.bandwidth, llama_json=Path(a.llama_json) if a.llama_json else None, quick=a.quick,
         merge=not a.no_merge, readme=Path(a.readme) if a.readme else None,
     )
-    if not s.contexts or min(s.contexts) < 1:
-        p.error("--contexts must be positive integers")
-    if s.gen < 1 or s.reps < 1 or s.check_steps < 1 or s.prefill < 0:
-        p.error("--gen, --reps and --check-steps must be >= 1, --prefill >= 0")
-    return s, a
+
+
+def check_args(a) -> None:
+    """Everything refusable before a model loads: files, then the GPU (--list needs none)."""
+    a.settings = settings_from(a)
+    if a.list:
+        return
+    if a.model is not None:
+        cli.checkpoint_argument("--model", a.model)
+    for flag, path in (("--llama-json", a.llama_json), ("--readme", a.readme)):
+        if path is not None and not Path(path).is_file():
+            raise cli.UsageError(f"{flag} {path}: no such file")
+    if Path(a.out).is_file():
+        raise cli.UsageError(f"--out {a.out} is a file; give a directory (created if missing)")
+    problem = gpu_problem()
+    if problem:
+        raise cli.UsageError(problem)
 
 
 def gpu_problem() -> str | None:
     """Why this machine cannot run the benchmark, or None."""
     if not torch.cuda.is_available():
-        return (f"python -m megakernel.bench needs a CUDA GPU: torch.cuda.is_available() is False here (torch "
+        return (f"the decode benchmark needs a CUDA GPU: torch.cuda.is_available() is False here (torch "
                 f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). It times decode on the GPU; "
-                "run it on a GPU machine. Without a GPU: `python -m megakernel.bench.results` renders existing results, "
-                "`make test` checks every stage on the CPU.")
+                "run it on a GPU machine. Without a GPU: `python -m megakernel.bench.results` renders existing "
+                "results, `make test` checks every stage on the CPU.")
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
-        return ("python -m megakernel.bench: NUMBA_ENABLE_CUDASIM is set, so the Numba kernels would run in the CPU "
+        return ("NUMBA_ENABLE_CUDASIM is set, so the Numba kernels would run in the CPU "
                 "simulator; unset it to benchmark the GPU")
     return None
 
 
-def main(argv=None) -> int:
-    settings, args = parse_args(argv)
+@cli.command(parser, validate=check_args)
+def main(args) -> int:
+    settings = args.settings
     if args.list:
         for name in SYSTEM_NAMES:
             print(f"{name:<20} {DESCRIPTIONS.get(name, '')}")
         return 0
-    problem = gpu_problem()
-    if problem:
-        print(problem, file=sys.stderr)
-        return EXIT_NO_GPU
     if settings.model is None:
         from reference import ensure_synthetic_checkpoint
 
         print("model: the synthetic Qwen3.5-0.8B checkpoint (random weights, real shapes; generated on first use)",
               flush=True)
         settings.model = Path(ensure_synthetic_checkpoint())
-    if not (settings.model / "config.json").is_file():
-        print(f"python -m megakernel.bench: {settings.model} has no config.json", file=sys.stderr)
-        return 1
 
     def stop(signum, frame):  # noqa: ARG001
         raise BenchInterrupted(f"signal {signum}")

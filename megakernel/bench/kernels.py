@@ -45,7 +45,6 @@ plan was chosen; it prints every configuration, then the best eight per shape.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -58,6 +57,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from reference import cli
 
 from . import run_info
 
@@ -73,7 +74,6 @@ L2_FALLBACK = 50 * 2**20
 MAX_ROTATION = 64
 LM_HEAD_TARGET_FRACTION = 0.90
 LM_HEAD_TARGET_BPS = 2.7e12
-EXIT_NO_GPU = 2
 
 
 @dataclass
@@ -105,15 +105,14 @@ DELTANET_HEADS, DELTANET_HEAD_DIM = 16, 128
 
 # ------------------------------------------------------------------------------------------------ environment
 def gpu_problem() -> str | None:
-    """Why this machine cannot run the benchmark, or None."""
+    """Why this machine cannot run the benchmark, or None (one line)."""
     if launch.SIMULATOR:
-        return ("python -m megakernel.bench.kernels: NUMBA_ENABLE_CUDASIM is set, so the kernels would run in the "
-                "CPU simulator; unset it to benchmark the GPU (the simulator tests are tests/test_kernels_*.py)")
-    try:
-        launch.require_gpu("the Numba kernels that python -m megakernel.bench.kernels times")
-    except launch.NoGPUError as e:
-        return (f"{e}\nThe benchmark itself only runs on a GPU (it measures GPU time); on this machine the kernels' "
-                "correctness tests are: NUMBA_ENABLE_CUDASIM=1 pytest tests/test_kernels_matvec.py "
+        return ("NUMBA_ENABLE_CUDASIM is set, so the kernels would run in the CPU simulator; unset it to benchmark "
+                "the GPU (the simulator tests are tests/test_kernels_*.py)")
+    if not launch.gpu_available():
+        return ("the kernel benchmark measures GPU time and needs a CUDA GPU (numba.cuda.is_available() / "
+                "torch.cuda.is_available() is False here); on this machine the kernels' correctness tests run in the "
+                "simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_kernels_matvec.py "
                 "tests/test_kernels_lm_head.py")
     return None
 
@@ -822,37 +821,38 @@ def run_sweep(args) -> int:
     return 0
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("data/results"), help="directory for the JSON (created)")
-    p.add_argument("--quick", action="store_true", help="fewer samples (about a third of the time)")
-    p.add_argument("--cases", default="", help=f"comma-separated subset of: {', '.join(c.name for c in CASES)}")
-    p.add_argument("--versions", default="1,2,3,4,5,6,7", help="matvec versions to time (default: all)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--sweep", action="store_true", help="time the v6-family kernels over launch configurations")
-    a = p.parse_args(argv)
-    names = [c.name for c in CASES]
-    a.case_list = [c for c in CASES if not a.cases or c.name in a.cases.split(",")]
-    unknown = [s for s in a.cases.split(",") if s and s not in names]
-    if unknown:
-        p.error(f"unknown case(s) {unknown}; choose from {names}")
-    try:
-        a.versions = sorted({int(v) for v in a.versions.split(",") if v})
-    except ValueError:
-        p.error("--versions: comma-separated integers")
+parser = cli.parser("megakernel.bench.kernels", __doc__)
+parser.add_argument("--out", type=Path, default=Path("data/results"),
+                    help="directory for the JSON, created if missing (default: %(default)s)")
+parser.add_argument("--quick", action="store_true", help="fewer samples (about a third of the time)")
+parser.add_argument("--cases", type=cli.name_list([c.name for c in CASES], "case"), default=None,
+                    help=f"comma-separated subset of: {', '.join(c.name for c in CASES)} (default: all)")
+parser.add_argument("--versions", default="1,2,3,4,5,6,7",
+                    help="comma-separated matvec versions to time (default: all, %(default)s)")
+parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+parser.add_argument("--sweep", action="store_true", help="time the v6-family kernels over launch configurations")
+
+
+def check_args(a) -> None:
     from megakernel.kernels.matvec import VERSIONS
 
-    if not set(a.versions) <= set(VERSIONS):
-        p.error(f"--versions: choose from {sorted(VERSIONS)}")
-    return a
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+    a.case_list = [c for c in CASES if a.cases is None or c.name in a.cases]
+    try:
+        a.versions = sorted({int(v) for v in a.versions.split(",") if v.strip()})
+    except ValueError:
+        raise cli.UsageError(f"--versions: comma-separated integers from {sorted(VERSIONS)}, got {a.versions!r}") \
+            from None
+    if not a.versions or not set(a.versions) <= set(VERSIONS):
+        raise cli.UsageError(f"--versions: choose from {sorted(VERSIONS)}, got {a.versions}")
+    if a.out.is_file():
+        raise cli.UsageError(f"--out {a.out} is a file; give a directory (created if missing)")
     problem = gpu_problem()
     if problem:
-        print(problem, file=sys.stderr)
-        return EXIT_NO_GPU
+        raise cli.UsageError(problem)
+
+
+@cli.command(parser, validate=check_args)
+def main(args) -> int:
     if args.sweep:
         return run_sweep(args)
     import numba

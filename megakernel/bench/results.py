@@ -18,12 +18,13 @@ Needs only the standard library and matplotlib (no torch): it runs anywhere the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 from pathlib import Path
+
+from reference import cli
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -385,17 +386,14 @@ def results_markdown(results: dict, chart_link: str | None = None) -> str:
                                    for note, names in notes.items()]
     if chart_link:
         lines += ["", f"![tg{gen} tokens/s per system and context, with the bandwidth floor]({chart_link})"]
-    src = results.get("merged_from") or ([results["_path"]] if results.get("_path") else [])
-    if src:
-        names = []
-        for p in src:
-            p = Path(p)
-            try:
-                names.append(p.resolve().relative_to(PROJECT_ROOT).as_posix())
-            except ValueError:
-                names.append(p.name)
-        lines += ["", f"Source: {', '.join('`' + n + '`' for n in names)} (`python -m megakernel.bench.results` "
-                      "regenerates this section and the chart)."]
+    if results.get("_path"):  # the file this section was rendered from (merged runs are saved to one first)
+        path = Path(results["_path"])
+        try:
+            name = path.resolve().relative_to(PROJECT_ROOT).as_posix()
+        except ValueError:
+            name = path.name
+        lines += ["", f"Source: `{name}` (`python -m megakernel.bench.results` regenerates this section and the "
+                      "chart)."]
     return "\n".join(lines)
 
 
@@ -487,25 +485,30 @@ def plot_results(results: dict, path: str | Path | None = None):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megakernel.bench.results", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", nargs="+", metavar="PATH",
-                   help="results JSON file(s) (default: the newest bench_*.json in data/results/)")
-    p.add_argument("--readme", default=str(PROJECT_ROOT / "README.md"), help="README to update (default: %(default)s)")
-    p.add_argument("--chart", default=None, help="chart PNG to (re)draw (default: data/results/bench_latest.png)")
-    p.add_argument("--no-chart", action="store_true", help="leave the chart alone")
-    p.add_argument("--llama-json", metavar="PATH",
-                   help="add (replace) the llama.cpp rows from a llama-bench JSON (tools/llama_cpp_peer.sh)")
-    p.add_argument("--print", action="store_true", help="print the section; do not edit the README")
-    args = p.parse_args(argv)
+parser = cli.parser("megakernel.bench.results", __doc__)
+parser.add_argument("--json", nargs="+", metavar="PATH",
+                    help="results JSON file(s) (default: the newest bench_*.json in data/results/)")
+parser.add_argument("--readme", default=str(PROJECT_ROOT / "README.md"), help="README to update (default: %(default)s)")
+parser.add_argument("--chart", default=None, help="chart PNG to (re)draw (default: data/results/bench_latest.png)")
+parser.add_argument("--no-chart", action="store_true", help="leave the chart alone")
+parser.add_argument("--llama-json", metavar="PATH",
+                    help="add (replace) the llama.cpp rows from a llama-bench JSON (tools/llama_cpp_peer.sh)")
+parser.add_argument("--print", action="store_true", help="print the section; do not edit the README")
 
+
+def check_args(args) -> None:
+    for flag, path in [("--json", j) for j in args.json or []] + [("--llama-json", args.llama_json)]:
+        if path is not None and not Path(path).is_file():
+            raise cli.UsageError(f"{flag} {path}: no such file")
+    if not args.print and not Path(args.readme).is_file():
+        raise cli.UsageError(f"--readme {args.readme}: no such file (or pass --print to print the section)")
+
+
+@cli.command(parser, validate=check_args)
+def main(args) -> int:
     if args.json:
-        try:
-            runs = [load_results(j) for j in args.json]
-            results = runs[0] if len(runs) == 1 else merge_results(runs)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"megakernel.bench.results: {e}", file=sys.stderr)
-            return 1
+        runs = [load_results(j) for j in args.json]
+        results = runs[0] if len(runs) == 1 else merge_results(runs)
         if len(runs) > 1:
             out = save_results(results, results_dir() / results_filename(results))
             results["_path"] = str(out)
@@ -513,16 +516,14 @@ def main(argv=None) -> int:
     else:
         latest = find_latest()
         if latest is None:
-            print(f"megakernel.bench.results: no bench_*.json in {results_dir()}; run `python -m megakernel.bench` on a "
-                  "GPU machine first (it writes one there), or pass --json PATH", file=sys.stderr)
-            return 1
+            raise FileNotFoundError(f"no bench_*.json in {results_dir()}: run `python -m megakernel.bench` on a GPU "
+                                    "machine first (it writes one there), or pass --json PATH")
         results = load_results(latest)
     if args.llama_json:
         try:
             add_llama_rows(results, args.llama_json)
-        except (ValueError, OSError) as e:
-            print(f"megakernel.bench.results: --llama-json: {e}", file=sys.stderr)
-            return 1
+        except ValueError as e:
+            raise ValueError(f"--llama-json: {e}") from e
         out = save_results(results, results_dir() / results_filename(results))
         results["_path"] = str(out)
         print(f"llama.cpp rows from {args.llama_json} added; saved {out}")
@@ -541,11 +542,7 @@ def main(argv=None) -> int:
     if args.print:
         print(section)
         return 0
-    try:
-        changed = update_readme(readme, section)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"megakernel.bench.results: {readme}: {e}", file=sys.stderr)
-        return 1
+    changed = update_readme(readme, section)
     print(f"{readme}: results section {'updated' if changed else 'already up to date'} "
           f"(from {Path(results.get('_path', '?')).name})")
     return 0
