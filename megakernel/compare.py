@@ -115,7 +115,8 @@ def build_stage(name: str, path, stages: list[str], max_context: int):
     if name == "layered":
         from .layered import load
 
-        return LayeredRunner(load(path, "layered", max_context=max_context))
+        # decode from the oracle's own prefill state, so per-step errors are the decode kernels' alone
+        return LayeredRunner(load(path, "layered", max_context=max_context, prefill_mode="reference"))
     raise SystemExit(f"unknown stage {name!r}; choose from transformers, reference, layered")
 
 
