@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from reference import ContextTooLongError, Qwen35Config, load_model
-from reference.check import bf16_storage_tol, check
+from reference.check import check
 from reference.hf_compare import compare_states
 from reference.ops.gated_delta_rule import chunked_gated_delta_rule, gated_delta_rule_step, l2_normalize
 
@@ -231,3 +231,28 @@ def test_bad_input_is_refused(tiny, checkpoint_factory):
     a = prefill_into(weights, _state(ref.config), [1, 2, 3], logits="all")
     b = prefill_into(weights, _state(ref.config), [1, 2, 3], logits="all")
     assert torch.equal(a, b) and len(vars(weights)["_prefill_runners"]) == 1
+
+
+def test_benchmark_prefill_check_passes_and_catches_a_wrong_state(tiny, checkpoint_factory):
+    """megakernel.bench's check of a kernel stage's prefill rows (run on the GPU before timing ppN): it passes on
+    the real prefill and fails on one that leaves a wrong DeltaNet state behind (logits alone would hide it)."""
+    from megakernel.bench.systems import check_prefill
+    from megakernel.layered import load
+
+    ref, _ = tiny
+    layered = load(checkpoint_factory("kernel_tiny", config=Qwen35Config.tiny(vocab_size=264)), "layered",
+                   max_context=64)
+    prompt = torch.randint(0, 264, (20,), generator=torch.Generator().manual_seed(4)).tolist()
+    good = check_prefill(layered, ref, prompt, greedy_steps=2)
+    assert good.passed, good.detail
+    assert "fp32 twin" in good.detail and good.short.endswith("tokens 2/2")
+    real = layered.prefill
+
+    def wrong_state(*args, **kwargs):
+        logits, state = real(*args, **kwargs)
+        state.rec[-1] *= 1.5
+        return logits, state
+
+    layered.prefill = wrong_state
+    bad = check_prefill(layered, ref, prompt)
+    assert not bad.passed and "DeltaNet state" in bad.detail

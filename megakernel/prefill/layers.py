@@ -168,8 +168,10 @@ def attention_mixer(x, p, c, k_cache, v_cache, start: int, cos, sin) -> torch.Te
     v_cache[:, start:S].copy_(v.transpose(0, 1))
     group = Hq // Hkv
     keys, values = (cache[:, :S].repeat_interleave(group, dim=0).to(x.dtype)[None] for cache in (k_cache, v_cache))
-    o = F.scaled_dot_product_attention(q.to(x.dtype).transpose(0, 1)[None], keys, values,
-                                       attn_mask=causal_lower_right(T, S), scale=Dh**-0.5)  # [1, Hq, T, Dh]
+    # causal over the piece; a later piece's queries also see every earlier key (the mask aligned bottom-right)
+    mask = dict(is_causal=True) if start == 0 else dict(attn_mask=causal_lower_right(T, S))
+    o = F.scaled_dot_product_attention(q.to(x.dtype).transpose(0, 1)[None], keys, values, scale=Dh**-0.5,
+                                       **mask)  # [1, Hq, T, Dh]
     o = o[0].transpose(0, 1).reshape(T, Hq * Dh).float() * torch.sigmoid(qg[..., Dh:].reshape(T, Hq * Dh).float())
     return linear(o.to(x.dtype), lw.o_proj)
 
