@@ -59,13 +59,36 @@ def _check_shapes(q, k, v, g, beta):
     return T, Hk, Hv, Dk, v.shape[2]
 
 
+def repeat_heads(x: torch.Tensor, times: int, dim: int) -> torch.Tensor:
+    """Each head of ``dim`` repeated ``times`` in place (head h -> h*times ... h*times + times-1), as
+    ``repeat_interleave`` but by expand + reshape: no host synchronisation, so it can be captured in a CUDA graph."""
+    if times == 1:
+        return x
+    shape = list(x.shape)
+    expanded = x.unsqueeze(dim + 1).expand(*shape[: dim + 1], times, *shape[dim + 1 :])
+    return expanded.reshape(*shape[:dim], shape[dim] * times, *shape[dim + 1 :])
+
+
 def _to_chunks(x: torch.Tensor, n_chunks: int, chunk: int) -> torch.Tensor:
-    """[T, H, ...] time-major -> [N, H, C, ...] contiguous (zero padded to N*C tokens)."""
+    """[T, H] or [T, H, D] time-major -> [N, H, C(, D)]; [T, 2, H, D] (q and k) -> [2, N, H, C, D]. Contiguous,
+    zero padded to N*C tokens."""
     pad = n_chunks * chunk - x.shape[0]
     if pad:
         x = F.pad(x, (0, 0) * (x.dim() - 1) + (0, pad))
     x = x.reshape(n_chunks, chunk, *x.shape[1:])
-    return x.transpose(1, 2).contiguous()
+    order = {3: (0, 2, 1), 4: (0, 2, 1, 3), 5: (2, 0, 3, 1, 4)}[x.dim()]
+    return x.permute(order).contiguous()
+
+
+_CAUSAL: dict = {}
+
+
+def _causal_mask(chunk: int, device) -> torch.Tensor:
+    """[C, C] bool, True where j <= i (made once per device)."""
+    key = (chunk, str(device))
+    if key not in _CAUSAL:
+        _CAUSAL[key] = torch.ones(chunk, chunk, dtype=torch.bool, device=device).tril()
+    return _CAUSAL[key]
 
 
 def chunked_delta_rule(q, k, v, g, beta, initial_state=None, final_state=None, chunk_size: int = CHUNK):
@@ -79,26 +102,27 @@ def chunked_delta_rule(q, k, v, g, beta, initial_state=None, final_state=None, c
     """
     T, Hk, Hv, Dk, Dv = _check_shapes(q, k, v, g, beta)
     dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
-    q, k, v, g, beta = (t.to(dtype) for t in (q, k, v, g, beta))
-    q, k = l2_normalize(q, L2_EPS) * Dk**-0.5, l2_normalize(k, L2_EPS)
-    if Hv != Hk:  # value head h reads key head h // (Hv/Hk)
-        q, k = q.repeat_interleave(Hv // Hk, dim=1), k.repeat_interleave(Hv // Hk, dim=1)
     C = chunk_size
     N = max(1, math.ceil(T / C))
-    # Padding tokens have k = v = q = 0, beta = 0 and g = 0 (no decay): they change neither real outputs nor state.
-    qc, kc, vc = (_to_chunks(t, N, C) for t in (q, k, v))  # [N, H, C, D]
-    gc, bc = (_to_chunks(t, N, C) for t in (g, beta))  # [N, H, C]
+    # q and k together: one normalisation, one layout copy ([T, 2, H, Dk] -> [2, N, H, C, Dk]). Padding tokens have
+    # k = v = q = 0, beta = 0 and g = 0 (no decay): they change neither real outputs nor the state.
+    qk = l2_normalize(torch.stack([q, k], dim=1).to(dtype), L2_EPS)
+    qk = repeat_heads(qk, Hv // Hk, 2)  # value head h reads key head h // (Hv/Hk)
+    qc, kc = _to_chunks(qk, N, C)  # each [N, H, C, Dk]
+    qc = qc.mul_(Dk**-0.5)
+    vc = _to_chunks(v.to(dtype), N, C)  # [N, H, C, Dv]
+    gc, bc = (_to_chunks(t.to(dtype), N, C) for t in (g, beta))  # [N, H, C]
     G = gc.cumsum(-1)
     G_last = G[..., -1:]  # [N, H, 1]
-    causal = torch.ones(C, C, dtype=torch.bool, device=v.device).tril()
-    decay = (G[..., :, None] - G[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()  # e^(G_i - G_j), j <= i
+    eG = G.exp()[..., None]  # [N, H, C, 1]
+    decay = (G[..., :, None] - G[..., None, :]).masked_fill_(~_causal_mask(C, v.device), float("-inf")).exp_()
     k_beta = kc * bc[..., None]
     # A's strict lower triangle is the reference's; the solve reads nothing else (unitriangular, lower).
     A = torch.matmul(k_beta, kc.transpose(-1, -2)).mul_(decay)
-    rhs = torch.cat([vc * bc[..., None], k_beta * G.exp()[..., None]], dim=-1)  # [N, H, C, Dv + Dk]
+    rhs = torch.cat([vc * bc[..., None], k_beta.mul_(eG)], dim=-1)  # [N, H, C, Dv + Dk]
     UW = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
     U, W = UW[..., :Dv], UW[..., Dv:]
-    k_decayed = kc * (G_last - G).exp()[..., None]
+    k_decayed = kc * (G_last - G).exp_()[..., None]
     KUW = torch.matmul(k_decayed.transpose(-1, -2), UW)  # [N, H, Dk, Dv + Dk] = [B | e^G_last I - M]
     B = KUW[..., :Dv]
     M = KUW[..., Dv:].neg()
@@ -115,7 +139,7 @@ def chunked_delta_rule(q, k, v, g, beta, initial_state=None, final_state=None, c
     S = states[:N].flatten(0, 1)  # [N*H, Dk, Dv]
     delta = torch.baddbmm(U.flatten(0, 1), W.flatten(0, 1), S, alpha=-1)  # U - W S
     scores = torch.matmul(qc, kc.transpose(-1, -2)).mul_(decay).flatten(0, 1)  # [N*H, C, C]
-    o = torch.baddbmm(torch.bmm(scores, delta), (qc * G.exp()[..., None]).flatten(0, 1), S)
+    o = torch.baddbmm(torch.bmm(scores, delta), qc.mul_(eG).flatten(0, 1), S)
     o = o.view(N, Hv, C, Dv).transpose(1, 2).reshape(N * C, Hv, Dv)[:T]
     if final_state is not None:
         final_state.copy_(states[N])
@@ -132,8 +156,7 @@ def fla_delta_rule(q, k, v, g, beta, initial_state=None, final_state=None):
         raise BackendUnavailable(f"flash-linear-attention is not importable: {fla_status()}") from e
     if v.device.type != "cuda":
         raise BackendUnavailable("flash-linear-attention's Triton kernels need a CUDA GPU")
-    if Hv != Hk:
-        q, k = q.repeat_interleave(Hv // Hk, dim=1), k.repeat_interleave(Hv // Hk, dim=1)
+    q, k = repeat_heads(q, Hv // Hk, 1), repeat_heads(k, Hv // Hk, 1)
     bf16 = lambda t: t.to(torch.bfloat16)[None]  # noqa: E731  [1, T, H, D]
     h0 = None if initial_state is None else initial_state.float()[None].contiguous()
     o, state = chunk_gated_delta_rule(bf16(q), bf16(k), bf16(v), g=g.float()[None].contiguous(),
@@ -155,4 +178,4 @@ def delta_rule(backend: str, q, k, v, g, beta, initial_state=None, final_state=N
 
 
 __all__ = ["BACKENDS", "CHUNK", "BackendUnavailable", "chunked_delta_rule", "delta_rule", "fla_delta_rule",
-           "fla_status"]
+           "fla_status", "repeat_heads"]

@@ -37,7 +37,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from reference.config import LINEAR
 
-from .delta_rule import delta_rule
+from .delta_rule import delta_rule, repeat_heads
 
 LM_HEAD_ROWS = 32768  # vocabulary rows per fp32 slice when every position's logits are asked for
 
@@ -167,7 +167,7 @@ def attention_mixer(x, p, c, k_cache, v_cache, start: int, cos, sin) -> torch.Te
     k_cache[:, start:S].copy_(k.transpose(0, 1))
     v_cache[:, start:S].copy_(v.transpose(0, 1))
     group = Hq // Hkv
-    keys, values = (cache[:, :S].repeat_interleave(group, dim=0).to(x.dtype)[None] for cache in (k_cache, v_cache))
+    keys, values = (repeat_heads(cache[:, :S], group, 0).to(x.dtype)[None] for cache in (k_cache, v_cache))
     # causal over the piece; a later piece's queries also see every earlier key (the mask aligned bottom-right)
     mask = dict(is_causal=True) if start == 0 else dict(attn_mask=causal_lower_right(T, S))
     o = F.scaled_dot_product_attention(q.to(x.dtype).transpose(0, 1)[None], keys, values, scale=Dh**-0.5,
