@@ -37,8 +37,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")   # no GPU: kernels run in Numba's CUDA simulator (CPU)
 
 # %matplotlib inline
-import time
-
 import matplotlib.pyplot as plt
 
 import megakernel                                   # makes the simulator honest (see megakernel/testing/simulator.py)

@@ -698,11 +698,15 @@ class KernelStage(DecoderSystem):
                               "logits check feeds tokens through the same kernels eagerly (decode_step)")
         else:
             self.notes.append("tg: decode_step loop (logits copied, argmax read by the host each step)")
-        prefiller = self.model.prefiller("bf16")
-        self.notes.append(f"prefill: megakernel.prefill (bf16 products on tensor cores, fp32 states, written into "
-                          f"the kernel layout; {prefiller.backend_note}; pieces of {prefiller.piece_tokens} tokens; "
-                          f"repeated prompts of <= {min(prefiller.piece_tokens, _graph_max_tokens())} tokens replay "
-                          "a CUDA graph); the decode check starts from the reference's prefill")
+        self.prefill_modes = hasattr(self.model, "prefiller") and hasattr(self.model, "prefill_mode")
+        if self.prefill_modes:
+            prefiller = self.model.prefiller("bf16")
+            self.notes.append(f"prefill: megakernel.prefill (bf16 products on tensor cores, fp32 states, written into "
+                              f"the kernel layout; {prefiller.backend_note}; pieces of {prefiller.piece_tokens} "
+                              f"tokens; repeated prompts of <= {min(prefiller.piece_tokens, _graph_max_tokens())} "
+                              "tokens replay a CUDA graph); the decode check starts from the reference's prefill")
+        else:
+            self.notes.append(f"prefill: the {self.stage} stage's own (no prefill modes: the shortest pp only)")
         self._oracle_model = getattr(self.model, "reference", None)
         self._prefill_states: dict = {}
         self._warm: set = set()
@@ -721,6 +725,9 @@ class KernelStage(DecoderSystem):
     def _reference_prefill(self):
         """The decode check starts from the oracle's own prefill state, so it measures the decode kernels alone
         (the prefill has its own check, check_prefill)."""
+        if not self.prefill_modes:
+            yield
+            return
         mode = self.model.prefill_mode
         self.model.prefill_mode = "reference"
         try:
@@ -740,7 +747,7 @@ class KernelStage(DecoderSystem):
 
     # ---- prefill rows
     def prefill_lengths(self, lengths):
-        return sorted(lengths)
+        return sorted(lengths) if self.prefill_modes else super().prefill_lengths(lengths)
 
     def _state(self, tokens: int):
         from ..layout import DeviceState
@@ -766,10 +773,14 @@ class KernelStage(DecoderSystem):
             return time.perf_counter() - t0
 
     def prefill_note(self):
+        if not self.prefill_modes:
+            return ""
         p = self.model.prefiller("bf16")
         return f"timed prefill: {p.last_run}; {p.backend_note}" + (f"; {p.graph_note}" if p.graph_note else "")
 
     def check_prefill(self, ids):
+        if not self.prefill_modes:
+            return None
         key = (self.stage, len(ids))
         if key not in self.ctx.prefill_checks:
             self.ctx.prefill_checks[key] = check_prefill(self.model, self.oracle_model(), ids,
@@ -882,7 +893,7 @@ def check_prefill(model, oracle_model, ids: list[int], greedy_steps: int = 0) ->
     * with ``greedy_steps``: greedy decoding from the bf16 state against greedy decoding from the reference's
       (identical tokens, or a first difference at a near tie; teacher-forced logits within TOL_PREFILL_BF16).
     Never raises for a numerical disagreement."""
-    from reference.check import CheckFailed, check
+    from reference.check import CheckFailed, bf16_storage_tol, check
     from reference.hf_compare import compare_states
 
     from ..layout import DeviceState
@@ -898,12 +909,14 @@ def check_prefill(model, oracle_model, ids: list[int], greedy_steps: int = 0) ->
             logits, state = model.prefill(ids, state=state, last_only=not all_logits, mode=mode)
             try:
                 lg = check(f"{mode} prefill logits", ref_logits, logits, tol, verbose=False).rel
-                st = max(r.rel for r in compare_states(ref_state, state.to_reference(), tol, prefix=f"{mode} "))
+                results = compare_states(ref_state, state.to_reference(), tol, prefix=f"{mode} ")
             except CheckFailed as e:
                 return PrefillCheck(False, f"prefill of {T} tokens vs the reference: {e}", f"prefill {mode} FAILED")
             del state, logits
-            parts.append(f"{'fp32 twin' if mode == 'fp32' else 'bf16'}: logits ({where}) {lg:.1e}, every state "
-                         f"{st:.1e} (tol {tol:.0e})")
+            st = max([r.rel for r in results if "cache" not in r.name] or [0.0])  # conv and DeltaNet (fp32)
+            kv = max([r.rel for r in results if "cache" in r.name] or [0.0])
+            parts.append(f"{'fp32 twin' if mode == 'fp32' else 'bf16'}: logits ({where}) {lg:.1e}, conv/DeltaNet "
+                         f"states {st:.1e} (tol {tol:.0e}), KV cache {kv:.1e} (tol {bf16_storage_tol(tol):.1e})")
             shorts.append(f"{mode} {max(lg, st):.0e}")
         del ref_state
         free_memory()
