@@ -8,7 +8,7 @@ a prompt without going through the reference model: bf16 matrix products on tens
   one left (conv, DeltaNet, KV cache), so memory stays bounded (a 32k-token prompt works);
 * on a GPU, a prompt of at most ``GRAPH_MAX_TOKENS`` tokens from an empty state is replayed from a captured CUDA
   graph once its length has been seen once (the first run warms up cuBLAS / flash attention / Triton; the second
-  captures; later ones replay): a 512-token prefill is ~1,800 small kernels, and launching them one by one from
+  captures; later ones replay): a 512-token prefill is ~1,700 small kernels, and launching them one by one from
   Python would cost as much as running them. The graph writes into its own staging buffers, copied into the
   caller's state after each replay (a few MB), so one graph serves every state;
 * ``dtype=torch.float32`` runs the same code in fp32 (the check twin: it matches the reference computing in fp32
@@ -73,13 +73,14 @@ class Prefill:
         self._seen: set = set()
         self.last_run = ""  # how the last call ran (for benchmark notes)
         # The last position's logits come from the decode stage's LM-head kernel (fp32 logits, bf16 weights,
-        # the final norm folded in): one pass over the 0.5 GB head instead of fp32 slices of it.
+        # the final norm folded in): one pass over the 0.5 GB head instead of fp32 slices of it. Its argmax lands
+        # in ``best`` on the device (``lm_head.token_view(best)``: the first greedy token, for a decode kernel).
         c = self.config
         self._h_last = torch.zeros(c.hidden_size, device=self.device)
         self._last = torch.zeros(c.vocab_size, device=self.device)
-        self._best = lm_head.new_best(self.device)
+        self.best = lm_head.new_best(self.device)
         self._k = {name: as_kernel_array(t) for name, t in
-                   (("h", self._h_last), ("logits", self._last), ("best", self._best))}
+                   (("h", self._h_last), ("logits", self._last), ("best", self.best))}
 
     def _pick_backend(self, backend: str) -> tuple[str, str]:
         why_not = fla_status()
@@ -143,7 +144,7 @@ class Prefill:
             return lm_head_fp32(x, self.weights.lm_head).contiguous()
 
     def _last_logits(self, h: torch.Tensor) -> None:
-        """The last row's logits into ``self._last`` (and their argmax into ``self._best``), on the LM-head
+        """The last row's logits into ``self._last`` (and their argmax into ``self.best``), on the LM-head
         kernel of the decode stage."""
         c, dw = self.config, self.weights.device_weights
         self._h_last.copy_(h[-1])
