@@ -854,7 +854,7 @@ def reference_prefill(model, ids: list[int], all_logits: bool):
     return (torch.cat(outs) if all_logits else outs[-1]), state
 
 
-class _DecodeAfterPrefill:
+class DecodeAfterPrefill:
     """greedy / teacher_forced (for check_system) of a kernel stage prefilling in ``mode`` then decoding."""
 
     def __init__(self, model, mode: str):
@@ -923,7 +923,7 @@ def check_prefill(model, oracle_model, ids: list[int], greedy_steps: int = 0) ->
         detail = f"prefill of {T} tokens vs the reference (fp32 compute, bf16 weights/KV): " + "; ".join(parts)
         if greedy_steps:
             oracle = make_oracle("reference", oracle_model, ids, greedy_steps, TOL_PREFILL_BF16)
-            outcome = check_system(_DecodeAfterPrefill(model, "bf16"), oracle, ids)
+            outcome = check_system(DecodeAfterPrefill(model, "bf16"), oracle, ids)
             if not outcome.passed:
                 return PrefillCheck(False, f"{detail}; decoding after the bf16 prefill: {outcome.detail}",
                                     "prefill greedy FAILED")

@@ -86,13 +86,13 @@ def test_logits_at_every_position_and_every_state(stages, capsys):
 def test_greedy_tokens_after_the_bf16_prefill(stages, capsys):
     """Decode 32 greedy tokens on the layered kernels from the bf16 prefill's state: the reference's tokens (from
     its own prefill), or a first difference at a near tie."""
-    from megakernel.bench.systems import _DecodeAfterPrefill, check_system, make_oracle
+    from megakernel.bench.systems import DecodeAfterPrefill, check_system, make_oracle
 
     ref, layered = stages
     lines = []
     for prompt in PROMPTS:
         oracle = make_oracle("reference", ref, prompt, 32, TOL_BF16)
-        outcome = check_system(_DecodeAfterPrefill(layered, "bf16"), oracle, prompt)
+        outcome = check_system(DecodeAfterPrefill(layered, "bf16"), oracle, prompt)
         assert outcome.passed, outcome.detail
         lines.append(f"  T={len(prompt):>4}: {outcome.detail}")
     with capsys.disabled():
