@@ -3,6 +3,7 @@
     python -m megakernel.compare --stages reference,layered --tokens 16            # GPU, synthetic 0.8B
     NUMBA_ENABLE_CUDASIM=1 python -m megakernel.compare --tiny --tokens 4          # CPU, simulator, tiny config
     python -m megakernel.compare --stages transformers,reference --model DIR       # the reference vs transformers
+    python -m megakernel.compare --stages layered,persistent --tokens 16           # the megakernel vs stage 2
 
 Each consecutive pair of stages is compared. Both stages prefill the same prompt, then decode with teacher
 forcing: the first stage's greedy token is fed to both, so an error cannot hide behind a different token
@@ -11,7 +12,9 @@ every state. Errors are max |a - b| and max |a - b| / max |a| (see reference.che
 relative error exceeds --tol or a token differs.
 
 Stages: ``transformers`` (Qwen3_5ForCausalLM, fp32), ``reference`` (fp32 compute on the bf16 weights; with a
-kernel stage in the list, with a bf16 KV cache like the kernels), ``layered`` (the Numba kernel decoder).
+kernel stage in the list, with a bf16 KV cache like the kernels), ``layered`` (the Numba kernel decoder),
+``persistent`` (the megakernel: one launch per step; its per-layer hidden states come from the kernel's trace
+buffer, written after each layer's last barrier).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from reference import cli
 from reference.check import relative_error
 from reference.config import LINEAR
 
-KERNEL_STAGES = ("layered",)
+KERNEL_STAGES = ("layered", "persistent")
 COMPARE_STAGES = ("transformers", "reference") + KERNEL_STAGES
 
 
@@ -113,10 +116,11 @@ def build_stage(name: str, path, stages: list[str], max_context: int):
         model = load_model(path, device=device, dtype=torch.float32, weights_dtype=torch.bfloat16,
                            cache_dtype=torch.bfloat16 if kernel_in_list else None)
         return ReferenceRunner(model)
-    if name == "layered":
-        from .layered import load
+    if name in KERNEL_STAGES:
+        from .stages import load
 
-        return LayeredRunner(load(path, "layered", max_context=max_context))
+        # decode from the oracle's own prefill state, so per-step errors are the decode kernels' alone
+        return LayeredRunner(load(path, name, max_context=max_context, prefill_mode="reference"), name=name)
     from .stages import UnknownStageError
 
     raise UnknownStageError(f"unknown stage {name!r}: choose from {', '.join(COMPARE_STAGES)}")

@@ -19,8 +19,11 @@ One decode step (``D`` hidden, ``C`` conv channels; every matvec reads bf16 weig
     advance                                        record the token, position += 1 (in device memory)
 
 That is 3 + 5 x 18 + 7 x 6 = 135 launches per token for Qwen3.5-0.8B: the per-launch host cost is what the
-megakernel removes. ``prefill`` runs the reference model (chunked DeltaNet, on the same device) and copies its
-states into the device buffers; ``decode_step`` and ``generate`` run on the kernels.
+megakernel removes. ``decode_step`` and ``generate`` run on the kernels. ``prefill`` is compute-bound (every
+weight is used by every prompt token) and runs ``megakernel.prefill``: bf16 matrix products on tensor cores, fp32
+states, written straight into the device buffers (``prefill_mode="bf16"``, the default); ``"fp32"`` runs the same
+code in fp32 (its check twin) and ``"reference"`` runs the reference model and copies its states in (for
+comparisons of the decode kernels, which then start from exactly the oracle's state).
 
 The oracle for this stage is the reference computing in fp32 from the same bf16 weights with a bf16 KV cache
 (``reference.load_model(path, dtype=float32, cache_dtype=bfloat16)``): the kernels do the same arithmetic in a
@@ -41,8 +44,10 @@ from .kernels import attention, deltanet, embedding, fused_matvec, lm_head
 from .launch import NoGPUError, as_kernel_array, kernel_device, require_gpu, synchronize
 from .layout import DeviceState, DeviceWeights, check_supported
 
+from .prefill.modes import PREFILL_MODES, PrefillModes, check_prefill_mode  # noqa: F401 (re-exported)
 
-class LayeredDecoder:
+
+class LayeredDecoder(PrefillModes):
     """Qwen3.5 decode with one Numba kernel launch per op. Same API as :class:`reference.Qwen35Model`.
 
     Two ways to run a step: eagerly (``decode_step``, ``greedy_tokens``: Python launches every kernel, ~20-40 us
@@ -54,11 +59,13 @@ class LayeredDecoder:
 
     stage = "layered"
 
-    def __init__(self, reference: Qwen35Model, max_context: int = 4096):
+    def __init__(self, reference: Qwen35Model, max_context: int = 4096, prefill_mode: str = "bf16"):
         require_gpu("the layered decoder")
         check_supported(reference.config)
         self.config = c = reference.config
-        self.reference = reference  # used for prefill (and as the oracle in comparisons)
+        self.reference = reference  # the oracle in comparisons, and prefill_mode="reference"
+        self.prefill_mode = check_prefill_mode(prefill_mode)
+        self._prefills: dict = {}
         self.device = kernel_device()
         self.max_context = min(max_context, c.max_position_embeddings)
         self.weights = DeviceWeights(c, reference.weights, self.device)
@@ -100,20 +107,6 @@ class LayeredDecoder:
             raise ContextTooLongError(f"context too long: capacity {capacity} exceeds this decoder's max_context "
                                       f"{self.max_context}")
         return DeviceState(self.config, self.device, capacity)
-
-    @torch.no_grad()
-    def prefill(self, input_ids, state: DeviceState | None = None, last_only: bool = False):
-        """Run the prompt through the reference model on this device, then copy its states into the kernel
-        layout (replacing whatever ``state`` held). Returns (logits [T, V] fp32 (or [1, V] with last_only),
-        DeviceState)."""
-        ids = as_token_list(input_ids, self.config.vocab_size)
-        state = state or self.new_state()
-        if len(ids) > state.capacity:
-            raise ContextTooLongError(f"context too long: a prompt of {len(ids)} tokens exceeds this decoder's "
-                                      f"KV-cache capacity {state.capacity}")
-        logits, ref_state = self.reference.prefill(ids, last_only=last_only)
-        state.load_reference(ref_state)
-        return logits, state
 
     @torch.no_grad()
     def decode_step(self, token_id, state: DeviceState, trace: dict | None = None) -> torch.Tensor:
@@ -245,10 +238,11 @@ class LayeredDecoder:
         return 3 + 5 * n_lin + 7 * n_full
 
 
-def load(path: str | Path, stage: str = "layered", max_context: int | None = None, keep_fp32: bool = True):
+def load(path: str | Path, stage: str = "layered", max_context: int | None = None, keep_fp32: bool = True,
+         prefill_mode: str | None = None):
     """``megakernel.load`` for the first two stages (kept for existing callers)."""
     from .stages import load as load_stage
 
     if stage not in ("reference", "layered"):
         raise ValueError(f"unknown stage {stage!r}; expected 'reference' or 'layered' (megakernel.load knows all)")
-    return load_stage(path, stage, max_context=max_context, keep_fp32=keep_fp32)
+    return load_stage(path, stage, max_context=max_context, keep_fp32=keep_fp32, prefill_mode=prefill_mode)

@@ -68,16 +68,21 @@ def default_max_context(config) -> int:
 
 
 def load(path: str | Path, stage: str = "layered", *, max_context: int | None = None, version: int | None = None,
-         keep_fp32: bool = True):
+         keep_fp32: bool = True, prefill_mode: str | None = None):
     """Load a checkpoint directory for one stage (see the module docstring). ``max_context``: KV-cache capacity
     of the kernel stages (default: ``default_max_context(config)``); ``version``: the persistent kernel's version
     (default: the fastest that passes its tests); ``keep_fp32``: keep the checkpoint's fp32 ``A_log`` and DeltaNet
-    norm weight exact (transformers rounds them to bf16)."""
+    norm weight exact (transformers rounds them to bf16); ``prefill_mode``: how a kernel stage prefills ("bf16",
+    the default: ``megakernel.prefill``; "fp32": the same in fp32; "reference": the reference model's prefill
+    copied into the kernel layout)."""
     from reference.model import load_model
 
     check_stage(stage)
     if version is not None and stage != "persistent":
         raise ValueError(f"version= applies to stage 'persistent' only, not {stage!r}")
+    if prefill_mode is not None and stage == "reference":
+        raise ValueError("prefill_mode= applies to the kernel stages (layered, persistent), not 'reference'")
+    kernel_options = {} if prefill_mode is None else {"prefill_mode": prefill_mode}
     if max_context is not None and (isinstance(max_context, bool) or not isinstance(max_context, int)
                                     or max_context < 1):
         raise ValueError(f"max_context must be a positive integer, got {max_context!r}")
@@ -97,10 +102,10 @@ def load(path: str | Path, stage: str = "layered", *, max_context: int | None = 
     if stage == "layered":
         from .layered import LayeredDecoder
 
-        return LayeredDecoder(ref, max_context=max_context)
+        return LayeredDecoder(ref, max_context=max_context, **kernel_options)
     from .persistent import PersistentDecoder
 
-    return PersistentDecoder(ref, max_context=max_context, version=version)
+    return PersistentDecoder(ref, max_context=max_context, version=version, **kernel_options)
 
 
 __all__ = ["STAGES", "KERNEL_STAGES", "DEFAULT_MAX_CONTEXT", "SIMULATOR_MAX_CONTEXT", "SIMULATOR_BUDGET",

@@ -53,7 +53,8 @@ else:
     model_dir = notebook_model_dir()
 t0 = time.perf_counter()
 reference = layered.load(model_dir, "reference")   # the oracle: fp32 compute on the bf16 weights, bf16 KV cache
-decoder = layered.load(model_dir, "layered", max_context=64 if launch.SIMULATOR else 4096)
+decoder = layered.load(model_dir, "layered", max_context=64 if launch.SIMULATOR else 4096,
+                       prefill_mode="reference")   # decode from the oracle's own prefill state (see below)
 config = decoder.config
 print(f"{model_dir.name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab "
       f"{config.vocab_size}; loaded in {time.perf_counter() - t0:.1f} s")
@@ -70,10 +71,11 @@ doc = layered.__doc__
 print(doc[doc.index("One decode step"):doc.index("The oracle")])
 
 # %% [markdown]
-# Prefill runs the reference model (the chunked DeltaNet form of notebook 02) and copies its states into the
-# kernels' layout; every decode step after that runs on the kernels. Its oracle is the reference computing in fp32
-# from the same bf16 weights with a bf16 KV cache, which is exactly the kernels' arithmetic, so the two should agree
-# to summation-order effects (~1e-6).
+# Here the decoder prefills with the reference model (`prefill_mode="reference"`: the chunked DeltaNet form of
+# notebook 02, its states copied into the kernels' layout), so that what follows measures the decode kernels alone;
+# its own prefill (bf16 matrix products on tensor cores, the default) is notebook 09's subject. Every decode step
+# runs on the kernels. Their oracle is the reference computing in fp32 from the same bf16 weights with a bf16 KV
+# cache, which is exactly the kernels' arithmetic, so the two should agree to summation-order effects (~1e-6).
 #
 # ## Layer by layer against the reference
 #

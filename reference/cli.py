@@ -161,6 +161,14 @@ def positive_int_list(text: str) -> list[int]:
     return values
 
 
+def non_negative_int_list(text: str) -> list[int]:
+    """``512,4096`` -> [512, 4096], each an integer >= 0."""
+    values = [non_negative_int(x.strip()) for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return values
+
+
 def name_list(choices, what: str = "name", allow_all: bool = False):
     """A type for ``--flag a,b,c``: a list of names, each one of ``choices`` (listed in the error); with
     ``allow_all``, ``all`` means every choice."""

@@ -201,7 +201,8 @@ class Qwen35Model:
 
 def generate_tokens(model, input_ids, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=None,
                     stop_at_eos=True, eos_token_id=None, callback=None) -> torch.Tensor:
-    """The generation loop shared by every stage: any object with ``config``, ``prefill`` and ``decode_step``."""
+    """The generation loop shared by every stage: any object with ``config``, ``prefill(ids, last_only=True)``
+    and ``decode_step``."""
     check_sampling_args(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -216,7 +217,7 @@ def generate_tokens(model, input_ids, max_new_tokens, temperature=0.0, top_k=0, 
     out: list[int] = []
     if max_new_tokens == 0:
         return torch.tensor(out, dtype=torch.long)
-    logits, state = model.prefill(ids)
+    logits, state = model.prefill(ids, last_only=True)  # the prompt's other logits are never used
     logits = logits[-1]
     while True:
         token = sample_next_token(logits, temperature, top_k, top_p, generator)

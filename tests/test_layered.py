@@ -22,7 +22,8 @@ def stages(checkpoint_factory):
     from megakernel.layered import load
 
     path = checkpoint_factory("kernel_tiny", config=Qwen35Config.tiny(vocab_size=264))
-    return load(path, "reference"), load(path, "layered", max_context=64)
+    # decode kernels from exactly the oracle's prefill state (the bf16 prefill: tests/test_prefill.py)
+    return load(path, "reference"), load(path, "layered", max_context=64, prefill_mode="reference")
 
 
 def test_layered_matches_reference_logits_and_states(stages):

@@ -8,7 +8,7 @@
 #          checkpoint  generate the synthetic 0.8B checkpoint (data/checkpoints/, ~1.5 GB)
 #          tests       pytest -m gpu tests/gpu (kernels vs reference ops, layered decoder vs reference)
 #          kernels     python -m megakernel.bench.kernels (per-kernel time, GB/s, fraction of copy bandwidth)
-#          llama       tools/llama_cpp_peer.sh (llama-bench tg128 at depths, pp512)
+#          llama       tools/llama_cpp_peer.sh (llama-bench tg128 at depths, pp512, pp4096, pp32768)
 #          bench       python -m megakernel.bench (every system side by side) + README table
 #
 # Run from the repository root. The machine has no network: Python packages it lacks travel as wheels in .whl/

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # llama.cpp as the benchmark peer: get a CUDA llama-bench, convert a Qwen3.5 checkpoint to a bf16 GGUF,
-# and time decode (tg128 at depths 0/16/512/4096) and prefill (pp512) on the GPU.
+# and time decode (tg128 at depths 0/16/512/4096) and prefill (pp512, pp4096, pp32768) on the GPU.
 #
 # Runs on the (offline) GPU machine from the repository root. It needs the carried artefacts in .carry/
 # (see tools/LLAMA_CPP.md for how they are made):
@@ -299,7 +299,7 @@ fi
 if [ "$CPU_ONLY" = 1 ]; then
     NGL=0; REPS=1; PP=16; TG=4; DEPTHS=16
 else
-    NGL=99; PP=512; TG=128; DEPTHS=16,512,4096
+    NGL=99; PP=512,4096,32768; TG=128; DEPTHS=16,512,4096  # pp as the benchmark's kernel-stage prefill rows
 fi
 step "benchmark: pp$PP and tg$TG at depth 0, then tg$TG at depths $DEPTHS (-ngl $NGL -r $REPS)"
 info "bench: llama-bench -m $GGUF -ngl $NGL -r $REPS: (1) -p $PP -n $TG; (2) -p 0 -n $TG -d $DEPTHS"

@@ -7,9 +7,11 @@
     python -m megakernel.bench --list                            # the systems, and exit
 
 Workloads (batch 1): ``tg128@N``: prefill a prompt of N random token ids (untimed), then time 128 greedy decode
-steps (each step one forward of one token, argmax fed back), as llama-bench's ``tg128`` at depth N; ``pp512``: time
-a prefill of 512 tokens. Timing: a warm-up run first, then ``torch.cuda.synchronize`` + ``perf_counter`` around
-each whole run, ``--reps`` runs; rows give the median and the p10-p90 spread of tok/s. Every decode row reports
+steps (each step one forward of one token, argmax fed back), as llama-bench's ``tg128`` at depth N; ``ppN``: time
+a prefill of N tokens (pp512 for every system with a prefill of its own; pp4096 and pp32768 for the kernel stages,
+each length checked against the reference before it is timed, see ``systems.check_prefill``). Timing: a warm-up
+run first, then ``torch.cuda.synchronize`` + ``perf_counter`` around each whole run, ``--reps`` runs; rows give
+the median and the p10-p90 spread of tok/s. Every decode row reports
 its fraction of the bandwidth floor: the bytes a decode step must move (``reference.budget.decode_budget`` at the
 mean context of the run) over the H100's measured copy bandwidth (``--bandwidth`` to change it).
 
@@ -58,8 +60,8 @@ from .systems import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOKEN_ID_LIMIT = 248044  # random prompt ids stay below Qwen3.5's first special token (<|endoftext|>)
-QUICK = dict(contexts=[16, 512], gen=32, prefill=128, reps=2, check_steps=8)
-DEFAULTS = dict(contexts=[16, 512, 4096], gen=128, prefill=512, reps=5, check_steps=16)
+QUICK = dict(contexts=[16, 512], gen=32, prefill=[128], reps=2, check_steps=8)
+DEFAULTS = dict(contexts=[16, 512, 4096], gen=128, prefill=[512, 4096, 32768], reps=5, check_steps=16)
 EXIT_INTERRUPTED = 3
 
 
@@ -74,7 +76,7 @@ class Settings:
     systems: list[str] = field(default_factory=lambda: list(SYSTEM_NAMES))
     contexts: list[int] = field(default_factory=lambda: list(DEFAULTS["contexts"]))
     gen: int = DEFAULTS["gen"]
-    prefill: int = DEFAULTS["prefill"]
+    prefill: list[int] = field(default_factory=lambda: list(DEFAULTS["prefill"]))  # an int is taken as [int]
     reps: int = DEFAULTS["reps"]
     check_steps: int = DEFAULTS["check_steps"]
     seed: int = 0
@@ -83,6 +85,11 @@ class Settings:
     quick: bool = False
     merge: bool = True
     readme: Path | None = None
+
+    def __post_init__(self):
+        if isinstance(self.prefill, int):
+            self.prefill = [self.prefill] if self.prefill > 0 else []
+        self.prefill = sorted(set(self.prefill))
 
 
 # ------------------------------------------------------------------------------------------------ arithmetic
@@ -179,9 +186,10 @@ def _units(name: str, s: Settings) -> int:
     if name == "llama.cpp":
         return 1
     timed = len(s.contexts) * (s.reps + 1)
-    has_prefill = s.prefill > 0 and name not in ("reference-graph", "reference-compile") \
-        and not name.startswith("hf-generate")
-    return 1 + timed + (s.reps + 1 if has_prefill else 0)
+    has_prefill = name not in ("reference-graph", "reference-compile") and not name.startswith("hf-generate")
+    kernel_stage = name in ("layered", "layered-graph") or name.startswith("persistent")
+    lengths = len(s.prefill) if kernel_stage else min(len(s.prefill), 1)
+    return 1 + timed + (lengths * (s.reps + 1) if has_prefill else 0)
 
 
 def _row(system: str, workload: str, kind: str, context: int | None, tokens: int, **kw) -> dict:
@@ -195,8 +203,7 @@ def _row(system: str, workload: str, kind: str, context: int | None, tokens: int
 
 def _workloads(s: Settings) -> list[tuple[str, str, int | None, int]]:
     out = [(f"tg{s.gen}@{c}", "decode", c, s.gen) for c in s.contexts]
-    if s.prefill > 0:
-        out.append((f"pp{s.prefill}", "prefill", 0, s.prefill))
+    out += [(f"pp{n}", "prefill", 0, n) for n in s.prefill]
     return out
 
 
@@ -239,7 +246,7 @@ class Bench:
             measured_copy_bandwidth=None, systems={}, rows=[],
         )
         self.ctx = BenchContext(path=Path(settings.model), device=device,
-                                max_context=max(settings.contexts + [settings.prefill]) + settings.gen,
+                                max_context=max(settings.contexts + settings.prefill[:1]) + settings.gen,
                                 check_prompt=prompt_ids(16, self.config.vocab_size, settings.seed + 1),
                                 check_steps=settings.check_steps, llama_json=settings.llama_json)
         self.progress = progress
@@ -335,12 +342,16 @@ class Bench:
                                 launches_per_token=system.launches, kernels_per_token=system.kernels,
                                 launches_note=system.launches_note, notes=system.notes)
             rows = []
+            lengths = system.prefill_lengths(s.prefill) if system.has_prefill else []
             for workload, kind, ctx, tokens in _workloads(s):
-                if kind == "prefill" and not system.has_prefill:
+                if kind == "prefill" and tokens not in lengths:
                     continue
                 rows.append(self._time_workload(system, workload, kind, ctx, tokens, common))
                 units_left -= s.reps + 1
                 self._add_rows(name, rows)
+            prefill_checks = [r["prefill_check"] for r in rows if r.get("prefill_check")]
+            if prefill_checks:  # the table's one "checked" cell: the decode check, then each prefill's
+                self._record_system(name, check_short="; ".join([short] + prefill_checks))
             ok = any(r["status"] == "ok" for r in rows)
             self._record_system(name, status="ok" if ok else "failed",
                                 reason=None if ok else next((r["error"] for r in rows if r["error"]), None))
@@ -385,6 +396,14 @@ class Bench:
                 floor_s = self.floor_fn(ctx, tokens)
             else:
                 ids = prompt_ids(tokens, self.config.vocab_size, s.seed)
+                checked = system.check_prefill(ids)  # before any timing, as the decode check
+                if checked is not None:
+                    self.log(f"[{name}] {workload} check {'passed' if checked.passed else 'FAILED'}: "
+                             f"{checked.detail}")
+                    common = dict(common, checked="yes" if checked.passed else "FAILED", check=checked.detail)
+                    if not checked.passed:
+                        return _row(name, workload, kind, ctx, tokens, status="failed", error=checked.detail,
+                                    prefill_check=checked.short, **common)
                 if system.prefill(ids) is None:  # warm-up (None: no prefill of its own)
                     return _row(name, workload, kind, ctx, tokens, status="unavailable",
                                 error="no prefill of its own", **common)
@@ -394,6 +413,12 @@ class Bench:
                     samples.append((system.prefill(ids), tokens))
                     self.tick(1)
                 floor_s = None
+                note = system.prefill_note()
+                row = _row(name, workload, kind, ctx, tokens, **common, **summarize(samples, floor_s),
+                           note="; ".join(system.notes + ([note] if note else [])),
+                           prefill_check=checked.short if checked is not None else None)
+                self._log_row(row)
+                return row
             row = _row(name, workload, kind, ctx, tokens, **common, **summarize(samples, floor_s),
                        note="; ".join(system.notes))
             self._log_row(row)
@@ -472,7 +497,9 @@ parser.add_argument("--systems", type=cli.name_list(SYSTEM_NAMES, "system", allo
 parser.add_argument("--contexts", type=cli.positive_int_list,
                     help="decode contexts, comma-separated (default: 16,512,4096)")
 parser.add_argument("--gen", type=cli.positive_int, help="decode steps per run, >= 1 (default: 128)")
-parser.add_argument("--prefill", type=cli.non_negative_int, help="prefill length, 0 = none (default: 512)")
+parser.add_argument("--prefill", type=cli.non_negative_int_list,
+                    help="prefill lengths, comma-separated, 0 = none (default: 512,4096,32768; systems other than "
+                         "the kernel stages time the shortest only)")
 parser.add_argument("--reps", type=cli.positive_int, help="timed runs per workload, >= 1 (default: 5)")
 parser.add_argument("--check-steps", type=cli.positive_int,
                     help="greedy steps compared with the oracle, >= 1 (default: 16)")
@@ -495,7 +522,8 @@ def settings_from(a) -> Settings:
     pick = lambda value, key: value if value is not None else base[key]  # noqa: E731
     return Settings(
         model=Path(a.model) if a.model else None, out=Path(a.out), systems=list(dict.fromkeys(a.systems)),
-        contexts=pick(a.contexts, "contexts"), gen=pick(a.gen, "gen"), prefill=pick(a.prefill, "prefill"),
+        contexts=pick(a.contexts, "contexts"), gen=pick(a.gen, "gen"),
+        prefill=[n for n in pick(a.prefill, "prefill") if n != 0],
         reps=pick(a.reps, "reps"), check_steps=pick(a.check_steps, "check_steps"), seed=a.seed,
         bandwidth=a.bandwidth, llama_json=Path(a.llama_json) if a.llama_json else None, quick=a.quick,
         merge=not a.no_merge, readme=Path(a.readme) if a.readme else None,
@@ -553,7 +581,7 @@ def main(args) -> int:
     device = torch.device("cuda")
     bench = Bench(settings, device, progress=not args.no_progress)
     print(f"device: {bench.results['device']}; systems: {', '.join(settings.systems)}; contexts {settings.contexts}, "
-          f"tg{settings.gen}, pp{settings.prefill}, {settings.reps} reps", flush=True)
+          f"tg{settings.gen}, pp{','.join(map(str, settings.prefill)) or 'none'}, {settings.reps} reps", flush=True)
     written = {}
 
     def save(results):

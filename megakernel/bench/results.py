@@ -94,6 +94,8 @@ def merge_results(runs: list[dict]) -> dict:
                 rows.setdefault(r.get("system"), []).append(r)
     merged["systems"] = systems
     merged["rows"] = [r for name in rows for r in rows[name]]
+    lengths = sorted({n for run in runs for n in prefill_lengths(run.get("settings", {}))})
+    merged.setdefault("settings", {})["prefill"] = lengths  # every run's prefill columns
     sources = []
     for run in runs:
         sources += run.get("merged_from", []) or ([run["_path"]] if run.get("_path") else [])
@@ -237,11 +239,16 @@ def _num(x: float) -> str:
 def workload_columns(results: dict) -> list[tuple[str, str]]:
     """[(workload key, column title)] from the run's settings (tg at each context, then pp)."""
     s = results.get("settings", {})
-    gen, contexts, prefill = s.get("gen", 128), s.get("contexts", [16, 512, 4096]), s.get("prefill", 512)
+    gen, contexts = s.get("gen", 128), s.get("contexts", [16, 512, 4096])
     cols = [(f"tg{gen}@{c}", f"tg{gen} @{c}") for c in contexts]
-    if prefill:
-        cols.append((f"pp{prefill}", f"pp{prefill}"))
+    cols += [(f"pp{n}", f"pp{n}") for n in prefill_lengths(s)]
     return cols
+
+
+def prefill_lengths(settings: dict) -> list[int]:
+    """The run's prefill lengths (settings hold a list; older results an int, 0 for none)."""
+    prefill = settings.get("prefill", 512)
+    return sorted(prefill) if isinstance(prefill, list) else ([prefill] if prefill else [])
 
 
 def cell(row: dict | None) -> str:
@@ -355,15 +362,21 @@ def results_markdown(results: dict, chart_link: str | None = None) -> str:
     if floor:
         lines += [floor, ""]
     gen, reps = s.get("gen", 128), s.get("reps", "?")
+    pp = prefill_lengths(s)
+    pp_text = (f"`ppN`: a prefill of N tokens ({', '.join(f'pp{n}' for n in pp)}; the longer ones for the kernel "
+               "stages only). " if len(pp) > 1 else f"`pp{pp[0]}`: a prefill of that many tokens. " if pp else "")
     lines += [f"tok/s: median over {reps} runs, p10–p90 in brackets. `tg{gen} @N`: {gen} greedy decode steps after "
-              f"a prompt of N tokens (batch 1, bf16 weights); `pp{s.get('prefill', 512)}`: a prefill of that many "
-              "tokens. Fraction of floor = floor time / measured time per token. Checked: before timing it, this "
+              f"a prompt of N tokens (batch 1, bf16 weights); {pp_text}"
+              "Fraction of floor = floor time / measured time per token. Checked: before timing it, this "
               f"run compared the system's greedy tokens over {s.get('check_steps', 16)} steps and its logits at "
               "each step with the reference: the transformers and torch rows through an fp32 twin (the same code "
               "in fp32; two faithful bf16 implementations differ by a few percent after a few steps, which would "
               "hide a small bug) against the fp32 reference, the kernel stages (fp32 compute over the bf16 "
               "weights) against the reference computing the same way; 'logits' is the worst relative error "
-              "max|err| / max|ref|.", ""]
+              "max|err| / max|ref|. The kernel stages' decode check starts from the reference's prefill; each of "
+              "their prefill rows is checked on its own: the same prefill code in fp32 against the reference "
+              "(logits and every state: conv, DeltaNet, KV cache) and the timed bf16 run against it, then greedy "
+              "decoding from the bf16 state ('prefill fp32 / bf16': the worst relative error of each).", ""]
     lines.append(markdown_table(results))
     not_run = []
     for name in _ordered_systems(results):

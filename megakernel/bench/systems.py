@@ -24,6 +24,13 @@ an fp32 twin — the same code in fp32 (``check_target``) — against the refere
 are checked against the reference computing in fp32 from the bf16 weights with a bf16 KV cache
 (``megakernel.layered.load(path, "reference")``).
 
+Prefill rows (``ppN``): every system with a prefill of its own times the shortest length; the kernel stages
+time every length (``megakernel.prefill``: bf16 products, fp32 states, pieces of 8192 tokens), each checked
+first by :func:`check_prefill`: the same code in fp32 against the reference (logits and every state, TOL_FP32),
+the timed bf16 run against it at TOL_PREFILL_BF16, and for the shortest length greedy decoding from the bf16
+state (the reference and transformers materialize T x T attention scores: 32k-token prompts are out of their
+reach, and the reference oracle runs in pieces of 4096 tokens, each continuing the last one's state).
+
 ``llama.cpp`` is not run here: :func:`llama_cpp_rows` converts the JSON that ``llama-bench -o json`` writes
 (``tools/llama_cpp_peer.sh`` produces it). llama-bench prints no tokens, so its rows are marked not checked.
 """
@@ -34,6 +41,7 @@ import gc
 import importlib
 import inspect
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +52,10 @@ from .results import llama_cpp_rows, quantiles, read_llama_bench_json  # noqa: F
 # Tolerances for the teacher-forced logits check (relative error max|err| / max|ref|).
 TOL_BF16 = 5e-2  # bf16 vs bf16 (kept for callers; the bench checks in fp32, see the module docstring)
 TOL_FP32 = 1e-3  # fp32 compute on bf16 weights vs the same in the reference (as tests/gpu uses)
+# bf16 prefill (bf16 products, fp32 states) vs the reference computing in fp32: bf16 rounding of every product's
+# input and output through 24 layers; measured 3-6e-2 at the real shapes (tests/test_prefill.py explains)
+TOL_PREFILL_BF16 = 1e-1
+ORACLE_PIECE = 4096  # the reference prefills longer prompts in pieces of this many tokens (T x T scores)
 
 from megakernel.persistent.decoder import VERSIONS as PERSISTENT_VERSIONS  # noqa: E402
 
@@ -209,6 +221,7 @@ class BenchContext:
     check_steps: int = 16
     llama_json: Path | None = None
     oracles: dict = field(default_factory=dict)  # name -> Oracle (computed once, on the CPU)
+    prefill_checks: dict = field(default_factory=dict)  # (stage, tokens) -> PrefillCheck (shared by its systems)
 
 
 class System:
@@ -245,6 +258,18 @@ class System:
 
     def prefill(self, ids) -> float | None:
         return None
+
+    def prefill_lengths(self, lengths: list[int]) -> list[int]:
+        """Which of the benchmark's prefill lengths this system times (default: the shortest)."""
+        return sorted(lengths)[:1]
+
+    def check_prefill(self, ids) -> "PrefillCheck | None":
+        """A check of the prefill of ``ids`` itself, before it is timed (None: the decode check covers it)."""
+        return None
+
+    def prefill_note(self) -> str:
+        """How the last timed prefill ran (for the row's note), or ''."""
+        return ""
 
     def count_launches(self) -> None:
         """Fill launches / kernels / launches_note (best effort)."""
@@ -677,9 +702,18 @@ class KernelStage(DecoderSystem):
                               "logits check feeds tokens through the same kernels eagerly (decode_step)")
         elif self.stage != "persistent":
             self.notes.append("tg: decode_step loop (logits copied, argmax read by the host each step)")
-        self.notes.append("prefill: the reference model (fp32 compute) on the GPU, then its state is copied into "
-                          "the kernel layout")
+        self.prefill_modes = hasattr(self.model, "prefiller") and hasattr(self.model, "prefill_mode")
+        if self.prefill_modes:
+            prefiller = self.model.prefiller("bf16")
+            self.notes.append(f"prefill: megakernel.prefill (bf16 products on tensor cores, fp32 states, written into "
+                              f"the kernel layout; {prefiller.backend_note}; pieces of {prefiller.piece_tokens} "
+                              f"tokens; repeated prompts of <= {min(prefiller.piece_tokens, _graph_max_tokens())} "
+                              "tokens replay a CUDA graph); the decode check starts from the reference's prefill")
+        else:
+            self.notes.append(f"prefill: the {self.stage} stage's own (no prefill modes: the shortest pp only)")
         self._oracle_model = getattr(self.model, "reference", None)
+        self._prefill_states: dict = {}
+        self._warm: set = set()
 
     def oracle(self):
         def loader():
@@ -691,19 +725,88 @@ class KernelStage(DecoderSystem):
 
         return _reference_oracle(self.ctx, self.oracle_name, loader, TOL_FP32)
 
+    @contextmanager
+    def _reference_prefill(self):
+        """The decode check starts from the oracle's own prefill state, so it measures the decode kernels alone
+        (the prefill has its own check, check_prefill)."""
+        if not self.prefill_modes:
+            yield
+            return
+        mode = self.model.prefill_mode
+        self.model.prefill_mode = "reference"
+        try:
+            yield
+        finally:
+            self.model.prefill_mode = mode
+
     def greedy(self, prompt, n):
-        if self.graph:
-            return [int(t) for t in self.model.graph_greedy_tokens(prompt, n)]
-        if self.stage == "persistent" and self.step_mode:
-            logits, state = self.model.prefill(prompt, last_only=True)
-            out = [int(logits[-1].argmax())]
-            if n > 1:
-                out += self.model.run(state, out[0], 1)
-            if n > 2:
-                self.model.relaunch(n - 2)
-                out += self.model.finish()
-            return out
-        return super().greedy(prompt, n)
+        with self._reference_prefill():
+            if self.graph:
+                return [int(t) for t in self.model.graph_greedy_tokens(prompt, n)]
+            if self.stage == "persistent" and self.step_mode:
+                logits, state = self.model.prefill(prompt, last_only=True)
+                out = [int(logits[-1].argmax())]
+                if n > 1:
+                    out += self.model.run(state, out[0], 1)
+                if n > 2:
+                    self.model.relaunch(n - 2)
+                    out += self.model.finish()
+                return out
+            return super().greedy(prompt, n)
+
+    def teacher_forced(self, prompt, tokens):
+        with self._reference_prefill():
+            return super().teacher_forced(prompt, tokens)
+
+    # ---- prefill rows
+    def prefill_lengths(self, lengths):
+        return sorted(lengths) if self.prefill_modes else super().prefill_lengths(lengths)
+
+    def _state(self, tokens: int):
+        from ..layout import DeviceState
+
+        if tokens not in self._prefill_states:
+            self._prefill_states.clear()  # one length at a time (a 32k-token KV cache is 0.4 GB)
+            self._prefill_states[tokens] = DeviceState(self.model.config, self.device, tokens)
+        return self._prefill_states[tokens]
+
+    def prefill(self, ids):
+        """The time of ``prefill(ids, last_only=True)`` into a state of that capacity (allocated once per length,
+        as a server keeps its cache). A length seen for the first time is prefilled once untimed first (the
+        first run compiles and autotunes; the next captures a CUDA graph where one applies)."""
+        state = self._state(len(ids))
+        with torch.no_grad():
+            if len(ids) not in self._warm:
+                self.model.prefill(ids, state=state, last_only=True)
+                self._warm.add(len(ids))
+            sync(self.device)
+            t0 = time.perf_counter()
+            self.model.prefill(ids, state=state, last_only=True)
+            sync(self.device)
+            return time.perf_counter() - t0
+
+    def prefill_note(self):
+        if not self.prefill_modes:
+            return ""
+        p = self.model.prefiller("bf16")
+        return f"timed prefill: {p.last_run}; {p.backend_note}" + (f"; {p.graph_note}" if p.graph_note else "")
+
+    def check_prefill(self, ids):
+        if not self.prefill_modes:
+            return None
+        key = (self.stage, len(ids))
+        if key not in self.ctx.prefill_checks:
+            self.ctx.prefill_checks[key] = check_prefill(self.model, self.oracle_model(), ids,
+                                                         greedy_steps=self.ctx.check_steps
+                                                         if len(ids) <= 512 else 0)
+        return self.ctx.prefill_checks[key]
+
+    def oracle_model(self):
+        if self._oracle_model is None:
+            from ..layered import load
+
+            self._oracle_model = load(self.ctx.path, "reference")
+        return self._oracle_model
 
     def decode(self, ids, gen):
         if self.stage == "persistent":
@@ -757,7 +860,111 @@ class KernelStage(DecoderSystem):
 
     def close(self):
         self._oracle_model = None
+        self._prefill_states = {}
         super().close()
+
+
+def _graph_max_tokens() -> int:
+    from ..prefill import GRAPH_MAX_TOKENS
+
+    return GRAPH_MAX_TOKENS
+
+
+# ------------------------------------------------------------------------------------------------ prefill checks
+@dataclass
+class PrefillCheck:
+    passed: bool
+    detail: str
+    short: str
+
+
+def reference_prefill(model, ids: list[int], all_logits: bool):
+    """The reference's prefill of ``ids``, in pieces of ORACLE_PIECE tokens (each continuing the state).
+    Returns (logits [T, V] or [1, V], DecodeState)."""
+    logits, state = model.prefill(ids[:ORACLE_PIECE], last_only=not all_logits)
+    outs = [logits]
+    for p0 in range(ORACLE_PIECE, len(ids), ORACLE_PIECE):
+        logits, state = model.prefill(ids[p0 : p0 + ORACLE_PIECE], state=state, last_only=not all_logits)
+        outs.append(logits)
+    return (torch.cat(outs) if all_logits else outs[-1]), state
+
+
+class DecodeAfterPrefill:
+    """greedy / teacher_forced (for check_system) of a kernel stage prefilling in ``mode`` then decoding."""
+
+    def __init__(self, model, mode: str):
+        self.model, self.mode = model, mode
+
+    def _start(self, prompt, n):
+        from ..layout import DeviceState
+
+        state = DeviceState(self.model.config, self.model.device, len(prompt) + n)
+        logits, state = self.model.prefill(prompt, state=state, last_only=True, mode=self.mode)
+        return logits[-1], state
+
+    def greedy(self, prompt, n):
+        with torch.no_grad():
+            logits, state = self._start(prompt, n)
+            out = [int(torch.argmax(logits))]
+            while len(out) < n:
+                out.append(int(torch.argmax(self.model.decode_step(out[-1], state))))
+        return out
+
+    def teacher_forced(self, prompt, tokens):
+        with torch.no_grad():
+            logits, state = self._start(prompt, len(tokens))
+            out = [logits.float().cpu()]
+            for t in tokens[:-1]:
+                out.append(self.model.decode_step(t, state).float().cpu())
+        return out
+
+
+def check_prefill(model, oracle_model, ids: list[int], greedy_steps: int = 0) -> PrefillCheck:
+    """Check a kernel stage's prefill of ``ids`` against the reference (fp32 compute, bf16 weights and KV):
+
+    * its fp32 twin (``mode="fp32"``, the same code) at TOL_FP32: logits (every position up to 512 tokens, the
+      last beyond) and every state (conv, DeltaNet, KV cache at bf16_storage_tol);
+    * the timed bf16 run (``mode="bf16"``) the same way at TOL_PREFILL_BF16;
+    * with ``greedy_steps``: greedy decoding from the bf16 state against greedy decoding from the reference's
+      (identical tokens, or a first difference at a near tie; teacher-forced logits within TOL_PREFILL_BF16).
+    Never raises for a numerical disagreement."""
+    from reference.check import CheckFailed, bf16_storage_tol, check
+    from reference.hf_compare import compare_states
+
+    from ..layout import DeviceState
+
+    T = len(ids)
+    all_logits = T <= 512
+    where = "every position" if all_logits else "the last position"
+    with torch.no_grad():
+        ref_logits, ref_state = reference_prefill(oracle_model, ids, all_logits)
+        parts, shorts = [], []
+        for mode, tol in (("fp32", TOL_FP32), ("bf16", TOL_PREFILL_BF16)):
+            state = DeviceState(model.config, model.device, T)
+            logits, state = model.prefill(ids, state=state, last_only=not all_logits, mode=mode)
+            try:
+                lg = check(f"{mode} prefill logits", ref_logits, logits, tol, verbose=False).rel
+                results = compare_states(ref_state, state.to_reference(), tol, prefix=f"{mode} ")
+            except CheckFailed as e:
+                return PrefillCheck(False, f"prefill of {T} tokens vs the reference: {e}", f"prefill {mode} FAILED")
+            del state, logits
+            st = max([r.rel for r in results if "cache" not in r.name] or [0.0])  # conv and DeltaNet (fp32)
+            kv = max([r.rel for r in results if "cache" in r.name] or [0.0])
+            parts.append(f"{'fp32 twin' if mode == 'fp32' else 'bf16'}: logits ({where}) {lg:.1e}, conv/DeltaNet "
+                         f"states {st:.1e} (tol {tol:.0e}), KV cache {kv:.1e} (tol {bf16_storage_tol(tol):.1e})")
+            shorts.append(f"{mode} {max(lg, st):.0e}")
+        del ref_state
+        free_memory()
+        detail = f"prefill of {T} tokens vs the reference (fp32 compute, bf16 weights/KV): " + "; ".join(parts)
+        if greedy_steps:
+            oracle = make_oracle("reference", oracle_model, ids, greedy_steps, TOL_PREFILL_BF16)
+            outcome = check_system(DecodeAfterPrefill(model, "bf16"), oracle, ids)
+            if not outcome.passed:
+                return PrefillCheck(False, f"{detail}; decoding after the bf16 prefill: {outcome.detail}",
+                                    "prefill greedy FAILED")
+            detail += f"; decoding after the bf16 prefill: {outcome.detail}"
+            shorts.append(f"tokens {outcome.tokens_agree}/{greedy_steps}")
+    return PrefillCheck(True, detail, "prefill " + ", ".join(shorts))
 
 
 class LlamaCpp(System):

@@ -2,8 +2,9 @@
 
 ``decode_step`` is one launch that decodes one token (and returns its logits); ``greedy_tokens`` and ``generate``
 run N decode steps per launch (the kernel loops, the chosen token feeds the next step's embedding on the device,
-the host reads the tokens once per launch). ``prefill`` runs the reference on the device and copies its states
-into the kernel layout (as the layered decoder does).
+the host reads the tokens once per launch). ``prefill`` is the layered decoder's (``megakernel.prefill``: bf16
+matrix products, fp32 states written into the kernel layout; ``prefill_mode="reference"`` runs the reference
+model and copies its states in).
 
 Sampling: greedy, or temperature sampling inside the kernel by Gumbel-max with a counter-based RNG keyed by
 (seed, position) (``megakernel.kernels.lm_head``): a seed gives the same tokens on every run and every stage that
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from reference.config import LINEAR
-from reference.model import Qwen35Model, as_token_list, generate_tokens
+from reference.model import Qwen35Model, as_token_id, as_token_list, generate_tokens
 from reference.sampling import check_sampling_args
 from reference.state import ContextTooLongError
 
@@ -30,6 +31,7 @@ from ..kernels import lm_head as lmh
 from ..launch import (SIMULATOR, allow_dynamic_shared, as_kernel_array, current_stream, halves, kernel_device,
                       require_gpu)
 from ..layout import DeviceState, DeviceWeights, check_supported
+from ..prefill.modes import PrefillModes, check_prefill_mode
 from . import plan as P
 from . import v1, v2
 
@@ -45,19 +47,7 @@ class GridNotCoResidentError(RuntimeError):
     """The grid asked for cannot be resident all at once (a grid barrier would hang): refused before launch."""
 
 
-def _token_id(token_id, vocab_size: int) -> int:
-    if isinstance(token_id, torch.Tensor):
-        if token_id.numel() != 1 or token_id.dtype.is_floating_point:
-            raise TypeError(f"token must be an int (or a one-element integer tensor), got a {token_id.dtype} tensor "
-                            f"of shape {tuple(token_id.shape)}")
-        token_id = int(token_id.item())
-    if isinstance(token_id, bool) or not isinstance(token_id, (int, np.integer)):
-        raise TypeError(f"token must be an int, got {type(token_id).__name__}")
-    (token,) = as_token_list([int(token_id)], vocab_size)
-    return token
-
-
-class PersistentDecoder:
+class PersistentDecoder(PrefillModes):
     """Qwen3.5 decode with one persistent Numba kernel launch per token (or per N tokens). Same API as
     :class:`reference.Qwen35Model`."""
 
@@ -65,7 +55,7 @@ class PersistentDecoder:
 
     def __init__(self, reference: Qwen35Model, max_context: int = 4096, version: int | None = None,
                  threads: int | None = None, blocks: int | None = None, barriers: bool = True,
-                 profile: bool = False, options: dict | None = None):
+                 profile: bool = False, options: dict | None = None, prefill_mode: str = "bf16"):
         require_gpu("the persistent megakernel")
         check_supported(reference.config)
         version = DEFAULT_VERSION if version is None else version
@@ -73,7 +63,9 @@ class PersistentDecoder:
             raise ValueError(f"unknown persistent kernel version {version!r}: choose one of {sorted(VERSIONS)}")
         self.version, self.module = version, VERSIONS[version]
         self.config = c = reference.config
-        self.reference = reference
+        self.reference = reference  # the oracle in comparisons, and prefill_mode="reference"
+        self.prefill_mode = check_prefill_mode(prefill_mode)
+        self._prefills: dict = {}
         self.device = kernel_device()
         self.max_context = min(max_context, c.max_position_embeddings)
         threads = threads or (SIMULATOR_THREADS if SIMULATOR else DEFAULT_THREADS)
@@ -252,23 +244,10 @@ class PersistentDecoder:
         return DeviceState(self.config, self.device, capacity)
 
     @torch.no_grad()
-    def prefill(self, input_ids, state: DeviceState | None = None, last_only: bool = False):
-        """Run the prompt through the reference model on this device, then copy its states into the kernel
-        layout. Returns (logits [T, V] fp32 (or [1, V] with last_only), DeviceState)."""
-        ids = as_token_list(input_ids, self.config.vocab_size)
-        state = state or self.new_state()
-        if len(ids) > state.capacity:
-            raise ContextTooLongError(f"context too long: a prompt of {len(ids)} tokens exceeds this decoder's "
-                                      f"KV-cache capacity {state.capacity}")
-        logits, ref_state = self.reference.prefill(ids, last_only=last_only)
-        state.load_reference(ref_state)
-        return logits, state
-
-    @torch.no_grad()
     def decode_step(self, token_id, state: DeviceState, trace: dict | None = None) -> torch.Tensor:
         """Feed one token at position ``state.length`` (one launch); returns logits [V] fp32 (a copy) and advances
         the state. ``trace``: if a dict, ``trace["hidden"][layer]`` gets each layer's output hidden state."""
-        token = _token_id(token_id, self.config.vocab_size)
+        token = as_token_id(token_id, self.config.vocab_size)
         if not isinstance(state, DeviceState):
             raise TypeError(f"state must be a DeviceState from prefill/new_state, got {type(state).__name__}")
         self.launch(state, token, 1, trace=trace is not None)

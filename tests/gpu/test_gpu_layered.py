@@ -29,7 +29,8 @@ def stages():
     from reference import ensure_synthetic_checkpoint
 
     path = ensure_synthetic_checkpoint()
-    return load(path, "reference"), load(path, "layered", max_context=512)
+    # decode kernels from exactly the oracle's prefill state (the bf16 prefill: tests/gpu/test_gpu_prefill.py)
+    return load(path, "reference"), load(path, "layered", max_context=512, prefill_mode="reference")
 
 
 def test_logits_and_all_states_after_64_steps(stages, capsys):
