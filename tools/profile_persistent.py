@@ -60,5 +60,7 @@ for variant in variants:
     fig.savefig(out / f"timeline_v{tag}.png", dpi=110, bbox_inches="tight")
     import numpy as np
 
-    np.savez(out / f"timeline_v{tag}.npz", arrive=t.arrive, leave=t.leave, labels=np.array(t.labels))
+    s0 = t.start  # relative ns as int32, compressed: small enough to commit beside the results
+    np.savez_compressed(out / f"timeline_v{tag}.npz", arrive=(t.arrive - s0).astype(np.int32),
+                        leave=(t.leave - s0).astype(np.int32), labels=np.array(t.labels))
     del dec

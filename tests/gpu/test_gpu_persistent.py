@@ -42,14 +42,15 @@ def ref():
 def layered(ref):
     from megakernel.layered import LayeredDecoder
 
-    return LayeredDecoder(ref, max_context=4096)
+    return LayeredDecoder(ref, max_context=4096, prefill_mode="reference")
 
 
 @pytest.fixture(scope="module", params=_versions(), ids=lambda v: f"v{v}")
 def pers(request, ref):
     from megakernel.persistent import PersistentDecoder
 
-    dec = PersistentDecoder(ref, max_context=4096, version=request.param)
+    # one decoder per version for every test, 32k positions of KV cache (one compile per version)
+    dec = PersistentDecoder(ref, max_context=32_768, version=request.param, prefill_mode="reference")
     dec.kernel()
     print(f"\npersistent v{dec.version}: {dec.blocks} blocks x {dec.plan.threads} threads, "
           f"{getattr(dec, 'registers', '?')} registers, {dec.plan.shared_bytes} B dynamic shared memory")
@@ -150,16 +151,13 @@ def _chunked_reference_prefill(ref, ids, capacity, chunk=2048):
 
 def test_32k_context_decodes_correctly(ref, pers):
     """A 32,000-token context (reference prefill in chunks), then 16 steps against the reference."""
-    from megakernel.persistent import PersistentDecoder
-
     ids = [(i * 104729) % 240_000 + 3 for i in range(32_000)]
-    dec = PersistentDecoder(ref, max_context=32_768, version=pers.version)
     logits, ref_state = _chunked_reference_prefill(ref, ids, capacity=32_768)
-    state = dec.new_state()
+    state = pers.new_state()
     state.load_reference(ref_state)
     token = int(logits[-1].argmax())
     for step in range(16):
-        out = dec.decode_step(token, state)
+        out = pers.decode_step(token, state)
         expected = ref.decode_step(token, ref_state)
         check(f"32k step {step} logits", expected, out, TOL, verbose=False)
         assert int(out.argmax()) == int(expected.argmax())

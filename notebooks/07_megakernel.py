@@ -1,0 +1,247 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · The megakernel: one persistent launch decodes a token (or many)
+#
+# **You will learn**
+#
+# - why one launch per op costs time twice over: the host's launch work, and the memory system idling at every
+#   boundary between ops;
+# - the phases and grid barriers of one decode step, as Python data that the tests check and this notebook draws
+#   (`megakernel.persistent.schedule`);
+# - how a persistent kernel runs the **same device functions** as the layered kernels, each block taking a share of
+#   each phase, with `this_grid().sync()` between phases (version 1);
+# - how version 2 streams the weights through shared memory with the copy engine, ahead of the barriers;
+# - stepping the megakernel on the CPU through the simulator and comparing every state with the layered decoder;
+# - what the H100 measured, and what limits it.
+#
+# In the simulator (CI) the stages run a tiny synthetic model with a 264-token vocabulary, 3 blocks of 64 threads;
+# on a GPU the same cells run the checkpoint chosen as in notebook 03 (real shapes).
+
+# %%
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")   # no GPU: kernels run in Numba's CUDA simulator (CPU)
+
+# %matplotlib inline
+import inspect
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import megakernel                                   # makes the simulator honest (see megakernel/testing/simulator.py)
+from megakernel import compare, launch
+from megakernel.bench import results as R
+from megakernel.persistent import schedule, pages, phases as mk_phases, v1, v2
+from reference import Qwen35Config, ensure_synthetic_checkpoint
+from reference.budget import H100_COPY_BANDWIDTH
+from reference.notebook import PUBLISHED_CONFIG, notebook_model_dir, print_table
+
+if launch.SIMULATOR:
+    model_dir = ensure_synthetic_checkpoint("tiny-synthetic-v264", Qwen35Config.tiny(vocab_size=264))
+else:
+    model_dir = notebook_model_dir()
+t0 = time.perf_counter()
+reference = megakernel.load(model_dir, "reference")
+max_context = 64 if launch.SIMULATOR else 4096
+layered = megakernel.load(model_dir, "layered", max_context=max_context, prefill_mode="reference")
+persistent = megakernel.load(model_dir, "persistent", max_context=max_context, prefill_mode="reference")
+config = persistent.config
+print(f"{model_dir.name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}; loaded in "
+      f"{time.perf_counter() - t0:.1f} s; persistent kernel version {persistent.version}")
+
+# %% [markdown]
+# ## One step as a list of phases
+#
+# A decode step is a chain: every matvec needs the whole vector the previous phase produced. Between two phases
+# every block must have finished writing before any block reads, so a persistent kernel puts a **grid barrier**
+# there; the layered decoder puts a kernel boundary. `schedule.step_phases` is that chain as data: what each phase
+# reads and writes, how its work is spread over the blocks ("rows" of a matvec, independent "items", or one job
+# for "all"), and the bytes it streams. For Qwen3.5-0.8B:
+
+# %%
+published = Qwen35Config.from_pretrained(PUBLISHED_CONFIG)
+steps_08 = schedule.step_phases(published, context=512)
+rows = [(p.label, p.work, p.units, ", ".join(p.reads), ", ".join(p.writes), f"{(p.weight_bytes + p.state_bytes) / 1e6:.2f}")
+        for p in steps_08[:9]] + [("...", "", "", "", "", "")] + [
+        (p.label, p.work, p.units, ", ".join(p.reads), ", ".join(p.writes), f"{(p.weight_bytes + p.state_bytes) / 1e6:.2f}")
+        for p in steps_08[-3:]]
+print_table(rows, headers=["phase", "work", "units", "reads", "writes", "MB"])
+print(f"\n{len(steps_08)} phases, {schedule.barriers_per_token(published)} grid barriers per greedy token "
+      f"({schedule.barriers_per_token(published, sample=True)} sampled); "
+      f"{schedule.bytes_per_step(steps_08) / 1e9:.3f} GB streamed per step at context 512")
+schedule.check_dependencies(steps_08)   # every read ordered after its write by a barrier (raises otherwise)
+schedule.check_bytes(published, context=512)
+print("dependencies: every cross-phase hand-off crosses a barrier; bytes: the budget of notebook 01")
+
+# %% [markdown]
+# The same list is the tests' check that a barrier is not missing: drop the one after the first DeltaNet
+# recurrence and `check_dependencies` names the buffer and the two phases that would race.
+
+# %%
+broken = [p if (p.name, p.layer) != ("deltanet", 0) else type(p)(**{**p.__dict__, "barrier_after": False})
+          for p in steps_08]
+try:
+    schedule.check_dependencies(broken)
+except schedule.ScheduleError as e:
+    print("ScheduleError:", e)
+
+# %% [markdown]
+# Drawn on a time axis where each phase is as long as its bytes take at the H100's copy bandwidth, the step is a
+# long run of short phases (the matvecs of one layer stream 4-17 MB each, 1.4-5.6 us) broken by phases that stream
+# no weights at all (the DeltaNet recurrence, attention), then the LM head, a third of all bytes. A barrier costs
+# ~1-1.5 us on an H100 (`../shared` measurements), so 134 of them are worth a quarter of the whole budget unless
+# the memory system keeps streaming through them.
+
+# %%
+fig, ax = plt.subplots(figsize=(12, 2.4))
+kinds = sorted({p.name for p in steps_08})
+colors = {k: plt.get_cmap("tab20")(i) for i, k in enumerate(kinds)}
+t = 0.0
+for p in steps_08:
+    width = max((p.weight_bytes + p.state_bytes) / H100_COPY_BANDWIDTH * 1e6, 0.3)  # us (0.3: visible)
+    ax.broken_barh([(t, width)], (0, 1), facecolors=colors[p.name])
+    t += width
+    if p.barrier_after:
+        ax.axvline(t, color="k", linewidth=0.3)
+ax.set_yticks([])
+ax.set_xlabel("us at 3.02 TB/s (black lines: grid barriers)")
+ax.legend([plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in kinds], kinds, ncol=7, fontsize=7,
+          loc="upper center", bbox_to_anchor=(0.5, -0.45))
+ax.set_title("one Qwen3.5-0.8B decode step: phases sized by their bytes, 134 barriers")
+plt.show()
+
+# %% [markdown]
+# ## Version 1: the layered kernels' bodies as phases
+#
+# Every layered kernel became a thin wrapper around a device function that takes a work range (this block, of
+# that many). Here is the DeltaNet kernel of stage 2, whole:
+
+# %%
+from megakernel.kernels import deltanet as dn_kernels  # noqa: E402
+
+print(inspect.getsource(dn_kernels.deltanet_kernel))
+
+# %% [markdown]
+# and the phase of the megakernel that runs the same body: each block loops over the work items its index gives
+# it, then every block meets at the barrier.
+
+# %%
+src = inspect.getsource(mk_phases.make_mixers)
+print(src[src.index("    @cuda.jit(device=True)\n    def deltanet_core"):src.index("    @cuda.jit(device=True)\n    def attention_core")])
+
+# %% [markdown]
+# Version 1's header says what it costs:
+
+# %%
+print(v1.__doc__[v1.__doc__.index("For Qwen3.5-0.8B"):v1.__doc__.index("Arguments:")])
+
+# %% [markdown]
+# ## Stepping the megakernel, every state against the layered decoder
+#
+# `megakernel.compare` runs two stages on the same prompt with teacher forcing and compares the hidden state after
+# every layer at every step (the persistent kernel writes them to a trace buffer after each layer's last
+# barrier), the logits, then every conv state, DeltaNet state and KV cache. In the simulator the grid barrier is
+# real (all blocks run concurrently) and the race detector watches every shared and global access.
+
+# %%
+prompt = [3, 141, 59, 26, 5]
+t0 = time.perf_counter()
+report = compare.compare_pair(compare.LayeredRunner(layered, "layered"),
+                              compare.LayeredRunner(persistent, "persistent"), prompt, steps=3)
+print(compare.format_report(report, config))
+print(f"({time.perf_counter() - t0:.0f} s)")
+
+# %% [markdown]
+# And against the reference, N tokens in one launch: the kernel loops over the steps, the argmax of one step
+# feeds the next step's embedding on the device, and the host reads the tokens once. The kernel counts the grid
+# barriers it passed: the schedule's count per step, plus one at the end of the launch.
+
+# %%
+expected = reference.generate(prompt, 5, stop_at_eos=False).tolist()
+t0 = time.perf_counter()
+tokens = persistent.greedy_tokens(prompt, 5)
+print(f"reference:  {expected}\npersistent: {tokens}  (4 steps in one launch, {time.perf_counter() - t0:.0f} s)")
+print(f"barriers passed: {persistent.last_run['barriers']} = 4 x {persistent.barriers_per_step()} + 1")
+assert tokens == expected and persistent.last_run["barriers"] == 4 * persistent.barriers_per_step() + 1
+
+# %% [markdown]
+# ## Version 2: the weights through shared memory, ahead of the barriers
+#
+# The weights never depend on the activations, so nothing forces a block to wait for the barrier before fetching
+# its next rows. Version 2 gives every block a contiguous range of rows of every matrix and streams them, page by
+# page, through a ring of shared-memory slots with the copy engine (`cp.async.bulk`, completing on an `mbarrier`
+# per slot): while the block computes one page, waits at a barrier or runs the DeltaNet recurrence, the next pages
+# are on their way. The page table is built on the host, once:
+
+# %%
+print(v2.__doc__[v2.__doc__.index("So in version 2"):v2.__doc__.index("The phases, their order")])
+table, count = pages.page_table(published, 132, v2.PAGE_WORDS)
+per_block = [int(c) for c in count]
+print(f"0.8B on 132 blocks, 32 KB pages: {min(per_block)}-{max(per_block)} pages per block per step "
+      f"({sum(per_block) * 32 / 1024:.0f} MB-slots in all); ring: {v2.RING_PAGES} pages = "
+      f"{v2.RING_PAGES * 32} KB per block")
+names = [ph.name for ph in pages.rows_phases(published)]
+block0 = [names[int(table[0, i, 6])] for i in range(count[0])]
+print("block 0's stream, first layer:", block0[:12])
+
+# %% [markdown]
+# ## On the H100
+#
+# The benchmark times both versions against the layered decoder's CUDA graph (`python -m megakernel.bench`), and
+# `tools/profile_persistent.py` runs a profiling build that records every block's arrival at and departure from
+# every barrier on the GPU's global timer: per phase, the slowest block's work is the critical path and the rest
+# is waiting.
+
+# %%
+results = R.find_latest()
+if results is None:
+    print(f"No benchmark results in {R.results_dir()} yet: run `python -m megakernel.bench` on a GPU.")
+else:
+    doc = R.load_results(results)
+    rows = [(r["system"], r["workload"], f"{r['tok_s']:.0f}" if r.get("tok_s") else "-",
+             f"{100 * r['fraction_of_floor']:.0f}%" if r.get("fraction_of_floor") else "-")
+            for r in doc["rows"] if r["kind"] == "decode" and (r["system"].startswith("persistent")
+                                                                 or r["system"] == "layered-graph")]
+    print(results.name)
+    print_table(rows, headers=["system", "workload", "tok/s", "of floor"])
+
+# %%
+from megakernel.persistent.profile import Timeline, format_table, plot_timeline  # noqa: E402
+
+profiles = sorted(R.results_dir().glob("timeline_*.npz"))
+if not profiles:
+    print("No profile in data/results: run `python tools/profile_persistent.py data/results 1,2` on a GPU.")
+for path in profiles:
+    z = np.load(path)
+    labels = [str(x) for x in z["labels"]]
+    steps = labels.count("lm_head")
+    tl = Timeline(labels, [lab.split("[")[0] for lab in labels], z["arrive"], z["leave"], steps)
+    print(f"\n{path.stem}: {tl.total_ns / 1e3 / steps:.0f} us per step")
+    print(format_table(tl))
+    one = labels.index("lm_head") + 1  # the first step
+    first = Timeline(labels[:one] + ["end"], tl.kinds[:one] + ["end"], tl.arrive[:, :one + 1], tl.leave[:, :one + 1], 1)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    plot_timeline(first, ax=ax, title=f"{path.stem}: one step, blocks x time")
+    plt.show()
+
+# %% [markdown]
+# **What the numbers say** (NOTES.md has the measurements and their commands). Version 1 is correct and slower than
+# the layered CUDA graph, as a barrier-per-phase kernel is expected to be: the kernel's register count is the
+# maximum over its phases (255: the attention arrays), so an SM holds 8 warps, too few loads in flight for full
+# bandwidth, and each of the 134 barriers drains the memory pipeline. Version 2's weight stream takes the matvecs
+# off the register budget, but the profile shows where a step still goes: the mixer phases (the DeltaNet
+# recurrence and attention, on a handful of blocks or latency-bound) and the waits at barriers, during which the
+# ring is full and HBM idles. The next versions must shorten those: fewer barriers (attention's prepare folded into
+# its decode, the embedding into the first projection), mixers that prefetch their state through the copy engine,
+# and phases that let idle blocks stream.
