@@ -91,9 +91,8 @@ def state_tensors(ref: DecodeState, out: DecodeState):
     for i in sorted(ref.conv):
         Hv, Dk, Dv = ref.recurrent[i].shape
         qk = ref.conv[i].shape[0] - Hv * Dv
-        for what, a, b in (("conv q|k", ref.conv[i][:qk], out.conv[i][:qk]),
-                           ("conv v", ref.conv[i][qk:], out.conv[i][qk:])):
-            rows = Dk if what == "conv q|k" else Dv
+        for what, rows, a, b in (("conv q|k", Dk, ref.conv[i][:qk], out.conv[i][:qk]),
+                                 ("conv v", Dv, ref.conv[i][qk:], out.conv[i][qk:])):
             yield i, what, a.reshape(-1, rows, a.shape[-1]), b.reshape(-1, rows, b.shape[-1]), 1, ("head",)
         yield i, "DeltaNet", ref.recurrent[i], out.recurrent[i], 1, ("value head",)
     n = ref.length

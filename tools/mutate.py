@@ -8,8 +8,9 @@ meant to catch each one fail.
 
 Each mutation is a list of text replacements in one file and the tests (pytest node ids, cheapest first) that
 must catch it. The replacements are applied to a fresh copy of the working tree (tracked and untracked,
-non-ignored files) in a temporary directory, never to the working tree itself, and the tests run there under the
-CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, stopping at the first failure). A planted text that is missing or
+non-ignored files, snapshotted once at the start) in a temporary directory, never to the working tree itself, and
+the tests run there under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, stopping at the first failure; the rest
+of the environment passes through, e.g. a simulator schedule setting). A planted text that is missing or
 found more than once stops everything before any test runs: the kernels move, and a mutation that silently
 applies nowhere would report a bug "caught" that was never planted. Before the mutations, the union of the
 selected tests runs once on an unmutated copy (``--no-baseline`` skips it), so a failure means the mutation.
@@ -229,7 +230,7 @@ def check_imports_copy(tree: Path) -> None:
     """The copy's packages must be the ones imported there (not an installed checkout elsewhere)."""
     code = "import megakernel, reference; print(megakernel.__file__); print(reference.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True,
-                         env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"))
+                         env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONDONTWRITEBYTECODE="1"))
     paths = out.stdout.split()
     if out.returncode or len(paths) != 2 or not all(Path(p).resolve().is_relative_to(tree.resolve()) for p in paths):
         raise SystemExit(f"the copy in {tree} imports the project from elsewhere ({out.stdout.strip()} "
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
         rows = []
         for i, m in enumerate(chosen):
             tree = Path(tmp) / f"m{i}"
-            copy_project(tree, files)
+            shutil.copytree(base, tree)  # from the snapshot: edits to the working tree meanwhile do not leak in
             apply(m, tree)
             status, detail, dt = run_tests(tree, m.tests, args.timeout)
             result = {"failed": f"caught by {detail}", "passed": "MISSED", "timeout": "TIMEOUT (" + detail + ")",
