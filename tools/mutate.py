@@ -60,12 +60,9 @@ MUTATIONS = [
              KERNELS + "deltanet.py",
              (("""            if prev == READERS - 1:
                 counters[hk] = 0  # every reader has arrived: reset for the next launch
-                last[0] = 1
-            else:
-                last[0] = 0
 """, """            if prev == READERS - 1:
                 counters[hk] = 0  # every reader has arrived: reset for the next launch
-            last[0] = 1 if cuda.blockIdx.x % READERS == READERS - 1 else 0
+            if (h * NS + s) % READERS == READERS - 1:  # the writer flag now follows this condition
 """),),
              (DELTANET_STEPS, DELTANET_REPEAT, DECODER, DECODER_SPLIT), race=True),
     Mutation("block_sum without its trailing syncthreads (scratch reused by the next reduction)",
