@@ -6,9 +6,11 @@ value of its own head (``compare_states``), bf16 cache elements within that plus
 The kernels sum in a different order (~1e-6 expected); a real bug (a missed decay, a wrong head mapping, an
 unwritten element) is O(1). The next-token distributions must agree within ``KL_MAX`` nats at every step.
 
-Two decoders: the tiny config with the planned launches (one warp per matvec row, one attention split), and a
-config whose launches split: long rows over two warps (``matvec_config``, with K = 264 so both warps of a row
-hold weights) and a context long enough for three attention splits, with two KV heads (GQA 2:1).
+Two decoders: the tiny config with the planned launches (one warp per matvec row, one attention split, one-warp
+blocks in the DeltaNet and attention kernels), and a config whose launches split: long rows over two warps
+(``matvec_config``, with K = 264 so both warps of a row hold weights), a context long enough for three attention
+splits, two KV heads (GQA 2:1), and head dims (Dk 32, Dh 40) that give the DeltaNet step and ``attn_combine``
+two-warp blocks, whose block reductions reuse one scratch buffer.
 """
 
 import pytest
@@ -27,7 +29,7 @@ TOL = 1e-4
 # alone would let through (1e-4 of the largest logit, ~5e-4 here).
 KL_MAX = 1e-9
 SPLIT_CONFIG = Qwen35Config.tiny(vocab_size=128, hidden_size=264, num_hidden_layers=2, layer_types=(LINEAR, FULL),
-                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=40, linear_key_head_dim=32)
 SPLIT_MATVEC = (4, 2)  # 4-warp blocks, 2 warps per row (per gate/up row pair in the SwiGLU kernel)
 SPLIT_PROMPT = 130  # decode lengths 131..133: three splits of POSITIONS_PER_SPLIT = 64 positions
 
