@@ -174,7 +174,6 @@ def compare_pair(a: Runner, b: Runner, prompt: list[int], steps: int) -> PairRep
     return rep
 
 
-
 def format_report(rep: PairReport, config) -> str:
     fmt = lambda e: "-" if e is None else f"{e[0]:.2e} / {e[1]:.2e}"  # noqa: E731
     lines = [f"{rep.a} vs {rep.b}: max|err| / relative error, worst over {rep.steps} decode steps (+ prefill); "

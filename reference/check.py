@@ -14,9 +14,8 @@ reference's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -105,7 +104,7 @@ class ElementCheckResult(CheckResult):
         return self.worst_used
 
     def __str__(self) -> str:
-        return (f"{self.name:<40s} max|err| {self.max_abs:.3e}  per-head rel {self.rel:.3e}  tol {self.tol:.0e}  "
+        return (f"{self.name:<40s} max|err| {self.max_abs:.3e}  rel to group max {self.rel:.3e}  tol {self.tol:.0e}  "
                 f"({100 * self.used:5.1f}% of the allowance at {list(self.worst)})")
 
 
@@ -113,8 +112,7 @@ def element_errors(ref, out, group_dims: int = 0):
     """Per-element errors of ``out`` against ``ref`` (fp64, CPU): (|out - ref| with NaN where exactly one side is
     NaN, the max |ref| over each element's group broadcast to every element). A group is the elements sharing
     their first ``group_dims`` indices (a head, or a head at one position); ``group_dims=0``: the whole tensor."""
-    r = torch.as_tensor(ref).detach().cpu().double()
-    o = torch.as_tensor(out).detach().cpu().double()
+    r, o = _fp64(ref), _fp64(out)
     if tuple(r.shape) != tuple(o.shape):
         raise CheckFailed(f"shape {tuple(o.shape)} != reference shape {tuple(r.shape)}")
     if not 0 <= group_dims <= r.dim():
@@ -126,6 +124,10 @@ def element_errors(ref, out, group_dims: int = 0):
         scale = scale.reshape(*r.shape[:group_dims], -1).amax(-1)
         scale = scale.reshape(*scale.shape, *([1] * (r.dim() - group_dims))).expand_as(r)
     return err, scale
+
+
+def _fp64(t) -> torch.Tensor:
+    return torch.as_tensor(t).detach().cpu().double()
 
 
 def _ratio(err: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
@@ -153,15 +155,14 @@ def check_elements(name: str, ref, out, tol: float, group_dims: int = 0, group_n
     allowance, naming the worst element (its group by ``group_names``, e.g. ("head",)), both values, the
     allowance and how many elements failed.
     """
+    r, o = _fp64(ref), _fp64(out)
     try:
-        err, scale = element_errors(ref, out, group_dims)
+        err, scale = element_errors(r, o, group_dims)
     except CheckFailed as e:
         raise CheckFailed(f"{name}: {e}") from None
     shape = tuple(err.shape)
     if not err.numel():
         return ElementCheckResult(name, 0.0, 0.0, tol, shape)
-    r = torch.as_tensor(ref).detach().cpu().double()
-    o = torch.as_tensor(out).detach().cpu().double()
     allowed = tol * scale
     if bf16_step:
         allowed = allowed + torch.maximum(bf16_spacing(r), bf16_spacing(o))
@@ -184,6 +185,6 @@ def check_elements(name: str, ref, out, tol: float, group_dims: int = 0, group_n
 def next_token_kl(ref_logits, out_logits) -> torch.Tensor:
     """KL(p_ref || p_out) of the next-token distributions softmax(ref_logits), softmax(out_logits), in nats, per
     position (logits [..., V] -> [...]), computed in fp64: sum_v p_ref (log p_ref - log p_out)."""
-    log_p = torch.log_softmax(torch.as_tensor(ref_logits).detach().cpu().double(), dim=-1)
-    log_q = torch.log_softmax(torch.as_tensor(out_logits).detach().cpu().double(), dim=-1)
+    log_p = torch.log_softmax(_fp64(ref_logits), dim=-1)
+    log_q = torch.log_softmax(_fp64(out_logits), dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1)
