@@ -7,7 +7,7 @@ The kernels sum in a different order (~1e-6 expected); a real bug (a missed deca
 unwritten element) is O(1). The next-token distributions must agree within ``KL_MAX`` nats at every step.
 
 Two decoders: the tiny config with the planned launches (one warp per matvec row, one attention split, one-warp
-blocks in the DeltaNet and attention kernels), and a config whose launches split: long rows over two warps
+blocks in the DeltaNet step and ``attn_combine``), and a config whose launches split: long rows over two warps
 (``matvec_config``, with K = 264 so both warps of a row hold weights), a context long enough for three attention
 splits, two KV heads (GQA 2:1), and head dims (Dk 32, Dh 40) that give the DeltaNet step and ``attn_combine``
 two-warp blocks, whose block reductions reuse one scratch buffer.
