@@ -8,8 +8,12 @@
 Each consecutive pair of stages is compared. Both stages prefill the same prompt, then decode with teacher
 forcing: the first stage's greedy token is fed to both, so an error cannot hide behind a different token
 sequence. For every decode step the per-layer hidden states and the logits are compared; after the last step
-every state. Errors are max |a - b| and max |a - b| / max |a| (see reference.check). The exit status is 1 if any
-relative error exceeds --tol or a token differs.
+every state. Errors are max |a - b| and a relative error: max |a - b| / max |a| for hidden states and logits;
+for the states, every element against the largest value of its own head (``reference.check.check_elements``,
+heads as ``reference.hf_compare.state_tensors`` cuts them), so a wrong small head cannot hide behind a large
+one. Fidelity beside token identity: the KL divergence KL(p_a || p_b) of the two next-token distributions at the
+prefill's last position and every decode step, mean and max. The exit status is 1 if any relative error exceeds
+--tol or a token differs.
 
 Stages: ``transformers`` (Qwen3_5ForCausalLM, fp32), ``reference`` (fp32 compute on the bf16 weights; with a
 kernel stage in the list, with a bf16 KV cache like the kernels), ``layered`` (the Numba kernel decoder),
@@ -25,8 +29,9 @@ from dataclasses import dataclass, field
 import torch
 
 from reference import cli
-from reference.check import relative_error
+from reference.check import group_relative_error, next_token_kl, relative_error
 from reference.config import LINEAR
+from reference.hf_compare import state_tensors
 
 KERNEL_STAGES = ("layered", "persistent")
 COMPARE_STAGES = ("transformers", "reference") + KERNEL_STAGES
@@ -132,8 +137,9 @@ class PairReport:
     a: str
     b: str
     hidden: dict = field(default_factory=dict)  # layer -> (max_abs, rel) worst over steps
-    states: dict = field(default_factory=dict)  # (layer, what) -> (max_abs, rel)
+    states: dict = field(default_factory=dict)  # (layer, column) -> (max_abs, per-head rel), worst of its parts
     logits: tuple = (0.0, 0.0)
+    kl: list = field(default_factory=list)  # KL(p_a || p_b) in nats: the prefill's last position, then each step
     tokens_agree: int = 0
     steps: int = 0
 
@@ -141,37 +147,44 @@ class PairReport:
         rels = [r for _, r in self.hidden.values()] + [r for _, r in self.states.values()] + [self.logits[1]]
         return max(rels) if rels else 0.0
 
+    def kl_mean(self) -> float:
+        return sum(self.kl) / len(self.kl) if self.kl else 0.0
+
+    def kl_max(self) -> float:
+        return max(self.kl) if self.kl else 0.0
+
 
 def _worse(old, new):
     return new if old is None or new[1] > old[1] else old
+
+
+STATE_COLUMNS = {"conv q|k": "conv", "conv v": "conv", "DeltaNet": "deltanet", "K": "K", "V": "V"}
 
 
 def compare_pair(a: Runner, b: Runner, prompt: list[int], steps: int) -> PairReport:
     rep = PairReport(a.name, b.name, steps=steps)
     la, lb = a.prefill(prompt), b.prefill(prompt)
     rep.logits = relative_error(la, lb)
+    rep.kl.append(float(next_token_kl(la, lb)))
     token = int(la.argmax())
     for _ in range(steps):
         (la, ha), (lb, hb) = a.step(token), b.step(token)
         rep.logits = _worse(rep.logits, relative_error(la, lb))
+        rep.kl.append(float(next_token_kl(la, lb)))
         for i in ha:
             rep.hidden[i] = _worse(rep.hidden.get(i), relative_error(ha[i], hb[i]))
         rep.tokens_agree += int(la.argmax()) == int(lb.argmax())
         token = int(la.argmax())
-    sa, sb = a.state(), b.state()
-    for i in sorted(sa.conv):
-        rep.states[(i, "conv")] = relative_error(sa.conv[i], sb.conv[i])
-        rep.states[(i, "deltanet")] = relative_error(sa.recurrent[i], sb.recurrent[i])
-    n = sa.length
-    for i in sorted(sa.k_cache):
-        rep.states[(i, "K")] = relative_error(sa.k_cache[i][:, :n].float(), sb.k_cache[i][:, :n].float())
-        rep.states[(i, "V")] = relative_error(sa.v_cache[i][:, :n].float(), sb.v_cache[i][:, :n].float())
+    for i, what, sa, sb, dims, _ in state_tensors(a.state(), b.state()):
+        column = STATE_COLUMNS[what]
+        rep.states[(i, column)] = _worse(rep.states.get((i, column)), group_relative_error(sa, sb, dims))
     return rep
 
 
 def format_report(rep: PairReport, config) -> str:
     fmt = lambda e: "-" if e is None else f"{e[0]:.2e} / {e[1]:.2e}"  # noqa: E731
-    lines = [f"{rep.a} vs {rep.b}: max|err| / relative error, worst over {rep.steps} decode steps (+ prefill)",
+    lines = [f"{rep.a} vs {rep.b}: max|err| / relative error, worst over {rep.steps} decode steps (+ prefill); "
+             "states: each element relative to its head's largest value",
              f"{'layer':>5} {'kind':<9} {'hidden':>21} {'conv state':>21} {'DeltaNet state':>21} "
              f"{'K cache':>21} {'V cache':>21}"]
     for i, kind in enumerate(config.layer_types):
@@ -179,6 +192,8 @@ def format_report(rep: PairReport, config) -> str:
         lines.append(f"{i:>5} {('DeltaNet' if kind == LINEAR else 'attention'):<9} {fmt(rep.hidden.get(i)):>21} "
                      f"{fmt(st('conv')):>21} {fmt(st('deltanet')):>21} {fmt(st('K')):>21} {fmt(st('V')):>21}")
     lines.append(f"logits: {fmt(rep.logits)}    greedy tokens agree: {rep.tokens_agree}/{rep.steps}")
+    lines.append(f"next-token KL({rep.a} || {rep.b}) over {len(rep.kl)} teacher-forced positions: "
+                 f"mean {rep.kl_mean():.2e}, max {rep.kl_max():.2e} nats")
     return "\n".join(lines)
 
 

@@ -59,9 +59,18 @@ class LayeredDecoder(PrefillModes):
 
     stage = "layered"
 
-    def __init__(self, reference: Qwen35Model, max_context: int = 4096, prefill_mode: str = "bf16"):
+    def __init__(self, reference: Qwen35Model, max_context: int = 4096, prefill_mode: str = "bf16", *,
+                 matvec_config=None):
+        """``matvec_config``: ``(warps_per_block, G)`` for every matvec-family launch instead of the planned
+        one (G warps per row; per gate/up row pair in the SwiGLU kernel). Tests use it to run split-K rows
+        (``matvec.combine_parts``) at sizes whose plan is one warp per row; None keeps the plans."""
         require_gpu("the layered decoder")
         check_supported(reference.config)
+        if matvec_config is not None and (len(matvec_config) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in matvec_config)):
+            raise ValueError(f"matvec_config must be (warps_per_block, G), two positive integers; got "
+                             f"{matvec_config!r}")
+        self.matvec_config = None if matvec_config is None else tuple(matvec_config)
         self.config = c = reference.config
         self.reference = reference  # the oracle in comparisons, and prefill_mode="reference"
         self.prefill_mode = check_prefill_mode(prefill_mode)
@@ -196,7 +205,7 @@ class LayeredDecoder(PrefillModes):
 
     # ------------------------------------------------------------------ one step: the launches
     def _step(self, state: DeviceState, trace: dict | None) -> None:
-        c, W, K = self.config, self.weights, self.k
+        c, W, K, cfg = self.config, self.weights, self.k, self.matvec_config
         D, F, eps = c.hidden_size, c.intermediate_size, c.rms_norm_eps
         pos = state.k["position"]  # device int32[1]: the position of the token being decoded
         embedding.embed_lookup(W.k["embed"], K["token"], K["h"], D)
@@ -205,16 +214,17 @@ class LayeredDecoder(PrefillModes):
             if lw.kind == LINEAR:
                 j = state.linear_index[i]
                 fused_matvec.norm_matvec(K["h"], w["input_norm"], w["in_proj"], K["proj_linear"],
-                                         lw.in_proj.shape[0], D, eps)
+                                         lw.in_proj.shape[0], D, eps, config=cfg)
                 deltanet.deltanet_step(K["proj_linear"], w["conv_w"], state.k["conv"][j], w["A_log"], w["dt_bias"],
                                        state.k["rec"][j], K["o_linear"], *self.sizes_deltanet)
                 fused_matvec.gated_norm_matvec_residual(K["o_linear"], K["z"], w["gated_norm"], w["out_proj"],
                                                         K["h"], D, c.linear_num_value_heads,
-                                                        c.linear_value_head_dim, eps)
+                                                        c.linear_value_head_dim, eps, config=cfg)
             else:
                 j = state.full_index[i]
                 kc, vc = state.k["k_cache"][j], state.k["v_cache"][j]
-                fused_matvec.norm_matvec(K["h"], w["input_norm"], w["qkv"], K["proj_attn"], lw.qkv.shape[0], D, eps)
+                fused_matvec.norm_matvec(K["h"], w["input_norm"], w["qkv"], K["proj_attn"], lw.qkv.shape[0], D, eps,
+                                         config=cfg)
                 attention.attn_prepare(K["proj_attn"], w["q_norm"], w["k_norm"], W.k["inv_freq"], pos, kc, vc,
                                        K["q"], K["gate"], *self.sizes_attention, eps=eps)
                 attention.attn_decode(K["q"], kc, vc, pos, K["partial_ml"], K["partial_o"], self.grid_splits,
@@ -222,14 +232,15 @@ class LayeredDecoder(PrefillModes):
                 attention.attn_combine(K["partial_ml"], K["partial_o"], K["gate"], K["attn_out"], self.grid_splits,
                                        *self.sizes_attention, length=pos)
                 fused_matvec.matvec_residual(w["o_proj"], K["attn_out"], K["h"], D,
-                                             c.num_attention_heads * c.head_dim)
-            fused_matvec.norm_swiglu_matvec(K["h"], w["post_norm"], w["gate"], w["up"], K["act"], F, D, eps)
-            fused_matvec.matvec_residual(w["down"], K["act"], K["h"], D, F)
+                                             c.num_attention_heads * c.head_dim, config=cfg)
+            fused_matvec.norm_swiglu_matvec(K["h"], w["post_norm"], w["gate"], w["up"], K["act"], F, D, eps,
+                                            config=cfg)
+            fused_matvec.matvec_residual(w["down"], K["act"], K["h"], D, F, config=cfg)
             if trace is not None:
                 synchronize()
                 trace.setdefault("hidden", {})[i] = self.h.detach().cpu().clone()
         lm_head.lm_head_argmax(K["h"], W.k["final_norm"], W.k["lm_head"], K["logits"], c.vocab_size, D, eps,
-                               K["best"])
+                               K["best"], config=cfg)
         embedding.advance(pos, K["token"], K["history"])
 
     def launches_per_token(self) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .check import CheckResult, bf16_storage_tol, check
+from .check import ElementCheckResult, check_elements
 from .checkpoint import FP32_PARAMS, load_weights
 from .config import Qwen35Config
 from .state import DecodeState
@@ -82,22 +82,43 @@ class TransformersRunner:
         return transformers_state(self.cache, self.config, self.length)
 
 
-def compare_states(ref: DecodeState, out: DecodeState, tol: float, prefix: str = "",
-                   verbose: bool = False) -> list[CheckResult]:
-    """check() every conv state, DeltaNet state and the valid part of every KV cache. A bf16 cache on both sides
-    gets ``bf16_storage_tol(tol)``: the fp32 values it stores are compared at ``tol``, and rounding them to bf16
-    can add one bf16 step (2^-8 of the largest value) where the two sides straddle a rounding midpoint."""
-    results = []
-    if ref.length != out.length:
-        raise AssertionError(f"{prefix}state length {out.length} != reference {ref.length}")
+def state_tensors(ref: DecodeState, out: DecodeState):
+    """Every state tensor of two DecodeStates, cut into heads for ``check_elements``: yields (layer, what, ref
+    part, out part, group_dims, group_names). ``what``: "conv q|k" (the conv state's q and k channels,
+    [2 Hk, Dk, K-1], head j < Hk a query head), "conv v" ([Hv, Dv, K-1]), "DeltaNet" ([Hv, Dk, Dv]), "K" and
+    "V" (the valid part of the caches, [Hkv, length, Dh], one group per head and position). The head sizes come
+    from the DeltaNet state's shape (the conv channels are [q (Hk Dk) | k (Hk Dk) | v (Hv Dv)])."""
     for i in sorted(ref.conv):
-        results.append(check(f"{prefix}layer {i} conv state", ref.conv[i], out.conv[i], tol, verbose))
-        results.append(check(f"{prefix}layer {i} DeltaNet state", ref.recurrent[i], out.recurrent[i], tol, verbose))
+        Hv, Dk, Dv = ref.recurrent[i].shape
+        qk = ref.conv[i].shape[0] - Hv * Dv
+        for what, rows, a, b in (("conv q|k", Dk, ref.conv[i][:qk], out.conv[i][:qk]),
+                                 ("conv v", Dv, ref.conv[i][qk:], out.conv[i][qk:])):
+            yield i, what, a.reshape(-1, rows, a.shape[-1]), b.reshape(-1, rows, b.shape[-1]), 1, ("head",)
+        yield i, "DeltaNet", ref.recurrent[i], out.recurrent[i], 1, ("value head",)
+    n = ref.length
     for i in sorted(ref.k_cache):
-        n = ref.length
         for what, a, b in (("K", ref.k_cache[i][:, :n], out.k_cache[i][:, :n]),
                            ("V", ref.v_cache[i][:, :n], out.v_cache[i][:, :n])):
-            name = f"{prefix}layer {i} {what} cache"
-            both_bf16 = a.dtype == b.dtype == torch.bfloat16  # fp32 values rounded on both sides
-            results.append(check(name, a, b, bf16_storage_tol(tol) if both_bf16 else tol, verbose))
+            yield i, what, a, b, 2, ("KV head", "position")
+
+
+STATE_NAMES = {"conv q|k": "conv state (q, k channels)", "conv v": "conv state (v channels)",
+               "DeltaNet": "DeltaNet state", "K": "K cache", "V": "V cache"}
+
+
+def compare_states(ref: DecodeState, out: DecodeState, tol: float, prefix: str = "",
+                   verbose: bool = False) -> list[ElementCheckResult]:
+    """``check_elements`` on every conv state, DeltaNet state and the valid part of every KV cache, per head
+    (``state_tensors``): each element within ``tol`` times the largest value of its own head (of its head and
+    position in a KV cache), so an error in a small head or element cannot hide behind the largest value of the
+    layer. A bf16 cache on both sides also gets one bf16 step of the element itself: the fp32 values it stores
+    agree to ``tol``, and each side rounds them to bf16, which can land on neighbouring bf16 values. ``tol = 0``:
+    bit-identical states. Failures name the layer, the state, the head and the element."""
+    if ref.length != out.length:
+        raise AssertionError(f"{prefix}state length {out.length} != reference {ref.length}")
+    results = []
+    for i, what, a, b, dims, names in state_tensors(ref, out):
+        both_bf16 = a.dtype == b.dtype == torch.bfloat16  # fp32 values rounded on both sides
+        results.append(check_elements(f"{prefix}layer {i} {STATE_NAMES[what]}", a, b, tol, dims, names,
+                                      bf16_step=both_bf16 and tol > 0, verbose=verbose))
     return results

@@ -68,6 +68,20 @@ def test_logits_and_argmax(n, k, version, config):
     assert best[0].item() == L.INT64_MIN and best[1].item() == 0 and L.key_to_index(best[2].item()) == token
 
 
+@pytest.mark.parametrize("version", [5, 7])
+def test_tiny_hidden_state_uses_eps(version):
+    """h ~ 1e-3 (mean square ~ eps): the final norm's eps changes the logits by O(1) here, so it must be right."""
+    n, k = 70, 72
+    W = bf16_weights(n, k, seed=9)
+    h, w = inputs(k, seed=5)
+    h = h * 5e-4
+    logits, best = run_lm_head(W, h, w, version=version)
+    ref = W.float() @ ops.rms_norm(h, w, EPS)
+    assert (ref - W.float() @ ops.rms_norm(h, w, 0.0)).abs().max() > 0.1 * ref.abs().max()
+    check(f"lm_head v{version} logits, tiny h", ref, logits.cpu(), TOL)
+    assert L.read_token(best) == int(torch.argmax(ref))
+
+
 def test_ties_go_to_the_smallest_index():
     n, k = 300, 40
     W = bf16_weights(n, k, seed=5)

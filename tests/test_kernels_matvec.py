@@ -225,6 +225,31 @@ def test_gated_norm_matvec_residual(heads, head_dim, n, config, fused, version):
 
 
 @pytest.mark.parametrize("version", [5, 7])
+def test_fused_norms_use_eps_on_tiny_inputs(version):
+    """Inputs of ~1e-3 (mean square ~1e-6 = eps): the eps in each fused norm changes the result by O(1) here,
+    so a dropped or misplaced eps fails (at unit scale it moves results by ~1e-6, inside every tolerance)."""
+    n, k, heads, head_dim = 9, 72, 3, 24
+    h = vec(k, seed=13, scale=1e-3)
+    w = vec(k, seed=14, scale=0.2)
+    W, Wu = bf16_weights(n, k, seed=15), bf16_weights(n, k, seed=16)
+    y, act = poisoned(n), poisoned(n)
+    F.norm_matvec(kd(h), kd(w), wk(W), kd(y), n, k, EPS, version=version)
+    F.norm_swiglu_matvec(kd(h), kd(w), wk(W), wk(Wu), kd(act), n, k, EPS, version=version)
+    o, z, gw = vec(k, seed=17, scale=1e-3), vec(k, seed=18), vec(head_dim, seed=19, scale=0.2, shift=1.0)
+    out = torch.zeros(n, device=DEV)
+    F.gated_norm_matvec_residual(kd(o), kd(z), kd(gw), wk(W), kd(out), n, heads, head_dim, EPS, version=version)
+    launch.synchronize()
+    x = ops.rms_norm(h, w, EPS)
+    assert (x - ops.rms_norm(h, w, 0.0)).abs().max() > 0.1 * x.abs().max()  # eps matters at this scale
+    check(f"norm_matvec v{version}, tiny h", W.float() @ x, y, TOL)
+    check(f"norm_swiglu_matvec v{version}, tiny h", ops.silu(W.float() @ x) * (Wu.float() @ x), act, TOL)
+    xg = ops.gated_rms_norm(o.view(heads, head_dim), z.view(heads, head_dim), gw, EPS).reshape(-1)
+    xg0 = ops.gated_rms_norm(o.view(heads, head_dim), z.view(heads, head_dim), gw, 0.0).reshape(-1)
+    assert (xg - xg0).abs().max() > 0.1 * xg.abs().max()
+    check(f"gated_norm_matvec_residual v{version}, tiny o", W.float() @ xg, out, TOL)
+
+
+@pytest.mark.parametrize("version", [5, 7])
 def test_gated_norm_z_may_be_an_unaligned_slice(version):
     """The layered decoder passes z as a slice of the projection buffer at any offset (scalar loads)."""
     heads, head_dim, n = 2, 8, 4

@@ -1,0 +1,304 @@
+"""Mutation testing: plant known bugs, one at a time, in a temporary copy of the project and check that the tests
+meant to catch each one fail.
+
+    python tools/mutate.py                  # every mutation, then the table (the one in NOTES.md: --markdown)
+    python tools/mutate.py --check          # only check every planted text is found exactly once (seconds)
+    python tools/mutate.py --list           # names, files and the tests that must catch each
+    python tools/mutate.py -k attention     # the mutations whose name contains a word (repeatable)
+
+Each mutation is a list of text replacements in one file and the tests (pytest node ids, cheapest first) that
+must catch it. The replacements are applied to a fresh copy of the working tree (tracked and untracked,
+non-ignored files, snapshotted once at the start) in a temporary directory, never to the working tree itself, and
+the tests run there under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, stopping at the first failure; the rest
+of the environment passes through, e.g. a simulator schedule setting). A planted text that is missing or
+found more than once stops everything before any test runs: the kernels move, and a mutation that silently
+applies nowhere would report a bug "caught" that was never planted. Before the mutations, the union of the
+selected tests runs once on an unmutated copy (``--no-baseline`` skips it), so a failure means the mutation.
+
+``race`` mutations are races that only show up under varied simulator schedules or a race detector; the exit
+status is 1 if any mutation is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = "megakernel/kernels/"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str  # relative to the project root
+    edits: tuple  # ((old text, new text), ...): each old text must occur exactly once in the file
+    tests: tuple  # pytest node ids that must catch it, cheapest first
+    race: bool = False  # needs varied schedules / the race detector to show
+
+
+DELTANET_STEPS = "tests/test_kernels_deltanet.py::test_five_steps_match_reference"
+DELTANET_REPEAT = "tests/test_kernels_deltanet.py::test_repeat_runs_are_bit_identical"
+ATTN_DECODE = "tests/test_kernels_attention.py::test_decode_and_combine_match_reference"
+ATTN_PREPARE = "tests/test_kernels_attention.py::test_prepare_matches_reference"
+ATTN_DEVICE_POS = "tests/test_kernels_attention.py::test_device_held_position_gives_the_same_bits"
+MATVEC_CONFIGS = "tests/test_kernels_matvec.py::test_matvec_v6_configs"
+DECODER = "tests/test_layered.py::test_layered_matches_reference_logits_and_states"
+DECODER_SPLIT = "tests/test_layered.py::test_split_launches_match_reference"
+
+MUTATIONS = [
+    # ---- the two races the issue names
+    Mutation("deltanet: q/k conv state written by a fixed block (the group's last), not the last reader",
+             KERNELS + "deltanet.py",
+             (("""            if prev == READERS - 1:
+                counters[hk] = 0  # every reader has arrived: reset for the next launch
+""", """            if prev == READERS - 1:
+                counters[hk] = 0  # every reader has arrived: reset for the next launch
+            if (h * NS + s) % READERS == READERS - 1:  # the writer flag now follows this condition
+"""),),
+             (DELTANET_STEPS, DELTANET_REPEAT, DECODER, DECODER_SPLIT), race=True),
+    Mutation("block_sum without its trailing syncthreads (scratch reused by the next reduction)",
+             "megakernel/device.py",
+             (("""    v = scratch[lane] if lane < cuda.blockDim.x // WARP_SIZE else float32(0)
+    v = warp_sum(v)
+    cuda.syncthreads()
+    return v
+""", """    v = scratch[lane] if lane < cuda.blockDim.x // WARP_SIZE else float32(0)
+    v = warp_sum(v)
+    return v
+"""),),
+             ("tests/test_device_functions.py::test_block_reductions", "tests/test_kernels_rmsnorm.py",
+              DELTANET_STEPS, ATTN_DECODE, DECODER, DECODER_SPLIT), race=True),
+    # ---- other races and fences
+    Mutation("combine_parts: one partial-sum buffer for every iteration (not double-buffered)",
+             KERNELS + "matvec.py", (("    buf = (it % 2) * MAX_PARTS\n", "    buf = 0\n"),),
+             (MATVEC_CONFIGS, DECODER_SPLIT), race=True),
+    Mutation("deltanet: no threadfence before the reader counter", KERNELS + "deltanet.py",
+             (("            cuda.threadfence()\n            prev = cuda.atomic.add(counters, hk, 1)\n",
+               "            prev = cuda.atomic.add(counters, hk, 1)\n"),),
+             (DELTANET_STEPS,), race=True),
+    Mutation("lm_head: no threadfence between the atomicMax and the ticket", KERNELS + "lm_head.py",
+             (("        cuda.threadfence()  # our atomicMax is visible before our ticket\n", ""),),
+             ("tests/test_kernels_lm_head.py::test_logits_and_argmax",), race=True),
+    # ---- DeltaNet
+    Mutation("deltanet: state decay dropped", KERNELS + "deltanet.py",
+             (("                    v = sreg[m] * decay\n", "                    v = sreg[m]\n"),), (DELTANET_STEPS,)),
+    Mutation("deltanet: beta dropped from the delta", KERNELS + "deltanet.py",
+             (("        delta = (vsh[cj] - pred) * beta\n", "        delta = vsh[cj] - pred\n"),), (DELTANET_STEPS,)),
+    Mutation("deltanet: value head h reads key head h % Hk (repeat, not repeat_interleave)", KERNELS + "deltanet.py",
+             (("        hk = h // G\n", "        hk = h % Hk\n"),), (DELTANET_STEPS, DECODER)),
+    Mutation("deltanet: a v channel's new input written to the oldest conv slot", KERNELS + "deltanet.py",
+             (("            conv_state[ch, KM1 - 1] = x\n", "            conv_state[ch, 0] = x\n"),),
+             (DELTANET_STEPS,)),
+    # ---- attention
+    Mutation("attention: KV head j serves query heads j.. instead of j*G.. (GQA mapping)", KERNELS + "attention.py",
+             (("        h0 = kvh * G\n", "        h0 = kvh\n"),), (ATTN_DECODE, DECODER_SPLIT)),
+    Mutation("attention: split end one past its bound (overlapping splits)", KERNELS + "attention.py",
+             (("        end = ((split + 1) * length) // n_splits\n",
+               "        end = ((split + 1) * length) // n_splits + 1\n"),), (ATTN_DECODE, DECODER_SPLIT)),
+    Mutation("attention: split end = start + length // n_splits (the remainder dropped; several splits only)",
+             KERNELS + "attention.py",
+             (("        end = ((split + 1) * length) // n_splits\n", "        end = start + length // n_splits\n"),),
+             (ATTN_DECODE, DECODER_SPLIT)),
+    Mutation("attention: device-held length excludes the new token", KERNELS + "attention.py",
+             (("    return int32(p[0]) + int32(1)  # the new token", "    return int32(p[0])  # the new token"),),
+             (ATTN_DEVICE_POS, DECODER)),
+    Mutation("attention: RoPE pairs dim i with R-1-i instead of i +- R/2", KERNELS + "attention.py",
+             (("                p = d + HALF if lo else d - HALF\n", "                p = R - 1 - d\n"),),
+             (ATTN_PREPARE, DECODER)),
+    # ---- matvec family
+    Mutation("combine_parts drops the last warp's partial sum", KERNELS + "matvec.py",
+             (("    for j in range(1, G):\n", "    for j in range(1, G - 1):\n"),), (MATVEC_CONFIGS, DECODER_SPLIT)),
+    Mutation("combine_pair drops the up row's split partials", KERNELS + "fused_matvec.py",
+             (("        b += parts[first + half + j]\n", ""),),
+             ("tests/test_kernels_matvec.py::test_norm_swiglu_matvec",)),
+    Mutation("residual matvec overwrites h instead of adding", KERNELS + "matvec.py",
+             (("                        y[row] += acc\n", "                        y[row] = acc\n"),),
+             ("tests/test_kernels_matvec.py::test_matvec_residual_adds_exactly_the_product", DECODER)),
+    Mutation("fused RMSNorm: weight w instead of (1 + w)", KERNELS + "fused_matvec.py",
+             (("    one = float32(1)\n    ss = float32(0)\n", "    one = float32(0)\n    ss = float32(0)\n"),),
+             ("tests/test_kernels_matvec.py::test_norm_matvec", DECODER)),
+    Mutation("norm_matvec: eps dropped from the RMSNorm", KERNELS + "fused_matvec.py",
+             (("""            cur = load_batch(W, row, n, nv, v0, stride)
+            r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k) + eps)
+""", """            cur = load_batch(W, row, n, nv, v0, stride)
+            r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k))
+"""),),
+             ("tests/test_kernels_matvec.py::test_fused_norms_use_eps_on_tiny_inputs",)),
+    Mutation("lm_head: eps dropped from the final RMSNorm", KERNELS + "lm_head.py",
+             (("            r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k) + eps)\n",
+               "            r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k))\n"),),
+             ("tests/test_kernels_lm_head.py::test_tiny_hidden_state_uses_eps",)),
+    # ---- LM head, bf16, decoder wiring
+    Mutation("argmax ties go to the largest index", KERNELS + "lm_head.py",
+             (("    return s * _TWO32 + (_LOW32 - int64(index))\n", "    return s * _TWO32 + int64(index)\n"),
+              ("    return _LOW32 - (key & _LOW32)\n", "    return key & _LOW32\n"),
+              ("    return 0xFFFFFFFF - (int(key) & 0xFFFFFFFF)\n", "    return int(key) & 0xFFFFFFFF\n")),
+             ("tests/test_kernels_lm_head.py::test_ties_go_to_the_smallest_index",)),
+    Mutation("f32 -> bf16 truncates instead of rounding to nearest even", "megakernel/device.py",
+             (("    return uint32((u + uint32(0x7FFF) + ((u >> uint32(16)) & uint32(1))) >> uint32(16))\n",
+               "    return uint32(u >> uint32(16))\n"),),
+             ("tests/test_device_functions.py::test_f32_to_bf16_matches_torch_in_kernel", ATTN_PREPARE)),
+    Mutation("advance leaves the device position where it was", KERNELS + "embedding.py",
+             (("        position[0] = p + 1\n", "        position[0] = p\n"),), (DECODER,)),
+    Mutation("decoder: the gated norm reads z one element late", "megakernel/layered.py",
+             (("        z0 = c.conv_dim\n", "        z0 = c.conv_dim + 1\n"),), (DECODER,)),
+    # ---- the reference against transformers: only bit-exact comparison sees this
+    Mutation("reference: decode scales q by * Dk**-0.5 instead of / sqrt(Dk) (1-ulp differences)",
+             "reference/ops/gated_delta_rule.py",
+             (("    q = q / (Dk**0.5)  # decode divides", "    q = q * Dk**-0.5  # decode divides"),),
+             ("tests/test_vs_transformers.py::test_fp32_prefill_and_decode_match_transformers",)),
+]
+
+
+def check_texts(mutations, root: Path = ROOT) -> list[str]:
+    """Problems: every edit's old text must occur exactly once in its file (and differ from the new text)."""
+    problems = []
+    for m in mutations:
+        path = root / m.file
+        if not path.is_file():
+            problems.append(f"{m.name}: {m.file} does not exist")
+            continue
+        text = path.read_text()
+        for old, new in m.edits:
+            n = text.count(old)
+            if n != 1 or old == new:
+                first = old.strip().splitlines()[0] if old.strip() else repr(old)
+                problems.append(f"{m.name}: {m.file}: text found {n} times (must be once): {first!r}")
+    return problems
+
+
+def project_files(root: Path = ROOT) -> list[str]:
+    """Tracked and untracked non-ignored files of the working tree (what a clean checkout plus local edits has)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                         check=True, capture_output=True).stdout.decode()
+    return sorted({f for f in out.split("\0") if f and (root / f).is_file()})
+
+
+def copy_project(dest: Path, files: list[str], root: Path = ROOT) -> None:
+    for f in files:
+        target = dest / f
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / f, target)
+
+
+def apply(m: Mutation, tree: Path) -> None:
+    path = tree / m.file
+    text = path.read_text()
+    for old, new in m.edits:
+        if text.count(old) != 1:
+            raise SystemExit(f"{m.name}: {m.file}: planted text not found exactly once in the copy")
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
+
+
+def run_tests(tree: Path, tests, timeout: float):
+    """(status, detail, seconds): 'passed', 'failed' (detail: the first failing test), 'error' (pytest could not
+    run the selection: detail = the output's tail) or 'timeout'."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"no result after {timeout:.0f} s", time.monotonic() - t0
+    dt = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        return "passed", "", dt
+    failed = FAILED.findall(out)
+    if proc.returncode == 1 and failed:
+        return "failed", failed[0], dt
+    return "error", f"pytest exit {proc.returncode}: " + " | ".join(out.strip().splitlines()[-5:]), dt
+
+
+def check_imports_copy(tree: Path) -> None:
+    """The copy's packages must be the ones imported there (not an installed checkout elsewhere)."""
+    code = "import megakernel, reference; print(megakernel.__file__); print(reference.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True,
+                         env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONDONTWRITEBYTECODE="1"))
+    paths = out.stdout.split()
+    if out.returncode or len(paths) != 2 or not all(Path(p).resolve().is_relative_to(tree.resolve()) for p in paths):
+        raise SystemExit(f"the copy in {tree} imports the project from elsewhere ({out.stdout.strip()} "
+                         f"{out.stderr.strip()[-300:]}): run this with the project's interpreter, from any directory")
+
+
+def table(rows, markdown: bool) -> str:
+    head = ("mutation", "kind", "file", "result", "s")
+    body = [(m.name, "race" if m.race else "bug", m.file.replace(KERNELS, "kernels/"), result, f"{dt:.0f}")
+            for m, result, dt in rows]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in body + [head]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + body)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python tools/mutate.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("-k", action="append", default=[], help="only mutations whose name contains this (repeatable)")
+    p.add_argument("--check", action="store_true", help="only check that every planted text is found exactly once")
+    p.add_argument("--list", action="store_true", help="list the mutations and the tests that must catch each")
+    p.add_argument("--no-baseline", action="store_true", help="skip the run of the selected tests unmutated")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown (NOTES.md)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per mutation (default 1800)")
+    args = p.parse_args(argv)
+
+    chosen = [m for m in MUTATIONS if not args.k or any(k.lower() in m.name.lower() for k in args.k)]
+    if not chosen:
+        raise SystemExit(f"no mutation name contains any of {args.k}")
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}{'  [race]' if m.race else ''}\n    {m.file}\n    " + "\n    ".join(m.tests))
+        return 0
+    problems = check_texts(chosen)
+    if problems:
+        raise SystemExit("planted texts that do not match the sources exactly once (update MUTATIONS):\n  "
+                         + "\n  ".join(problems))
+    print(f"{len(chosen)} mutations: every planted text found exactly once", flush=True)
+    if args.check:
+        return 0
+
+    files = project_files()
+    with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
+        base = Path(tmp) / "baseline"
+        copy_project(base, files)
+        check_imports_copy(base)
+        if not args.no_baseline:
+            selection = list(dict.fromkeys(t for m in chosen for t in m.tests))
+            status, detail, dt = run_tests(base, selection, args.timeout * 2)
+            print(f"baseline ({len(selection)} selections, unmutated): {status} {detail} in {dt:.0f} s", flush=True)
+            if status != "passed":
+                raise SystemExit("the selected tests do not pass unmutated: fix that first")
+        rows = []
+        for i, m in enumerate(chosen):
+            tree = Path(tmp) / f"m{i}"
+            shutil.copytree(base, tree)  # from the snapshot: edits to the working tree meanwhile do not leak in
+            apply(m, tree)
+            status, detail, dt = run_tests(tree, m.tests, args.timeout)
+            result = {"failed": f"caught by {detail}", "passed": "MISSED", "timeout": "TIMEOUT (" + detail + ")",
+                      "error": "ERROR " + detail}[status]
+            rows.append((m, result, dt))
+            print(f"[{i + 1}/{len(chosen)}] {m.name}: {result} ({dt:.0f} s)", flush=True)
+            shutil.rmtree(tree, ignore_errors=True)
+    print()
+    print(table(rows, args.markdown))
+    missed = [m.name for m, result, _ in rows if not result.startswith("caught")]
+    print(f"\n{len(rows) - len(missed)} of {len(rows)} caught" + (f"; not caught: {len(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
