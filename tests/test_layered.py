@@ -49,7 +49,8 @@ def split_stages(checkpoint_factory):
     from megakernel.layered import LayeredDecoder, load
 
     ref = load(checkpoint_factory("kernel_split", config=SPLIT_CONFIG), "reference")
-    return ref, LayeredDecoder(ref, max_context=3 * attention.POSITIONS_PER_SPLIT, matvec_config=SPLIT_MATVEC)
+    return ref, LayeredDecoder(ref, max_context=3 * attention.POSITIONS_PER_SPLIT, prefill_mode="reference",
+                               matvec_config=SPLIT_MATVEC)
 
 
 def teacher_forced(ref, layered, prompt, steps):
