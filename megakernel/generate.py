@@ -43,6 +43,9 @@ parser.add_argument("--max-context", type=cli.positive_int, default=None, metava
                          f"GPU, {SIMULATOR_MAX_CONTEXT} in the CUDA simulator, at most the model's "
                          "max_position_embeddings)")
 parser.add_argument("--no-stop-at-eos", action="store_true", help="keep going after an end-of-sequence token")
+parser.add_argument("--prefill-mode", choices=("bf16", "fp32", "reference"), default=None,
+                    help="how a kernel stage prefills the prompt: bf16 matrix products (the default), the same code in "
+                         "fp32, or the reference model (its text then matches the reference stage token for token)")
 
 
 def check_args(args) -> None:
@@ -103,6 +106,8 @@ def main(args) -> int:
         args.model = (ensure_synthetic_checkpoint("tiny-synthetic", Qwen35Config.tiny()) if args.tiny
                       else ensure_synthetic_checkpoint())
     kwargs = {"max_context": args.max_context} if args.max_context else {}
+    if args.prefill_mode is not None and args.stage != "reference":
+        kwargs["prefill_mode"] = args.prefill_mode
     print(f"loading {args.model} for stage {args.stage} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     model = load(args.model, stage=args.stage, **kwargs)
