@@ -55,6 +55,11 @@ TOL_FP32 = 1e-3  # fp32 compute on bf16 weights vs the same in the reference (as
 # bf16 prefill (bf16 products, fp32 states) vs the reference computing in fp32: bf16 rounding of every product's
 # input and output through 24 layers; measured 3-6e-2 at the real shapes (tests/test_prefill.py explains)
 TOL_PREFILL_BF16 = 1e-1
+# States after a bf16 prefill, per element against its head's largest value: bf16 activations (2^-8 relative)
+# through 24 layers accumulate into the DeltaNet state over every prompt token; on the H200 (2026-11-26) the worst
+# element was 0.114 of its head's max (1 of 262,144, layer 22, 4,096 tokens) while the logits stayed within 0.04
+# and the greedy tokens identical. A real bug (a missed decay, a wrong head) is O(1).
+TOL_PREFILL_BF16_STATE = 0.15
 ORACLE_PIECE = 4096  # the reference prefills longer prompts in pieces of this many tokens (T x T scores)
 
 from megakernel.persistent.decoder import VERSIONS as PERSISTENT_VERSIONS  # noqa: E402
@@ -939,19 +944,21 @@ def check_prefill(model, oracle_model, ids: list[int], greedy_steps: int = 0) ->
     with torch.no_grad():
         ref_logits, ref_state = reference_prefill(oracle_model, ids, all_logits)
         parts, shorts = [], []
-        for mode, tol in (("fp32", TOL_FP32), ("bf16", TOL_PREFILL_BF16)):
+        for mode, tol, state_tol in (("fp32", TOL_FP32, TOL_FP32),
+                                     ("bf16", TOL_PREFILL_BF16, TOL_PREFILL_BF16_STATE)):
             state = DeviceState(model.config, model.device, T)
             logits, state = model.prefill(ids, state=state, last_only=not all_logits, mode=mode)
             try:
                 lg = check(f"{mode} prefill logits", ref_logits, logits, tol, verbose=False).rel
-                results = compare_states(ref_state, state.to_reference(), tol, prefix=f"{mode} ")
+                results = compare_states(ref_state, state.to_reference(), state_tol, prefix=f"{mode} ")
             except CheckFailed as e:
                 return PrefillCheck(False, f"prefill of {T} tokens vs the reference: {e}", f"prefill {mode} FAILED")
             del state, logits
             st = max([r.rel for r in results if "cache" not in r.name] or [0.0])  # conv and DeltaNet (fp32)
             kv = max([r.rel for r in results if "cache" in r.name] or [0.0])
-            parts.append(f"{'fp32 twin' if mode == 'fp32' else 'bf16'}: logits ({where}) {lg:.1e}, conv/DeltaNet "
-                         f"states {st:.1e} (tol {tol:.0e}), KV cache {kv:.1e} (tol {bf16_storage_tol(tol):.1e})")
+            parts.append(f"{'fp32 twin' if mode == 'fp32' else 'bf16'}: logits ({where}) {lg:.1e} (tol {tol:.0e}), "
+                         f"conv/DeltaNet states {st:.1e} (tol {state_tol:.0e}), KV cache {kv:.1e} (tol "
+                         f"{bf16_storage_tol(state_tol):.1e})")
             shorts.append(f"{mode} {max(lg, st):.0e}")
         del ref_state
         free_memory()

@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="n
 
 TOL_FP32 = 1e-3
 TOL_BF16 = 0.1
+TOL_BF16_STATE = 0.15  # per element against its head's max (megakernel.bench.systems.TOL_PREFILL_BF16_STATE)
 
 
 def _prompt(n: int, seed: int) -> list[int]:
@@ -58,7 +59,8 @@ def _state(decoder, capacity):
 
 def _errors(ref_logits, ref_state, logits, state, tol, prefix):
     worst = {"logits": check(prefix + "logits", ref_logits, logits, tol, verbose=False).rel}
-    for r in compare_states(ref_state, state.to_reference(), tol, prefix=prefix):
+    state_tol = TOL_BF16_STATE if tol == TOL_BF16 else tol
+    for r in compare_states(ref_state, state.to_reference(), state_tol, prefix=prefix):
         kind = "conv" if "conv" in r.name else "DeltaNet" if "DeltaNet" in r.name else "KV"
         worst[kind] = max(worst.get(kind, 0.0), r.rel)
     return worst
