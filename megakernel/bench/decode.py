@@ -441,9 +441,17 @@ class Bench:
         self.log(f"  {r['system']:<18} {r['workload']:<10} {r['tok_s']:>10,.1f} tok/s{spread}  "
                  f"{r['ms_per_token']:.3f} ms/token{frac}")
 
+    def _floor_from_this_gpu(self) -> None:
+        """On a GPU other than the H100 (and without --bandwidth), the floor is this GPU's measured copy."""
+        bw = self.results["measured_copy_bandwidth"]
+        if self.s.bandwidth is None and bw and "H100" not in str(self.results.get("device", "")):
+            results_mod.rescale_floor(self.results, bw, "this GPU's measured device copy")
+            self.bandwidth = bw
+
     # ---------------------------------------------------------------- everything
     def run(self, on_system_done=None) -> dict:
         self.results["measured_copy_bandwidth"] = measure_copy_bandwidth(self.device)
+        self._floor_from_this_gpu()
         total = sum(_units(n, self.s) for n in self.s.systems)
         try:
             from tqdm.auto import tqdm

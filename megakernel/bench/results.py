@@ -103,6 +103,24 @@ def merge_results(runs: list[dict]) -> dict:
     return merged
 
 
+def rescale_floor(results: dict, bandwidth: float, source: str) -> dict:
+    """The same results with the floor (and every row's fraction of it) at ``bandwidth`` bytes/s: a run on another
+    GPU than the H100 is measured against that GPU's own copy bandwidth, not the H100's."""
+    floor = results["floor"]
+    factor = floor["bandwidth_bytes_per_s"] / bandwidth
+    floor["bandwidth_bytes_per_s"] = bandwidth
+    floor["source"] = source
+    for entry in floor.get("decode", {}).values():
+        entry["ms_per_token"] *= factor
+        entry["tok_s"] /= factor
+    for r in results["rows"]:
+        if r.get("floor_ms_per_token") is not None:
+            r["floor_ms_per_token"] *= factor
+        if r.get("fraction_of_floor") is not None:
+            r["fraction_of_floor"] *= factor
+    return results
+
+
 def results_filename(results: dict) -> str:
     return f"bench_{results.get('device_slug', 'device')}_{results.get('date', 'undated')}.json"
 
