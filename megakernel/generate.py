@@ -111,6 +111,8 @@ def main(args) -> int:
     print(f"loading {args.model} for stage {args.stage} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     model = load(args.model, stage=args.stage, **kwargs)
+    if hasattr(model, "kernel"):  # the persistent stage: compile and size the grid now, not inside the timed decode
+        model.kernel()
     print(f"loaded in {time.perf_counter() - t0:.1f} s; prompt: {len(args.ids)} tokens", file=sys.stderr, flush=True)
 
     stream = TextStream(args.tokenizer)
