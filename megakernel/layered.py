@@ -37,13 +37,11 @@ from pathlib import Path
 import torch
 
 from reference.config import LINEAR
-from reference.model import Qwen35Model, as_token_id, as_token_list, generate_tokens, load_model
-from reference.state import ContextTooLongError
+from reference.model import Qwen35Model, as_token_id, generate_tokens
 
 from .kernels import attention, deltanet, embedding, fused_matvec, lm_head
 from .launch import NoGPUError, as_kernel_array, kernel_device, require_gpu, synchronize
 from .layout import DeviceState, DeviceWeights, check_supported
-
 from .prefill.modes import PREFILL_MODES, PrefillModes, check_prefill_mode  # noqa: F401 (re-exported)
 
 
@@ -110,13 +108,6 @@ class LayeredDecoder(PrefillModes):
         self.k["z"] = k(self.proj_linear[z0 : z0 + c.value_dim])
 
     # ------------------------------------------------------------------ public API (as the reference model)
-    def new_state(self, capacity: int | None = None) -> DeviceState:
-        capacity = capacity or self.max_context
-        if capacity > self.max_context:
-            raise ContextTooLongError(f"context too long: capacity {capacity} exceeds this decoder's max_context "
-                                      f"{self.max_context}")
-        return DeviceState(self.config, self.device, capacity)
-
     @torch.no_grad()
     def decode_step(self, token_id, state: DeviceState, trace: dict | None = None) -> torch.Tensor:
         """Feed one token at position ``state.length``; returns logits [V] fp32 (a copy) and advances the state.

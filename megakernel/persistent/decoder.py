@@ -22,7 +22,6 @@ import secrets
 import numpy as np
 import torch
 
-from reference.config import LINEAR
 from reference.model import Qwen35Model, as_token_id, as_token_list, generate_tokens
 from reference.sampling import check_sampling_args
 from reference.state import ContextTooLongError
@@ -236,13 +235,6 @@ class PersistentDecoder(PrefillModes):
         return barriers_per_token(self.config, version=self.version)
 
     # ------------------------------------------------------------------ public API (as the reference model)
-    def new_state(self, capacity: int | None = None) -> DeviceState:
-        capacity = capacity or self.max_context
-        if capacity > self.max_context:
-            raise ContextTooLongError(f"context too long: capacity {capacity} exceeds this decoder's max_context "
-                                      f"{self.max_context}")
-        return DeviceState(self.config, self.device, capacity)
-
     @torch.no_grad()
     def decode_step(self, token_id, state: DeviceState, trace: dict | None = None) -> torch.Tensor:
         """Feed one token at position ``state.length`` (one launch); returns logits [V] fp32 (a copy) and advances

@@ -134,7 +134,7 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int) ->
         _refuse("vocab_size", f"{c.vocab_size} does not fit the 32-bit argmax index")
     warps = threads // WARP
     D, F = c.hidden_size, c.intermediate_size
-    Hv, Dv, Dk = c.linear_num_value_heads, c.linear_value_head_dim, c.linear_key_head_dim
+    Hv, Dk = c.linear_num_value_heads, c.linear_key_head_dim
     Hq, Hkv, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     G_in = _pick_g(D, warps, "in_proj/qkv", "hidden_size")
     G_sw = _pick_g(D, warps, "MLP gate/up", "hidden_size", g_min=2 * min_parts(D))

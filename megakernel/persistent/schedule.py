@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from reference.config import LINEAR
 from reference.budget import decode_budget
 

@@ -36,7 +36,6 @@ q/k conv-state "last reader" counter and the argmax's "last block" ticket, each 
 
 from __future__ import annotations
 
-import numpy as np
 from numba import cuda
 from numba.cuda import float32, int32, int64
 

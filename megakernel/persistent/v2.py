@@ -43,7 +43,7 @@ from megakernel import device as D
 from ..kernels import lm_head as lmh
 from ..kernels.embedding import embed_rows
 from ..kernels.fused_matvec import dot_row_split, stage_gated, stage_norm
-from ..kernels.matvec import PARTS_LEN, SHARED_LIMIT_BYTES, WARP, stage_split
+from ..kernels.matvec import WARP, stage_split
 from ..launch import SIMULATOR, as_kernel_array
 from . import pages as PG
 from . import plan as P
@@ -207,7 +207,6 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                       counters, trace, prof, table, npages):
         smem_w = cuda.shared.array(0, int32)
         smem_f = cuda.shared.array(0, float32)
-        parts = cuda.shared.array(PARTS_LEN, float32)
         scratch = cuda.shared.array(32, float32)
         flag = cuda.shared.array(1, int32)
         keys = cuda.shared.array(WARP, int64)

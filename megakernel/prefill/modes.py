@@ -24,8 +24,18 @@ def check_prefill_mode(mode: str) -> str:
 
 
 class PrefillModes:
-    """Needs ``config``, ``reference``, ``weights`` (DeviceWeights), ``new_state()``, ``prefill_mode`` and a
-    ``_prefills`` dict on the stage."""
+    """The state a kernel stage decodes from, and how it is filled. Needs ``config``, ``device``, ``max_context``,
+    ``reference``, ``weights`` (DeviceWeights), ``prefill_mode`` and a ``_prefills`` dict on the stage."""
+
+    def new_state(self, capacity: int | None = None):
+        """An empty DeviceState of ``capacity`` positions (default: the stage's max_context)."""
+        from ..layout import DeviceState
+
+        capacity = capacity or self.max_context
+        if capacity > self.max_context:
+            raise ContextTooLongError(f"context too long: capacity {capacity} exceeds this decoder's max_context "
+                                      f"{self.max_context}")
+        return DeviceState(self.config, self.device, capacity)
 
     @torch.no_grad()
     def prefill(self, input_ids, state=None, last_only: bool = False, mode: str | None = None):
