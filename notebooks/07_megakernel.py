@@ -158,7 +158,7 @@ print(v1.__doc__[v1.__doc__.index("For Qwen3.5-0.8B"):v1.__doc__.index("Argument
 prompt = [3, 141, 59, 26, 5]
 t0 = time.perf_counter()
 report = compare.compare_pair(compare.LayeredRunner(layered, "layered"),
-                              compare.LayeredRunner(persistent, "persistent"), prompt, steps=3)
+                              compare.LayeredRunner(persistent, "persistent"), prompt, steps=2)
 print(compare.format_report(report, config))
 print(f"({time.perf_counter() - t0:.0f} s)")
 
