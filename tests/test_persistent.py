@@ -202,7 +202,9 @@ def test_schedule_dependencies_bytes_and_barriers():
                                                 step_phases)
     from reference.config import Qwen35Config as C
 
-    published = C.from_pretrained("data/qwen3.5-0.8b/config.json")
+    from reference.notebook import PUBLISHED_CONFIG
+
+    published = C.from_pretrained(PUBLISHED_CONFIG)
     assert barriers_per_token(published) == 134 and barriers_per_token(published, sample=True) == 135
     for config in (published, CONFIG):
         phases = step_phases(config, context=100)
