@@ -8,12 +8,33 @@ from __future__ import annotations
 
 import numpy as np
 from numba import cuda
+from numba.cuda import int64
 
 from ..kernels import attention as attn
 from ..kernels import deltanet as dn
 from ..kernels.matvec import WARP
 from ..layout import arena_layout
+from . import plan as P
 from . import tma
+
+_LOW32 = np.int64(0xFFFFFFFF)
+
+
+@cuda.jit(device=True)
+def seed_bits(ctl):
+    """The sampling seed's two 32-bit halves from the control block, as their bits (not signed int32 values)."""
+    return int64(ctl[P.CTL_SEED_LO]) & _LOW32, int64(ctl[P.CTL_SEED_HI]) & _LOW32
+
+
+@cuda.jit(device=True)
+def close_launch(first, position, pos0, done, ctl, token, count):
+    """Thread 0 of block 0, after the launch's last barrier: advance the device position by the steps done and
+    report them, the last token (the next launch may continue from it) and the barriers passed."""
+    if first:
+        position[0] = pos0 + done
+        ctl[P.CTL_DONE] = done
+        ctl[P.CTL_LAST] = token
+        ctl[P.CTL_BARRIERS] = count
 
 
 class Offsets:
@@ -157,4 +178,4 @@ def _out_of_line(body):
     return noinline(wrapper)
 
 
-__all__ = ["Offsets", "make_barrier", "make_mixers"]
+__all__ = ["Offsets", "make_barrier", "make_mixers", "seed_bits", "close_launch"]

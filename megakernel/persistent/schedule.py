@@ -153,18 +153,5 @@ def check_bytes(config, context: int = 1) -> None:
                             f"(+ {embed_row} B of embedding row)")
 
 
-def block_work(phase: Phase, block: int, nblocks: int, rows_per_block: int = 1) -> list[int]:
-    """The rows or items block ``block`` of ``nblocks`` takes in a phase (as the kernel's bodies distribute them:
-    rows in groups of ``rows_per_block`` = warps / G, items round-robin)."""
-    if phase.work == "all":
-        return [0] if block == 0 else []
-    if phase.work == "items":
-        return list(range(block, phase.units, nblocks))
-    out = []
-    for base in range(block * rows_per_block, phase.units, nblocks * rows_per_block):
-        out += [r for r in range(base, min(base + rows_per_block, phase.units))]
-    return out
-
-
 __all__ = ["Phase", "step_phases", "barriers_per_token", "check_dependencies", "check_bytes", "bytes_per_step",
-           "block_work", "ScheduleError"]
+           "ScheduleError"]

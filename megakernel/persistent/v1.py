@@ -47,7 +47,7 @@ from ..kernels import matvec as mv
 from ..kernels.embedding import embed_rows
 from ..kernels.matvec import PARTS_LEN, WARP
 from . import plan as P
-from .phases import Offsets, make_barrier, make_mixers
+from .phases import Offsets, close_launch, make_barrier, make_mixers, seed_bits
 
 VERSION = 1
 DESCRIPTION = "grid barrier after every phase (134 per 0.8B token); the layered kernels' bodies as phases"
@@ -199,8 +199,7 @@ def _build(plan, barriers: bool, profile: bool = False, max_registers: int | Non
                     for d in range(b * T + cuda.threadIdx.x, D_, nb * T):
                         trace[i, d] = scr[H0 + d]
             sample = ctl[P.CTL_SAMPLE] != 0
-            seed_lo = int64(ctl[P.CTL_SEED_LO]) & int64(0xFFFFFFFF)  # the seed's bits, not a signed value
-            seed_hi = int64(ctl[P.CTL_SEED_HI]) & int64(0xFFFFFFFF)
+            seed_lo, seed_hi = seed_bits(ctl)
             count = lm_head_and_token(Ww, Wf, scr, best, best_s, sample, D.bits_to_f32(ctl[P.CTL_INV_T]), seed_lo,
                                       seed_hi, pos, b, nb, ws, parts, scratch, keys, grid, count, prof)
             token = int32(best_s[3]) if sample else int32(best[3])
@@ -210,16 +209,8 @@ def _build(plan, barriers: bool, profile: bool = False, max_registers: int | Non
             if token == ctl[P.CTL_EOS]:
                 break
         count = barrier(grid, count, prof)  # every block has read position and ctl before they change
-        if first:
-            position[0] = pos0 + done
-            ctl[P.CTL_DONE] = done
-            ctl[P.CTL_LAST] = token
-            ctl[P.CTL_BARRIERS] = count
+        close_launch(first, position, pos0, done, ctl, token, count)
 
     return persistent_v1
 
 
-SIGNATURE = ("void(int32[::1], float32[::1], float32[:, :, :], float32[:, :, ::1], float32[:, :, :, ::1], "
-             "int16[:, :, :, ::1], int16[:, :, :, ::1], int32[::1], float32[::1], float32[:, ::1], "
-             "float32[:, :, ::1], float32[:, :, ::1], int32[::1], int64[::1], int64[::1], int32[::1], int32[::1], "
-             "float32[:, ::1], int64[:, ::1])")

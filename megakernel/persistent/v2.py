@@ -48,7 +48,7 @@ from ..launch import SIMULATOR, as_kernel_array
 from . import pages as PG
 from . import plan as P
 from . import tma
-from .phases import Offsets, make_barrier, make_mixers
+from .phases import Offsets, close_launch, make_barrier, make_mixers, seed_bits
 
 VERSION = 2
 DESCRIPTION = "weights streamed through a shared-memory ring by the copy engine, ahead of the barriers"
@@ -307,8 +307,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             lmh.publish_block_best(mine, best, nb, keys)
             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
             if ctl[P.CTL_SAMPLE] != 0:
-                seed_lo = int64(ctl[P.CTL_SEED_LO]) & int64(0xFFFFFFFF)
-                seed_hi = int64(ctl[P.CTL_SEED_HI]) & int64(0xFFFFFFFF)
+                seed_lo, seed_hi = seed_bits(ctl)
                 lmh.sample_gumbel_rows(logits, V, D.bits_to_f32(ctl[P.CTL_INV_T]), seed_lo, seed_hi, pos, best_s,
                                        b, nb, keys)
                 count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
@@ -324,19 +323,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             for g in range(cursor, issued):
                 tma.mbar_wait(bars, g % R_, (g // R_) & 1)
         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
-        if first:
-            position[0] = pos0 + done
-            ctl[P.CTL_DONE] = done
-            ctl[P.CTL_LAST] = token
-            ctl[P.CTL_BARRIERS] = count
+        close_launch(first, position, pos0, done, ctl, token, count)
 
     return persistent_v2
 
 
-SIGNATURE = ("void(int32[::1], float32[::1], float32[:, :, :], float32[:, :, ::1], float32[:, :, :, ::1], "
-             "int16[:, :, :, ::1], int16[:, :, :, ::1], int32[::1], float32[::1], float32[:, ::1], "
-             "float32[:, :, ::1], float32[:, :, ::1], int32[::1], int64[::1], int64[::1], int32[::1], int32[::1], "
-             "float32[:, ::1], int64[:, ::1], int32[:, :, ::1], int32[::1])")
 
 
 def extra_args(decoder) -> list:
@@ -351,8 +342,4 @@ def extra_args(decoder) -> list:
     return cached[1]
 
 
-def shared_limit(plan) -> int:
-    return SMEM_PER_BLOCK if not SIMULATOR else plan.shared_bytes
-
-
-__all__ = ["VERSION", "DESCRIPTION", "configure", "build", "kernel_key", "extra_args", "SIGNATURE"]
+__all__ = ["VERSION", "DESCRIPTION", "configure", "build", "kernel_key", "extra_args"]
