@@ -40,7 +40,7 @@ from reference.config import LINEAR
 from reference.model import Qwen35Model, as_token_id, generate_tokens
 
 from .kernels import attention, deltanet, embedding, fused_matvec, lm_head
-from .launch import NoGPUError, as_kernel_array, kernel_device, require_gpu, synchronize
+from .launch import NoGPUError, as_kernel_array, require_gpu, synchronize
 from .layout import DeviceState, DeviceWeights, check_supported
 from .prefill.modes import PREFILL_MODES, PrefillModes, check_prefill_mode  # noqa: F401 (re-exported)
 
@@ -69,12 +69,8 @@ class LayeredDecoder(PrefillModes):
             raise ValueError(f"matvec_config must be (warps_per_block, G), two positive integers; got "
                              f"{matvec_config!r}")
         self.matvec_config = None if matvec_config is None else tuple(matvec_config)
-        self.config = c = reference.config
-        self.reference = reference  # the oracle in comparisons, and prefill_mode="reference"
-        self.prefill_mode = check_prefill_mode(prefill_mode)
-        self._prefills: dict = {}
-        self.device = kernel_device()
-        self.max_context = min(max_context, c.max_position_embeddings)
+        self._setup_stage(reference, max_context, prefill_mode)
+        c = self.config
         self.weights = DeviceWeights(c, reference.weights, self.device)
         self.sizes_deltanet = deltanet.deltanet_sizes(c)
         self.sizes_attention = attention.attention_sizes(c)

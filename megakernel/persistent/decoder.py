@@ -27,10 +27,9 @@ from reference.sampling import check_sampling_args
 from reference.state import ContextTooLongError
 
 from ..kernels import lm_head as lmh
-from ..launch import (SIMULATOR, allow_dynamic_shared, as_kernel_array, current_stream, halves, kernel_device,
-                      require_gpu)
+from ..launch import SIMULATOR, allow_dynamic_shared, as_kernel_array, current_stream, halves, require_gpu
 from ..layout import DeviceState, DeviceWeights, check_supported
-from ..prefill.modes import PrefillModes, check_prefill_mode
+from ..prefill.modes import PrefillModes
 from . import plan as P
 from . import v1, v2
 
@@ -61,12 +60,8 @@ class PersistentDecoder(PrefillModes):
         if version not in VERSIONS:
             raise ValueError(f"unknown persistent kernel version {version!r}: choose one of {sorted(VERSIONS)}")
         self.version, self.module = version, VERSIONS[version]
-        self.config = c = reference.config
-        self.reference = reference  # the oracle in comparisons, and prefill_mode="reference"
-        self.prefill_mode = check_prefill_mode(prefill_mode)
-        self._prefills: dict = {}
-        self.device = kernel_device()
-        self.max_context = min(max_context, c.max_position_embeddings)
+        self._setup_stage(reference, max_context, prefill_mode)
+        c = self.config
         threads = threads or (SIMULATOR_THREADS if SIMULATOR else DEFAULT_THREADS)
         self.plan = P.make_plan(c, self.max_context, threads, blocks or 1)
         configure = getattr(self.module, "configure", None)

@@ -14,6 +14,8 @@ import torch
 from reference.model import as_token_list
 from reference.state import ContextTooLongError
 
+from ..launch import kernel_device
+
 PREFILL_MODES = ("bf16", "fp32", "reference")
 
 
@@ -26,6 +28,16 @@ def check_prefill_mode(mode: str) -> str:
 class PrefillModes:
     """The state a kernel stage decodes from, and how it is filled. Needs ``config``, ``device``, ``max_context``,
     ``reference``, ``weights`` (DeviceWeights), ``prefill_mode`` and a ``_prefills`` dict on the stage."""
+
+    def _setup_stage(self, reference, max_context: int, prefill_mode: str) -> None:
+        """What both kernel stages set up first: the config, the reference (the oracle in comparisons, and
+        prefill_mode="reference"), the prefill mode, the kernel device and the KV-cache capacity."""
+        self.config = reference.config
+        self.reference = reference
+        self.prefill_mode = check_prefill_mode(prefill_mode)
+        self._prefills: dict = {}
+        self.device = kernel_device()
+        self.max_context = min(max_context, self.config.max_position_embeddings)
 
     def new_state(self, capacity: int | None = None):
         """An empty DeviceState of ``capacity`` positions (default: the stage's max_context)."""
