@@ -32,17 +32,11 @@ parser.add_argument("--model", metavar="DIR",
 parser.add_argument("--tiny", action="store_true",
                     help="use the tiny synthetic config instead (what the CUDA simulator runs; its vocabulary knows "
                          "only short ASCII pieces such as 'a.')")
-parser.add_argument("--prompt", default="The quick brown fox", metavar="TEXT",
-                    help="the prompt text (default: %(default)r)")
-parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template (one user turn)")
-parser.add_argument("--max-new-tokens", type=cli.positive_int, default=32, metavar="N",
-                    help="tokens to generate, >= 1 (default: %(default)s; fewer if EOS comes first)")
-cli.add_sampling_arguments(parser)
+cli.add_generation_arguments(parser)
 parser.add_argument("--max-context", type=cli.positive_int, default=None, metavar="N",
                     help=f"KV-cache capacity of the kernel stages, in tokens (default: {DEFAULT_MAX_CONTEXT} on a "
                          f"GPU, {SIMULATOR_MAX_CONTEXT} in the CUDA simulator, at most the model's "
                          "max_position_embeddings)")
-parser.add_argument("--no-stop-at-eos", action="store_true", help="keep going after an end-of-sequence token")
 parser.add_argument("--prefill-mode", choices=("bf16", "fp32", "reference"), default=None,
                     help="how a kernel stage prefills the prompt: bf16 matrix products (the default), the same code in "
                          "fp32, or the reference model (its text then matches the reference stage token for token)")

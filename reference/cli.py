@@ -190,6 +190,18 @@ def name_list(choices, what: str = "name", allow_all: bool = False):
 
 
 # ------------------------------------------------------------------------------------------ shared arguments
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """What every text-generating CLI takes: --prompt, --chat, --max-new-tokens, the sampling options and
+    --no-stop-at-eos."""
+    p.add_argument("--prompt", default="The quick brown fox", metavar="TEXT",
+                   help="the prompt text (default: %(default)r)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template (one user turn)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, metavar="N",
+                   help="tokens to generate, >= 1 (default: %(default)s; fewer if EOS comes first)")
+    add_sampling_arguments(p)
+    p.add_argument("--no-stop-at-eos", action="store_true", help="keep going after an end-of-sequence token")
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """--temperature, --top-k, --top-p, --seed, checked by type (the sampler's own checks, as one-line errors)."""
     p.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",
@@ -248,5 +260,5 @@ def check_prompt(flag: str, ids: list[int], config, max_new_tokens: int, capacit
 
 __all__ = ["EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED", "UsageError", "Parser", "parser", "command",
            "one_line", "positive_int", "non_negative_int", "seed", "non_negative_float", "positive_float",
-           "probability", "positive_int_list", "name_list", "add_sampling_arguments", "checkpoint_config",
-           "checkpoint_argument", "check_prompt"]
+           "probability", "positive_int_list", "name_list", "add_sampling_arguments", "add_generation_arguments",
+           "checkpoint_config", "checkpoint_argument", "check_prompt"]

@@ -22,17 +22,11 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 parser = cli.parser("reference.generate", __doc__)
 parser.add_argument("--model", metavar="DIR",
                     help="checkpoint directory (default: the synthetic 0.8B checkpoint, generated on first use)")
-parser.add_argument("--prompt", default="The quick brown fox", metavar="TEXT",
-                    help="the prompt text (default: %(default)r)")
-parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template (one user turn)")
-parser.add_argument("--max-new-tokens", type=cli.positive_int, default=32, metavar="N",
-                    help="tokens to generate, >= 1 (default: %(default)s; fewer if EOS comes first)")
-cli.add_sampling_arguments(parser)
+cli.add_generation_arguments(parser)
 parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                     help="compute dtype of the weights and activations (default: %(default)s)")
 parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
                     help="where the model runs (default here: %(default)s)")
-parser.add_argument("--no-stop-at-eos", action="store_true", help="keep going after an end-of-sequence token")
 
 
 def check_args(args) -> None:
