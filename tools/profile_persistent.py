@@ -3,7 +3,9 @@ a timeline chart (blocks x time).
 
 Usage: python tools/profile_persistent.py OUT_DIR [VARIANTS] [CONTEXT]
   VARIANTS  comma-separated: a version ("1", "2") with build options after "+": "2+ool" (mixer bodies out of
-            line), "2+l2=6" (prefetch 6 pages ahead into L2), "2+ool+l2=6"; default "1,2"."""
+            line), "2+l2=6" (prefetch 6 pages ahead into L2), "2+ring=3+page=16" (another weight ring),
+            "2+pf" (mixer inputs prefetched into L2), "2+cbar" (counter barrier), "2+nocompute" / "2+nomixer"
+            (timing experiments: skip the dot products / the mixers); default "1,2"."""
 
 import sys
 from pathlib import Path
@@ -32,6 +34,16 @@ def parse(variant):
             options["out_of_line"] = True
         elif o.startswith("l2="):
             options["l2_ahead"] = int(o[3:])
+        elif o.startswith("ring="):
+            options["ring"] = int(o[5:])
+        elif o.startswith("page="):
+            options["page_kb"] = int(o[5:])
+        elif o in ("nocompute", "nomixer"):
+            options[o] = True
+        elif o == "pf":
+            options["prefetch"] = True
+        elif o == "cbar":
+            options["counter"] = True
         else:
             raise SystemExit(f"unknown option {o!r} in variant {variant!r}")
     return int(version), options

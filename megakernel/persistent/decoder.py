@@ -66,7 +66,7 @@ class PersistentDecoder(PrefillModes):
         self.plan = P.make_plan(c, self.max_context, threads, blocks or 1)
         configure = getattr(self.module, "configure", None)
         if configure is not None:
-            self.plan = configure(self.plan)
+            self.plan = configure(self.plan, **dict(options or {}))
         self.requested_blocks = blocks
         self.barriers = barriers
         self.profile = profile  # a kernel that records every block's arrival at / departure from each barrier

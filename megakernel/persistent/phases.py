@@ -68,9 +68,14 @@ class Offsets:
         self.lay = lay
 
 
-def make_barrier(enabled: bool, profile: bool = False):
+def make_barrier(enabled: bool, profile: bool = False, counter: bool = False):
     """``count = barrier(grid, count, prof)``: a grid barrier (counted, so the host can check the schedule), or
     with ``enabled=False`` only the count: the test-only switch that shows what the barriers are for.
+
+    ``counter``: instead of the cooperative ``grid.sync()``, a counter barrier in the control block (``grid`` is
+    then the ``ctl`` array): thread 0 of each block reads the generation, fences (release), adds 1 to the arrival
+    count; the last to arrive resets the count, fences and bumps the generation; the others spin (atomic reads)
+    until it changes, then fence (acquire). The grid is still launched cooperatively (co-residency).
 
     With ``profile``, thread 0 of every block records the GPU's global timer when it arrives at barrier ``k`` and
     when it leaves it, in ``prof[block, 2k]`` and ``prof[block, 2k + 1]`` (``prof``: int64 [blocks, 2 x barriers
@@ -78,6 +83,24 @@ def make_barrier(enabled: bool, profile: bool = False):
     wait ``prof[b, 2k + 1] - prof[b, 2k]`` (``megakernel.persistent.profile`` turns that into a timeline)."""
     ENABLED = enabled
     PROFILE = profile
+    COUNTER = counter
+    COUNT, GEN = P.CTL_BAR_COUNT, P.CTL_BAR_GEN
+
+    @cuda.jit(device=True)
+    def counter_sync(ctl):
+        cuda.syncthreads()  # the block's work is done
+        if cuda.threadIdx.x == 0:
+            gen = cuda.atomic.add(ctl, GEN, 0)
+            cuda.threadfence()
+            if cuda.atomic.add(ctl, COUNT, 1) == cuda.gridDim.x - 1:
+                cuda.atomic.exch(ctl, COUNT, 0)
+                cuda.threadfence()
+                cuda.atomic.add(ctl, GEN, 1)
+            else:
+                while cuda.atomic.add(ctl, GEN, 0) == gen:
+                    pass
+            cuda.threadfence()
+        cuda.syncthreads()
 
     @cuda.jit(device=True)
     def barrier(grid, count, prof):
@@ -85,7 +108,10 @@ def make_barrier(enabled: bool, profile: bool = False):
             if cuda.threadIdx.x == 0 and 2 * count + 1 < prof.shape[1]:
                 prof[cuda.blockIdx.x, 2 * count] = tma.globaltimer()
         if ENABLED:
-            grid.sync()
+            if COUNTER:
+                counter_sync(grid)
+            else:
+                grid.sync()
         if PROFILE:
             if cuda.threadIdx.x == 0 and 2 * count + 1 < prof.shape[1]:
                 prof[cuda.blockIdx.x, 2 * count + 1] = tma.globaltimer()
@@ -155,6 +181,88 @@ def make_mixers(plan, barrier, out_of_line: bool = False):
     return deltanet_core, attention_core
 
 
+def make_barrier_handle(counter: bool = False):
+    """``grid = handle(ctl)``: what ``make_barrier(..., counter)``'s barrier takes as ``grid``: the control block
+    for the counter barrier, the cooperative grid group otherwise."""
+    if counter:
+        @cuda.jit(device=True)
+        def handle(ctl):
+            return ctl
+    else:
+        @cuda.jit(device=True)
+        def handle(ctl):
+            return cuda.cg.this_grid()
+    return handle
+
+
+def make_prefetchers(plan):
+    """(prefetch_deltanet, prefetch_kv): L2 prefetches of what a block's mixer items will read from HBM, issued a
+    phase ahead (the mixer's loads then hit L2 instead of queueing behind the weight stream).
+
+    prefetch_deltanet(j, b, nb, rec, conv, Wf): the state slabs, conv-state and conv-weight rows of block ``b``'s
+        DeltaNet items of linear layer ``j``;
+    prefetch_kv(j, pos, b, nb, kc, vc): the K and V rows block ``b``'s attention-decode items of attention layer
+        ``j`` will score at position ``pos`` (at most ``KV_PREFETCH_BYTES`` per item and tensor).
+    """
+    o = Offsets(plan)
+    T = o.T
+    Hk, Hv, Dk, Dv, K = o.Hk, o.Hv, o.Dk, o.Dv, o.KC
+    G = max(1, Hv // max(Hk, 1))
+    CW = plan.cw
+    NS = max(1, Dv // CW)
+    N_DN = o.N_DN
+    C = o.C
+    KM1 = K - 1
+    KD = Hk * Dk
+    V_OFF = 2 * Hk * Dk
+    F_CONV, CS = o.lay.conv_w, o.lay.conv_stride
+    Hkv, Dh, S_MAX = o.Hkv, o.Dh, o.S_MAX
+    KV_ROWS = max(1, KV_PREFETCH_BYTES // (2 * Dh))
+    LINE_F = 32  # float32 elements per 128-byte line
+    LINE_H = 64  # bf16 elements per line
+
+    @cuda.jit(device=True)
+    def span(arr, start, n, per_line, first, stride):
+        """Lines of ``arr[start:start+n]`` (flat), one per thread from ``first`` in steps of ``stride``."""
+        for i in range(first, (n + per_line - 1) // per_line + 1 if n > 0 else 0, stride):
+            tma.prefetch_line(arr, start + min(i * per_line, n - 1))
+
+    @cuda.jit(device=True)
+    def prefetch_deltanet(j, b, nb, rec, conv, Wf):
+        tid = cuda.threadIdx.x
+        for item in range(b, N_DN, nb):
+            h = item // NS
+            s = item % NS
+            hk = h // G
+            for r in range(tid, Dk, T):  # the state slab: Dk rows of CW columns
+                tma.prefetch_line(rec, ((j * Hv + h) * Dk + r) * Dv + s * CW)
+            span(conv, (j * C + hk * Dk) * KM1, Dk * KM1, LINE_F, tid, T)
+            span(conv, (j * C + KD + hk * Dk) * KM1, Dk * KM1, LINE_F, tid, T)
+            span(conv, (j * C + V_OFF + h * Dv + s * CW) * KM1, CW * KM1, LINE_F, tid, T)
+            span(Wf, F_CONV + j * CS + hk * Dk * K, Dk * K, LINE_F, tid, T)
+            span(Wf, F_CONV + j * CS + (KD + hk * Dk) * K, Dk * K, LINE_F, tid, T)
+            span(Wf, F_CONV + j * CS + (V_OFF + h * Dv + s * CW) * K, CW * K, LINE_F, tid, T)
+
+    @cuda.jit(device=True)
+    def prefetch_kv(j, pos, b, nb, kc, vc):
+        tid = cuda.threadIdx.x
+        length = pos + 1
+        ns = attn.splits_for_length(S_MAX, length)
+        for item in range(b, Hkv * ns, nb):
+            kvh = item // ns
+            split = item % ns
+            start = (split * length) // ns
+            end = min(((split + 1) * length) // ns, start + KV_ROWS)
+            base = ((j * Hkv + kvh) * kc.shape[2] + start) * Dh
+            span(kc, base, (end - start) * Dh, LINE_H, tid, T)
+            span(vc, base, (end - start) * Dh, LINE_H, tid, T)
+
+    return prefetch_deltanet, prefetch_kv
+
+
+KV_PREFETCH_BYTES = 64 * 1024
+
+
 def _out_of_line(body):
     """A ``noinline`` wrapper around a device body (the body itself stays inlinable for the layered kernels)."""
     from .noinline import noinline
@@ -178,4 +286,4 @@ def _out_of_line(body):
     return noinline(wrapper)
 
 
-__all__ = ["Offsets", "make_barrier", "make_mixers", "seed_bits", "close_launch"]
+__all__ = ["Offsets", "make_barrier", "make_mixers", "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]

@@ -49,6 +49,8 @@ CTL_TRACE = 7        # in: 1 = write the hidden state after every layer to ``tra
 CTL_DONE = 8         # out: steps done (< CTL_STEPS when EOS stopped it)
 CTL_LAST = 9         # out: the last token chosen
 CTL_BARRIERS = 10    # out: grid barriers each block passed (checked against the schedule)
+CTL_BAR_COUNT = 11   # kernel: the counter barrier's arrivals (0 between barriers, so 0 at every launch)
+CTL_BAR_GEN = 12     # kernel: the counter barrier's generation (bumped by the last block to arrive)
 CTL_LEN = 16
 
 ALIGN = 64  # floats: 256 bytes
@@ -199,4 +201,4 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int) ->
 
 
 __all__ = ["Plan", "make_plan", "CTL_TOKEN", "CTL_STEPS", "CTL_EOS", "CTL_SAMPLE", "CTL_SEED_LO", "CTL_SEED_HI",
-           "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_LEN"]
+           "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_BAR_COUNT", "CTL_BAR_GEN", "CTL_LEN"]

@@ -20,6 +20,8 @@ shared array of mbarriers, ``slot`` an index into it):
                                         (the copy engine is another "proxy" than the threads' loads and stores)
 ``fence_mbarrier_init()``               make initialised mbarriers visible to the copy engine
 ``prefetch_l2(src, s, n)``              start bringing ``src[s:s+n]`` into L2 (no destination; a hint)
+``prefetch_line(arr, i)``               one thread: bring the 128-byte line of element ``i`` of the C-contiguous
+                                        array ``arr`` (any rank, ``i`` its flat index) into L2 (a hint)
 ``shared_address(arr)``                 the 32-bit shared-memory address of ``arr[0]`` (for alignment)
 ``globaltimer()``                       nanoseconds on the GPU's global timer (the same clock on every SM)
 =====================================  ============================================================================
@@ -69,6 +71,9 @@ if SIMULATOR:
         pass
 
     def prefetch_l2(src, s, n):
+        pass
+
+    def prefetch_line(arr, i):
         pass
 
     def shared_address(arr):
@@ -195,6 +200,20 @@ else:
         return types.void(src, s, n), codegen
 
     @intrinsic
+    def prefetch_line(typingctx, arr, i):
+        """``prefetch.global.L2`` of the line holding element ``i`` (flat index) of a C-contiguous array."""
+        if not (isinstance(arr, types.Array) and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = _gmem(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            builder.asm(ir.FunctionType(ir.VoidType(), [_i64]), "prefetch.global.L2 [$0];", "l", [a],
+                        side_effect=True)
+            return context.get_dummy_value()
+
+        return types.void(arr, i), codegen
+
+    @intrinsic
     def fence_mbarrier_init(typingctx):
         def codegen(context, builder, sig, args):
             builder.asm(ir.FunctionType(ir.VoidType(), []), "fence.mbarrier_init.release.cluster;", "", [],
@@ -232,4 +251,4 @@ else:
 
 
 __all__ = ["mbar_init", "mbar_expect", "bulk_copy", "mbar_wait", "fence_proxy_async", "fence_mbarrier_init",
-           "shared_address", "globaltimer", "prefetch_l2"]
+           "shared_address", "globaltimer", "prefetch_l2", "prefetch_line"]

@@ -48,7 +48,7 @@ from ..launch import SIMULATOR, as_kernel_array
 from . import pages as PG
 from . import plan as P
 from . import tma
-from .phases import Offsets, close_launch, make_barrier, make_mixers, seed_bits
+from .phases import Offsets, close_launch, make_barrier, make_barrier_handle, make_mixers, make_prefetchers, seed_bits
 
 VERSION = 2
 DESCRIPTION = "weights streamed through a shared-memory ring by the copy engine, ahead of the barriers"
@@ -59,19 +59,19 @@ SIM_RING_PAGES = 3
 SMEM_PER_BLOCK = 227 * 1024  # H100: dynamic + static shared memory one block may use (after opting in)
 
 
-def configure(plan):
+def configure(plan, ring: int | None = None, page_kb: int | None = None, **_options):
     """The plan with the ring's size: as many 32 KB pages as fit next to the workspace (at most ``RING_PAGES``);
     in the simulator 3 small pages (two rows of the widest phase each), so rows, pages and ring wrap-around are
-    all exercised on a tiny model."""
+    all exercised on a tiny model. ``ring`` / ``page_kb``: another ring (measured variants, NOTES.md)."""
     c = plan.config
     widest = max(ph.k // 2 * (2 if ph.kind == PG.K_SWIGLU else 1) for ph in PG.rows_phases(c))
     if SIMULATOR:
         words = -(-2 * widest // 4) * 4
         return dataclasses.replace(plan, ring_pages=SIM_RING_PAGES, page_words=words)
-    words = max(PAGE_WORDS, -(-widest // 4) * 4)
+    words = max(page_kb * 256 if page_kb else PAGE_WORDS, -(-widest // 4) * 4)
     static = 2048  # parts, scratch, keys, flag, mbarriers, rounded up
     pages = (SMEM_PER_BLOCK - static - 4 * plan.workspace - 128) // (4 * words)
-    pages = min(RING_PAGES, pages)
+    pages = min(ring or RING_PAGES, pages)
     if pages < 2:
         raise P.UnsupportedConfigError(f"config not supported by persistent kernel v2: hidden/MLP sizes leave room "
                                        f"for {pages} weight pages of {4 * words} B in shared memory (need 2)")
@@ -85,7 +85,8 @@ def kernel_key(plan) -> tuple:
 _BUILT: dict = {}
 
 
-OPTIONS = {"out_of_line": False, "l2_ahead": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": False, "prefetch": False,
+           "counter": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
@@ -97,10 +98,17 @@ def build(plan_key, plan, barriers: bool = True, profile: bool = False, **option
     return kernel
 
 
-def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0):
+def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0,
+           nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, counter: bool = False,
+           ring=None, page_kb=None):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
-    pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer)."""
+    pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
+    Timing experiments only (wrong results, the token clamped to the vocabulary): ``nocompute`` waits for every
+    page but skips its dot products; ``nomixer`` skips the DeltaNet and attention bodies (barriers kept).
+    ``ring`` / ``page_kb`` are read by ``configure``. ``prefetch``: the mixers' HBM inputs (DeltaNet state and
+    conv rows, the KV rows to score) into L2 at the start of the projection before them (``make_prefetchers``);
+    ``counter``: the counter barrier instead of ``grid.sync()`` (``make_barrier``)."""
     o = Offsets(plan)
     lay = o.lay
     T, NW, D_, F, V, EPS, L, KIND, SLOT = o.T, o.NW, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
@@ -116,9 +124,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     XS = plan.workspace
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
     NO_KEY = np.int64(lmh.INT64_MIN)
-    barrier = make_barrier(barriers, profile)
+    barrier = make_barrier(barriers, profile, counter)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line)
+    prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
+    PREFETCH = prefetch
+    barrier_handle = make_barrier_handle(counter)
     L2_AHEAD = l2_ahead
+    COMPUTE = not nocompute
+    MIXERS = not nomixer
+    CLAMP = nocompute or nomixer
 
     @cuda.jit(device=True)
     def bar(grid, count, prof, issued, prefetched, total, b, pb, table, Ww):
@@ -172,7 +186,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             slot = cursor % R_
             tma.mbar_wait(bars, slot, (cursor // R_) & 1)
             base = slot * PW
-            for r in range(warp, nrows, NW):
+            for r in range(warp, nrows if COMPUTE else 0, NW):
                 acc = D.warp_sum(dot_row_split(ring, (base + r * kw) // 4, xs, nv, lane))
                 row = row0 + r
                 if kind == K_SWIGLU:
@@ -211,7 +225,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         flag = cuda.shared.array(1, int32)
         keys = cuda.shared.array(WARP, int64)
         bars = cuda.shared.array(R_, int64)
-        grid = cuda.cg.this_grid()
+        grid = barrier_handle(ctl)
         b = cuda.blockIdx.x
         nb = cuda.gridDim.x
         tid = cuda.threadIdx.x
@@ -250,6 +264,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
             for i in range(L):
                 j = SLOT[i]
+                if PREFETCH:
+                    if KIND[i] == 0:
+                        if HAS_LIN:
+                            prefetch_deltanet(j, b, nb, rec, conv, Wf)
+                    elif HAS_ATT:
+                        prefetch_kv(j, pos, b, nb, kc, vc)
                 in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
                 rstd = D.rsqrt(stage_norm(h, in_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
                 if KIND[i] == 0:
@@ -258,8 +278,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
-                        count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag, grid,
-                                              count, prof)
+                        if MIXERS:
+                            count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag, grid,
+                                                  count, prof)
+                        else:
+                            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
                         stage_gated(scr[OL0:OL0 + HVDV], scr[PL0 + C:PL0 + C + HVDV], gn, xs, Hv, Dv, EPS)
                         cuda.syncthreads()
@@ -273,8 +296,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
-                        count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid,
-                                               count, prof)
+                        if MIXERS:
+                            count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid,
+                                                   count, prof)
+                        else:
+                            for _ in range(3):
+                                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         stage_split(scr[AO0:AO0 + HQDH], xs, HQDH // 8)
                         cuda.syncthreads()
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
@@ -314,6 +341,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 token = int32(best_s[3])
             else:
                 token = int32(best[3])
+            if CLAMP:
+                token = min(max(token, 0), V - 1)
             if first:
                 tokens[pos] = token
             done = step + 1
