@@ -69,6 +69,27 @@ def test_logits_every_state_and_layer_and_n_tokens_per_launch(ref, pers):
     assert pers.last_run["steps"] == 3 and pers.last_run["barriers"] == 3 * pers.barriers_per_step() + 1
 
 
+def test_finer_attention_splits_over_a_longer_context(ref):
+    """Version 3 splits the context every 16 positions, at most one item per block: after a 40-token prompt
+    the 3 blocks each score a split (3 partials per head to combine). Logits and every state vs the reference."""
+    from megakernel.kernels.attention import attention_splits
+    from megakernel.persistent import PersistentDecoder
+    from megakernel.persistent.v3 import POSITIONS_PER_SPLIT
+
+    dec = PersistentDecoder(ref, max_context=64, version=3, prefill_mode="reference")
+    prompt = [(7 * i + 3) % CONFIG.vocab_size for i in range(40)]
+    ref_logits, ref_state = ref.prefill(prompt)
+    _, state = dec.prefill(prompt)
+    token = int(ref_logits[-1].argmax())
+    for step in range(2):
+        out = dec.decode_step(token, state)
+        expected = ref.decode_step(token, ref_state)
+        check(f"v3 context {41 + step} logits", expected, out, TOL)
+        compare_states(ref_state, state.to_reference(), TOL, prefix=f"v3 step {step} ")
+        token = int(expected.argmax())
+    assert min(attention_splits(41, POSITIONS_PER_SPLIT), dec.blocks // CONFIG.num_key_value_heads) == 3
+
+
 def test_eos_stops_the_launch(ref):
     """A token chosen inside the launch equal to the EOS id ends the launch after it. (Sampled at a high
     temperature: this tiny model's greedy text repeats one token; the draws are fixed by the seed.)"""

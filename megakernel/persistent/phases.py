@@ -120,6 +120,25 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False):
     return barrier
 
 
+def make_splits(plan):
+    """``ns = splits(length, nb)``: attention-decode splits in use for ``length`` cached positions on a grid of
+    ``nb`` blocks: one per ``plan.positions_per_split`` positions, at most ``plan.max_splits``
+    (``attention.attention_splits``); with ``plan.splits_fit_grid`` also at most one item per block
+    (``nb // Hkv`` splits: a second round of items would double the phase)."""
+    PPS, S_MAX = plan.positions_per_split, plan.max_splits
+    FIT = plan.splits_fit_grid
+    HKV = max(1, plan.config.num_key_value_heads)
+
+    @cuda.jit(device=True)
+    def splits(length, nb):
+        n = min(S_MAX, (length + PPS - 1) // PPS)
+        if FIT:
+            n = min(n, nb // HKV)
+        return max(1, n)
+
+    return splits
+
+
 def make_mixers(plan, barrier, out_of_line: bool = False):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
@@ -140,6 +159,7 @@ def make_mixers(plan, barrier, out_of_line: bool = False):
     lay = o.lay
     F_ALOG, F_DT, LSS = lay.A_log, lay.dt_bias, lay.lin_small_stride
     F_QN, F_KN, ASS, F_FREQ = lay.q_norm, lay.k_norm, lay.att_small_stride, lay.inv_freq
+    splits = make_splits(plan)
     dn_body = dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T) if o.HAS_LIN else None
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
@@ -170,7 +190,7 @@ def make_mixers(plan, barrier, out_of_line: bool = False):
             prep_body(item, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)
         count = barrier(grid, count, prof)
         length = pos + 1
-        ns = attn.splits_for_length(S_MAX, length)
+        ns = splits(length, nb)
         for item in range(b, Hkv * ns, nb):
             dec_body(item // ns, item % ns, ns, length, q, kc[j], vc[j], pml, po, ws)
         count = barrier(grid, count, prof)
@@ -220,6 +240,7 @@ def make_prefetchers(plan):
     KV_ROWS = max(1, KV_PREFETCH_BYTES // (2 * Dh))
     LINE_F = 32  # float32 elements per 128-byte line
     LINE_H = 64  # bf16 elements per line
+    splits = make_splits(plan)
 
     @cuda.jit(device=True)
     def span(arr, start, n, per_line, first, stride):
@@ -247,7 +268,7 @@ def make_prefetchers(plan):
     def prefetch_kv(j, pos, b, nb, kc, vc):
         tid = cuda.threadIdx.x
         length = pos + 1
-        ns = attn.splits_for_length(S_MAX, length)
+        ns = splits(length, nb)
         for item in range(b, Hkv * ns, nb):
             kvh = item // ns
             split = item % ns

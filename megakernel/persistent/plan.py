@@ -79,6 +79,8 @@ class Plan:
     scratch_len: int = 0
     ring_pages: int = 0      # version 2+: shared-memory slots of the weight stream
     page_words: int = 0      # version 2+: 32-bit words per slot
+    positions_per_split: int = attn.POSITIONS_PER_SPLIT  # attention: cached positions per decode work item
+    splits_fit_grid: bool = False  # attention: at most one decode item per block (fewer splits on long contexts)
 
     @property
     def warps(self) -> int:
@@ -121,8 +123,10 @@ def _pick_g(k: int, warps: int, what: str, field_name: str, g_min: int | None = 
     return g
 
 
-def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int) -> Plan:
-    """The plan for a config (refuses what the kernel cannot run, naming the field)."""
+def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
+              positions_per_split: int = attn.POSITIONS_PER_SPLIT) -> Plan:
+    """The plan for a config (refuses what the kernel cannot run, naming the field). ``positions_per_split``:
+    cached positions per attention-decode work item (fewer: more items, shorter per-item chains)."""
     c = config
     check_supported(c)
     if threads % WARP or not WARP <= threads <= 1024:
@@ -158,7 +162,7 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int) ->
         ws_dn = dn.deltanet_workspace(Dk, cw, threads)
     # attention: the layered kernels' limits (registers per lane in attn_decode)
     ws_att = 0
-    max_splits = attn.attention_splits(capacity)
+    max_splits = attn.attention_splits(capacity, positions_per_split)
     if c.full_layers:
         try:
             attn._check_sizes(*attn.attention_sizes(c))
@@ -197,7 +201,7 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int) ->
     arena_layout(c)  # the weight arena must exist for this config too
     return Plan(config=c, capacity=capacity, threads=threads, blocks=blocks, max_splits=max_splits, G_in=G_in,
                 G_sw=G_sw, G_out=G_out, G_o=G_o, G_down=G_down, G_lm=G_lm, cw=cw, workspace=workspace,
-                scratch=scratch, scratch_len=off)
+                scratch=scratch, scratch_len=off, positions_per_split=positions_per_split)
 
 
 __all__ = ["Plan", "make_plan", "CTL_TOKEN", "CTL_STEPS", "CTL_EOS", "CTL_SAMPLE", "CTL_SEED_LO", "CTL_SEED_HI",

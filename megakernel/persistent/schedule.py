@@ -52,7 +52,10 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
     Hq, Hkv, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     from megakernel.kernels.attention import attention_splits
 
-    splits = attention_splits(max(1, context))
+    from .decoder import VERSIONS
+
+    pps = getattr(VERSIONS.get(version), "POSITIONS_PER_SPLIT", None)
+    splits = attention_splits(max(1, context)) if pps is None else attention_splits(max(1, context), pps)
     rows_in = c.conv_dim + c.value_dim + 2 * Hv
     rows_qkv = 2 * Hq * Dh + 2 * Hkv * Dh
     # weight bytes as reference.budget counts them (2 bytes per parameter; the small fp32 parameters too)

@@ -79,7 +79,8 @@ def configure(plan, ring: int | None = None, page_kb: int | None = None, **_opti
 
 
 def kernel_key(plan) -> tuple:
-    return (plan.config, plan.capacity, plan.threads, plan.ring_pages, plan.page_words)
+    return (plan.config, plan.capacity, plan.threads, plan.ring_pages, plan.page_words, plan.positions_per_split,
+            plan.splits_fit_grid)
 
 
 _BUILT: dict = {}
