@@ -17,7 +17,8 @@
 #   (`megakernel.persistent.schedule`);
 # - how a persistent kernel runs the **same device functions** as the layered kernels, each block taking a share of
 #   each phase, with `this_grid().sync()` between phases (version 1);
-# - how version 2 streams the weights through shared memory with the copy engine, ahead of the barriers;
+# - how version 2 streams the weights through shared memory with the copy engine, ahead of the barriers, and what
+#   version 3 changes (finer attention work items);
 # - stepping the megakernel on the CPU through the simulator and comparing every state with the layered decoder;
 # - what the H100 measured, and what limits it.
 #
@@ -198,7 +199,7 @@ print("block 0's stream, first layer:", block0[:12])
 # %% [markdown]
 # ## On the H100
 #
-# The benchmark times both versions against the layered decoder's CUDA graph (`python -m megakernel.bench`), and
+# The benchmark times every version against the layered decoder's CUDA graph (`python -m megakernel.bench`), and
 # `tools/profile_persistent.py` runs a profiling build that records every block's arrival at and departure from
 # every barrier on the GPU's global timer: per phase, the slowest block's work is the critical path and the rest
 # is waiting.
@@ -221,7 +222,7 @@ from megakernel.persistent.profile import Timeline, format_table, plot_timeline 
 
 profiles = sorted(R.results_dir().glob("timeline_*.npz"))
 if not profiles:
-    print("No profile in data/results: run `python tools/profile_persistent.py data/results 1,2` on a GPU.")
+    print("No profile in data/results: run `python tools/profile_persistent.py data/results 1,2,3` on a GPU.")
 for path in profiles:
     z = np.load(path)
     labels = [str(x) for x in z["labels"]]
@@ -240,8 +241,16 @@ for path in profiles:
 # the layered CUDA graph, as a barrier-per-phase kernel is expected to be: the kernel's register count is the
 # maximum over its phases (255: the attention arrays), so an SM holds 8 warps, too few loads in flight for full
 # bandwidth, and each of the 134 barriers drains the memory pipeline. Version 2's weight stream takes the matvecs
-# off the register budget, but the profile shows where a step still goes: the mixer phases (the DeltaNet
-# recurrence and attention, on a handful of blocks or latency-bound) and the waits at barriers, during which the
-# ring is full and HBM idles. The next versions must shorten those: fewer barriers (attention's prepare folded into
-# its decode, the embedding into the first projection), mixers that prefetch their state through the copy engine,
-# and phases that let idle blocks stream.
+# off the register budget; version 3 gives attention 4x the work items (its decode phase drops from ~127 to ~86 us
+# per step at context 512). But all three sit near 30% of the floor, and the profiles say why:
+#
+# - **the skeleton**: a build with the mixers removed still needs ~1,060 us per token, the whole layered graph's
+#   time. A projection gives each block only 1-4 pages of 32 KB between two barriers, and those pages arrive
+#   ~8-10 us after they are issued, because every SM keeps its ring full (25 MB in flight: a queue);
+# - **the mixers**: ~630 us per token inside the kernel against ~200 us as separate kernels. Their state and KV
+#   reads queue behind the weight stream. Prefetching them into L2 from the SMs made things worse (the prefetch
+#   instructions stall under that load).
+#
+# So the next version needs a different skeleton, not more switches on this one: fewer and longer phases (a block
+# streaming gate/up *and* down for its slice of the MLP, say), the mixers' state fetched by the copy engine in the
+# stream's own order, and dependency counters where phases are long enough for overlap to pay.

@@ -267,7 +267,7 @@ def test_results_cli_and_merge(tmp_path, monkeypatch):
     assert "](chart.png)" in readme.read_text()
     # no results at all: a clear message, status 1
     assert R.main(["--readme", str(readme), "--no-chart"]) == 1
-    # merging: a later run of one system replaces that system's rows only
+    # merging: a later run of one system replaces that system's rows of the same workloads only
     later = json.loads(RESULTS.read_text())
     later["created"] = "2026-01-03T00:00:00+00:00"
     later["systems"] = {"layered": dict(later["systems"]["layered"])}
@@ -276,6 +276,13 @@ def test_results_cli_and_merge(tmp_path, monkeypatch):
     p2.write_text(json.dumps(later))
     merged = R.merge_results([R.load_results(RESULTS), R.load_results(p2)])
     assert {r["tok_s"] for r in merged["rows"] if r["system"] == "layered"} == {999.0}
+    # a later run at another context adds its rows beside the earlier ones
+    deeper = dict(later, rows=[dict(r, workload="tg128@32768", tok_s=5.0) for r in later["rows"][:1]])
+    p4 = tmp_path / "deeper.json"
+    p4.write_text(json.dumps(deeper))
+    both = R.merge_results([R.load_results(p2), R.load_results(p4)])
+    layered = {r["workload"]: r["tok_s"] for r in both["rows"] if r["system"] == "layered"}
+    assert layered.pop("tg128@32768") == 5.0 and set(layered.values()) == {999.0} and layered
     assert any(r["system"] == "llama.cpp" for r in merged["rows"]) and "reference-compile" in merged["systems"]
     assert R.main(["--json", str(RESULTS), str(p2), "--readme", str(readme), "--no-chart"]) == 0
     saved = list((tmp_path / "results").glob("bench_*.json"))

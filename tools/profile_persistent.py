@@ -4,7 +4,7 @@ a timeline chart (blocks x time).
 Usage: python tools/profile_persistent.py OUT_DIR [VARIANTS] [CONTEXT]
   VARIANTS  comma-separated: a version ("1", "2") with build options after "+": "2+ool" (mixer bodies out of
             line), "2+l2=6" (prefetch 6 pages ahead into L2), "2+ring=3+page=16" (another weight ring),
-            "2+pf" (mixer inputs prefetched into L2), "2+cbar" (counter barrier), "2+nocompute" / "2+nomixer"
+            "2+pf" / "2+pflate" (mixer inputs prefetched into L2 before / after the projection's pages), "2+cbar" (counter barrier), "2+nocompute" / "2+nomixer"
             (timing experiments: skip the dot products / the mixers); default "1,2"."""
 
 import sys
@@ -42,6 +42,8 @@ def parse(variant):
             options[o] = True
         elif o == "pf":
             options["prefetch"] = True
+        elif o == "pflate":
+            options["prefetch_late"] = True
         elif o == "cbar":
             options["counter"] = True
         else:

@@ -1,7 +1,7 @@
 """Benchmark results: JSON -> the README results table and the chart.
 
     python -m megakernel.bench.results                      # newest data/results/bench_*.json -> README.md + chart
-    python -m megakernel.bench.results --json A.json B.json # merge runs of the same device (later files win per system)
+    python -m megakernel.bench.results --json A.json B.json # merge runs of the same device (later files win per system and workload)
     python -m megakernel.bench.results --print              # print the section instead of editing README.md
 
 The README section between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced; nothing else in
@@ -76,8 +76,10 @@ def find_latest(directory: str | Path | None = None) -> Path | None:
 
 
 def merge_results(runs: list[dict]) -> dict:
-    """Merge results of one device: for each system, the last run that has it wins (its rows replace earlier
-    ones). Settings, versions and dates come from the last run; 'merged_from' lists the sources."""
+    """Merge results of one device: a row is a (system, workload) pair, and the last run that measured it wins
+    (a later run of a system at another context adds its rows beside the earlier ones; the same workload measured
+    again replaces the earlier row). Settings, versions and dates come from the last run; 'merged_from' lists the
+    sources."""
     if not runs:
         raise ValueError("nothing to merge")
     devices = {r.get("device") for r in runs}
@@ -86,14 +88,13 @@ def merge_results(runs: list[dict]) -> dict:
     merged = json.loads(json.dumps({k: v for k, v in runs[-1].items() if k != "_path"}))
     systems, rows = {}, {}
     for run in runs:
-        for name, info in run.get("systems", {}).items():
-            systems[name] = info
-            rows[name] = [r for r in run["rows"] if r.get("system") == name]
-        for r in run["rows"]:  # rows of a system without a systems entry
-            if r.get("system") not in run.get("systems", {}):
-                rows.setdefault(r.get("system"), []).append(r)
+        systems.update(run.get("systems", {}))
+        for r in run["rows"]:
+            rows.pop((r.get("system"), r.get("workload")), None)  # re-inserted last: the table keeps run order
+            rows[(r.get("system"), r.get("workload"))] = r
     merged["systems"] = systems
-    merged["rows"] = [r for name in rows for r in rows[name]]
+    order = list(dict.fromkeys(name for name, _ in rows))
+    merged["rows"] = [r for name in order for key, r in rows.items() if key[0] == name]
     lengths = sorted({n for run in runs for n in prefill_lengths(run.get("settings", {}))})
     merged.setdefault("settings", {})["prefill"] = lengths  # every run's prefill columns
     sources = []

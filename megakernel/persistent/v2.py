@@ -87,7 +87,7 @@ _BUILT: dict = {}
 
 
 OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": False, "prefetch": False,
-           "counter": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "prefetch_late": False, "counter": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
@@ -100,8 +100,8 @@ def build(plan_key, plan, barriers: bool = True, profile: bool = False, **option
 
 
 def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0,
-           nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, counter: bool = False,
-           ring=None, page_kb=None):
+           nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, prefetch_late: bool = False,
+           counter: bool = False, ring=None, page_kb=None):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -109,7 +109,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     page but skips its dot products; ``nomixer`` skips the DeltaNet and attention bodies (barriers kept).
     ``ring`` / ``page_kb`` are read by ``configure``. ``prefetch``: the mixers' HBM inputs (DeltaNet state and
     conv rows, the KV rows to score) into L2 at the start of the projection before them (``make_prefetchers``);
-    ``counter``: the counter barrier instead of ``grid.sync()`` (``make_barrier``)."""
+    ``prefetch_late``: the same prefetches issued after the block's last page of that projection (before the
+    barrier), so they do not delay its pages; ``counter``: the counter barrier instead of ``grid.sync()``
+    (``make_barrier``)."""
     o = Offsets(plan)
     lay = o.lay
     T, NW, D_, F, V, EPS, L, KIND, SLOT = o.T, o.NW, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
@@ -129,6 +131,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line)
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
+    LATE = prefetch_late
     barrier_handle = make_barrier_handle(counter)
     L2_AHEAD = l2_ahead
     COMPUTE = not nocompute
@@ -278,6 +281,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
+                        if LATE:
+                            prefetch_deltanet(j, b, nb, rec, conv, Wf)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         if MIXERS:
                             count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag, grid,
@@ -296,6 +301,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
+                        if LATE:
+                            prefetch_kv(j, pos, b, nb, kc, vc)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         if MIXERS:
                             count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid,
