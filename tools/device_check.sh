@@ -8,7 +8,10 @@
 #          checkpoint  generate the synthetic 0.8B checkpoint (data/checkpoints/, ~1.5 GB)
 #          tests       pytest -m gpu tests/gpu (kernels vs reference ops, layered decoder vs reference)
 #          kernels     python -m megakernel.bench.kernels (per-kernel time, GB/s, fraction of copy bandwidth)
-#          llama       tools/llama_cpp_peer.sh (llama-bench tg128 at depths, pp512, pp4096, pp32768)
+#          fla         flash-linear-attention (carried in .whl/ with einops) against the torch delta rule on the GPU;
+#                      if it disagrees or fails, it is removed so the prefill falls back to torch
+#          llama       tools/llama_cpp_peer.sh (llama-bench tg128 at depths, pp512, pp4096, pp32768; LLAMA_REPS
+#                      repetitions, default 5)
 #          bench       python -m megakernel.bench (every system side by side) + README table
 #
 # Run from the repository root. The machine has no network: Python packages it lacks travel as wheels in .whl/
@@ -100,8 +103,16 @@ EOF'
         kernels)
             run_step kernels 400 python3 -m megakernel.bench.kernels --out "$RESULTS"
             ;;
+        fla)
+            run_step fla 240 python3 -m pytest -q -s -m gpu tests/gpu/test_gpu_prefill.py -k fla_and_torch
+            if ! grep -q " passed" "$LOGS/fla.log" || grep -qE "[0-9]+ (failed|error)" "$LOGS/fla.log"; then
+                rm -rf /tmp/site/fla /tmp/site/fla_core* /tmp/site/flash_linear_attention*
+                echo "fla: not used (see fla.log); the prefill runs the torch delta rule" | tee -a "$SUMMARY"
+            fi
+            ;;
         llama)
-            run_step llama 560 tools/llama_cpp_peer.sh --work /tmp/llama --checkpoint "$CKPT" --out "$LOGS/llama"
+            run_step llama 560 tools/llama_cpp_peer.sh --work /tmp/llama --checkpoint "$CKPT" --out "$LOGS/llama" \
+                --reps "${LLAMA_REPS:-5}"
             ;;
         bench)
             llama_json=()
