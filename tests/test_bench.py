@@ -277,12 +277,14 @@ def test_results_cli_and_merge(tmp_path, monkeypatch):
     merged = R.merge_results([R.load_results(RESULTS), R.load_results(p2)])
     assert {r["tok_s"] for r in merged["rows"] if r["system"] == "layered"} == {999.0}
     # a later run at another context adds its rows beside the earlier ones
-    deeper = dict(later, rows=[dict(r, workload="tg128@32768", tok_s=5.0) for r in later["rows"][:1]])
+    deeper = dict(later, rows=[dict(r, workload="tg128@32768", tok_s=5.0) for r in later["rows"][:1]],
+                  settings=dict(later["settings"], contexts=[32768]))
     p4 = tmp_path / "deeper.json"
     p4.write_text(json.dumps(deeper))
     both = R.merge_results([R.load_results(p2), R.load_results(p4)])
     layered = {r["workload"]: r["tok_s"] for r in both["rows"] if r["system"] == "layered"}
     assert layered.pop("tg128@32768") == 5.0 and set(layered.values()) == {999.0} and layered
+    assert both["settings"]["contexts"] == sorted(set(later["settings"]["contexts"]) | {32768})
     assert any(r["system"] == "llama.cpp" for r in merged["rows"]) and "reference-compile" in merged["systems"]
     assert R.main(["--json", str(RESULTS), str(p2), "--readme", str(readme), "--no-chart"]) == 0
     saved = list((tmp_path / "results").glob("bench_*.json"))

@@ -97,6 +97,13 @@ def merge_results(runs: list[dict]) -> dict:
     merged["rows"] = [r for name in order for key, r in rows.items() if key[0] == name]
     lengths = sorted({n for run in runs for n in prefill_lengths(run.get("settings", {}))})
     merged.setdefault("settings", {})["prefill"] = lengths  # every run's prefill columns
+    contexts = sorted({int(c) for run in runs for c in run.get("settings", {}).get("contexts", [])})
+    if contexts:
+        merged["settings"]["contexts"] = contexts  # every run's decode columns
+    decode_floors = [run["floor"]["decode"] for run in runs if isinstance(run.get("floor"), dict)
+                     and isinstance(run["floor"].get("decode"), dict)]
+    if decode_floors and isinstance(merged.get("floor"), dict):
+        merged["floor"]["decode"] = {k: v for f in decode_floors for k, v in f.items()}  # later runs win
     sources = []
     for run in runs:
         sources += run.get("merged_from", []) or ([run["_path"]] if run.get("_path") else [])
