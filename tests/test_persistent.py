@@ -145,6 +145,26 @@ def test_gumbel_keys_sample_the_softmax():
     assert chi2 < 25.7, f"chi-square {chi2:.1f} (counts {counts}, expected {n * p})"
 
 
+@pytest.mark.parametrize("options", [dict(counter=True), dict(prefetch=True, prefetch_late=True), dict(ring=2)],
+                         ids=["counter-barrier", "l2-prefetch", "ring-2"])
+def test_measured_build_variants_stay_correct(ref, options):
+    """The v2/v3 build switches NOTES.md measured (not the defaults) compute the same: two steps, logits and every
+    state against the reference (the counter barrier's release/acquire pairs under the race detector)."""
+    from megakernel.persistent import PersistentDecoder
+
+    dec = PersistentDecoder(ref, max_context=32, version=3, prefill_mode="reference", options=options)
+    ref_logits, ref_state = ref.prefill(PROMPT)
+    _, state = dec.prefill(PROMPT)
+    token = int(ref_logits[-1].argmax())
+    for step in range(2):
+        out = dec.decode_step(token, state)
+        expected = ref.decode_step(token, ref_state)
+        check(f"{options} step {step} logits", expected, out, TOL, verbose=False)
+        compare_states(ref_state, state.to_reference(), TOL, prefix=f"{options} step {step} ")
+        token = int(expected.argmax())
+    assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
+
+
 def test_without_its_barriers_the_kernel_is_wrong(ref):
     """The test-only switch that removes every grid barrier: the race detector (or the result) says so."""
     from megakernel.persistent import PersistentDecoder

@@ -55,6 +55,7 @@ DECODER = "tests/test_layered.py::test_layered_matches_reference_logits_and_stat
 DECODER_SPLIT = "tests/test_layered.py::test_split_launches_match_reference"
 PERSISTENT_V1 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v1]"
 PERSISTENT_V2 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v2]"
+PERSISTENT_COUNTER = "tests/test_persistent.py::test_measured_build_variants_stay_correct[counter-barrier]"
 
 MUTATIONS = [
     # ---- the two races the issue names
@@ -105,6 +106,18 @@ MUTATIONS = [
              (("            slot = cursor % R_\n            tma.mbar_wait(", "            slot = (cursor + 1) % R_\n"
                "            tma.mbar_wait("),),
              (PERSISTENT_V2,)),
+    Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
+             (("""            gen = cuda.atomic.add(ctl, GEN, 0)
+            cuda.threadfence()
+""", """            gen = cuda.atomic.add(ctl, GEN, 0)
+"""),),
+             (PERSISTENT_COUNTER,), race=True),
+    Mutation("persistent counter barrier: the waiting blocks spin on the wrong generation (they never wait; "
+             "no barrier at all)", "megakernel/persistent/phases.py",
+             (("""                while cuda.atomic.add(ctl, GEN, 0) == gen:
+""", """                while cuda.atomic.add(ctl, GEN, 0) == gen - 1:
+"""),),
+             (PERSISTENT_COUNTER,), race=True),
     # ---- DeltaNet
     Mutation("deltanet: state decay dropped", KERNELS + "deltanet.py",
              (("                    v = sreg[m] * decay\n", "                    v = sreg[m]\n"),), (DELTANET_STEPS,)),
