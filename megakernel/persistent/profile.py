@@ -44,7 +44,8 @@ class Timeline:
 
 def read_timeline(decoder, steps: int, context: int, sample: bool = False) -> Timeline:
     """The profile buffer of ``decoder``'s last launch (``steps`` steps at ``context``), labelled by the schedule."""
-    phases = step_phases(decoder.config, context=context, sample=sample, version=decoder.version)
+    phases = step_phases(decoder.config, context=context, sample=sample, version=decoder.version,
+                         blocks=decoder.blocks)
     labels = [p.label for _ in range(steps) for p in phases if p.barrier_after] + ["end"]
     kinds = [lab.split("[")[0] for lab in labels]
     prof = decoder.prof.cpu().numpy()

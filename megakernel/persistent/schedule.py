@@ -44,8 +44,10 @@ class Phase:
         return self.name if self.layer is None else f"{self.name}[{self.layer}]"
 
 
-def step_phases(config, context: int = 1, sample: bool = False, version: int = 1) -> list[Phase]:
-    """The phases of one decode step at a context of ``context`` cached positions (the new token included)."""
+def step_phases(config, context: int = 1, sample: bool = False, version: int = 1,
+                blocks: int | None = None) -> list[Phase]:
+    """The phases of one decode step at a context of ``context`` cached positions (the new token included).
+    ``blocks``: the grid, for versions that cap the attention splits at one item per block (version 3)."""
     c = config
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
     Hv, Dk, Dv = c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim
@@ -56,6 +58,8 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
 
     pps = getattr(VERSIONS.get(version), "POSITIONS_PER_SPLIT", None)
     splits = attention_splits(max(1, context)) if pps is None else attention_splits(max(1, context), pps)
+    if pps is not None and blocks:
+        splits = max(1, min(splits, blocks // max(1, c.num_key_value_heads)))
     rows_in = c.conv_dim + c.value_dim + 2 * Hv
     rows_qkv = 2 * Hq * Dh + 2 * Hkv * Dh
     # weight bytes as reference.budget counts them (2 bytes per parameter; the small fp32 parameters too)
