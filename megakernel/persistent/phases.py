@@ -154,7 +154,7 @@ def make_mixers(plan, barrier, out_of_line: bool = False):
     T, NW, EPS = o.T, o.NW, o.EPS
     Hk, Hv, Dk, Dv, KC = o.Hk, o.Hv, o.Dk, o.Dv, o.KC
     P_LIN, HVDV, N_DN = o.P_LIN, o.HVDV, o.N_DN
-    Hq, Hkv, Dh, R, HQDH, P_ATT, S_MAX = o.Hq, o.Hkv, o.Dh, o.R, o.HQDH, o.P_ATT, o.S_MAX
+    Hq, Hkv, Dh, R, HQDH, P_ATT = o.Hq, o.Hkv, o.Dh, o.R, o.HQDH, o.P_ATT
     PL0, OL0, PA0, GT0, AO0 = o.PL0, o.OL0, o.PA0, o.GT0, o.AO0
     lay = o.lay
     F_ALOG, F_DT, LSS = lay.A_log, lay.dt_bias, lay.lin_small_stride
@@ -236,7 +236,7 @@ def make_prefetchers(plan):
     KD = Hk * Dk
     V_OFF = 2 * Hk * Dk
     F_CONV, CS = o.lay.conv_w, o.lay.conv_stride
-    Hkv, Dh, S_MAX = o.Hkv, o.Dh, o.S_MAX
+    Hkv, Dh = o.Hkv, o.Dh
     KV_ROWS = max(1, KV_PREFETCH_BYTES // (2 * Dh))
     LINE_F = 32  # float32 elements per 128-byte line
     LINE_H = 64  # bf16 elements per line
