@@ -4,6 +4,11 @@
 * ``schedule`` -- the kernel's phases and barriers as Python data: drawn by notebook 07, checked by the tests
                   (dependencies, barrier count), executable in torch;
 * ``v1``       -- version 1: the layered kernels' bodies as phases, a grid barrier after each;
+* ``v2``       -- version 2: the weights streamed through a shared-memory ring by the copy engine (``tma``,
+                  ``pages``), ahead of the barriers; its build switches are the measured variants (NOTES.md);
+* ``v3``       -- version 3 (the default): version 2 with 4x the attention-decode work items;
+* ``phases``   -- what the versions share: offsets, the barriers, the mixer phases, the L2 prefetchers;
+* ``profile``  -- the profiling build's timeline: per-phase critical paths and waits, the chart;
 * ``decoder``  -- ``PersistentDecoder``: the reference model's API over the kernel.
 """
 
