@@ -79,7 +79,7 @@ def merge_results(runs: list[dict]) -> dict:
     """Merge results of one device: a row is a (system, workload) pair, and the last run that measured it wins
     (a later run of a system at another context adds its rows beside the earlier ones; the same workload measured
     again replaces the earlier row). Settings, versions and dates come from the last run; 'merged_from' lists the
-    sources."""
+    sources (file names)."""
     if not runs:
         raise ValueError("nothing to merge")
     devices = {r.get("device") for r in runs}
@@ -106,7 +106,7 @@ def merge_results(runs: list[dict]) -> dict:
         merged["floor"]["decode"] = {k: v for f in decode_floors for k, v in f.items()}  # later runs win
     sources = []
     for run in runs:
-        sources += run.get("merged_from", []) or ([run["_path"]] if run.get("_path") else [])
+        sources += run.get("merged_from", []) or ([Path(run["_path"]).name] if run.get("_path") else [])
     merged["merged_from"] = sorted(set(sources))
     return merged
 
