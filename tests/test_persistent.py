@@ -69,6 +69,20 @@ def test_logits_every_state_and_layer_and_n_tokens_per_launch(ref, pers):
     assert pers.last_run["steps"] == 3 and pers.last_run["barriers"] == 3 * pers.barriers_per_step() + 1
 
 
+def _decode_matches_reference(dec, ref, prompt, steps, label):
+    """Prefill ``prompt`` in both, then ``steps`` single-step launches fed the reference's greedy tokens: the
+    logits and every state (conv, DeltaNet, KV) against the reference after each step."""
+    ref_logits, ref_state = ref.prefill(prompt)
+    _, state = dec.prefill(prompt)
+    token = int(ref_logits[-1].argmax())
+    for step in range(steps):
+        out = dec.decode_step(token, state)
+        expected = ref.decode_step(token, ref_state)
+        check(f"{label} step {step} logits", expected, out, TOL)
+        compare_states(ref_state, state.to_reference(), TOL, prefix=f"{label} step {step} ")
+        token = int(expected.argmax())
+
+
 def test_finer_attention_splits_over_a_longer_context(ref):
     """Version 3 splits the context every 16 positions, at most one item per block: after a 40-token prompt
     the 3 blocks each score a split (3 partials per head to combine). Logits and every state vs the reference."""
@@ -77,16 +91,7 @@ def test_finer_attention_splits_over_a_longer_context(ref):
     from megakernel.persistent.v3 import POSITIONS_PER_SPLIT
 
     dec = PersistentDecoder(ref, max_context=64, version=3, prefill_mode="reference")
-    prompt = [(7 * i + 3) % CONFIG.vocab_size for i in range(40)]
-    ref_logits, ref_state = ref.prefill(prompt)
-    _, state = dec.prefill(prompt)
-    token = int(ref_logits[-1].argmax())
-    for step in range(2):
-        out = dec.decode_step(token, state)
-        expected = ref.decode_step(token, ref_state)
-        check(f"v3 context {41 + step} logits", expected, out, TOL)
-        compare_states(ref_state, state.to_reference(), TOL, prefix=f"v3 step {step} ")
-        token = int(expected.argmax())
+    _decode_matches_reference(dec, ref, [(7 * i + 3) % CONFIG.vocab_size for i in range(40)], 2, "v3 context 40+")
     assert min(attention_splits(41, POSITIONS_PER_SPLIT), dec.blocks // CONFIG.num_key_value_heads) == 3
 
 
@@ -153,15 +158,7 @@ def test_measured_build_variants_stay_correct(ref, options):
     from megakernel.persistent import PersistentDecoder
 
     dec = PersistentDecoder(ref, max_context=32, version=3, prefill_mode="reference", options=options)
-    ref_logits, ref_state = ref.prefill(PROMPT)
-    _, state = dec.prefill(PROMPT)
-    token = int(ref_logits[-1].argmax())
-    for step in range(2):
-        out = dec.decode_step(token, state)
-        expected = ref.decode_step(token, ref_state)
-        check(f"{options} step {step} logits", expected, out, TOL, verbose=False)
-        compare_states(ref_state, state.to_reference(), TOL, prefix=f"{options} step {step} ")
-        token = int(expected.argmax())
+    _decode_matches_reference(dec, ref, PROMPT, 2, str(options))
     assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
 
 
