@@ -150,8 +150,9 @@ def test_gumbel_keys_sample_the_softmax():
     assert chi2 < 25.7, f"chi-square {chi2:.1f} (counts {counts}, expected {n * p})"
 
 
-@pytest.mark.parametrize("options", [dict(counter=True), dict(prefetch=True, prefetch_late=True), dict(ring=2)],
-                         ids=["counter-barrier", "l2-prefetch", "ring-2"])
+@pytest.mark.parametrize("options", [dict(counter=True), dict(prefetch=True, prefetch_late=True), dict(ring=2),
+                                     dict(defer=True, state_first=True, ring=2)],
+                         ids=["counter-barrier", "l2-prefetch", "ring-2", "deferred-refills-state-first"])
 def test_measured_build_variants_stay_correct(ref, options):
     """The v2/v3 build switches NOTES.md measured (not the defaults) compute the same: two steps, logits and every
     state against the reference (the counter barrier's release/acquire pairs under the race detector)."""

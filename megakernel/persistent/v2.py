@@ -87,7 +87,7 @@ _BUILT: dict = {}
 
 
 OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": False, "prefetch": False,
-           "prefetch_late": False, "counter": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "prefetch_late": False, "counter": False, "defer": False, "state_first": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
@@ -101,7 +101,7 @@ def build(plan_key, plan, barriers: bool = True, profile: bool = False, **option
 
 def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0,
            nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, prefetch_late: bool = False,
-           counter: bool = False, ring=None, page_kb=None):
+           counter: bool = False, defer: bool = False, state_first: bool = False, ring=None, page_kb=None):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -111,7 +111,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     conv rows, the KV rows to score) into L2 at the start of the projection before them (``make_prefetchers``);
     ``prefetch_late``: the same prefetches issued after the block's last page of that projection (before the
     barrier), so they do not delay its pages; ``counter``: the counter barrier instead of ``grid.sync()``
-    (``make_barrier``)."""
+    (``make_barrier``). ``defer``: the slots freed by a mixer's input projection are refilled only after the mixer
+    (its HBM reads then do not queue behind those pages); ``state_first``: the DeltaNet body loads its state slab
+    first (``deltanet.deltanet_item``)."""
     o = Offsets(plan)
     lay = o.lay
     T, NW, D_, F, V, EPS, L, KIND, SLOT = o.T, o.NW, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
@@ -128,7 +130,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
     NO_KEY = np.int64(lmh.INT64_MIN)
     barrier = make_barrier(barriers, profile, counter)
-    deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line)
+    deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first)
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
     LATE = prefetch_late
@@ -136,7 +138,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     L2_AHEAD = l2_ahead
     COMPUTE = not nocompute
     MIXERS = not nomixer
-    CLAMP = nocompute or nomixer
+    CLAMP = nocompute or nomixer or not barriers
+    DEFER = defer
 
     @cuda.jit(device=True)
     def bar(grid, count, prof, issued, prefetched, total, b, pb, table, Ww):
@@ -172,12 +175,25 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             tma.bulk_copy(ring, slot * PW + n1, Ww, s2, n2, bars, slot)
 
     @cuda.jit(device=True)
+    def refill(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
+        """Issue the pages of every free slot (those ``rows_phase(..., hold=True)`` left empty)."""
+        while issued < total and issued < cursor + R_:
+            if cuda.threadIdx.x == 0:
+                tma.fence_proxy_async()
+                issue(issued % R_, d1, d2, d3, d4, Ww, ring, bars)
+                d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
+            issued += 1
+        return issued, d1, d2, d3, d4
+
+    @cuda.jit(device=True)
     def rows_phase(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
-                   ring, bars, xs, d1, d2, d3, d4):
+                   ring, bars, xs, d1, d2, d3, d4, hold=False):
         """Consume this block's pages of a rows phase (``rows`` rows of length ``k``; x staged in ``xs``),
         refilling each slot as it frees. The block's rows and their pages follow from (rows, b, nb) as in
         ``pages.page_table``, so the consumers read no table; thread 0 carries the next copy descriptor
-        (d1..d4). Returns (cursor, issued, mine, d1, d2, d3, d4)."""
+        (d1..d4); with ``hold`` the freed slots are refilled only with this phase's own pages, the others stay
+        empty (``refill`` issues them later).
+        Returns (cursor, issued, mine, d1, d2, d3, d4)."""
         nv = k // 8
         kw = k // 2
         lane = cuda.threadIdx.x % WARP
@@ -185,6 +201,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         rpp = PW // (kw * 2) if kind == K_SWIGLU else PW // kw
         first = rows * b // nb
         end = rows * (b + 1) // nb
+        last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
         for row0 in range(first, end, rpp):
             nrows = min(rpp, end - row0)
             slot = cursor % R_
@@ -211,10 +228,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     if lane == 0:
                         h[row] += acc
             cuda.syncthreads()  # every warp is done with the slot
-            if issued < total:
+            if issued < total and (not hold or issued < last):
                 if cuda.threadIdx.x == 0:
                     tma.fence_proxy_async()
-                    issue(slot, d1, d2, d3, d4, Ww, ring, bars)
+                    issue(issued % R_, d1, d2, d3, d4, Ww, ring, bars)  # this slot, unless a hold left some empty
                     d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
                 issued += 1
             cursor += 1
@@ -280,7 +297,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     if HAS_LIN:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, NO_KEY, cursor, issued, total,
-                            pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
+                            pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, DEFER)
                         if LATE:
                             prefetch_deltanet(j, b, nb, rec, conv, Wf)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
@@ -289,6 +306,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                                                   count, prof)
                         else:
                             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                        if DEFER:
+                            issued, d1, d2, d3, d4 = refill(cursor, issued, total, b, pb, table, Ww, ring, bars,
+                                                            d1, d2, d3, d4)
                         gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
                         stage_gated(scr[OL0:OL0 + HVDV], scr[PL0 + C:PL0 + C + HVDV], gn, xs, Hv, Dv, EPS)
                         cuda.syncthreads()
@@ -300,7 +320,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     if HAS_ATT:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, NO_KEY, cursor, issued, total,
-                            pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4)
+                            pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, DEFER)
                         if LATE:
                             prefetch_kv(j, pos, b, nb, kc, vc)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
@@ -310,6 +330,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         else:
                             for _ in range(3):
                                 count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                        if DEFER:
+                            issued, d1, d2, d3, d4 = refill(cursor, issued, total, b, pb, table, Ww, ring, bars,
+                                                            d1, d2, d3, d4)
                         stage_split(scr[AO0:AO0 + HQDH], xs, HQDH // 8)
                         cuda.syncthreads()
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
