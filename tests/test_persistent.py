@@ -151,8 +151,10 @@ def test_gumbel_keys_sample_the_softmax():
 
 
 @pytest.mark.parametrize("options", [dict(counter=True), dict(prefetch=True, prefetch_late=True), dict(ring=2),
-                                     dict(defer=True, state_first=True, ring=2)],
-                         ids=["counter-barrier", "l2-prefetch", "ring-2", "deferred-refills-state-first"])
+                                     dict(defer=True, state_first=True, ring=2),
+                                     dict(evict_first=True, rows_out_of_line=True, out_of_line=True)],
+                         ids=["counter-barrier", "l2-prefetch", "ring-2", "deferred-refills-state-first",
+                              "evict-first-out-of-line"])
 def test_measured_build_variants_stay_correct(ref, options):
     """The v2/v3 build switches NOTES.md measured (not the defaults) compute the same: two steps, logits and every
     state against the reference (the counter barrier's release/acquire pairs under the race detector)."""

@@ -9,11 +9,13 @@ Usage: python tools/profile_persistent.py OUT_DIR [VARIANTS] [CONTEXT]
             DeltaNet body's state loads first), "2+nocompute" / "2+nomixer" / "2+nobar" (timing experiments: skip
             the dot products / the mixers / the grid barriers); default "1,2".
   PROFILE_LOCK=FILE  compile outside, time inside an exclusive lock on FILE: several variants can then run as
-            parallel processes (compiling at once, timing one at a time)."""
+            parallel processes (compiling at once, timing one at a time).
+  PROFILE_PREFILL=MODE  how the prompt is prefilled (default "reference": no layered kernels to compile)."""
 
 import fcntl
 import os
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +26,7 @@ import torch  # noqa: E402
 
 import megakernel  # noqa: E402
 from megakernel.persistent import PersistentDecoder  # noqa: E402
-from megakernel.persistent.profile import format_table, plot_timeline, read_timeline  # noqa: E402
+from megakernel.persistent.profile import format_table, parse_variant, plot_timeline, read_timeline  # noqa: E402
 from reference import ensure_synthetic_checkpoint  # noqa: E402
 
 out = Path(sys.argv[1])
@@ -32,47 +34,18 @@ out.mkdir(parents=True, exist_ok=True)
 variants = (sys.argv[2] if len(sys.argv) > 2 else "1,2").split(",")
 
 
-def parse(variant):
-    version, *opts = variant.split("+")
-    options = {}
-    for o in opts:
-        if o == "ool":
-            options["out_of_line"] = True
-        elif o.startswith("l2="):
-            options["l2_ahead"] = int(o[3:])
-        elif o.startswith("ring="):
-            options["ring"] = int(o[5:])
-        elif o.startswith("page="):
-            options["page_kb"] = int(o[5:])
-        elif o in ("nocompute", "nomixer"):
-            options[o] = True
-        elif o == "pf":
-            options["prefetch"] = True
-        elif o == "pflate":
-            options["prefetch_late"] = True
-        elif o == "cbar":
-            options["counter"] = True
-        elif o == "defer":
-            options["defer"] = True
-        elif o == "early":
-            options["state_first"] = True
-        elif o == "nobar":
-            options["_nobar"] = True
-        else:
-            raise SystemExit(f"unknown option {o!r} in variant {variant!r}")
-    return int(version), options
-
-
 context = int(sys.argv[3]) if len(sys.argv) > 3 else 16
 ref = megakernel.load(ensure_synthetic_checkpoint(), "reference")
 prompt = [(i * 7919) % 200_000 + 17 for i in range(context)]
 steps = 3
 for variant in variants:
-    v, options = parse(variant)
+    v, options = parse_variant(variant)
     nobar = options.pop("_nobar", False)
+    t0 = time.perf_counter()
     dec = PersistentDecoder(ref, max_context=max(1024, 2 * context), version=v, profile=True, options=options,
-                            barriers=not nobar)
+                            barriers=not nobar, prefill_mode=os.environ.get("PROFILE_PREFILL", "reference"))
     dec.kernel()
+    print(f"{variant}: compiled in {time.perf_counter() - t0:.0f} s", flush=True)
     lock = open(os.environ["PROFILE_LOCK"], "a") if os.environ.get("PROFILE_LOCK") else None
     if lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

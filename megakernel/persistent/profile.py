@@ -116,4 +116,43 @@ def plot_timeline(t: Timeline, ax=None, max_blocks: int | None = None, title: st
     return ax
 
 
-__all__ = ["Timeline", "read_timeline", "phase_table", "format_table", "plot_timeline"]
+
+def parse_variant(variant: str) -> tuple[int, dict]:
+    """``"3+defer+ring=4"`` -> ``(3, {"defer": True, "ring": 4})``: a version and its build options as the
+    profiling tools spell them (``tools/profile_persistent.py`` lists them; ``"nobar"`` comes back as ``"_nobar"``:
+    the decoder's ``barriers=False``, not a build option)."""
+    version, *opts = variant.split("+")
+    options = {}
+    for o in opts:
+        if o == "ool":
+            options["out_of_line"] = True
+        elif o.startswith("l2="):
+            options["l2_ahead"] = int(o[3:])
+        elif o.startswith("ring="):
+            options["ring"] = int(o[5:])
+        elif o.startswith("page="):
+            options["page_kb"] = int(o[5:])
+        elif o in ("nocompute", "nomixer"):
+            options[o] = True
+        elif o == "pf":
+            options["prefetch"] = True
+        elif o == "pflate":
+            options["prefetch_late"] = True
+        elif o == "cbar":
+            options["counter"] = True
+        elif o == "defer":
+            options["defer"] = True
+        elif o == "oolrows":
+            options["rows_out_of_line"] = True
+        elif o == "ef":
+            options["evict_first"] = True
+        elif o == "early":
+            options["state_first"] = True
+        elif o == "nobar":
+            options["_nobar"] = True
+        else:
+            raise ValueError(f"unknown option {o!r} in variant {variant!r}")
+    return int(version), options
+
+
+__all__ = ["Timeline", "read_timeline", "phase_table", "format_table", "plot_timeline", "parse_variant"]

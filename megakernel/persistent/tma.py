@@ -15,6 +15,7 @@ shared array of mbarriers, ``slot`` an index into it):
 ``mbar_expect(bars, slot, nbytes)``     arrive on it and expect ``nbytes`` more bytes of copies this phase
 ``bulk_copy(dst, d, src, s, n, bars,``  copy words ``src[s:s+n]`` to ``dst[d:d+n]`` (16-byte aligned, n a multiple
 ``    slot)``                           of 4); completion counts against mbarrier ``slot``
+``bulk_copy_evict_first(...)``          the same, with an L2 evict-first cache policy (data read once per token)
 ``mbar_wait(bars, slot, parity)``       wait until the mbarrier's phase of that parity has completed
 ``fence_proxy_async()``                 order this thread's earlier shared-memory accesses before later bulk copies
                                         (the copy engine is another "proxy" than the threads' loads and stores)
@@ -60,6 +61,9 @@ if SIMULATOR:
         record_reads(src, s, n)
         for i in range(n):  # element by element, so the race detector sees the copy's writes (by this thread)
             dst[d + i] = inp[s + i]
+
+    def bulk_copy_evict_first(dst, d, src, s, n, bars, slot):
+        bulk_copy(dst, d, src, s, n, bars, slot)
 
     def mbar_wait(bars, slot, parity):
         pass
@@ -155,6 +159,27 @@ else:
             bar_a = _smem32(builder, _word_ptr(context, builder, sig.args[5], args[5], args[6]))
             fnty = ir.FunctionType(ir.VoidType(), [_i32, _i64, _i32, _i32])
             builder.asm(fnty, "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [$0], [$1], $2, [$3];",
+                        "r,l,r,r", [dst_a, src_a, nbytes, bar_a], side_effect=True)
+            return context.get_dummy_value()
+
+        return types.void(dst, d, src, s, n, bars, slot), codegen
+
+    @intrinsic
+    def bulk_copy_evict_first(typingctx, dst, d, src, s, n, bars, slot):
+        """``bulk_copy`` with an L2 evict-first policy: data read once per token (the weights: 30x the L2) then
+        leaves L2 first, so what is reused (code, activations, states, KV) stays there."""
+        if not (_is_array(dst) and _is_array(src) and _is_array(bars)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            dst_a = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            src_a = _gmem(builder, _word_ptr(context, builder, sig.args[2], args[2], args[3]))
+            nbytes = builder.mul(_as_i32(builder, args[4]), ir.Constant(_i32, 4))
+            bar_a = _smem32(builder, _word_ptr(context, builder, sig.args[5], args[5], args[6]))
+            fnty = ir.FunctionType(ir.VoidType(), [_i32, _i64, _i32, _i32])
+            builder.asm(fnty, "{ .reg .b64 pol; createpolicy.fractional.L2::evict_first.b64 pol, 1.0; "
+                        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
+                        "[$0], [$1], $2, [$3], pol; }",
                         "r,l,r,r", [dst_a, src_a, nbytes, bar_a], side_effect=True)
             return context.get_dummy_value()
 

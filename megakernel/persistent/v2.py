@@ -87,7 +87,8 @@ _BUILT: dict = {}
 
 
 OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": False, "prefetch": False,
-           "prefetch_late": False, "counter": False, "defer": False, "state_first": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "prefetch_late": False, "counter": False, "defer": False, "state_first": False,
+           "evict_first": False, "rows_out_of_line": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
@@ -101,7 +102,8 @@ def build(plan_key, plan, barriers: bool = True, profile: bool = False, **option
 
 def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0,
            nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, prefetch_late: bool = False,
-           counter: bool = False, defer: bool = False, state_first: bool = False, ring=None, page_kb=None):
+           counter: bool = False, defer: bool = False, state_first: bool = False, evict_first: bool = False,
+           rows_out_of_line: bool = False, ring=None, page_kb=None):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -113,7 +115,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     barrier), so they do not delay its pages; ``counter``: the counter barrier instead of ``grid.sync()``
     (``make_barrier``). ``defer``: the slots freed by a mixer's input projection are refilled only after the mixer
     (its HBM reads then do not queue behind those pages); ``state_first``: the DeltaNet body loads its state slab
-    first (``deltanet.deltanet_item``)."""
+    first (``deltanet.deltanet_item``); ``evict_first``: the pages' copies with an L2 evict-first policy (the
+    weights pass L2 once per token; code, activations, states and KV then stay); ``rows_out_of_line``: one
+    out-of-line copy of the matvec consumer for all six call sites (the kernel's code shrinks)."""
     o = Offsets(plan)
     lay = o.lay
     T, NW, D_, F, V, EPS, L, KIND, SLOT = o.T, o.NW, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
@@ -140,6 +144,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     MIXERS = not nomixer
     CLAMP = nocompute or nomixer or not barriers
     DEFER = defer
+    copy = tma.bulk_copy_evict_first if evict_first else tma.bulk_copy
 
     @cuda.jit(device=True)
     def bar(grid, count, prof, issued, prefetched, total, b, pb, table, Ww):
@@ -170,9 +175,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     def issue(slot, s1, n1, s2, n2, Ww, ring, bars):
         """Thread 0: start the copy of a page (one or two row ranges) into ``slot``."""
         tma.mbar_expect(bars, slot, (n1 + n2) * 4)
-        tma.bulk_copy(ring, slot * PW, Ww, s1, n1, bars, slot)
+        copy(ring, slot * PW, Ww, s1, n1, bars, slot)
         if n2 > 0:
-            tma.bulk_copy(ring, slot * PW + n1, Ww, s2, n2, bars, slot)
+            copy(ring, slot * PW + n1, Ww, s2, n2, bars, slot)
 
     @cuda.jit(device=True)
     def refill(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
@@ -186,8 +191,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return issued, d1, d2, d3, d4
 
     @cuda.jit(device=True)
-    def rows_phase(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
-                   ring, bars, xs, d1, d2, d3, d4, hold=False):
+    def rows_body(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
+                  ring, bars, xs, d1, d2, d3, d4, hold):
         """Consume this block's pages of a rows phase (``rows`` rows of length ``k``; x staged in ``xs``),
         refilling each slot as it frees. The block's rows and their pages follow from (rows, b, nb) as in
         ``pages.page_table``, so the consumers read no table; thread 0 carries the next copy descriptor
@@ -236,6 +241,26 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 issued += 1
             cursor += 1
         return cursor, issued, mine, d1, d2, d3, d4
+
+    if rows_out_of_line:
+        from .noinline import noinline
+
+        @cuda.jit(device=True)
+        def rows_call(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
+                      ring, bars, xs, d1, d2, d3, d4, hold):
+            return rows_body(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table,
+                             Ww, ring, bars, xs, d1, d2, d3, d4, hold)
+
+        noinline(rows_call)
+
+        @cuda.jit(device=True)
+        def rows_phase(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
+                       ring, bars, xs, d1, d2, d3, d4, hold):
+            # the sizes as runtime values: literal arguments would make one out-of-line copy per call site
+            return rows_call(int32(kind), int32(k), int32(rows), rstd, y, h, act, logits, mine, cursor, issued,
+                             total, pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, int32(hold))
+    else:
+        rows_phase = rows_body
 
     @cuda.jit
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
@@ -314,7 +339,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         cuda.syncthreads()
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_GATED, HVDV, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table,
-                            Ww, ring, bars, xs, d1, d2, d3, d4)
+                            Ww, ring, bars, xs, d1, d2, d3, d4, False)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 else:
                     if HAS_ATT:
@@ -337,20 +362,20 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         cuda.syncthreads()
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_PLAIN, HQDH, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table,
-                            Ww, ring, bars, xs, d1, d2, d3, d4)
+                            Ww, ring, bars, xs, d1, d2, d3, d4, False)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
                 rstd = D.rsqrt(stage_norm(h, post_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
                 act = scr[ACT0:ACT0 + F]
                 cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                     K_SWIGLU, D_, F, rstd, h, h, act, h, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
-                    bars, xs, d1, d2, d3, d4)
+                    bars, xs, d1, d2, d3, d4, False)
                 count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 stage_split(act, xs, F // 8)
                 cuda.syncthreads()
                 cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                     K_PLAIN, F, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
-                    bars, xs, d1, d2, d3, d4)
+                    bars, xs, d1, d2, d3, d4, False)
                 count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 if ctl[P.CTL_TRACE] != 0:
                     for d in range(b * T + tid, D_, nb * T):
@@ -361,7 +386,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             logits = scr[LG0:LG0 + V]
             cursor, issued, mine, d1, d2, d3, d4 = rows_phase(
                 K_LMHEAD, D_, V, rstd, h, h, h, logits, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
-                bars, xs, d1, d2, d3, d4)
+                bars, xs, d1, d2, d3, d4, False)
             lmh.publish_block_best(mine, best, nb, keys)
             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
             if ctl[P.CTL_SAMPLE] != 0:
