@@ -95,6 +95,32 @@ def test_finer_attention_splits_over_a_longer_context(ref):
     assert min(attention_splits(41, POSITIONS_PER_SPLIT), dec.blocks // CONFIG.num_key_value_heads) == 3
 
 
+def test_version_4_computes_version_3s_bits(ref):
+    """Version 4 changes where the weights live in L2 and pairs two rows per warp pass, not a single sum's order:
+    after the same prompt, two decode steps give bit-identical logits and states to version 3 (a page of the
+    consumer with an odd row count takes the lone-row path: the tiny model's pages hold 2 rows of the widest
+    phase, and a block's last page of a phase may hold one)."""
+    from megakernel.persistent import PersistentDecoder
+
+    runs = []
+    for version in (3, 4):
+        dec = PersistentDecoder(ref, max_context=32, version=version, prefill_mode="reference")
+        _, state = dec.prefill(PROMPT)
+        token, logits = 7, []
+        for _ in range(2):
+            logits.append(dec.decode_step(token, state).clone())
+            token = int(logits[-1].argmax())
+        runs.append((logits, state.to_reference()))
+    (l3, s3), (l4, s4) = runs
+    for a, b in zip(l3, l4):
+        assert torch.equal(a, b), "version 4's logits differ from version 3's"
+    for name in ("conv", "recurrent", "k_cache", "v_cache"):
+        a, b = getattr(s3, name), getattr(s4, name)
+        assert a.keys() == b.keys()
+        for layer in a:
+            assert torch.equal(a[layer], b[layer]), f"version 4's {name}[{layer}] differs from version 3's"
+
+
 def test_eos_stops_the_launch(ref):
     """A token chosen inside the launch equal to the EOS id ends the launch after it. (Sampled at a high
     temperature: this tiny model's greedy text repeats one token; the draws are fixed by the seed.)"""

@@ -75,8 +75,8 @@ from numba.cuda import float32, uint64
 from megakernel import device as D
 
 from .matvec import (MAX_PARTS, PARTS_LEN, SHARED_LIMIT_BYTES, SIM_MAX_BLOCKS, SIMULATOR, V6_BOUNDS, WARP,
-                     Launcher, RowsLauncher, cdiv, check_k, combine_parts, dot16_split, dot_batch, dot_row,
-                     load_batch, memo_kernel, min_parts, plan_rows, row_limit, rows_launcher, rows_setup,
+                     Launcher, RowsLauncher, cdiv, check_k, combine_parts, dot16_split, dot16_split2, dot_batch,
+                     dot_row, load_batch, memo_kernel, min_parts, plan_rows, row_limit, rows_launcher, rows_setup,
                      x_shared_bytes)
 
 
@@ -186,6 +186,29 @@ def dot_row_split(W, base, xs, nv, lane):
         acc = dot16_split(acc, D.load_u32x4(W, base + v), xs, v, nv)
         v += WARP
     return acc
+
+
+@cuda.jit(device=True)
+def dot2_row_split(W, base_a, base_b, xs, nv, lane):
+    """``dot_row_split`` of two rows at once (one warp): each x piece is read from shared memory once for both,
+    and both rows' loads are in flight together. Each row's sum is formed in exactly ``dot_row_split``'s order, so
+    the results are bit-identical to two single calls."""
+    acc_a = float32(0)
+    acc_b = float32(0)
+    v = lane
+    while v + WARP < nv:
+        a0 = D.load_u32x4(W, base_a + v)
+        b0 = D.load_u32x4(W, base_b + v)
+        a1 = D.load_u32x4(W, base_a + v + WARP)
+        b1 = D.load_u32x4(W, base_b + v + WARP)
+        acc_a, acc_b = dot16_split2(acc_a, acc_b, a0, b0, xs, v, nv)
+        acc_a, acc_b = dot16_split2(acc_a, acc_b, a1, b1, xs, v + WARP, nv)
+        v += 2 * WARP
+    while v < nv:
+        acc_a, acc_b = dot16_split2(acc_a, acc_b, D.load_u32x4(W, base_a + v), D.load_u32x4(W, base_b + v), xs,
+                                    v, nv)
+        v += WARP
+    return acc_a, acc_b
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -363,6 +363,20 @@ def dot16_split(acc, w, xs, v, nv):
     return acc
 
 
+@cuda.jit(device=True)
+def dot16_split2(acc_a, acc_b, wa, wb, xs, v, nv):
+    """``dot16_split`` for two rows' pieces ``v`` against the same x (read once), each sum in the same order."""
+    x0, x1, x2, x3 = D.load_f32x4(xs, v)
+    x4, x5, x6, x7 = D.load_f32x4(xs, nv + v)
+    a, b, c, d = wa
+    acc_a += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
+    acc_a += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
+    a, b, c, d = wb
+    acc_b += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
+    acc_b += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
+    return acc_a, acc_b
+
+
 if SIMULATOR:
     load_w4 = D.load_u32x4
 else:

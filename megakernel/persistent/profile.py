@@ -144,6 +144,8 @@ def parse_variant(variant: str) -> tuple[int, dict]:
             options["defer"] = True
         elif o == "oolrows":
             options["rows_out_of_line"] = True
+        elif o == "pair":
+            options["paired_rows"] = True
         elif o == "ef":
             options["evict_first"] = True
         elif o == "early":

@@ -47,7 +47,7 @@ class Phase:
 def step_phases(config, context: int = 1, sample: bool = False, version: int = 1,
                 blocks: int | None = None) -> list[Phase]:
     """The phases of one decode step at a context of ``context`` cached positions (the new token included).
-    ``blocks``: the grid, for versions that cap the attention splits at one item per block (version 3)."""
+    ``blocks``: the grid, for versions that cap the attention splits at one item per block (versions 3, 4)."""
     c = config
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
     Hv, Dk, Dv = c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim

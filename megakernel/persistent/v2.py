@@ -42,7 +42,7 @@ from megakernel import device as D
 
 from ..kernels import lm_head as lmh
 from ..kernels.embedding import embed_rows
-from ..kernels.fused_matvec import dot_row_split, stage_gated, stage_norm
+from ..kernels.fused_matvec import dot2_row_split, dot_row_split, stage_gated, stage_norm
 from ..kernels.matvec import WARP, stage_split
 from ..launch import SIMULATOR, as_kernel_array
 from . import pages as PG
@@ -88,7 +88,8 @@ _BUILT: dict = {}
 
 OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": False, "prefetch": False,
            "prefetch_late": False, "counter": False, "defer": False, "state_first": False,
-           "evict_first": False, "rows_out_of_line": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "evict_first": False, "rows_out_of_line": False,
+           "paired_rows": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
@@ -103,7 +104,7 @@ def build(plan_key, plan, barriers: bool = True, profile: bool = False, **option
 def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0,
            nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, prefetch_late: bool = False,
            counter: bool = False, defer: bool = False, state_first: bool = False, evict_first: bool = False,
-           rows_out_of_line: bool = False, ring=None, page_kb=None):
+           rows_out_of_line: bool = False, paired_rows: bool = False, ring=None, page_kb=None):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -117,7 +118,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (its HBM reads then do not queue behind those pages); ``state_first``: the DeltaNet body loads its state slab
     first (``deltanet.deltanet_item``); ``evict_first``: the pages' copies with an L2 evict-first policy (the
     weights pass L2 once per token; code, activations, states and KV then stay); ``rows_out_of_line``: one
-    out-of-line copy of the matvec consumer for all six call sites (the kernel's code shrinks)."""
+    out-of-line copy of the matvec consumer for all six call sites (the kernel's code shrinks); ``paired_rows``: a
+    warp computes two rows of a page at once (gate with up; rows ``r`` and ``r + warps``: ``dot2_row_split``), the
+    same sums in the same order."""
     o = Offsets(plan)
     lay = o.lay
     T, NW, D_, F, V, EPS, L, KIND, SLOT = o.T, o.NW, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
@@ -144,6 +147,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     MIXERS = not nomixer
     CLAMP = nocompute or nomixer or not barriers
     DEFER = defer
+    PAIRED = paired_rows
     copy = tma.bulk_copy_evict_first if evict_first else tma.bulk_copy
 
     @cuda.jit(device=True)
@@ -191,6 +195,52 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return issued, d1, d2, d3, d4
 
     @cuda.jit(device=True)
+    def emit(kind, row, acc, up, rstd, y, h, act, logits, mine, lane):
+        """A finished row's epilogue (``acc``, ``up``: its warp-summed dot products)."""
+        if kind == K_SWIGLU:
+            if lane == 0:
+                act[row] = D.silu(acc * rstd) * (up * rstd)
+        elif kind == K_NORM:
+            if lane == 0:
+                y[row] = acc * rstd
+        elif kind == K_LMHEAD:
+            value = acc * rstd
+            if lane == 0:
+                logits[row] = value
+            key = lmh.argmax_key(value, row)
+            if key > mine:
+                mine = key
+        else:  # K_GATED, K_PLAIN: the residual add
+            if lane == 0:
+                h[row] += acc
+        return mine
+
+    @cuda.jit(device=True)
+    def paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane, warp):
+        """One page's rows, two per warp pass: a SwiGLU row's gate and up together, otherwise rows ``r`` and
+        ``r + NW`` (a lone last row alone)."""
+        if not COMPUTE:
+            return mine
+        if kind == K_SWIGLU:
+            for r in range(warp, nrows, NW):
+                g, u = dot2_row_split(ring, (base + r * kw) // 4, (base + nrows * kw + r * kw) // 4, xs, nv, lane)
+                g = D.warp_sum(g)
+                u = D.warp_sum(u)
+                mine = emit(kind, row0 + r, g, u, rstd, y, h, act, logits, mine, lane)
+        else:
+            for r in range(warp, nrows, 2 * NW):
+                if r + NW < nrows:
+                    a, c = dot2_row_split(ring, (base + r * kw) // 4, (base + (r + NW) * kw) // 4, xs, nv, lane)
+                    a = D.warp_sum(a)
+                    c = D.warp_sum(c)
+                    mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
+                    mine = emit(kind, row0 + r + NW, c, c, rstd, y, h, act, logits, mine, lane)
+                else:
+                    a = D.warp_sum(dot_row_split(ring, (base + r * kw) // 4, xs, nv, lane))
+                    mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
+        return mine
+
+    @cuda.jit(device=True)
     def rows_body(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
                   ring, bars, xs, d1, d2, d3, d4, hold):
         """Consume this block's pages of a rows phase (``rows`` rows of length ``k``; x staged in ``xs``),
@@ -212,26 +262,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             slot = cursor % R_
             tma.mbar_wait(bars, slot, (cursor // R_) & 1)
             base = slot * PW
-            for r in range(warp, nrows if COMPUTE else 0, NW):
+            if PAIRED:
+                mine = paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, mine, ring, xs,
+                                        lane, warp)
+            for r in range(warp, nrows if COMPUTE and not PAIRED else 0, NW):
                 acc = D.warp_sum(dot_row_split(ring, (base + r * kw) // 4, xs, nv, lane))
-                row = row0 + r
+                up = acc
                 if kind == K_SWIGLU:
                     up = D.warp_sum(dot_row_split(ring, (base + nrows * kw + r * kw) // 4, xs, nv, lane))
-                    if lane == 0:
-                        act[row] = D.silu(acc * rstd) * (up * rstd)
-                elif kind == K_NORM:
-                    if lane == 0:
-                        y[row] = acc * rstd
-                elif kind == K_LMHEAD:
-                    value = acc * rstd
-                    if lane == 0:
-                        logits[row] = value
-                    key = lmh.argmax_key(value, row)
-                    if key > mine:
-                        mine = key
-                else:  # K_GATED, K_PLAIN: the residual add
-                    if lane == 0:
-                        h[row] += acc
+                mine = emit(kind, row0 + r, acc, up, rstd, y, h, act, logits, mine, lane)
             cuda.syncthreads()  # every warp is done with the slot
             if issued < total and (not hold or issued < last):
                 if cuda.threadIdx.x == 0:
