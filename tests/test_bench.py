@@ -289,6 +289,10 @@ def test_results_cli_and_merge(tmp_path, monkeypatch):
     assert R.main(["--json", str(RESULTS), str(p2), "--readme", str(readme), "--no-chart"]) == 0
     saved = list((tmp_path / "results").glob("bench_*.json"))
     assert len(saved) == 1 and R.find_latest(tmp_path / "results") == saved[0]
+    # "--json A --json B" merges both too (not only the last one given)
+    saved[0].unlink()
+    assert R.main(["--json", str(RESULTS), "--json", str(p2), "--readme", str(readme), "--no-chart"]) == 0
+    assert len(R.load_results(saved[0])["rows"]) == len(merged["rows"])
     other = dict(later, device="Another GPU")
     p3 = tmp_path / "other.json"
     p3.write_text(json.dumps(other))

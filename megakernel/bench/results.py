@@ -525,7 +525,7 @@ def plot_results(results: dict, path: str | Path | None = None):
 
 # ------------------------------------------------------------------------------------------------ CLI
 parser = cli.parser("megakernel.bench.results", __doc__)
-parser.add_argument("--json", nargs="+", metavar="PATH",
+parser.add_argument("--json", nargs="+", action="extend", metavar="PATH",
                     help="results JSON file(s) (default: the newest bench_*.json in data/results/)")
 parser.add_argument("--readme", default=str(PROJECT_ROOT / "README.md"), help="README to update (default: %(default)s)")
 parser.add_argument("--chart", default=None, help="chart PNG to (re)draw (default: data/results/bench_latest.png)")
