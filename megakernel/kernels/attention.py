@@ -79,6 +79,8 @@ __all__ = [
     "attn_decode",
     "attn_combine",
     "attention_splits",
+    "split_count",
+    "split_count_device",
     "attention_sizes",
     "sincos",
     "MAX_SPLITS",
@@ -98,11 +100,27 @@ def attention_sizes(config) -> tuple[int, int, int, int]:
     return config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.rotary_dim
 
 
-def attention_splits(length: int, positions_per_split: int = POSITIONS_PER_SPLIT, max_splits: int = MAX_SPLITS) -> int:
-    """How many splits of the context ``attn_decode`` should use for ``length`` positions (>= 1)."""
+def split_count(length, positions_per_split, max_splits, cap):
+    """The one rule for how many splits of the context attention decode uses for ``length`` positions: one per
+    ``positions_per_split`` positions, at most ``max_splits`` and, if ``cap`` > 0, at most ``cap`` (the persistent
+    kernel's one item per block), at least 1. Plain Python, also compiled as a device function
+    (``split_count_device``), so the host (plans, the schedule) and the kernels cannot disagree."""
+    n = (length + positions_per_split - 1) // positions_per_split
+    n = min(max_splits, n)
+    if cap > 0:
+        n = min(cap, n)
+    return max(1, n)
+
+
+split_count_device = cuda.jit(device=True)(split_count)
+
+
+def attention_splits(length: int, positions_per_split: int = POSITIONS_PER_SPLIT, max_splits: int = MAX_SPLITS,
+                     cap: int = 0) -> int:
+    """How many splits of the context ``attn_decode`` should use for ``length`` positions (>= 1; ``split_count``)."""
     if length < 1:
         raise ValueError(f"attention needs at least one cached position, got length {length}")
-    return max(1, min(max_splits, -(-length // positions_per_split)))
+    return int(split_count(int(length), int(positions_per_split), int(max_splits), int(cap)))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -207,9 +225,8 @@ def _splits_given(n_splits, length):
 @cuda.jit(device=True)
 def splits_for_length(max_splits, length):
     """Splits in use for ``length`` positions when the grid was sized for the cache capacity (``max_splits``):
-    one per POSITIONS_PER_SPLIT positions, as ``attention_splits``; blocks past it have nothing to do."""
-    n = (length + int32(POSITIONS_PER_SPLIT - 1)) // int32(POSITIONS_PER_SPLIT)
-    return max(int32(1), min(int32(max_splits), n))
+    ``split_count`` with POSITIONS_PER_SPLIT; blocks past it have nothing to do."""
+    return int32(split_count_device(int32(length), int32(POSITIONS_PER_SPLIT), int32(max_splits), int32(0)))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -122,19 +122,16 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False):
 
 def make_splits(plan):
     """``ns = splits(length, nb)``: attention-decode splits in use for ``length`` cached positions on a grid of
-    ``nb`` blocks: one per ``plan.positions_per_split`` positions, at most ``plan.max_splits``
-    (``attention.attention_splits``); with ``plan.splits_fit_grid`` also at most one item per block
-    (``nb // Hkv`` splits: a second round of items would double the phase)."""
+    ``nb`` blocks: ``attention.split_count`` with the plan's ``positions_per_split`` and ``max_splits``; with
+    ``plan.splits_fit_grid`` also at most one item per block (``nb // Hkv`` splits: a second round of items would
+    double the phase)."""
     PPS, S_MAX = plan.positions_per_split, plan.max_splits
     FIT = plan.splits_fit_grid
     HKV = max(1, plan.config.num_key_value_heads)
 
     @cuda.jit(device=True)
     def splits(length, nb):
-        n = min(S_MAX, (length + PPS - 1) // PPS)
-        if FIT:
-            n = min(n, nb // HKV)
-        return max(1, n)
+        return attn.split_count_device(length, PPS, S_MAX, max(1, nb // HKV) if FIT else 0)
 
     return splits
 

@@ -57,9 +57,11 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
     from .decoder import VERSIONS
 
     pps = getattr(VERSIONS.get(version), "POSITIONS_PER_SPLIT", None)
-    splits = attention_splits(max(1, context)) if pps is None else attention_splits(max(1, context), pps)
-    if pps is not None and blocks:
-        splits = max(1, min(splits, blocks // max(1, c.num_key_value_heads)))
+    if pps is None:
+        splits = attention_splits(max(1, context))
+    else:  # the plan's cap: one item per block (phases.make_splits)
+        cap = max(1, blocks // max(1, c.num_key_value_heads)) if blocks else 0
+        splits = attention_splits(max(1, context), pps, cap=cap)
     rows_in = c.conv_dim + c.value_dim + 2 * Hv
     rows_qkv = 2 * Hq * Dh + 2 * Hkv * Dh
     # weight bytes as reference.budget counts them (2 bytes per parameter; the small fp32 parameters too)
