@@ -18,7 +18,8 @@
 # - how a persistent kernel runs the **same device functions** as the layered kernels, each block taking a share of
 #   each phase, with `this_grid().sync()` between phases (version 1);
 # - how version 2 streams the weights through shared memory with the copy engine, ahead of the barriers, and what
-#   version 3 changes (finer attention work items);
+#   versions 3 (finer attention work items) and 4 (the weight stream evict-first in L2, two rows per warp pass)
+#   change;
 # - stepping the megakernel on the CPU through the simulator and comparing every state with the layered decoder;
 # - what the H100 measured, and what limits it.
 #
@@ -242,15 +243,20 @@ for path in profiles:
 # maximum over its phases (255: the attention arrays), so an SM holds 8 warps, too few loads in flight for full
 # bandwidth, and each of the 134 barriers drains the memory pipeline. Version 2's weight stream takes the matvecs
 # off the register budget; version 3 gives attention 4x the work items (its decode phase drops from ~127 to ~86 us
-# per step at context 512). But all three sit near 30% of the floor, and the profiles say why:
+# per step at context 512). All three sit near 30% of the floor. Version 4 (~37%, 723 tok/s at context 512) found
+# what made every small phase 2-3x slower inside the kernel than as a kernel of its own: L2. The kernel streams
+# 1.5 GB of weights per token through a 50 MB L2, which flushed what is reused (its ~290 KB of machine code, more
+# than an SM's instruction cache holds; the activations; conv state and KV), so those came back from HBM behind
+# the stream. Marking the weight copies evict-first took the DeltaNet phase from ~258 to ~166 us per step.
 #
-# - **the skeleton**: a build with the mixers removed still needs ~1,060 us per token, the whole layered graph's
-#   time. A projection gives each block only 1-4 pages of 32 KB between two barriers, and those pages arrive
-#   ~8-10 us after they are issued, because every SM keeps its ring full (25 MB in flight: a queue);
-# - **the mixers**: ~630 us per token inside the kernel against ~200 us as separate kernels. Their state and KV
-#   reads queue behind the weight stream. Prefetching them into L2 from the SMs made things worse (the prefetch
-#   instructions stall under that load).
+# What is left is the structure itself:
 #
-# So the next version needs a different skeleton, not more switches on this one: fewer and longer phases (a block
-# streaming gate/up *and* down for its slice of the MLP, say), the mixers' state fetched by the copy engine in the
-# stream's own order, and dependency counters where phases are long enough for overlap to pay.
+# - **134 grid barriers**: in every phase the median block waits ~2.5 us at the barrier after it. Without them the
+#   skeleton (mixers removed) needs 683 instead of 1,060 us. At ~2.8 us each they cost ~375 us per token, so even
+#   with free phases a barrier-per-phase kernel would stay below ~58% of the floor at these shapes;
+# - **the mixers**: ~400 us per token (the DeltaNet item ~8 us per layer, 5.5 us as a kernel), with the other
+#   blocks idle meanwhile.
+#
+# So the next version has to synchronise less, not compute faster: fold attention's prepare and combine into the
+# phases around them, and let a DeltaNet item wait, with a counter, for just the blocks that wrote its head's rows
+# instead of for the whole grid.
