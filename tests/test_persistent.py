@@ -191,6 +191,14 @@ def test_measured_build_variants_stay_correct(ref, options):
     assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
 
 
+def test_an_unknown_build_option_is_refused(ref):
+    from megakernel.persistent import PersistentDecoder
+
+    dec = PersistentDecoder(ref, max_context=32, version=4, prefill_mode="reference", options={"evict_frist": True})
+    with pytest.raises(ValueError, match="unknown persistent kernel build option.*evict_frist"):
+        dec.kernel()
+
+
 def test_without_its_barriers_the_kernel_is_wrong(ref):
     """The test-only switch that removes every grid barrier: the race detector (or the result) says so."""
     from megakernel.persistent import PersistentDecoder

@@ -92,8 +92,15 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "paired_rows": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
+PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
+
+
 def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
-    opts = {**OPTIONS, **options}
+    opts = {**OPTIONS, **{k: v for k, v in options.items() if k not in PLAN_OPTIONS}}
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown persistent kernel build option(s) {unknown}: choose from {sorted(OPTIONS)} "
+                         f"(and {list(PLAN_OPTIONS)} for the plan)")
     key = (plan_key, barriers, profile, tuple(sorted(opts.items())))
     kernel = _BUILT.get(key)
     if kernel is None:
@@ -104,13 +111,13 @@ def build(plan_key, plan, barriers: bool = True, profile: bool = False, **option
 def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0,
            nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, prefetch_late: bool = False,
            counter: bool = False, defer: bool = False, state_first: bool = False, evict_first: bool = False,
-           rows_out_of_line: bool = False, paired_rows: bool = False, ring=None, page_kb=None):
+           rows_out_of_line: bool = False, paired_rows: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
     Timing experiments only (wrong results, the token clamped to the vocabulary): ``nocompute`` waits for every
     page but skips its dot products; ``nomixer`` skips the DeltaNet and attention bodies (barriers kept).
-    ``ring`` / ``page_kb`` are read by ``configure``. ``prefetch``: the mixers' HBM inputs (DeltaNet state and
+    ``prefetch``: the mixers' HBM inputs (DeltaNet state and
     conv rows, the KV rows to score) into L2 at the start of the projection before them (``make_prefetchers``);
     ``prefetch_late``: the same prefetches issued after the block's last page of that projection (before the
     barrier), so they do not delay its pages; ``counter``: the counter barrier instead of ``grid.sync()``
