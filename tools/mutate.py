@@ -56,6 +56,7 @@ DECODER_SPLIT = "tests/test_layered.py::test_split_launches_match_reference"
 PERSISTENT_V1 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v1]"
 PERSISTENT_V2 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v2]"
 PERSISTENT_COUNTER = "tests/test_persistent.py::test_measured_build_variants_stay_correct[counter-barrier]"
+PERSISTENT_V4 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v4]"
 
 MUTATIONS = [
     # ---- the two races the issue names
@@ -106,6 +107,14 @@ MUTATIONS = [
              (("            slot = cursor % R_\n            tma.mbar_wait(", "            slot = (cursor + 1) % R_\n"
                "            tma.mbar_wait("),),
              (PERSISTENT_V2,)),
+    Mutation("persistent v4: the second row of a warp's pair written over the first", "megakernel/persistent/v2.py",
+             (("                    mine = emit(kind, row0 + r + NW, c, c,",
+               "                    mine = emit(kind, row0 + r, c, c,"),),
+             (PERSISTENT_V4,)),
+    Mutation("persistent v4: a SwiGLU pair's up row read from the next gate row", "megakernel/persistent/v2.py",
+             (("(base + nrows * kw + r * kw) // 4, xs, nv, lane)\n                g = D.warp_sum(g)",
+               "(base + (r + 1) * kw) // 4, xs, nv, lane)\n                g = D.warp_sum(g)"),),
+             (PERSISTENT_V4,)),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
              (("""            gen = cuda.atomic.add(ctl, GEN, 0)
             cuda.threadfence()
