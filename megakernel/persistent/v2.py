@@ -117,8 +117,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
     Timing experiments only (wrong results, the token clamped to the vocabulary): ``nocompute`` waits for every
     page but skips its dot products; ``nomixer`` skips the DeltaNet and attention bodies (barriers kept).
-    ``prefetch``: the mixers' HBM inputs (DeltaNet state and
-    conv rows, the KV rows to score) into L2 at the start of the projection before them (``make_prefetchers``);
+    ``prefetch``: the mixers' HBM inputs (DeltaNet state and conv rows, the KV rows to score) into L2 at the start
+    of the projection before them (``make_prefetchers``);
     ``prefetch_late``: the same prefetches issued after the block's last page of that projection (before the
     barrier), so they do not delay its pages; ``counter``: the counter barrier instead of ``grid.sync()``
     (``make_barrier``). ``defer``: the slots freed by a mixer's input projection are refilled only after the mixer
