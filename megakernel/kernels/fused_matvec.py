@@ -75,9 +75,9 @@ from numba.cuda import float32, uint64
 from megakernel import device as D
 
 from .matvec import (MAX_PARTS, PARTS_LEN, SHARED_LIMIT_BYTES, SIM_MAX_BLOCKS, SIMULATOR, V6_BOUNDS, WARP,
-                     Launcher, RowsLauncher, cdiv, check_k, combine_parts, dot16_split, dot16_split2, dot_batch,
-                     dot_row, load_batch, memo_kernel, min_parts, plan_rows, row_limit, rows_launcher, rows_setup,
-                     x_shared_bytes)
+                     Launcher, RowsLauncher, cdiv, check_k, combine_parts, dot16_split, dot16_split2, dot16_x,
+                     dot_batch, dot_row, load_batch, memo_kernel, min_parts, plan_rows, row_limit, rows_launcher,
+                     rows_setup, x_shared_bytes)
 
 
 
@@ -137,13 +137,7 @@ def dot16x2_norm(ag, au, ss, p, q, h, g, v):
     ss += h4 * h4 + h5 * h5 + h6 * h6 + h7 * h7
     x0, x1, x2, x3 = h0 * (one + g0), h1 * (one + g1), h2 * (one + g2), h3 * (one + g3)
     x4, x5, x6, x7 = h4 * (one + g4), h5 * (one + g5), h6 * (one + g6), h7 * (one + g7)
-    a, b, c, d = p
-    ag += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
-    ag += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
-    a, b, c, d = q
-    au += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
-    au += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
-    return ag, au, ss
+    return dot16_x(ag, p, x0, x1, x2, x3, x4, x5, x6, x7), dot16_x(au, q, x0, x1, x2, x3, x4, x5, x6, x7), ss
 
 
 @cuda.jit(device=True)

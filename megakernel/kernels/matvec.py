@@ -268,14 +268,21 @@ def matvec_v3(W, x, y, n, k):
 
 
 @cuda.jit(device=True)
+def dot16_x(acc, w, x0, x1, x2, x3, x4, x5, x6, x7):
+    """``acc`` plus the 8 bf16 weights of the words ``w`` times ``x0..x7``, in this fixed order."""
+    a, b, c, d = w
+    acc += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
+    acc += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
+    return acc
+
+
+@cuda.jit(device=True)
 def dot16(acc, a, b, c, d, x, v):
     """``acc`` + the dot product of one 16-byte piece of a W row (words a, b, c, d = 8 bf16, piece ``v`` of the
     row) with x[8v : 8v+8], read as two 16-byte loads."""
     x0, x1, x2, x3 = D.load_f32x4(x, 2 * v)
     x4, x5, x6, x7 = D.load_f32x4(x, 2 * v + 1)
-    acc += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
-    acc += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
-    return acc
+    return dot16_x(acc, (a, b, c, d), x0, x1, x2, x3, x4, x5, x6, x7)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -357,10 +364,7 @@ def dot16_split(acc, w, xs, v, nv):
     x[8v+4:8v+8] at xs[4nv+4v : 4nv+4v+4], so lane l's two 16-byte reads are contiguous across the warp."""
     x0, x1, x2, x3 = D.load_f32x4(xs, v)
     x4, x5, x6, x7 = D.load_f32x4(xs, nv + v)
-    a, b, c, d = w
-    acc += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
-    acc += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
-    return acc
+    return dot16_x(acc, w, x0, x1, x2, x3, x4, x5, x6, x7)
 
 
 @cuda.jit(device=True)
@@ -368,13 +372,8 @@ def dot16_split2(acc_a, acc_b, wa, wb, xs, v, nv):
     """``dot16_split`` for two rows' pieces ``v`` against the same x (read once), each sum in the same order."""
     x0, x1, x2, x3 = D.load_f32x4(xs, v)
     x4, x5, x6, x7 = D.load_f32x4(xs, nv + v)
-    a, b, c, d = wa
-    acc_a += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
-    acc_a += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
-    a, b, c, d = wb
-    acc_b += D.bf16_lo(a) * x0 + D.bf16_hi(a) * x1 + D.bf16_lo(b) * x2 + D.bf16_hi(b) * x3
-    acc_b += D.bf16_lo(c) * x4 + D.bf16_hi(c) * x5 + D.bf16_lo(d) * x6 + D.bf16_hi(d) * x7
-    return acc_a, acc_b
+    return (dot16_x(acc_a, wa, x0, x1, x2, x3, x4, x5, x6, x7),
+            dot16_x(acc_b, wb, x0, x1, x2, x3, x4, x5, x6, x7))
 
 
 if SIMULATOR:

@@ -116,6 +116,12 @@ def plot_timeline(t: Timeline, ax=None, max_blocks: int | None = None, title: st
     return ax
 
 
+_FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", "pf": "prefetch",
+          "pflate": "prefetch_late", "cbar": "counter", "defer": "defer", "early": "state_first",
+          "oolrows": "rows_out_of_line", "pair": "paired_rows", "ef": "evict_first", "nobar": "_nobar"}
+_VALUES = {"l2=": "l2_ahead", "ring=": "ring", "page=": "page_kb"}
+
+
 def parse_variant(variant: str) -> tuple[int, dict]:
     """``"3+defer+ring=4"`` -> ``(3, {"defer": True, "ring": 4})``: a version and its build options as the
     profiling tools spell them (``tools/profile_persistent.py`` lists them; ``"nobar"`` comes back as ``"_nobar"``:
@@ -123,36 +129,14 @@ def parse_variant(variant: str) -> tuple[int, dict]:
     version, *opts = variant.split("+")
     options = {}
     for o in opts:
-        if o == "ool":
-            options["out_of_line"] = True
-        elif o.startswith("l2="):
-            options["l2_ahead"] = int(o[3:])
-        elif o.startswith("ring="):
-            options["ring"] = int(o[5:])
-        elif o.startswith("page="):
-            options["page_kb"] = int(o[5:])
-        elif o in ("nocompute", "nomixer"):
-            options[o] = True
-        elif o == "pf":
-            options["prefetch"] = True
-        elif o == "pflate":
-            options["prefetch_late"] = True
-        elif o == "cbar":
-            options["counter"] = True
-        elif o == "defer":
-            options["defer"] = True
-        elif o == "oolrows":
-            options["rows_out_of_line"] = True
-        elif o == "pair":
-            options["paired_rows"] = True
-        elif o == "ef":
-            options["evict_first"] = True
-        elif o == "early":
-            options["state_first"] = True
-        elif o == "nobar":
-            options["_nobar"] = True
-        else:
-            raise ValueError(f"unknown option {o!r} in variant {variant!r}")
+        if o in _FLAGS:
+            options[_FLAGS[o]] = True
+            continue
+        prefix = next((p for p in _VALUES if o.startswith(p)), None)
+        if prefix is None:
+            raise ValueError(f"unknown option {o!r} in variant {variant!r}: one of {sorted(_FLAGS)} or "
+                             f"{[p + 'N' for p in _VALUES]}")
+        options[_VALUES[prefix]] = int(o[len(prefix):])
     return int(version), options
 
 

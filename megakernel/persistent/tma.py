@@ -147,43 +147,35 @@ else:
 
         return types.void(bars, slot, nbytes), codegen
 
-    @intrinsic
-    def bulk_copy(typingctx, dst, d, src, s, n, bars, slot):
-        if not (_is_array(dst) and _is_array(src) and _is_array(bars)):
-            return None
+    _COPY = "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"
 
-        def codegen(context, builder, sig, args):
-            dst_a = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
-            src_a = _gmem(builder, _word_ptr(context, builder, sig.args[2], args[2], args[3]))
-            nbytes = builder.mul(_as_i32(builder, args[4]), ir.Constant(_i32, 4))
-            bar_a = _smem32(builder, _word_ptr(context, builder, sig.args[5], args[5], args[6]))
-            fnty = ir.FunctionType(ir.VoidType(), [_i32, _i64, _i32, _i32])
-            builder.asm(fnty, "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [$0], [$1], $2, [$3];",
-                        "r,l,r,r", [dst_a, src_a, nbytes, bar_a], side_effect=True)
-            return context.get_dummy_value()
+    def _bulk_copy_typer(asm):
+        """The typer of a ``(dst, d, src, s, n, bars, slot)`` bulk copy emitting ``asm`` ($0 dst, $1 src, $2 bytes,
+        $3 mbarrier)."""
 
-        return types.void(dst, d, src, s, n, bars, slot), codegen
+        def typer(typingctx, dst, d, src, s, n, bars, slot):
+            if not (_is_array(dst) and _is_array(src) and _is_array(bars)):
+                return None
 
-    @intrinsic
-    def bulk_copy_evict_first(typingctx, dst, d, src, s, n, bars, slot):
-        """``bulk_copy`` with an L2 evict-first policy: data read once per token (the weights: 30x the L2) then
-        leaves L2 first, so what is reused (code, activations, states, KV) stays there."""
-        if not (_is_array(dst) and _is_array(src) and _is_array(bars)):
-            return None
+            def codegen(context, builder, sig, args):
+                dst_a = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+                src_a = _gmem(builder, _word_ptr(context, builder, sig.args[2], args[2], args[3]))
+                nbytes = builder.mul(_as_i32(builder, args[4]), ir.Constant(_i32, 4))
+                bar_a = _smem32(builder, _word_ptr(context, builder, sig.args[5], args[5], args[6]))
+                fnty = ir.FunctionType(ir.VoidType(), [_i32, _i64, _i32, _i32])
+                builder.asm(fnty, asm, "r,l,r,r", [dst_a, src_a, nbytes, bar_a], side_effect=True)
+                return context.get_dummy_value()
 
-        def codegen(context, builder, sig, args):
-            dst_a = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
-            src_a = _gmem(builder, _word_ptr(context, builder, sig.args[2], args[2], args[3]))
-            nbytes = builder.mul(_as_i32(builder, args[4]), ir.Constant(_i32, 4))
-            bar_a = _smem32(builder, _word_ptr(context, builder, sig.args[5], args[5], args[6]))
-            fnty = ir.FunctionType(ir.VoidType(), [_i32, _i64, _i32, _i32])
-            builder.asm(fnty, "{ .reg .b64 pol; createpolicy.fractional.L2::evict_first.b64 pol, 1.0; "
-                        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
-                        "[$0], [$1], $2, [$3], pol; }",
-                        "r,l,r,r", [dst_a, src_a, nbytes, bar_a], side_effect=True)
-            return context.get_dummy_value()
+            return types.void(dst, d, src, s, n, bars, slot), codegen
 
-        return types.void(dst, d, src, s, n, bars, slot), codegen
+        return typer
+
+    bulk_copy = intrinsic(_bulk_copy_typer(_COPY + " [$0], [$1], $2, [$3];"))
+    # the same with an L2 evict-first policy: data read once per token (the weights: 30x the L2) then leaves L2
+    # first, so what is reused (code, activations, states, KV) stays there
+    bulk_copy_evict_first = intrinsic(_bulk_copy_typer(
+        "{ .reg .b64 pol; createpolicy.fractional.L2::evict_first.b64 pol, 1.0; "
+        + _COPY + ".L2::cache_hint [$0], [$1], $2, [$3], pol; }"))
 
     @intrinsic
     def _mbar_try_wait(typingctx, bars, slot, parity):
