@@ -260,3 +260,25 @@ for path in profiles:
 # So the next version has to synchronise less, not compute faster: fold attention's prepare and combine into the
 # phases around them, and let a DeltaNet item wait, with a counter, for just the blocks that wrote its head's rows
 # instead of for the whole grid.
+#
+# The bound is simple enough to draw: if every phase streamed at full bandwidth and each barrier still cost its
+# time on the critical path, a step would take floor + barriers x cost (`schedule.barrier_bound`).
+
+# %%
+n_barriers = np.arange(0, 161, 4)
+fig, ax = plt.subplots(figsize=(8, 3.5))
+for cost_us in (1.5, 2.8):
+    bound = [schedule.barrier_bound(published, 512, cost_us * 1e-6, barriers=int(n)) for n in n_barriers]
+    ax.plot(n_barriers, np.array(bound) * 100, label=f"{cost_us} us per barrier")
+ours = schedule.barriers_per_token(published, version=4)
+ax.axvline(ours, color="grey", ls=":", label=f"this schedule: {ours} barriers")
+ax.axhline(60, color="red", ls="--", lw=0.8, label="issue 9's target (60%)")
+ax.axhline(37, color="black", lw=0.8, label="version 4 measured (37%, H100)")
+ax.set_xlabel("grid barriers per token")
+ax.set_ylabel("best fraction of the floor (%)")
+ax.set_ylim(30, 102)
+ax.set_title("Qwen3.5-0.8B at context 512: what barriers alone allow")
+ax.legend(fontsize=7)
+plt.show()
+print(f"{ours} barriers at 2.8 us: at most {schedule.barrier_bound(published, 512, 2.8e-6, version=4):.0%} "
+      f"of the floor; at 1.5 us (grid.sync alone): {schedule.barrier_bound(published, 512, 1.5e-6, version=4):.0%}")

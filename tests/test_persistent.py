@@ -294,6 +294,23 @@ def test_schedule_dependencies_bytes_and_barriers():
         check_dependencies(broken)
 
 
+def test_barrier_bound_of_a_barrier_per_phase_kernel():
+    """floor / (floor + barriers x cost), from the budget's floor: at the H100's measured ~2.8 us per barrier the
+    134 barriers of the 0.8B step cap the fraction at ~58% at context 512 (NOTES.md), whatever the phases do."""
+    from megakernel.persistent.schedule import barrier_bound
+    from reference.budget import decode_budget
+    from reference.config import Qwen35Config as C
+
+    c = C.qwen35_0_8b()
+    floor = decode_budget(c, 512).floor_seconds()
+    assert barrier_bound(c, 512, 2.8e-6) == pytest.approx(floor / (floor + 134 * 2.8e-6))
+    assert 0.57 < barrier_bound(c, 512, 2.8e-6) < 0.59
+    assert barrier_bound(c, 512, 0.0) == 1.0 and barrier_bound(c, 512, 2.8e-6, barriers=0) == 1.0
+    assert barrier_bound(c, 512, 2.8e-6, barriers=60) > barrier_bound(c, 512, 2.8e-6) > barrier_bound(c, 512, 4e-6)
+    with pytest.raises(ValueError, match="barrier_seconds"):
+        barrier_bound(c, 512, -1e-6)
+
+
 def test_page_table_covers_every_row_once():
     """Every row of every matrix is streamed by exactly one block, once per step, in the phases' order."""
     from megakernel.persistent.pages import page_table, rows_phases

@@ -108,6 +108,21 @@ def barriers_per_token(config, sample: bool = False, version: int = 1) -> int:
     return sum(p.barrier_after for p in step_phases(config, sample=sample, version=version))
 
 
+def barrier_bound(config, context: int, barrier_seconds: float, barriers: int | None = None,
+                  version: int = 1, bandwidth: float | None = None) -> float:
+    """The best fraction of the bandwidth floor a kernel with a grid barrier after each phase can reach: every
+    phase streams at full bandwidth and each of its ``barriers`` (default: this schedule's count) adds
+    ``barrier_seconds`` to the critical path, so floor / (floor + barriers x barrier_seconds). The H100 measured
+    ~2.8 us per barrier inside the persistent kernel (NOTES.md): with 134, ~58% at context 512."""
+    from reference.budget import H100_COPY_BANDWIDTH, decode_budget
+
+    if barrier_seconds < 0:
+        raise ValueError(f"barrier_seconds must be >= 0, got {barrier_seconds}")
+    n = barriers_per_token(config, version=version) if barriers is None else barriers
+    floor = decode_budget(config, context).floor_seconds(bandwidth or H100_COPY_BANDWIDTH)
+    return floor / (floor + n * barrier_seconds)
+
+
 class ScheduleError(AssertionError):
     """A phase reads (or overwrites) a buffer without a barrier ordering it after the phase that wrote (read) it."""
 
