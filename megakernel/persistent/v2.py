@@ -191,14 +191,21 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             copy(ring, slot * PW + n1, Ww, s2, n2, bars, slot)
 
     @cuda.jit(device=True)
+    def issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
+        """Thread 0 starts page ``issued`` (descriptor d1..d4) into its slot ``issued % R_``, whose previous page
+        every warp has finished (the caller's ``syncthreads``), and loads the next descriptor. All threads
+        return ``issued + 1``."""
+        if cuda.threadIdx.x == 0:
+            tma.fence_proxy_async()  # the threads' reads of the slot before the copy engine's writes
+            issue(issued % R_, d1, d2, d3, d4, Ww, ring, bars)
+            d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
+        return issued + 1, d1, d2, d3, d4
+
+    @cuda.jit(device=True)
     def refill(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
         """Issue the pages of every free slot (those ``rows_phase(..., hold=True)`` left empty)."""
         while issued < total and issued < cursor + R_:
-            if cuda.threadIdx.x == 0:
-                tma.fence_proxy_async()
-                issue(issued % R_, d1, d2, d3, d4, Ww, ring, bars)
-                d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
-            issued += 1
+            issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
         return issued, d1, d2, d3, d4
 
     @cuda.jit(device=True)
@@ -280,11 +287,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 mine = emit(kind, row0 + r, acc, up, rstd, y, h, act, logits, mine, lane)
             cuda.syncthreads()  # every warp is done with the slot
             if issued < total and (not hold or issued < last):
-                if cuda.threadIdx.x == 0:
-                    tma.fence_proxy_async()
-                    issue(issued % R_, d1, d2, d3, d4, Ww, ring, bars)  # this slot, unless a hold left some empty
-                    d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
-                issued += 1
+                issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
             cursor += 1
         return cursor, issued, mine, d1, d2, d3, d4
 
