@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import megakernel  # noqa: E402
@@ -32,8 +33,6 @@ from reference import ensure_synthetic_checkpoint  # noqa: E402
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
 variants = (sys.argv[2] if len(sys.argv) > 2 else "1,2").split(",")
-
-
 context = int(sys.argv[3]) if len(sys.argv) > 3 else 16
 ref = megakernel.load(ensure_synthetic_checkpoint(), "reference")
 prompt = [(i * 7919) % 200_000 + 17 for i in range(context)]
@@ -57,16 +56,16 @@ for variant in variants:
     t = read_timeline(dec, steps, context=context + 2)
     if lock:
         fcntl.flock(lock, fcntl.LOCK_UN)
-    print(f"\n=== persistent {variant}: {dec.blocks} blocks x {dec.plan.threads} threads, {getattr(dec, 'registers', '?')} "
-          f"registers, context {context}")
+        lock.close()
+    print(f"\n=== persistent {variant}: {dec.blocks} blocks x {dec.plan.threads} threads, "
+          f"{getattr(dec, 'registers', '?')} registers, context {context}")
     print(format_table(t))
-    fig, ax = plt.subplots(figsize=(14, 5))
-    plot_timeline(t, ax=ax, title=f"persistent {variant}, three steps, context {context}")
     tag = variant.replace("+", "_").replace("=", "")
-    fig.savefig(out / f"timeline_v{tag}.png", dpi=110, bbox_inches="tight")
-    import numpy as np
-
-    s0 = t.start  # relative ns as int32, compressed: small enough to commit beside the results
+    s0 = t.start  # the data first (relative ns as int32, compressed: small enough to commit), then the chart
     np.savez_compressed(out / f"timeline_v{tag}.npz", arrive=(t.arrive - s0).astype(np.int32),
                         leave=(t.leave - s0).astype(np.int32), labels=np.array(t.labels))
+    fig, ax = plt.subplots(figsize=(14, 5))
+    plot_timeline(t, ax=ax, title=f"persistent {variant}, three steps, context {context}")
+    fig.savefig(out / f"timeline_v{tag}.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
     del dec
