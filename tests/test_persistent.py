@@ -96,30 +96,32 @@ def test_finer_attention_splits_over_a_longer_context(ref):
     assert min(attention_splits(41, POSITIONS_PER_SPLIT), dec.blocks // CONFIG.num_key_value_heads) == 3
 
 
-def test_version_4_computes_version_3s_bits(ref):
-    """Version 4 changes where the weights live in L2 and pairs two rows per warp pass, not a single sum's order:
-    after the same prompt, two decode steps give bit-identical logits and states to version 3 (a page of the
-    consumer with an odd row count takes the lone-row path: the tiny model's pages hold 2 rows of the widest
-    phase, and a block's last page of a phase may hold one)."""
+@pytest.mark.parametrize("version", [4, 5, 6])
+def test_later_versions_compute_version_3s_bits(ref, version):
+    """Versions 4 and 5 change where the weights live in L2, pair two rows per warp pass, release the ring's slots
+    warp by warp and use another grid barrier, never a single sum's order: after the same prompt, two decode steps
+    give bit-identical logits and states to version 3 (a page of the consumer with an odd row count takes the
+    lone-row path: the tiny model's pages hold 2 rows of the widest phase, and a block's last page of a phase may
+    hold one)."""
     from megakernel.persistent import PersistentDecoder
 
     runs = []
-    for version in (3, 4):
-        dec = PersistentDecoder(ref, max_context=32, version=version, prefill_mode="reference")
+    for v in (3, version):
+        dec = PersistentDecoder(ref, max_context=32, version=v, prefill_mode="reference")
         _, state = dec.prefill(PROMPT)
         token, logits = 7, []
         for _ in range(2):
             logits.append(dec.decode_step(token, state).clone())
             token = int(logits[-1].argmax())
         runs.append((logits, state.to_reference()))
-    (l3, s3), (l4, s4) = runs
-    for a, b in zip(l3, l4):
-        assert torch.equal(a, b), "version 4's logits differ from version 3's"
+    (l3, s3), (ln, sn) = runs
+    for a, b in zip(l3, ln):
+        assert torch.equal(a, b), f"version {version}'s logits differ from version 3's"
     for name in ("conv", "recurrent", "k_cache", "v_cache"):
-        a, b = getattr(s3, name), getattr(s4, name)
+        a, b = getattr(s3, name), getattr(sn, name)
         assert a.keys() == b.keys()
         for layer in a:
-            assert torch.equal(a[layer], b[layer]), f"version 4's {name}[{layer}] differs from version 3's"
+            assert torch.equal(a[layer], b[layer]), f"version {version}'s {name}[{layer}] differs from version 3's"
 
 
 def test_eos_stops_the_launch(ref):
@@ -179,9 +181,12 @@ def test_gumbel_keys_sample_the_softmax():
 
 @pytest.mark.parametrize("options", [dict(counter=True), dict(prefetch=True, prefetch_late=True), dict(ring=2),
                                      dict(defer=True, state_first=True, ring=2),
-                                     dict(evict_first=True, rows_out_of_line=True, out_of_line=True)],
+                                     dict(evict_first=True, rows_out_of_line=True, out_of_line=True),
+                                     dict(counter=True, l2_ahead=3, evict_first=True), dict(l2_ahead=2, l2_keep=True),
+                                     dict(monotonic=True, warp_release=True)],
                          ids=["counter-barrier", "l2-prefetch", "ring-2", "deferred-refills-state-first",
-                              "evict-first-out-of-line"])
+                              "evict-first-out-of-line", "counter-barrier-l2-ahead", "l2-ahead-before-barrier",
+                              "monotonic-barrier-warp-release"])
 def test_measured_build_variants_stay_correct(ref, options):
     """The v2/v3 build switches NOTES.md measured (not the defaults) compute the same: two steps, logits and every
     state against the reference (the counter barrier's release/acquire pairs under the race detector)."""

@@ -57,6 +57,10 @@ PERSISTENT_V1 = "tests/test_persistent.py::test_logits_every_state_and_layer_and
 PERSISTENT_V2 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v2]"
 PERSISTENT_COUNTER = "tests/test_persistent.py::test_measured_build_variants_stay_correct[counter-barrier]"
 PERSISTENT_V4 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v4]"
+PERSISTENT_MONOTONIC = ("tests/test_persistent.py::test_measured_build_variants_stay_correct"
+                        "[monotonic-barrier-warp-release]")
+PERSISTENT_V5 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v5]"
+PERSISTENT_V6 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v6]"
 
 MUTATIONS = [
     # ---- the two races the issue names
@@ -104,27 +108,50 @@ MUTATIONS = [
              (("            cuda.syncthreads()  # every warp is done with the slot\n", ""),),
              (PERSISTENT_V2,), race=True),
     Mutation("persistent v2: a page read from the slot after the one it was copied to", "megakernel/persistent/v2.py",
-             (("            slot = cursor % R_\n            tma.mbar_wait(", "            slot = (cursor + 1) % R_\n"
-               "            tma.mbar_wait("),),
+             (("            slot = cursor % R_\n            if WREL:", "            slot = (cursor + 1) % R_\n            if WREL:"),),
              (PERSISTENT_V2,)),
     Mutation("persistent v4: the second row of a warp's pair written over the first", "megakernel/persistent/v2.py",
-             (("                    mine = emit(kind, row0 + r + NW, c, c,",
-               "                    mine = emit(kind, row0 + r, c, c,"),),
+             (("            mine = emit(kind, row0 + r + NW, c, c,",
+               "            mine = emit(kind, row0 + r, c, c,"),),
              (PERSISTENT_V4,)),
+    Mutation("persistent page pairs: the second page's rows read from the first page's slot",
+             "megakernel/persistent/v2.py",
+             (("(baseb + r * kw) // 4, (baseb + (r + NW) * kw) // 4, xs, nv, lane)",
+               "(basea + r * kw) // 4, (baseb + (r + NW) * kw) // 4, xs, nv, lane)"),),
+             (PERSISTENT_V6,)),
+    Mutation("persistent page pairs: both slots refilled before every warp is done with them",
+             "megakernel/persistent/v2.py",
+             (("""                cuda.syncthreads()  # every warp is done with both slots
+""", ""),),
+             (PERSISTENT_V6,), race=True),
     Mutation("persistent v4: a SwiGLU pair's up row read from the next gate row", "megakernel/persistent/v2.py",
              (("(base + nrows * kw + r * kw) // 4, xs, nv, lane)\n                g = D.warp_sum(g)",
                "(base + (r + 1) * kw) // 4, xs, nv, lane)\n                g = D.warp_sum(g)"),),
              (PERSISTENT_V4,)),
+    Mutation("persistent warp release: the first warp out of a slot refills it, not the last", "megakernel/persistent/v2.py",
+             (("if cuda.atomic.add(bars, R_ + slot, 1) % NW == NW - 1:",
+               "if cuda.atomic.add(bars, R_ + slot, 1) % NW == 0:"),),
+             (PERSISTENT_MONOTONIC,), race=True),
+    Mutation("persistent warp release: a warp counts itself out of a slot without a fence (releases nothing)",
+             "megakernel/persistent/v2.py",
+             (("""            cuda.threadfence_block()
+            if cuda.atomic.add(bars, R_ + slot, 1)""", """            if cuda.atomic.add(bars, R_ + slot, 1)"""),),
+             (PERSISTENT_MONOTONIC,), race=True),
+    Mutation("persistent v5: the monotonic barrier lets a block leave one arrival early",
+             "megakernel/persistent/phases.py",
+             (("target = (base + int64(cuda.gridDim.x) * (count + 1)) & _LOW32",
+               "target = (base + int64(cuda.gridDim.x) * (count + 1) - 1) & _LOW32"),),
+             (PERSISTENT_V5,), race=True),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
-             (("""            gen = cuda.atomic.add(ctl, GEN, 0)
-            cuda.threadfence()
-""", """            gen = cuda.atomic.add(ctl, GEN, 0)
+             (("""        gen = cuda.atomic.add(ctl, GEN, 0)
+        cuda.threadfence()
+""", """        gen = cuda.atomic.add(ctl, GEN, 0)
 """),),
              (PERSISTENT_COUNTER,), race=True),
     Mutation("persistent counter barrier: the waiting blocks spin on the wrong generation (they never wait; "
              "no barrier at all)", "megakernel/persistent/phases.py",
-             (("""                while cuda.atomic.add(ctl, GEN, 0) == gen:
-""", """                while cuda.atomic.add(ctl, GEN, 0) == gen - 1:
+             (("""            while cuda.atomic.add(ctl, GEN, 0) == gen:
+""", """            while cuda.atomic.add(ctl, GEN, 0) == gen - 1:
 """),),
              (PERSISTENT_COUNTER,), race=True),
     # ---- DeltaNet

@@ -42,13 +42,14 @@ def report(variant: str) -> dict:
     summed spills)."""
     version, options = parse_variant(variant)
     nobar = options.pop("_nobar", False)
+    threads = options.pop("_threads", None) or 256
     module = VERSIONS[version]
-    plan = P.make_plan(Qwen35Config.qwen35_0_8b(), 1024, 256, 1)
+    plan = P.make_plan(Qwen35Config.qwen35_0_8b(), 1024, threads, 1)
     if hasattr(module, "configure"):
         plan = module.configure(plan, **options)
     kernel = module.build(module.kernel_key(plan), plan, not nobar, False, **options)
     ptx = ptx_check.compile_ptx_sm90(kernel, arg_types(version))
-    _, log = ptx_check.assemble(ptx)
+    _, log = ptx_check.assemble(ptx, max_registers=options.get("max_registers") or None)
     functions = ptx_check.parse_ptxas_log(log).values()
     return {"variant": variant, "registers": max(f.get("registers", 0) for f in functions),
             "spill_stores": sum(f.get("spill_store_bytes", 0) for f in functions),

@@ -75,7 +75,7 @@ from numba.cuda import float32, uint64
 from megakernel import device as D
 
 from .matvec import (MAX_PARTS, PARTS_LEN, SHARED_LIMIT_BYTES, SIM_MAX_BLOCKS, SIMULATOR, V6_BOUNDS, WARP,
-                     Launcher, RowsLauncher, cdiv, check_k, combine_parts, dot16_split, dot16_split2, dot16_x,
+                     Launcher, RowsLauncher, cdiv, check_k, combine_parts, dot16_split, dot16_split2, dot16_split4, dot16_x,
                      dot_batch, dot_row, load_batch, memo_kernel, min_parts, plan_rows, row_limit, rows_launcher,
                      rows_setup, x_shared_bytes)
 
@@ -203,6 +203,21 @@ def dot2_row_split(W, base_a, base_b, xs, nv, lane):
                                     v, nv)
         v += WARP
     return acc_a, acc_b
+
+
+@cuda.jit(device=True)
+def dot4_row_split(W, base_a, base_b, base_c, base_d, xs, nv, lane):
+    """``dot_row_split`` of four rows at once (one warp): four independent sums in flight, each x piece read once
+    for all four; each row's sum in exactly ``dot_row_split``'s order (bit-identical to four single calls)."""
+    acc_a = float32(0)
+    acc_b = float32(0)
+    acc_c = float32(0)
+    acc_d = float32(0)
+    for v in range(lane, nv, WARP):
+        acc_a, acc_b, acc_c, acc_d = dot16_split4(acc_a, acc_b, acc_c, acc_d, D.load_u32x4(W, base_a + v),
+                                                  D.load_u32x4(W, base_b + v), D.load_u32x4(W, base_c + v),
+                                                  D.load_u32x4(W, base_d + v), xs, v, nv)
+    return acc_a, acc_b, acc_c, acc_d
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -376,6 +376,17 @@ def dot16_split2(acc_a, acc_b, wa, wb, xs, v, nv):
             dot16_x(acc_b, wb, x0, x1, x2, x3, x4, x5, x6, x7))
 
 
+@cuda.jit(device=True)
+def dot16_split4(acc_a, acc_b, acc_c, acc_d, wa, wb, wc, wd, xs, v, nv):
+    """``dot16_split`` for four rows' pieces ``v`` against the same x (read once), each sum in the same order."""
+    x0, x1, x2, x3 = D.load_f32x4(xs, v)
+    x4, x5, x6, x7 = D.load_f32x4(xs, nv + v)
+    return (dot16_x(acc_a, wa, x0, x1, x2, x3, x4, x5, x6, x7),
+            dot16_x(acc_b, wb, x0, x1, x2, x3, x4, x5, x6, x7),
+            dot16_x(acc_c, wc, x0, x1, x2, x3, x4, x5, x6, x7),
+            dot16_x(acc_d, wd, x0, x1, x2, x3, x4, x5, x6, x7))
+
+
 if SIMULATOR:
     load_w4 = D.load_u32x4
 else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import cuda
-from numba.cuda import int64
+from numba.cuda import int32, int64
 
 from ..kernels import attention as attn
 from ..kernels import deltanet as dn
@@ -18,6 +18,7 @@ from . import plan as P
 from . import tma
 
 _LOW32 = np.int64(0xFFFFFFFF)
+_HALF32 = np.int64(0x80000000)
 
 
 @cuda.jit(device=True)
@@ -68,7 +69,46 @@ class Offsets:
         self.lay = lay
 
 
-def make_barrier(enabled: bool, profile: bool = False, counter: bool = False):
+@cuda.jit(device=True)
+def stamp(prof, k):
+    """Thread 0: the global timer into ``prof[block, k]`` (a profiling build's barrier arrivals and departures)."""
+    if cuda.threadIdx.x == 0 and k < prof.shape[1]:
+        prof[cuda.blockIdx.x, k] = tma.globaltimer()
+
+
+def make_counter_halves():
+    """(arrive, wait): the counter barrier of ``make_barrier(counter=True)`` in its two halves, for thread 0 after
+    the block's ``syncthreads``, so that it can do something useful between them (version 2's L2 prefetches):
+
+    ``gen, last = arrive(ctl)``: read the generation, fence (release the block's writes), add 1 to the arrival
+        count; the last block to arrive resets the count, fences and bumps the generation (``last`` = 1);
+    ``wait(ctl, gen, last)``: unless it was the last, spin (atomic reads) until the generation moves past
+        ``gen``; then fence (acquire)."""
+    COUNT, GEN = P.CTL_BAR_COUNT, P.CTL_BAR_GEN
+
+    @cuda.jit(device=True)
+    def arrive(ctl):
+        gen = cuda.atomic.add(ctl, GEN, 0)
+        cuda.threadfence()
+        last = 0
+        if cuda.atomic.add(ctl, COUNT, 1) == cuda.gridDim.x - 1:
+            cuda.atomic.exch(ctl, COUNT, 0)
+            cuda.threadfence()
+            cuda.atomic.add(ctl, GEN, 1)
+            last = 1
+        return gen, last
+
+    @cuda.jit(device=True)
+    def wait(ctl, gen, last):
+        if last == 0:
+            while cuda.atomic.add(ctl, GEN, 0) == gen:
+                pass
+        cuda.threadfence()
+
+    return arrive, wait
+
+
+def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, monotonic: bool = False):
     """``count = barrier(grid, count, prof)``: a grid barrier (counted, so the host can check the schedule), or
     with ``enabled=False`` only the count: the test-only switch that shows what the barriers are for.
 
@@ -77,6 +117,13 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False):
     count; the last to arrive resets the count, fences and bumps the generation; the others spin (atomic reads)
     until it changes, then fence (acquire). The grid is still launched cooperatively (co-residency).
 
+    ``monotonic``: one arrival counter that only ever grows (``CTL_ARRIVALS``, mod 2^32; ``grid`` is then
+    ``(ctl, base)``, base = the counter when the launch started, ``make_barrier_handle``): after the block's
+    ``syncthreads`` thread 0 adds 1 with release semantics (``red.release.gpu``, no separate fence) and polls
+    with acquire loads until the counter reaches base + blocks x (barriers passed + 1). No generation to read
+    first, no reset, no last-arriver's extra round trips: a block leaves one L2 round trip after the last
+    arrival. ``close_barriers`` (block 0, after the launch's last barrier) stores the next launch's base.
+
     With ``profile``, thread 0 of every block records the GPU's global timer when it arrives at barrier ``k`` and
     when it leaves it, in ``prof[block, 2k]`` and ``prof[block, 2k + 1]`` (``prof``: int64 [blocks, 2 x barriers
     of the launch]): the phase a block worked on before barrier ``k`` took ``prof[b, 2k] - prof[b, 2k - 1]``, its
@@ -84,37 +131,42 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False):
     ENABLED = enabled
     PROFILE = profile
     COUNTER = counter
-    COUNT, GEN = P.CTL_BAR_COUNT, P.CTL_BAR_GEN
+    MONO = monotonic
+    ARR = P.CTL_ARRIVALS
+    counter_arrive, counter_wait = make_counter_halves()
+
+    @cuda.jit(device=True)
+    def monotonic_sync(grid, count):
+        ctl, base = grid
+        cuda.syncthreads()  # the block's work is done
+        if cuda.threadIdx.x == 0:
+            target = (base + int64(cuda.gridDim.x) * (count + 1)) & _LOW32
+            tma.red_release_add(ctl, ARR, 1)
+            while ((int64(tma.ld_acquire(ctl, ARR)) & _LOW32) - target) & _LOW32 >= _HALF32:
+                pass
+        cuda.syncthreads()
 
     @cuda.jit(device=True)
     def counter_sync(ctl):
         cuda.syncthreads()  # the block's work is done
         if cuda.threadIdx.x == 0:
-            gen = cuda.atomic.add(ctl, GEN, 0)
-            cuda.threadfence()
-            if cuda.atomic.add(ctl, COUNT, 1) == cuda.gridDim.x - 1:
-                cuda.atomic.exch(ctl, COUNT, 0)
-                cuda.threadfence()
-                cuda.atomic.add(ctl, GEN, 1)
-            else:
-                while cuda.atomic.add(ctl, GEN, 0) == gen:
-                    pass
-            cuda.threadfence()
+            gen, last = counter_arrive(ctl)
+            counter_wait(ctl, gen, last)
         cuda.syncthreads()
 
     @cuda.jit(device=True)
     def barrier(grid, count, prof):
         if PROFILE:
-            if cuda.threadIdx.x == 0 and 2 * count + 1 < prof.shape[1]:
-                prof[cuda.blockIdx.x, 2 * count] = tma.globaltimer()
+            stamp(prof, 2 * count)
         if ENABLED:
-            if COUNTER:
+            if MONO:
+                monotonic_sync(grid, count)
+            elif COUNTER:
                 counter_sync(grid)
             else:
                 grid.sync()
         if PROFILE:
-            if cuda.threadIdx.x == 0 and 2 * count + 1 < prof.shape[1]:
-                prof[cuda.blockIdx.x, 2 * count + 1] = tma.globaltimer()
+            stamp(prof, 2 * count + 1)
         return count + 1
 
     return barrier
@@ -199,10 +251,17 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     return deltanet_core, attention_core
 
 
-def make_barrier_handle(counter: bool = False):
-    """``grid = handle(ctl)``: what ``make_barrier(..., counter)``'s barrier takes as ``grid``: the control block
-    for the counter barrier, the cooperative grid group otherwise."""
-    if counter:
+def make_barrier_handle(counter: bool = False, monotonic: bool = False):
+    """``grid = handle(ctl)``: what ``make_barrier(..., counter, monotonic)``'s barrier takes as ``grid``: the
+    control block for the counter barrier, (control block, this launch's base arrival count) for the monotonic
+    one, the cooperative grid group otherwise."""
+    if monotonic:
+        BASE = P.CTL_BAR_BASE
+
+        @cuda.jit(device=True)
+        def handle(ctl):
+            return ctl, int64(ctl[BASE]) & _LOW32
+    elif counter:
         @cuda.jit(device=True)
         def handle(ctl):
             return ctl
@@ -211,6 +270,24 @@ def make_barrier_handle(counter: bool = False):
         def handle(ctl):
             return cuda.cg.this_grid()
     return handle
+
+
+def make_barrier_close(enabled: bool, monotonic: bool = False):
+    """``close(first, grid, count)``: after a launch's last barrier (``count`` passed), thread 0 of block 0 stores
+    the monotonic barrier's arrivals so far as the next launch's base (the kernel boundary orders it before the
+    next launch reads it). Nothing for the other barriers."""
+    ACTIVE = enabled and monotonic
+    BASE = P.CTL_BAR_BASE
+
+    @cuda.jit(device=True)
+    def close(first, grid, count):
+        if ACTIVE:
+            if first:
+                ctl, base = grid
+                v = (base + int64(cuda.gridDim.x) * count) & _LOW32
+                ctl[BASE] = int32(v - (_LOW32 + 1) if v >= _HALF32 else v)
+
+    return close
 
 
 def make_prefetchers(plan):
@@ -305,4 +382,4 @@ def _out_of_line(body):
     return noinline(wrapper)
 
 
-__all__ = ["Offsets", "make_barrier", "make_mixers", "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]
+__all__ = ["Offsets", "make_barrier", "make_barrier_close", "make_counter_halves", "stamp", "make_mixers", "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]

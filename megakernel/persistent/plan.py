@@ -51,6 +51,8 @@ CTL_LAST = 9         # out: the last token chosen
 CTL_BARRIERS = 10    # out: grid barriers each block passed (checked against the schedule)
 CTL_BAR_COUNT = 11   # kernel: the counter barrier's arrivals (0 between barriers, so 0 at every launch)
 CTL_BAR_GEN = 12     # kernel: the counter barrier's generation (bumped by the last block to arrive)
+CTL_ARRIVALS = 13    # kernel: the monotonic barrier's arrivals, ever (mod 2^32; never reset)
+CTL_BAR_BASE = 14    # kernel: CTL_ARRIVALS when this launch starts (block 0 writes it when a launch ends)
 CTL_LEN = 16
 
 ALIGN = 64  # floats: 256 bytes
@@ -205,4 +207,5 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
 
 
 __all__ = ["Plan", "make_plan", "CTL_TOKEN", "CTL_STEPS", "CTL_EOS", "CTL_SAMPLE", "CTL_SEED_LO", "CTL_SEED_HI",
-           "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_BAR_COUNT", "CTL_BAR_GEN", "CTL_LEN"]
+           "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_BAR_COUNT", "CTL_BAR_GEN", "CTL_ARRIVALS",
+           "CTL_BAR_BASE", "CTL_LEN"]

@@ -118,14 +118,17 @@ def plot_timeline(t: Timeline, ax=None, max_blocks: int | None = None, title: st
 
 _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", "pf": "prefetch",
           "pflate": "prefetch_late", "cbar": "counter", "defer": "defer", "early": "state_first",
-          "oolrows": "rows_out_of_line", "pair": "paired_rows", "ef": "evict_first", "nobar": "_nobar"}
-_VALUES = {"l2=": "l2_ahead", "ring=": "ring", "page=": "page_kb"}
+          "oolrows": "rows_out_of_line", "pair": "paired_rows", "ef": "evict_first", "nobar": "_nobar",
+          "l2keep": "l2_keep", "nocopy": "nocopy", "wrel": "warp_release",
+          "mono": "monotonic", "pp": "page_pairs"}
+_VALUES = {"l2=": "l2_ahead", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers", "threads=": "_threads"}
 
 
 def parse_variant(variant: str) -> tuple[int, dict]:
     """``"3+defer+ring=4"`` -> ``(3, {"defer": True, "ring": 4})``: a version and its build options as the
     profiling tools spell them (``tools/profile_persistent.py`` lists them; ``"nobar"`` comes back as ``"_nobar"``:
-    the decoder's ``barriers=False``, not a build option)."""
+    the decoder's ``barriers=False``, and ``"threads=N"`` as ``"_threads"``: the block size; not build
+    options)."""
     version, *opts = variant.split("+")
     options = {}
     for o in opts:

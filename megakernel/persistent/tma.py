@@ -21,16 +21,21 @@ shared array of mbarriers, ``slot`` an index into it):
                                         (the copy engine is another "proxy" than the threads' loads and stores)
 ``fence_mbarrier_init()``               make initialised mbarriers visible to the copy engine
 ``prefetch_l2(src, s, n)``              start bringing ``src[s:s+n]`` into L2 (no destination; a hint)
+``prefetch_l2_evict_first(src, s, n)``  the same, the lines marked evict-first in L2
 ``prefetch_line(arr, i)``               one thread: bring the 128-byte line of element ``i`` of the C-contiguous
                                         array ``arr`` (any rank, ``i`` its flat index) into L2 (a hint)
 ``shared_address(arr)``                 the 32-bit shared-memory address of ``arr[0]`` (for alignment)
 ``globaltimer()``                       nanoseconds on the GPU's global timer (the same clock on every SM)
+``red_release_add(arr, i, v)``          int32 ``arr[i] += v`` in global memory with release semantics (GPU scope)
+``ld_acquire(arr, i)``                  int32 ``arr[i]`` read with acquire semantics (GPU scope)
 =====================================  ============================================================================
 
 In the CUDA simulator a bulk copy is an immediate copy by the issuing thread (which the race detector sees: a slot
-refilled while another warp still reads it is a race there) and the waits return at once: the ring logic around
-them (slots, parities, the page table) runs the same code and is tested there; the asynchrony is what the GPU
-stress tests check.
+refilled while another warp still reads it is a race there); an mbarrier counts its completed phases and the bytes
+its current phase still expects, the copy that brings the last byte completes the phase (a release), and a wait
+spins until the phase of its parity has completed (an acquire). So the ring logic (slots, parities, the page
+table, who waits for what) runs the same code and is checked there; the copy engine's asynchrony and the memory
+ordering of the real proxies are what the GPU stress tests check.
 """
 
 from __future__ import annotations
@@ -41,14 +46,29 @@ from numba import config
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
 if SIMULATOR:
+    import time
+
     from ..testing.simulator import plain_array as _np
-    from ..testing.simulator import record_reads
+    from ..testing.simulator import atomic_add_plain, record_reads, sync_acquire, sync_release
+
+    # An mbarrier in the simulator: its int64 word counts the completed phases (so the current phase's parity is
+    # the count's low bit), and the bytes the current phase still expects live here, per (array, slot).
+    _PENDING: dict = {}
+
+    def _complete(bars, slot):
+        sync_release(bars, slot)  # the copies that completed the phase happen before the waiters' reads
+        _np(bars)[slot] += 1
 
     def mbar_init(bars, slot, count):
-        _np(bars)[int(slot)] = 0
+        slot = int(slot)
+        _np(bars)[slot] = 0
+        _PENDING[(id(_np(bars)), slot)] = 0
 
     def mbar_expect(bars, slot, nbytes):
-        pass
+        key = (id(_np(bars)), int(slot))
+        _PENDING[key] = _PENDING.get(key, 0) + int(nbytes)
+        if _PENDING[key] == 0:  # nothing to wait for: the arrival completes the phase
+            _complete(bars, int(slot))
 
     def bulk_copy(dst, d, src, s, n, bars, slot):
         d, s, n = int(d), int(s), int(n)
@@ -61,12 +81,34 @@ if SIMULATOR:
         record_reads(src, s, n)
         for i in range(n):  # element by element, so the race detector sees the copy's writes (by this thread)
             dst[d + i] = inp[s + i]
+        key = (id(_np(bars)), int(slot))
+        left = _PENDING.get(key, 0) - 4 * n
+        if left < 0:
+            raise ValueError(f"bulk_copy: mbarrier {int(slot)} was told to expect {_PENDING.get(key, 0)} more bytes, "
+                             f"this copy brings {4 * n}")
+        _PENDING[key] = left
+        if left == 0:
+            _complete(bars, int(slot))
 
     def bulk_copy_evict_first(dst, d, src, s, n, bars, slot):
         bulk_copy(dst, d, src, s, n, bars, slot)
 
     def mbar_wait(bars, slot, parity):
-        pass
+        """Spin until the phase of parity ``parity`` has completed (the current phase's parity differs)."""
+        slot = int(slot)
+        while True:
+            if (int(sync_acquire(bars, slot)) & 1) != int(parity):
+                return
+            time.sleep(0)
+
+    def red_release_add(arr, i, v):
+        sync_release(arr, int(i), block_scope=False)
+        atomic_add_plain(arr, int(i), v)
+        time.sleep(0)
+
+    def ld_acquire(arr, i):
+        time.sleep(0)  # what spin loops poll: let the other threads run
+        return np.int32(sync_acquire(arr, int(i)))
 
     def fence_proxy_async():
         pass
@@ -75,6 +117,9 @@ if SIMULATOR:
         pass
 
     def prefetch_l2(src, s, n):
+        pass
+
+    def prefetch_l2_evict_first(src, s, n):
         pass
 
     def prefetch_line(arr, i):
@@ -193,6 +238,35 @@ else:
         return types.uint32(bars, slot, parity), codegen
 
     @intrinsic
+    def red_release_add(typingctx, arr, i, v):
+        """``red.release.gpu.global.add.u32``: add ``v`` to int32 ``arr[i]``, ordered after everything this thread
+        did (and, through an earlier ``syncthreads``, its block did) before: one instruction, no fence."""
+        if not (_is_array(arr) and isinstance(i, types.Integer) and isinstance(v, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = _gmem(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            builder.asm(ir.FunctionType(ir.VoidType(), [_i64, _i32]), "red.release.gpu.global.add.u32 [$0], $1;",
+                        "l,r", [a, _as_i32(builder, args[2])], side_effect=True)
+            return context.get_dummy_value()
+
+        return types.void(arr, i, v), codegen
+
+    @intrinsic
+    def ld_acquire(typingctx, arr, i):
+        """``ld.acquire.gpu.global.u32`` of int32 ``arr[i]``: what a spin polls; the accesses after it are ordered
+        after the releases it read from."""
+        if not (_is_array(arr) and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = _gmem(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            return builder.asm(ir.FunctionType(_i32, [_i64]), "ld.acquire.gpu.global.u32 $0, [$1];", "=r,l", [a],
+                               side_effect=True)
+
+        return types.int32(arr, i), codegen
+
+    @intrinsic
     def fence_proxy_async(typingctx):
         def codegen(context, builder, sig, args):
             builder.asm(ir.FunctionType(ir.VoidType(), []), "fence.proxy.async.shared::cta;", "", [],
@@ -201,20 +275,30 @@ else:
 
         return types.void(), codegen
 
-    @intrinsic
-    def prefetch_l2(typingctx, src, s, n):
-        """Ask the copy engine to bring words ``src[s:s+n]`` into L2 (no destination, no completion)."""
-        if not _is_array(src):
-            return None
+    def _prefetch_typer(asm):
+        """The typer of a ``(src, s, n)`` L2 prefetch emitting ``asm`` ($0 src, $1 bytes)."""
 
-        def codegen(context, builder, sig, args):
-            src_a = _gmem(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
-            nbytes = builder.mul(_as_i32(builder, args[2]), ir.Constant(_i32, 4))
-            builder.asm(ir.FunctionType(ir.VoidType(), [_i64, _i32]), "cp.async.bulk.prefetch.L2.global [$0], $1;",
-                        "l,r", [src_a, nbytes], side_effect=True)
-            return context.get_dummy_value()
+        def typer(typingctx, src, s, n):
+            if not _is_array(src):
+                return None
 
-        return types.void(src, s, n), codegen
+            def codegen(context, builder, sig, args):
+                src_a = _gmem(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+                nbytes = builder.mul(_as_i32(builder, args[2]), ir.Constant(_i32, 4))
+                builder.asm(ir.FunctionType(ir.VoidType(), [_i64, _i32]), asm, "l,r", [src_a, nbytes],
+                            side_effect=True)
+                return context.get_dummy_value()
+
+            return types.void(src, s, n), codegen
+
+        return typer
+
+    # ask the copy engine to bring words src[s:s+n] into L2 (no destination, no completion)
+    prefetch_l2 = intrinsic(_prefetch_typer("cp.async.bulk.prefetch.L2.global [$0], $1;"))
+    # the same, the lines marked evict-first (the weights' policy: they leave L2 before what is reused)
+    prefetch_l2_evict_first = intrinsic(_prefetch_typer(
+        "{ .reg .b64 pol; createpolicy.fractional.L2::evict_first.b64 pol, 1.0; "
+        "cp.async.bulk.prefetch.L2.global.L2::cache_hint [$0], $1, pol; }"))
 
     @intrinsic
     def prefetch_line(typingctx, arr, i):
@@ -268,4 +352,5 @@ else:
 
 
 __all__ = ["mbar_init", "mbar_expect", "bulk_copy", "mbar_wait", "fence_proxy_async", "fence_mbarrier_init",
-           "shared_address", "globaltimer", "prefetch_l2", "prefetch_line"]
+           "shared_address", "globaltimer", "prefetch_l2", "prefetch_l2_evict_first", "prefetch_line",
+           "bulk_copy_evict_first", "red_release_add", "ld_acquire"]

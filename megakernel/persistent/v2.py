@@ -42,13 +42,14 @@ from megakernel import device as D
 
 from ..kernels import lm_head as lmh
 from ..kernels.embedding import embed_rows
-from ..kernels.fused_matvec import dot2_row_split, dot_row_split, stage_gated, stage_norm
+from ..kernels.fused_matvec import dot2_row_split, dot4_row_split, dot_row_split, stage_gated, stage_norm
 from ..kernels.matvec import WARP, stage_split
 from ..launch import SIMULATOR, as_kernel_array
 from . import pages as PG
 from . import plan as P
 from . import tma
-from .phases import Offsets, close_launch, make_barrier, make_barrier_handle, make_mixers, make_prefetchers, seed_bits
+from .phases import (Offsets, close_launch, make_barrier, make_barrier_close, make_barrier_handle,
+                     make_counter_halves, make_mixers, make_prefetchers, seed_bits, stamp)
 
 VERSION = 2
 DESCRIPTION = "weights streamed through a shared-memory ring by the copy engine, ahead of the barriers"
@@ -89,7 +90,8 @@ _BUILT: dict = {}
 OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": False, "prefetch": False,
            "prefetch_late": False, "counter": False, "defer": False, "state_first": False,
            "evict_first": False, "rows_out_of_line": False,
-           "paired_rows": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "paired_rows": False, "l2_keep": False, "nocopy": False, "warp_release": False,
+           "monotonic": False, "max_registers": 0, "page_pairs": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -111,7 +113,8 @@ def build(plan_key, plan, barriers: bool = True, profile: bool = False, **option
 def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0,
            nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, prefetch_late: bool = False,
            counter: bool = False, defer: bool = False, state_first: bool = False, evict_first: bool = False,
-           rows_out_of_line: bool = False, paired_rows: bool = False):
+           rows_out_of_line: bool = False, paired_rows: bool = False, l2_keep: bool = False, nocopy: bool = False,
+           warp_release: bool = False, monotonic: bool = False, max_registers: int = 0, page_pairs: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -127,7 +130,23 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     weights pass L2 once per token; code, activations, states and KV then stay); ``rows_out_of_line``: one
     out-of-line copy of the matvec consumer for all six call sites (the kernel's code shrinks); ``paired_rows``: a
     warp computes two rows of a page at once (gate with up; rows ``r`` and ``r + warps``: ``dot2_row_split``), the
-    same sums in the same order."""
+    same sums in the same order. With ``l2_ahead`` and ``counter`` thread 0 issues the L2 prefetches after its
+    block arrived at the barrier, while it waits (with ``grid.sync()`` it must issue them before arriving); they
+    carry the copies' evict-first policy unless ``l2_keep``. ``nocopy`` (timing only, wrong results): no page is
+    copied (each slot's mbarrier completes at once on stale data), so the profile shows what the kernel costs
+    without its weight stream. ``warp_release``: no block-wide barrier per page; each warp leaves a slot on its
+    own and the last one out refills it (``release_slot``; not with ``defer``). ``monotonic``: the monotonic
+    arrival-counter barrier (``make_barrier``). ``max_registers``: cap the kernel's registers (0: no cap; with
+    512-thread blocks, 128). ``page_pairs``: a phase's pages consumed two at a time, four rows per warp pass
+    (``quad_rows_pages``: twice the independent sums per lane, one block barrier per two pages; each row's sum in
+    the same order)."""
+    if page_pairs and warp_release:
+        raise ValueError("persistent kernel build options page_pairs and warp_release do not combine")
+    if monotonic and counter:
+        raise ValueError("persistent kernel build options monotonic and counter are two grid barriers: pick one")
+    if warp_release and defer:
+        raise ValueError("persistent kernel build options warp_release and defer do not combine (the deferred "
+                         "refills are thread 0's)")
     o = Offsets(plan)
     lay = o.lay
     T, NW, D_, F, V, EPS, L, KIND, SLOT = o.T, o.NW, o.D, o.F, o.V, o.EPS, o.L, o.KIND, o.SLOT
@@ -139,38 +158,66 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     F_IN, F_POST, NS_ = lay.input_norm, lay.post_norm, lay.norm_stride
     F_FINAL, F_GN, LSS = lay.final_norm, lay.gated_norm, lay.lin_small_stride
     R_ = plan.ring_pages
+    N_BARS = 2 * R_
     PW = plan.page_words
     XS = plan.workspace
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
     NO_KEY = np.int64(lmh.INT64_MIN)
-    barrier = make_barrier(barriers, profile, counter)
+    barrier = make_barrier(barriers, profile, counter, monotonic)
+    close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first)
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
     LATE = prefetch_late
-    barrier_handle = make_barrier_handle(counter)
+    barrier_handle = make_barrier_handle(counter, monotonic)
     L2_AHEAD = l2_ahead
     COMPUTE = not nocompute
     MIXERS = not nomixer
-    CLAMP = nocompute or nomixer or not barriers
+    CLAMP = nocompute or nomixer or nocopy or not barriers
+    NOCOPY = nocopy
+    WREL = warp_release
+    QUAD = page_pairs
+    PROFILE = profile
+    SPLIT_BAR = l2_ahead > 0 and counter and barriers  # the L2 prefetches between arrival and departure
+    counter_arrive, counter_wait = make_counter_halves()
+    prefetch_page = tma.prefetch_l2_evict_first if evict_first and not l2_keep else tma.prefetch_l2
     DEFER = defer
     PAIRED = paired_rows
     copy = tma.bulk_copy_evict_first if evict_first else tma.bulk_copy
 
     @cuda.jit(device=True)
+    def l2_top_up(issued, prefetched, total, b, pb, table, Ww):
+        """Thread 0: L2 prefetches of the pages up to ``L2_AHEAD`` beyond those issued to the ring (so HBM keeps
+        streaming while the block waits or runs a mixer). Returns the pages prefetched so far."""
+        g = max(prefetched, issued)
+        stop = min(issued + L2_AHEAD, total)
+        while g < stop:
+            d = g % pb
+            prefetch_page(Ww, table[b, d, 0], table[b, d, 1])
+            if table[b, d, 3] > 0:
+                prefetch_page(Ww, table[b, d, 2], table[b, d, 3])
+            g += 1
+        return max(prefetched, stop)
+
+    @cuda.jit(device=True)
     def bar(grid, count, prof, issued, prefetched, total, b, pb, table, Ww):
-        """The grid barrier; first, thread 0 (idle until the barrier anyway) prefetches upcoming pages into L2."""
+        """The grid barrier, with ``l2_ahead`` thread 0's L2 prefetches: while it waits (``SPLIT_BAR``, the counter
+        barrier's two halves), or before it arrives (``grid.sync()`` cannot be split)."""
+        if SPLIT_BAR:
+            if PROFILE:
+                stamp(prof, 2 * count)
+            cuda.syncthreads()  # the block's work is done
+            if cuda.threadIdx.x == 0:
+                gen, last = counter_arrive(grid)
+                prefetched = l2_top_up(issued, prefetched, total, b, pb, table, Ww)
+                counter_wait(grid, gen, last)
+            cuda.syncthreads()
+            if PROFILE:
+                stamp(prof, 2 * count + 1)
+            return count + 1, prefetched
         if L2_AHEAD > 0:
             if cuda.threadIdx.x == 0:
-                g = max(prefetched, issued)
-                stop = min(issued + L2_AHEAD, total)
-                while g < stop:
-                    d = g % pb
-                    tma.prefetch_l2(Ww, table[b, d, 0], table[b, d, 1])
-                    if table[b, d, 3] > 0:
-                        tma.prefetch_l2(Ww, table[b, d, 2], table[b, d, 3])
-                    g += 1
-                prefetched = max(prefetched, stop)
+                prefetched = l2_top_up(issued, prefetched, total, b, pb, table, Ww)
         return barrier(grid, count, prof), prefetched
 
     @cuda.jit(device=True)
@@ -185,10 +232,13 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     @cuda.jit(device=True)
     def issue(slot, s1, n1, s2, n2, Ww, ring, bars):
         """Thread 0: start the copy of a page (one or two row ranges) into ``slot``."""
-        tma.mbar_expect(bars, slot, (n1 + n2) * 4)
-        copy(ring, slot * PW, Ww, s1, n1, bars, slot)
-        if n2 > 0:
-            copy(ring, slot * PW + n1, Ww, s2, n2, bars, slot)
+        if NOCOPY:
+            tma.mbar_expect(bars, slot, 0)  # the slot's phase completes at once
+        else:
+            tma.mbar_expect(bars, slot, (n1 + n2) * 4)
+            copy(ring, slot * PW, Ww, s1, n1, bars, slot)
+            if n2 > 0:
+                copy(ring, slot * PW + n1, Ww, s2, n2, bars, slot)
 
     @cuda.jit(device=True)
     def issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
@@ -230,29 +280,84 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return mine
 
     @cuda.jit(device=True)
-    def paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane, warp):
-        """One page's rows, two per warp pass: a SwiGLU row's gate and up together, otherwise rows ``r`` and
+    def rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane):
+        """A warp's pass over one page at row ``r``: a SwiGLU row's gate and up together, otherwise rows ``r`` and
         ``r + NW`` (a lone last row alone)."""
-        if not COMPUTE:
-            return mine
         if kind == K_SWIGLU:
-            for r in range(warp, nrows, NW):
+            if r < nrows:
                 g, u = dot2_row_split(ring, (base + r * kw) // 4, (base + nrows * kw + r * kw) // 4, xs, nv, lane)
                 g = D.warp_sum(g)
                 u = D.warp_sum(u)
                 mine = emit(kind, row0 + r, g, u, rstd, y, h, act, logits, mine, lane)
-        else:
-            for r in range(warp, nrows, 2 * NW):
-                if r + NW < nrows:
-                    a, c = dot2_row_split(ring, (base + r * kw) // 4, (base + (r + NW) * kw) // 4, xs, nv, lane)
-                    a = D.warp_sum(a)
-                    c = D.warp_sum(c)
-                    mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
-                    mine = emit(kind, row0 + r + NW, c, c, rstd, y, h, act, logits, mine, lane)
-                else:
-                    a = D.warp_sum(dot_row_split(ring, (base + r * kw) // 4, xs, nv, lane))
-                    mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
+        elif r + NW < nrows:
+            a, c = dot2_row_split(ring, (base + r * kw) // 4, (base + (r + NW) * kw) // 4, xs, nv, lane)
+            a = D.warp_sum(a)
+            c = D.warp_sum(c)
+            mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
+            mine = emit(kind, row0 + r + NW, c, c, rstd, y, h, act, logits, mine, lane)
+        elif r < nrows:
+            a = D.warp_sum(dot_row_split(ring, (base + r * kw) // 4, xs, nv, lane))
+            mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
         return mine
+
+    @cuda.jit(device=True)
+    def paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane, warp):
+        """One page's rows, two per warp pass (``rows_at``)."""
+        if not COMPUTE:
+            return mine
+        for r in range(warp, nrows, NW if kind == K_SWIGLU else 2 * NW):
+            mine = rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane)
+        return mine
+
+    @cuda.jit(device=True)
+    def quad_rows_pages(kind, na, row0a, basea, nb_, row0b, baseb, nv, kw, rstd, y, h, act, logits, mine, ring,
+                        xs, lane, warp):
+        """Two pages of one phase, four rows per warp pass: at row ``r`` a SwiGLU page pair's two gate and two up
+        rows, otherwise rows ``r`` and ``r + NW`` of each page; where a page has fewer rows, ``rows_at`` per page.
+        Four independent sums in flight per lane, each x piece read once for all four (``dot4_row_split``)."""
+        if not COMPUTE:
+            return mine
+        swiglu = kind == K_SWIGLU
+        for r in range(warp, max(na, nb_), NW if swiglu else 2 * NW):
+            if swiglu and r < na and r < nb_:
+                ga, ua, gb, ub = dot4_row_split(ring, (basea + r * kw) // 4, (basea + na * kw + r * kw) // 4,
+                                                (baseb + r * kw) // 4, (baseb + nb_ * kw + r * kw) // 4, xs, nv, lane)
+                ga = D.warp_sum(ga)
+                ua = D.warp_sum(ua)
+                gb = D.warp_sum(gb)
+                ub = D.warp_sum(ub)
+                mine = emit(kind, row0a + r, ga, ua, rstd, y, h, act, logits, mine, lane)
+                mine = emit(kind, row0b + r, gb, ub, rstd, y, h, act, logits, mine, lane)
+            elif not swiglu and r + NW < na and r + NW < nb_:
+                a, c, e, f = dot4_row_split(ring, (basea + r * kw) // 4, (basea + (r + NW) * kw) // 4,
+                                            (baseb + r * kw) // 4, (baseb + (r + NW) * kw) // 4, xs, nv, lane)
+                a = D.warp_sum(a)
+                c = D.warp_sum(c)
+                e = D.warp_sum(e)
+                f = D.warp_sum(f)
+                mine = emit(kind, row0a + r, a, a, rstd, y, h, act, logits, mine, lane)
+                mine = emit(kind, row0a + r + NW, c, c, rstd, y, h, act, logits, mine, lane)
+                mine = emit(kind, row0b + r, e, e, rstd, y, h, act, logits, mine, lane)
+                mine = emit(kind, row0b + r + NW, f, f, rstd, y, h, act, logits, mine, lane)
+            else:
+                mine = rows_at(kind, na, row0a, basea, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane)
+                mine = rows_at(kind, nb_, row0b, baseb, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane)
+        return mine
+
+    @cuda.jit(device=True)
+    def release_slot(cursor, slot, total, b, pb, table, Ww, ring, bars, lane, nd1, nd2, nd3, nd4):
+        """``warp_release``: this warp is done with page ``cursor``: lane 0 counts the warp out of its slot
+        (``bars[R_ + slot]``, a release); the last of the block's warps to leave it starts the copy of page
+        ``cursor + R_`` into it (descriptor ``nd1..nd4``). No block-wide barrier: the other warps go on to their
+        next page, which is already there or on its way."""
+        cuda.syncwarp()  # the warp's lanes are all done reading the slot
+        if lane == 0:
+            cuda.threadfence_block()
+            if cuda.atomic.add(bars, R_ + slot, 1) % NW == NW - 1:
+                cuda.threadfence_block()  # acquire the other warps' releases
+                if cursor + R_ < total:
+                    tma.fence_proxy_async()  # their reads of the slot before the copy engine's writes
+                    issue(slot, nd1, nd2, nd3, nd4, Ww, ring, bars)
 
     @cuda.jit(device=True)
     def rows_body(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
@@ -271,9 +376,28 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         first = rows * b // nb
         end = rows * (b + 1) // nb
         last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
-        for row0 in range(first, end, rpp):
+        nd1 = nd2 = nd3 = nd4 = int32(0)
+        row0 = first
+        while row0 < end:
             nrows = min(rpp, end - row0)
+            if QUAD and row0 + rpp < end:  # two pages of this phase: four rows per warp pass
+                slot = cursor % R_
+                slot_b = (cursor + 1) % R_
+                tma.mbar_wait(bars, slot, (cursor // R_) & 1)
+                tma.mbar_wait(bars, slot_b, ((cursor + 1) // R_) & 1)
+                mine = quad_rows_pages(kind, nrows, row0, slot * PW, min(rpp, end - row0 - rpp), row0 + rpp,
+                                       slot_b * PW, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane, warp)
+                cuda.syncthreads()  # every warp is done with both slots
+                for _ in range(2):
+                    if issued < total and (not hold or issued < last):
+                        issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2,
+                                                            d3, d4)
+                cursor += 2
+                row0 += 2 * rpp
+                continue
             slot = cursor % R_
+            if WREL:  # the copy descriptor of the page this slot gets next, in case this warp frees it last
+                nd1, nd2, nd3, nd4 = next_desc(cursor + R_, total, b, pb, table)
             tma.mbar_wait(bars, slot, (cursor // R_) & 1)
             base = slot * PW
             if PAIRED:
@@ -285,10 +409,17 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 if kind == K_SWIGLU:
                     up = D.warp_sum(dot_row_split(ring, (base + nrows * kw + r * kw) // 4, xs, nv, lane))
                 mine = emit(kind, row0 + r, acc, up, rstd, y, h, act, logits, mine, lane)
-            cuda.syncthreads()  # every warp is done with the slot
-            if issued < total and (not hold or issued < last):
-                issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
+            if WREL:
+                release_slot(cursor, slot, total, b, pb, table, Ww, ring, bars, lane, nd1, nd2, nd3, nd4)
+            else:
+                cuda.syncthreads()  # every warp is done with the slot
+                if issued < total and (not hold or issued < last):
+                    issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3,
+                                                        d4)
             cursor += 1
+            row0 += rpp
+        if WREL:
+            issued = min(cursor + R_, total)
         return cursor, issued, mine, d1, d2, d3, d4
 
     if rows_out_of_line:
@@ -311,7 +442,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     else:
         rows_phase = rows_body
 
-    @cuda.jit
+    @cuda.jit(max_registers=max_registers or None)
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
                       counters, trace, prof, table, npages):
         smem_w = cuda.shared.array(0, int32)
@@ -319,7 +450,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         scratch = cuda.shared.array(32, float32)
         flag = cuda.shared.array(1, int32)
         keys = cuda.shared.array(WARP, int64)
-        bars = cuda.shared.array(R_, int64)
+        bars = cuda.shared.array(N_BARS, int64)  # the slots' mbarriers, then (warp_release) their release counts
         grid = barrier_handle(ctl)
         b = cuda.blockIdx.x
         nb = cuda.gridDim.x
@@ -339,6 +470,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         if tid == 0:
             for s in range(R_):
                 tma.mbar_init(bars, s, 1)
+                bars[R_ + s] = 0
             tma.fence_mbarrier_init()
         cuda.syncthreads()
         issued = min(R_, total)
@@ -458,6 +590,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 tma.mbar_wait(bars, g % R_, (g // R_) & 1)
         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
         close_launch(first, position, pos0, done, ctl, token, count)
+        close_barriers(first, grid, count)
 
     return persistent_v2
 

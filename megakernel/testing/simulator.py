@@ -1021,6 +1021,46 @@ def plain_array(arr) -> np.ndarray:
     return arr
 
 
+def sync_release(arr, index: int, block_scope: bool = True) -> None:
+    """The running simulated thread releases (a fence, then an atomic) on ``arr[index]``: what an mbarrier's
+    phase completion does for the copy that completed it, or (``block_scope=False``) a ``red.release.gpu``
+    (``megakernel.persistent.tma``)."""
+    if type(arr) is not racemod.TrackedArray:
+        return
+    th = threading.current_thread()
+    races = getattr(getattr(th, "launch", None), "races", None)
+    if races is not None:
+        with _ATOMIC_LOCK:
+            races.fence(th, block_scope=block_scope)
+            races.atomic(th, arr, index)
+
+
+def atomic_add_plain(arr, index: int, value: int) -> int:
+    """``arr[index] += value`` on the array's memory under the simulator's atomic lock, untracked (the caller
+    tells the race detector what it orders); returns the old value. int32 wraps as on the GPU."""
+    a = plain_array(arr)
+    with _ATOMIC_LOCK:
+        old = int(a[index])
+        new = old + int(value)
+        if a.dtype == np.int32:
+            new = (new + (1 << 31)) % (1 << 32) - (1 << 31)
+        a[index] = new
+    return old
+
+
+def sync_acquire(arr, index: int):
+    """The running simulated thread reads ``arr[index]`` and acquires what the releases on it so far released,
+    both under the atomic lock (so the value read and the releases acquired agree): an mbarrier wait's poll, an
+    ``ld.acquire``. Returns the value."""
+    a = plain_array(arr)
+    th = threading.current_thread()
+    races = getattr(getattr(th, "launch", None), "races", None) if type(arr) is racemod.TrackedArray else None
+    with _ATOMIC_LOCK:
+        if races is not None:
+            races.atomic(th, arr, index)
+        return a[index]
+
+
 def record_reads(arr, start: int, count: int) -> None:
     """Tell the race detector that elements ``start .. start+count-1`` of 1-D ``arr`` were read
     (a no-op for arrays it does not track)."""
