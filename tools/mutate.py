@@ -60,7 +60,7 @@ PERSISTENT_V4 = "tests/test_persistent.py::test_logits_every_state_and_layer_and
 PERSISTENT_MONOTONIC = ("tests/test_persistent.py::test_measured_build_variants_stay_correct"
                         "[monotonic-barrier-warp-release]")
 PERSISTENT_V5 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v5]"
-PERSISTENT_V6 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v6]"
+PERSISTENT_PAGE_PAIRS = "tests/test_persistent.py::test_measured_build_variants_stay_correct[page-pairs]"
 
 MUTATIONS = [
     # ---- the two races the issue names
@@ -118,12 +118,12 @@ MUTATIONS = [
              "megakernel/persistent/v2.py",
              (("(baseb + r * kw) // 4, (baseb + (r + NW) * kw) // 4, xs, nv, lane)",
                "(basea + r * kw) // 4, (baseb + (r + NW) * kw) // 4, xs, nv, lane)"),),
-             (PERSISTENT_V6,)),
+             (PERSISTENT_PAGE_PAIRS,)),
     Mutation("persistent page pairs: both slots refilled before every warp is done with them",
              "megakernel/persistent/v2.py",
              (("""                cuda.syncthreads()  # every warp is done with both slots
 """, ""),),
-             (PERSISTENT_V6,), race=True),
+             (PERSISTENT_PAGE_PAIRS,), race=True),
     Mutation("persistent v4: a SwiGLU pair's up row read from the next gate row", "megakernel/persistent/v2.py",
              (("(base + nrows * kw + r * kw) // 4, xs, nv, lane)\n                g = D.warp_sum(g)",
                "(base + (r + 1) * kw) // 4, xs, nv, lane)\n                g = D.warp_sum(g)"),),

@@ -957,7 +957,7 @@ def check_prefill(model, oracle_model, ids: list[int], greedy_steps: int = 0) ->
             st = max([r.rel for r in results if "cache" not in r.name] or [0.0])  # conv and DeltaNet (fp32)
             kv = max([r.rel for r in results if "cache" in r.name] or [0.0])
             parts.append(f"{'fp32 twin' if mode == 'fp32' else 'bf16'}: logits ({where}) {lg:.1e} (tol {tol:.0e}), "
-                         f"conv/DeltaNet states {st:.1e} (tol {state_tol:.0e}), KV cache {kv:.1e} (tol "
+                         f"conv/DeltaNet states {st:.1e} (tol {state_tol:.2g}), KV cache {kv:.1e} (tol "
                          f"{bf16_storage_tol(state_tol):.1e})")
             shorts.append(f"{mode} {max(lg, st):.0e}")
         del ref_state
