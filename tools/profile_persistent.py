@@ -40,10 +40,8 @@ steps = 3
 for variant in variants:
     v, options = parse_variant(variant)
     nobar = options.pop("_nobar", False)
-    threads = options.pop("_threads", None)
     t0 = time.perf_counter()
     dec = PersistentDecoder(ref, max_context=max(1024, 2 * context), version=v, profile=True, options=options,
-                            threads=threads,
                             barriers=not nobar, prefill_mode=os.environ.get("PROFILE_PREFILL", "reference"))
     dec.kernel()
     print(f"{variant}: compiled in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -42,9 +42,8 @@ def report(variant: str) -> dict:
     summed spills)."""
     version, options = parse_variant(variant)
     nobar = options.pop("_nobar", False)
-    threads = options.pop("_threads", None) or 256
     module = VERSIONS[version]
-    plan = P.make_plan(Qwen35Config.qwen35_0_8b(), 1024, threads, 1)
+    plan = P.make_plan(Qwen35Config.qwen35_0_8b(), 1024, 256, 1)
     if hasattr(module, "configure"):
         plan = module.configure(plan, **options)
     kernel = module.build(module.kernel_key(plan), plan, not nobar, False, **options)

@@ -121,14 +121,13 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "oolrows": "rows_out_of_line", "pair": "paired_rows", "ef": "evict_first", "nobar": "_nobar",
           "l2keep": "l2_keep", "nocopy": "nocopy", "wrel": "warp_release",
           "mono": "monotonic", "pp": "page_pairs"}
-_VALUES = {"l2=": "l2_ahead", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers", "threads=": "_threads"}
+_VALUES = {"l2=": "l2_ahead", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers"}
 
 
 def parse_variant(variant: str) -> tuple[int, dict]:
     """``"3+defer+ring=4"`` -> ``(3, {"defer": True, "ring": 4})``: a version and its build options as the
     profiling tools spell them (``tools/profile_persistent.py`` lists them; ``"nobar"`` comes back as ``"_nobar"``:
-    the decoder's ``barriers=False``, and ``"threads=N"`` as ``"_threads"``: the block size; not build
-    options)."""
+    the decoder's ``barriers=False``, not a build option)."""
     version, *opts = variant.split("+")
     options = {}
     for o in opts:
