@@ -243,42 +243,96 @@ for path in profiles:
 # maximum over its phases (255: the attention arrays), so an SM holds 8 warps, too few loads in flight for full
 # bandwidth, and each of the 134 barriers drains the memory pipeline. Version 2's weight stream takes the matvecs
 # off the register budget; version 3 gives attention 4x the work items (its decode phase drops from ~127 to ~86 us
-# per step at context 512). All three sit near 30% of the floor. Version 4 (~37%, 723 tok/s at context 512) found
-# what made every small phase 2-3x slower inside the kernel than as a kernel of its own: L2. The kernel streams
-# 1.5 GB of weights per token through a 50 MB L2, which flushed what is reused (its ~290 KB of machine code, more
-# than an SM's instruction cache holds; the activations; conv state and KV), so those came back from HBM behind
-# the stream. Marking the weight copies evict-first took the DeltaNet phase from ~258 to ~166 us per step.
+# per step at context 512). All three sit near 30% of the floor. Version 4 (~37%) found what made every small
+# phase 2-3x slower inside the kernel than as a kernel of its own: L2. The kernel streams 1.5 GB of weights per
+# token through a 50 MB L2, which flushed what is reused (its ~290 KB of machine code, more than an SM's
+# instruction cache holds; the activations; conv state and KV), so those came back from HBM behind the stream.
+# Marking the weight copies evict-first took the DeltaNet phase from ~258 to ~166 us per step.
 #
-# What is left is the structure itself:
+# ## Version 5: a cheaper grid barrier, and what a step is made of
 #
-# - **134 grid barriers**: in every phase the median block waits ~2.5 us at the barrier after it. Without them the
-#   skeleton (mixers removed) needs 683 instead of 1,060 us. At ~2.8 us each they cost ~375 us per token, so even
-#   with free phases a barrier-per-phase kernel would stay below ~58% of the floor at these shapes;
-# - **the mixers**: ~400 us per token (the DeltaNet item ~8 us per layer, 5.5 us as a kernel), with the other
-#   blocks idle meanwhile.
+# Version 5 (the default, ~42% of the floor, 819 tok/s at context 512 on the H100) changes one thing: the grid
+# barrier. `grid.sync()` and the hand-written generation barrier both cost ~5 dependent L2 round trips; version 5
+# keeps one arrival counter that never resets, adds to it with `red.release.gpu` and polls it with
+# `ld.acquire.gpu` until it reaches the launch's base + blocks x (barriers passed + 1): two round trips.
+# `make_barrier` has all three:
+
+# %%
+src = inspect.getsource(mk_phases.make_barrier)
+start = src.index("    def monotonic_sync")
+print(src[start:src.index("    @cuda.jit", start)])
+
+# %% [markdown]
+# To see what a step is made of, the profiling builds take pieces away (`nocopy`: no weight is copied, every page
+# is consumed stale; `nomixer`: no DeltaNet or attention; `nobar`: no barrier; the last three compute wrong
+# results on purpose) or try another structure (`wrel`: ring slots released warp by warp; `pp`: pages consumed in
+# pairs; `l2=`: L2 prefetches ahead of the ring; `page=`/`ring=`: other ring shapes). One H100, context 512, each
+# call with its own baseline:
+
+# %%
+ladder_path = R.results_dir() / "profile_ladder_nvidia-h100_2026-11-26.json"
+if ladder_path.exists():
+    import json
+
+    ladder = json.loads(ladder_path.read_text())
+    shown = ["4", "4+cbar", "4+mono", "4+nobar", "4+wrel", "5+pp", "4+cbar+l2=8",
+             "5+page=16+ring=12", "5+page=64+ring=3", "4+mono+nocopy", "4+mono+nocopy+nomixer"]
+    best = {}
+    for r in ladder["rows"]:
+        best.setdefault(r["variant"], r)
+    rows = [best[v] for v in shown if v in best]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.barh([r["variant"] for r in rows][::-1], [r["us_per_step"] for r in rows][::-1], color="tab:blue")
+    floor_us = 1e6 * schedule.bytes_per_step(schedule.step_phases(published, 513)) / H100_COPY_BANDWIDTH
+    ax.axvline(floor_us, color="red", ls="--", lw=0.8, label=f"bandwidth floor ({floor_us:.0f} us)")
+    ax.set_xlabel("us per decode step (profiling build, context 512)")
+    ax.set_title("Where a step goes: versions, switches and pieces taken away (H100)")
+    ax.legend(fontsize=8)
+    plt.show()
+    print_table([(r["variant"], f"{r['us_per_step']:,.0f}", r["note"]) for r in rows],
+                headers=["variant", "us/step", "what it shows"])
+else:
+    print(f"{ladder_path.name} not found")
+
+# %% [markdown]
+# What limits version 5 (~1,260 us per profiled step, 514 us at the floor):
 #
-# So the next version has to synchronise less, not compute faster: fold attention's prepare and combine into the
-# phases around them, and let a DeltaNet item wait, with a counter, for just the blocks that wrote its head's rows
-# instead of for the whole grid.
+# - **The page consumers.** With no weight copied at all the kernel still needs ~955 us per step, ~670 us without
+#   its mixers: with every page already in shared memory a 32 KB page costs ~0.9 us to consume, about half of it
+#   fixed per page (16 KB pages: +180 us per step; 64 KB pages: -77 us without copies, but a 3-slot ring streams
+#   worse). The copy engine is not what is slow: the ring streamed 2.75 TB/s with the arithmetic removed.
+#   Releasing slots warp by warp, pairing pages for four rows per warp pass, dropping the proxy fence or the
+#   page-table reads: none made the kernel faster. What is left is latency per warp with 8 warps per SM (255
+#   registers: capping them at 168 spills 1.7 KB per thread, `tools/ptxas_report.py 5+regs=168`);
+# - **134 grid barriers** at ~1.2 us each plus the spread of the arrivals (~160 us per step);
+# - **the mixers**: ~290 us per step (DeltaNet ~8 us per layer, attention ~17 us per layer at context 512), the
+#   other blocks idle meanwhile.
 #
-# The bound is simple enough to draw: if every phase streamed at full bandwidth and each barrier still cost its
-# time on the critical path, a step would take floor + barriers x cost (`schedule.barrier_bound`).
+# So 60% of the floor needs all three: a consumer that streams several times faster than HBM (more warps, a
+# register budget the mixers respect), fewer synchronisation points (attention's prepare and combine folded into
+# the phases around them, per-head counters between the DeltaNet input projection and its recurrence), and the
+# idle blocks streaming during the mixers.
+#
+# The barrier bound is simple enough to draw: if every phase streamed at full bandwidth and each barrier still cost
+# its time on the critical path, a step would take floor + barriers x cost (`schedule.barrier_bound`).
 
 # %%
 n_barriers = np.arange(0, 161, 4)
 fig, ax = plt.subplots(figsize=(8, 3.5))
-for cost_us in (1.5, 2.8):
+for cost_us in (1.2, 2.8):
     bound = [schedule.barrier_bound(published, 512, cost_us * 1e-6, barriers=int(n)) for n in n_barriers]
     ax.plot(n_barriers, np.array(bound) * 100, label=f"{cost_us} us per barrier")
-ours = schedule.barriers_per_token(published, version=4)
+ours = schedule.barriers_per_token(published, version=5)
 ax.axvline(ours, color="grey", ls=":", label=f"this schedule: {ours} barriers")
 ax.axhline(60, color="red", ls="--", lw=0.8, label="issue 9's target (60%)")
-ax.axhline(37, color="black", lw=0.8, label="version 4 measured (37%, H100)")
+ax.axhline(42, color="black", lw=0.8, label="version 5 measured (42%, H100)")
+ax.axhline(37, color="black", lw=0.8, ls=":", label="version 4 measured (37%, H100)")
 ax.set_xlabel("grid barriers per token")
 ax.set_ylabel("best fraction of the floor (%)")
 ax.set_ylim(30, 102)
 ax.set_title("Qwen3.5-0.8B at context 512: what barriers alone allow")
 ax.legend(fontsize=7)
 plt.show()
-print(f"{ours} barriers at 2.8 us: at most {schedule.barrier_bound(published, 512, 2.8e-6, version=4):.0%} "
-      f"of the floor; at 1.5 us (grid.sync alone): {schedule.barrier_bound(published, 512, 1.5e-6, version=4):.0%}")
+print(f"{ours} barriers at 2.8 us (version 4's grid.sync with its spread): at most "
+      f"{schedule.barrier_bound(published, 512, 2.8e-6, version=5):.0%} of the floor; at 1.2 us (version 5's "
+      f"barrier alone): {schedule.barrier_bound(published, 512, 1.2e-6, version=5):.0%}")

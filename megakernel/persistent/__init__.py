@@ -7,8 +7,10 @@
 * ``v2``       -- version 2: the weights streamed through a shared-memory ring by the copy engine (``tma``,
                   ``pages``), ahead of the barriers; its build switches are the measured variants (NOTES.md);
 * ``v3``       -- version 3: version 2 with 4x the attention-decode work items;
-* ``v4``       -- version 4 (the default): version 3 with the weight stream evict-first in L2 and two rows per
-                  warp pass in the matvec consumer;
+* ``v4``       -- version 4: version 3 with the weight stream evict-first in L2 and two rows per warp pass in
+                  the matvec consumer;
+* ``v5``       -- version 5 (the default): version 4 with the monotonic grid barrier (one release-add per block,
+                  acquire-polls on a counter that is never reset);
 * ``phases``   -- what the versions share: offsets, the barriers, the mixer phases, the L2 prefetchers;
 * ``profile``  -- the profiling build's timeline: per-phase critical paths and waits, the chart;
 * ``decoder``  -- ``PersistentDecoder``: the reference model's API over the kernel.
