@@ -340,7 +340,8 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     """The persistent kernel as the GPU compiles it (not the simulator's Python): Numba to PTX for sm_90, then the
     assembler (``tools/ptxas_report.py``, in a subprocess with the simulator off). Catches a kernel that only the
     GPU machine could find broken (typing of the device-only paths, the inline PTX) and a register regression:
-    measured 2026-11-26, v1 255 registers / 1,144 B of spill stores, v4 255 / 616 B."""
+    measured 2026-11-26, v1 255 registers / 1,144 B of spill stores, v5 (v4's paths and the monotonic barrier's
+    release-add and acquire-poll) 255 / 548 B."""
     import re
     import subprocess
     import sys
@@ -349,10 +350,10 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,4"], capture_output=True,
+    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,5"], capture_output=True,
                           text=True, cwd=root, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    budget = {"1": 2048, "4": 1024}  # spill-store bytes allowed (about 2x what was measured)
+    budget = {"1": 2048, "5": 1024}  # spill-store bytes allowed (about 2x what was measured)
     rows = re.findall(r"^(\S+)\s+(\d+) registers\s+spill stores\s+(\d+) B", proc.stdout, re.M)
     assert {v for v, _, _ in rows} == set(budget), proc.stdout
     for variant, registers, spills in rows:
