@@ -614,3 +614,39 @@ def test_supported_numba_cuda_versions(monkeypatch):
             simulator.install()
         monkeypatch.undo()
     assert simulator.is_installed()
+
+
+# ---- the mbarriers of megakernel.persistent.tma: a wait blocks until the copy that completes its phase ------------
+@cuda.jit
+def mbarrier_hand_off(src, out, never):
+    """Thread 0 of warp 1 copies src into shared memory (expecting its bytes on mbarrier 0); warp 0 waits on the
+    mbarrier, then reads. With ``never``, the copy is never issued: every thread then waits forever."""
+    from megakernel.persistent import tma
+
+    buf = cuda.shared.array(8, int32)
+    bars = cuda.shared.array(1, np.int64)
+    if cuda.threadIdx.x == 0:
+        tma.mbar_init(bars, 0, 1)
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 32 and never[0] == 0:
+        for _ in range(200):  # let the waiters start spinning first
+            time.sleep(0)
+        tma.mbar_expect(bars, 0, 32)
+        tma.bulk_copy(buf, 0, src, 0, 8, bars, 0)
+    if cuda.threadIdx.x < 32:
+        tma.mbar_wait(bars, 0, 0)
+        out[cuda.threadIdx.x] = buf[cuda.threadIdx.x % 8]
+
+
+def test_an_mbarrier_wait_blocks_until_its_copy_and_a_copy_never_issued_is_a_deadlock():
+    """The simulator's mbarrier model (``tma``): the waiters see the copied words (the copy's completion releases
+    them to the waiters, so the race detector is satisfied), and a phase no copy completes is reported as a
+    deadlock by the watchdog within seconds (not at the launch timeout)."""
+    src = np.arange(1, 9, dtype=np.int32)
+    out = np.zeros(32, np.int32)
+    run_with_timeout(lambda: mbarrier_hand_off[1, 64](src, out, np.zeros(1, np.int32)), timeout=60)
+    assert (out == np.tile(src, 4)).all()
+    start = time.monotonic()
+    with pytest.raises(simulator.SimulatorDeadlock, match="mbarrier"):
+        run_with_timeout(lambda: mbarrier_hand_off[1, 64](src, out, np.ones(1, np.int32)), timeout=60)
+    assert time.monotonic() - start < 30

@@ -49,7 +49,8 @@ if SIMULATOR:
     import time
 
     from ..testing.simulator import plain_array as _np
-    from ..testing.simulator import atomic_add_plain, record_reads, sync_acquire, sync_release
+    from ..testing.simulator import (atomic_add_plain, record_reads, sync_acquire, sync_release,
+                                     waiting_on_mbarrier)
 
     # An mbarrier in the simulator: its int64 word counts the completed phases (so the current phase's parity is
     # the count's low bit), and the bytes the current phase still expects live here, per (array, slot).
@@ -96,10 +97,11 @@ if SIMULATOR:
     def mbar_wait(bars, slot, parity):
         """Spin until the phase of parity ``parity`` has completed (the current phase's parity differs)."""
         slot = int(slot)
-        while True:
-            if (int(sync_acquire(bars, slot)) & 1) != int(parity):
-                return
-            time.sleep(0)
+        if (int(sync_acquire(bars, slot)) & 1) != int(parity):
+            return
+        with waiting_on_mbarrier(bars, slot):  # the deadlock watchdog sees this spin
+            while (int(sync_acquire(bars, slot)) & 1) == int(parity):
+                time.sleep(0)
 
     def red_release_add(arr, i, v):
         sync_release(arr, int(i), block_scope=False)

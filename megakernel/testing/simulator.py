@@ -915,7 +915,8 @@ class _Launch:
                 lines.append(f"  {barrier.name}: {barrier.count} of {barrier.parties} arrived")
         return (
             f"kernel {self.name}: every live thread waits on a barrier that cannot complete "
-            "(divergent syncthreads, a warp primitive not all lanes reach, ...):\n"
+            "(divergent syncthreads, a warp primitive not all lanes reach, an mbarrier phase no copy completes, "
+            "...):\n"
             + "\n".join(lines)
         )
 
@@ -1059,6 +1060,36 @@ def sync_acquire(arr, index: int):
         if races is not None:
             races.atomic(th, arr, index)
         return a[index]
+
+
+class MbarrierWait:
+    """What a thread spinning on an mbarrier (``megakernel.persistent.tma.mbar_wait``) waits on, for the deadlock
+    watchdog: stuck while the mbarrier's completed-phase count is still the one the spin started from. If every
+    live thread waits on a barrier or an mbarrier and none moves, no copy can complete any more: a deadlock, reported
+    in a second instead of at the launch timeout."""
+
+    def __init__(self, bars, slot: int):
+        self.word = plain_array(bars)
+        self.slot = slot
+        self.name = f"mbarrier {slot}"
+        self.count = 0
+
+    def stuck(self, seen) -> bool:
+        return int(self.word[self.slot]) == seen
+
+
+@contextmanager
+def waiting_on_mbarrier(bars, slot: int):
+    """Mark the running simulated thread as spinning on mbarrier ``slot`` of ``bars`` (``MbarrierWait``)."""
+    th = threading.current_thread()
+    if not hasattr(th, "waiting_on"):
+        yield
+        return
+    th.waiting_on = (MbarrierWait(bars, slot), int(plain_array(bars)[slot]))
+    try:
+        yield
+    finally:
+        th.waiting_on = None
 
 
 def record_reads(arr, start: int, count: int) -> None:
