@@ -75,9 +75,9 @@ from numba.cuda import float32, uint64
 from megakernel import device as D
 
 from .matvec import (MAX_PARTS, PARTS_LEN, SHARED_LIMIT_BYTES, SIM_MAX_BLOCKS, SIMULATOR, V6_BOUNDS, WARP,
-                     Launcher, RowsLauncher, cdiv, check_k, combine_parts, dot16_split, dot16_split2, dot16_split4, dot16_x,
-                     dot_batch, dot_row, load_batch, memo_kernel, min_parts, plan_rows, row_limit, rows_launcher,
-                     rows_setup, x_shared_bytes)
+                     Launcher, RowsLauncher, cdiv, check_k, combine_parts, dot16_split, dot16_split2,
+                     dot16_split4, dot16_x, dot_batch, dot_row, load_batch, memo_kernel, min_parts, plan_rows,
+                     row_limit, rows_launcher, rows_setup, x_shared_bytes)
 
 
 

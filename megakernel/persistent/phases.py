@@ -122,7 +122,7 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     ``syncthreads`` thread 0 adds 1 with release semantics (``red.release.gpu``, no separate fence) and polls
     with acquire loads until the counter reaches base + blocks x (barriers passed + 1). No generation to read
     first, no reset, no last-arriver's extra round trips: a block leaves one L2 round trip after the last
-    arrival. ``close_barriers`` (block 0, after the launch's last barrier) stores the next launch's base.
+    arrival. ``make_barrier_close`` (block 0, after the launch's last barrier) stores the next launch's base.
 
     With ``profile``, thread 0 of every block records the GPU's global timer when it arrives at barrier ``k`` and
     when it leaves it, in ``prof[block, 2k]`` and ``prof[block, 2k + 1]`` (``prof``: int64 [blocks, 2 x barriers
@@ -382,4 +382,5 @@ def _out_of_line(body):
     return noinline(wrapper)
 
 
-__all__ = ["Offsets", "make_barrier", "make_barrier_close", "make_counter_halves", "stamp", "make_mixers", "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]
+__all__ = ["Offsets", "make_barrier", "make_barrier_close", "make_counter_halves", "stamp", "make_mixers",
+           "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]

@@ -207,5 +207,5 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
 
 
 __all__ = ["Plan", "make_plan", "CTL_TOKEN", "CTL_STEPS", "CTL_EOS", "CTL_SAMPLE", "CTL_SEED_LO", "CTL_SEED_HI",
-           "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_BAR_COUNT", "CTL_BAR_GEN", "CTL_ARRIVALS",
-           "CTL_BAR_BASE", "CTL_LEN"]
+           "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_BAR_COUNT", "CTL_BAR_GEN",
+           "CTL_ARRIVALS", "CTL_BAR_BASE", "CTL_LEN"]

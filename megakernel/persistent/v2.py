@@ -91,7 +91,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "prefetch_late": False, "counter": False, "defer": False, "state_first": False,
            "evict_first": False, "rows_out_of_line": False,
            "paired_rows": False, "l2_keep": False, "nocopy": False, "warp_release": False,
-           "monotonic": False, "max_registers": 0, "page_pairs": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "monotonic": False, "max_registers": 0,
+           "page_pairs": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -136,10 +137,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     copied (each slot's mbarrier completes at once on stale data), so the profile shows what the kernel costs
     without its weight stream. ``warp_release``: no block-wide barrier per page; each warp leaves a slot on its
     own and the last one out refills it (``release_slot``; not with ``defer``). ``monotonic``: the monotonic
-    arrival-counter barrier (``make_barrier``). ``max_registers``: cap the kernel's registers (0: no cap; with
-    512-thread blocks, 128). ``page_pairs``: a phase's pages consumed two at a time, four rows per warp pass
-    (``quad_rows_pages``: twice the independent sums per lane, one block barrier per two pages; each row's sum in
-    the same order)."""
+    arrival-counter barrier (``make_barrier``). ``max_registers``: cap the kernel's registers (0: no cap;
+    ``tools/ptxas_report.py 5+regs=N`` reports the spills a cap costs). ``page_pairs``: a phase's pages consumed
+    two at a time, four rows per warp pass (``quad_rows_pages``: twice the independent sums per lane, one block
+    barrier per two pages; each row's sum in the same order)."""
     if page_pairs and warp_release:
         raise ValueError("persistent kernel build options page_pairs and warp_release do not combine")
     if monotonic and counter:
