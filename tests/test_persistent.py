@@ -124,6 +124,26 @@ def test_later_versions_compute_version_3s_bits(ref, version):
             assert torch.equal(a[layer], b[layer]), f"version {version}'s {name}[{layer}] differs from version 3's"
 
 
+def test_back_to_back_launches_carry_the_monotonic_barrier_over(ref):
+    """Version 5's barrier counts arrivals on a counter the kernel never resets; each launch ends by storing the
+    next one's base. One launch per token with no host write between them (``relaunch``, the benchmark's "-step"
+    mode) must give the tokens of one launch for all of them, and a run after that (the host zeroes the barrier
+    words) too."""
+    from megakernel.persistent import PersistentDecoder
+    from megakernel.persistent import plan as P
+
+    dec = PersistentDecoder(ref, max_context=32, version=5, prefill_mode="reference")
+    all_in_one = dec.greedy_tokens(PROMPT, 4)
+    logits, state = dec.prefill(PROMPT)
+    relaunched = [int(logits[-1].argmax())]
+    relaunched += dec.run(state, relaunched[0], 1)
+    dec.relaunch(2)
+    relaunched += dec.finish()
+    assert relaunched == all_in_one
+    assert int(dec.ctl[P.CTL_BAR_BASE]) == 3 * dec.blocks * (dec.barriers_per_step() + 1)
+    assert dec.greedy_tokens(PROMPT, 4) == all_in_one
+
+
 def test_eos_stops_the_launch(ref):
     """A token chosen inside the launch equal to the EOS id ends the launch after it. (Sampled at a high
     temperature: this tiny model's greedy text repeats one token; the draws are fixed by the seed.)"""

@@ -60,6 +60,7 @@ PERSISTENT_V4 = "tests/test_persistent.py::test_logits_every_state_and_layer_and
 PERSISTENT_MONOTONIC = ("tests/test_persistent.py::test_measured_build_variants_stay_correct"
                         "[monotonic-barrier-warp-release]")
 PERSISTENT_V5 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v5]"
+PERSISTENT_V5_RELAUNCH = "tests/test_persistent.py::test_back_to_back_launches_carry_the_monotonic_barrier_over"
 PERSISTENT_PAGE_PAIRS = "tests/test_persistent.py::test_measured_build_variants_stay_correct[page-pairs]"
 
 MUTATIONS = [
@@ -108,7 +109,8 @@ MUTATIONS = [
              (("            cuda.syncthreads()  # every warp is done with the slot\n", ""),),
              (PERSISTENT_V2,), race=True),
     Mutation("persistent v2: a page read from the slot after the one it was copied to", "megakernel/persistent/v2.py",
-             (("            slot = cursor % R_\n            if WREL:", "            slot = (cursor + 1) % R_\n            if WREL:"),),
+             (("            slot = cursor % R_\n            if WREL:",
+               "            slot = (cursor + 1) % R_\n            if WREL:"),),
              (PERSISTENT_V2,)),
     Mutation("persistent v4: the second row of a warp's pair written over the first", "megakernel/persistent/v2.py",
              (("            mine = emit(kind, row0 + r + NW, c, c,",
@@ -143,6 +145,10 @@ MUTATIONS = [
              (("target = (base + int64(cuda.gridDim.x) * (count + 1)) & _LOW32",
                "target = (base + int64(cuda.gridDim.x) * (count + 1) - 1) & _LOW32"),),
              (PERSISTENT_V5,), race=True),
+    Mutation("persistent v5: a launch hands the next one a base one barrier short", "megakernel/persistent/phases.py",
+             (("                v = (base + int64(cuda.gridDim.x) * count) & _LOW32",
+               "                v = (base + int64(cuda.gridDim.x) * (count - 1)) & _LOW32"),),
+             (PERSISTENT_V5_RELAUNCH,), race=True),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
              (("""        gen = cuda.atomic.add(ctl, GEN, 0)
         cuda.threadfence()

@@ -185,6 +185,9 @@ class PersistentDecoder(PrefillModes):
         ctl[P.CTL_SEED_LO], ctl[P.CTL_SEED_HI] = as_i32(seed & 0xFFFFFFFF), as_i32(seed >> 32)
         # the inputs only: CTL_LAST (the token a launch with token None continues from) stays as the device has it
         self.ctl[: P.CTL_DONE].copy_(torch.tensor(ctl[: P.CTL_DONE], dtype=torch.int32))
+        # the barriers' words from a clean start (a launch that died mid-barrier, in the simulator say, would
+        # otherwise leave the next launch's counts off); back-to-back launches (``relaunch``) carry them over
+        self.ctl[P.CTL_BAR_COUNT:P.CTL_BAR_BASE + 1].zero_()
         _, stream = current_stream()
         kern[self.blocks, self.plan.threads, stream, self.plan.shared_bytes](*self._args(state))
         self._pending = (state, state.length)

@@ -51,7 +51,7 @@ CTL_LAST = 9         # out: the last token chosen
 CTL_BARRIERS = 10    # out: grid barriers each block passed (checked against the schedule)
 CTL_BAR_COUNT = 11   # kernel: the counter barrier's arrivals (0 between barriers, so 0 at every launch)
 CTL_BAR_GEN = 12     # kernel: the counter barrier's generation (bumped by the last block to arrive)
-CTL_ARRIVALS = 13    # kernel: the monotonic barrier's arrivals, ever (mod 2^32; never reset)
+CTL_ARRIVALS = 13    # kernel: the monotonic barrier's arrivals (mod 2^32; the host zeroes it before a run)
 CTL_BAR_BASE = 14    # kernel: CTL_ARRIVALS when this launch starts (block 0 writes it when a launch ends)
 CTL_LEN = 16
 
