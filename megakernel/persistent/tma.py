@@ -268,14 +268,20 @@ else:
 
         return types.int32(arr, i), codegen
 
-    @intrinsic
-    def fence_proxy_async(typingctx):
-        def codegen(context, builder, sig, args):
-            builder.asm(ir.FunctionType(ir.VoidType(), []), "fence.proxy.async.shared::cta;", "", [],
-                        side_effect=True)
-            return context.get_dummy_value()
+    def _no_operand(asm):
+        """An intrinsic ``f()`` emitting the operand-less instruction ``asm``."""
 
-        return types.void(), codegen
+        def typer(typingctx):
+            def codegen(context, builder, sig, args):
+                builder.asm(ir.FunctionType(ir.VoidType(), []), asm, "", [], side_effect=True)
+                return context.get_dummy_value()
+
+            return types.void(), codegen
+
+        return intrinsic(typer)
+
+    fence_proxy_async = _no_operand("fence.proxy.async.shared::cta;")
+    fence_mbarrier_init = _no_operand("fence.mbarrier_init.release.cluster;")
 
     def _prefetch_typer(asm):
         """The typer of a ``(src, s, n)`` L2 prefetch emitting ``asm`` ($0 src, $1 bytes)."""
@@ -315,15 +321,6 @@ else:
             return context.get_dummy_value()
 
         return types.void(arr, i), codegen
-
-    @intrinsic
-    def fence_mbarrier_init(typingctx):
-        def codegen(context, builder, sig, args):
-            builder.asm(ir.FunctionType(ir.VoidType(), []), "fence.mbarrier_init.release.cluster;", "", [],
-                        side_effect=True)
-            return context.get_dummy_value()
-
-        return types.void(), codegen
 
     @intrinsic
     def shared_address(typingctx, arr):

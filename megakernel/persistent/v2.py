@@ -111,6 +111,16 @@ def build(plan_key, plan, barriers: bool = True, profile: bool = False, **option
     return kernel
 
 
+def build_with(defaults: dict):
+    """``build`` for a later version: version 2's kernel builder with that version's ``defaults`` switched on (an
+    option passed wins)."""
+
+    def build_version(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
+        return build(plan_key, plan, barriers, profile, **{**defaults, **options})
+
+    return build_version
+
+
 def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = False, l2_ahead: int = 0,
            nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, prefetch_late: bool = False,
            counter: bool = False, defer: bool = False, state_first: bool = False, evict_first: bool = False,

@@ -39,11 +39,7 @@ configure = v3.configure
 kernel_key = v2.kernel_key
 extra_args = v2.extra_args
 POSITIONS_PER_SPLIT = v3.POSITIONS_PER_SPLIT
-
-
-def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
-    """Version 2's kernel builder with version 4's defaults (``DEFAULTS``; an option passed wins)."""
-    return v2.build(plan_key, plan, barriers, profile, **{**DEFAULTS, **options})
+build = v2.build_with(DEFAULTS)  # version 2's kernel builder with these defaults (an option passed wins)
 
 
 __all__ = ["VERSION", "DESCRIPTION", "DEFAULTS", "POSITIONS_PER_SPLIT", "configure", "build", "kernel_key",
