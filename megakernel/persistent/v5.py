@@ -35,11 +35,11 @@ arrival early reads a buffer another block has not finished writing, and is repo
 
 from __future__ import annotations
 
-from . import v2, v3
+from . import v2, v3, v4
 
 VERSION = 5
 DESCRIPTION = "version 4 with the monotonic arrival-counter grid barrier (release-add, acquire-poll)"
-DEFAULTS = {"evict_first": True, "paired_rows": True, "monotonic": True}
+DEFAULTS = {**v4.DEFAULTS, "monotonic": True}
 OPTIONS = {**v2.OPTIONS, **DEFAULTS}
 
 configure = v3.configure

@@ -1022,14 +1022,19 @@ def plain_array(arr) -> np.ndarray:
     return arr
 
 
+def _tracker(arr):
+    """(the running simulated thread, its launch's race detector), the detector None where ``arr`` is untracked."""
+    th = threading.current_thread()
+    if type(arr) is not racemod.TrackedArray:
+        return th, None
+    return th, getattr(getattr(th, "launch", None), "races", None)
+
+
 def sync_release(arr, index: int, block_scope: bool = True) -> None:
     """The running simulated thread releases (a fence, then an atomic) on ``arr[index]``: what an mbarrier's
     phase completion does for the copy that completed it, or (``block_scope=False``) a ``red.release.gpu``
     (``megakernel.persistent.tma``)."""
-    if type(arr) is not racemod.TrackedArray:
-        return
-    th = threading.current_thread()
-    races = getattr(getattr(th, "launch", None), "races", None)
+    th, races = _tracker(arr)
     if races is not None:
         with _ATOMIC_LOCK:
             races.fence(th, block_scope=block_scope)
@@ -1054,8 +1059,7 @@ def sync_acquire(arr, index: int):
     both under the atomic lock (so the value read and the releases acquired agree): an mbarrier wait's poll, an
     ``ld.acquire``. Returns the value."""
     a = plain_array(arr)
-    th = threading.current_thread()
-    races = getattr(getattr(th, "launch", None), "races", None) if type(arr) is racemod.TrackedArray else None
+    th, races = _tracker(arr)
     with _ATOMIC_LOCK:
         if races is not None:
             races.atomic(th, arr, index)
