@@ -96,18 +96,22 @@ def test_finer_attention_splits_over_a_longer_context(ref):
     assert min(attention_splits(41, POSITIONS_PER_SPLIT), dec.blocks // CONFIG.num_key_value_heads) == 3
 
 
-@pytest.mark.parametrize("version", [4, 5])
-def test_later_versions_compute_version_3s_bits(ref, version):
+@pytest.mark.parametrize("version, options", [(4, {}), (5, {}), (5, {"xregs": True}),
+                                              (5, {"split_sums": True, "early_residual": True})],
+                         ids=["v4", "v5", "v5-xregs", "v5-split-sums-early-residual"])
+def test_later_versions_compute_version_3s_bits(ref, version, options):
     """Versions 4 and 5 change where the weights live in L2, pair two rows per warp pass, release the ring's slots
-    warp by warp and use another grid barrier, never a single sum's order: after the same prompt, two decode steps
-    give bit-identical logits and states to version 3 (a page of the consumer with an odd row count takes the
-    lone-row path: the tiny model's pages hold 2 rows of the widest phase, and a block's last page of a phase may
-    hold one)."""
+    warp by warp and use another grid barrier, never a single sum's order; ``xregs`` reads x from registers,
+    ``split_sums`` reduces two rows in one butterfly (each in ``warp_sum``'s order) and ``early_residual`` loads h
+    before the dot products: after
+    the same prompt, two decode steps give bit-identical logits and states to version 3 (a page of the consumer
+    with an odd row count takes the lone-row path: the tiny model's pages hold 2 rows of the widest phase, and a
+    block's last page of a phase may hold one)."""
     from megakernel.persistent import PersistentDecoder
 
     runs = []
-    for v in (3, version):
-        dec = PersistentDecoder(ref, max_context=32, version=v, prefill_mode="reference")
+    for v, opts in ((3, {}), (version, options)):
+        dec = PersistentDecoder(ref, max_context=32, version=v, prefill_mode="reference", options=opts)
         _, state = dec.prefill(PROMPT)
         token, logits = 7, []
         for _ in range(2):

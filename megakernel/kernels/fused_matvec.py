@@ -68,6 +68,8 @@ synchronize.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import cuda
 from numba.cuda import float32, uint64
@@ -218,6 +220,64 @@ def dot4_row_split(W, base_a, base_b, base_c, base_d, xs, nv, lane):
                                                   D.load_u32x4(W, base_b + v), D.load_u32x4(W, base_c + v),
                                                   D.load_u32x4(W, base_d + v), xs, v, nv)
     return acc_a, acc_b, acc_c, acc_d
+
+
+@functools.lru_cache(maxsize=None)
+def xreg_dots(E: int):
+    """x held in registers instead of shared memory, for rows of at most ``32 E`` pieces (``8 x 32 E`` values):
+    lane l keeps the pieces l, l + 32, ..., l + 32 (E - 1) of x, the only ones it ever multiplies, in a local
+    array of ``8 E`` floats that the compiler keeps in registers (every index is a constant once the loops over
+    ``E`` are unrolled). A page's rows then read only their weights from shared memory, where ``dot_row_split``
+    reads as many bytes of x as of weights. Returns (load_x, dot_row, dot2_row):
+
+        load_x(xr, xs, nv, lane)                      xr <- this lane's pieces of x (split layout ``xs``)
+        dot_row(W, base, xr, nv, lane)                 -> acc          (``dot_row_split``'s sum, same order)
+        dot2_row(W, base_a, base_b, xr, nv, lane)      -> acc_a, acc_b (``dot2_row_split``'s sums)
+
+    Every row's sum runs over the pieces in ``dot_row_split``'s order with the same x values: the same bits."""
+
+    @cuda.jit(device=True)
+    def load_x(xr, xs, nv, lane):
+        for e in range(E):
+            v = lane + WARP * e
+            if v < nv:
+                x0, x1, x2, x3 = D.load_f32x4(xs, v)
+                x4, x5, x6, x7 = D.load_f32x4(xs, nv + v)
+                xr[8 * e] = x0
+                xr[8 * e + 1] = x1
+                xr[8 * e + 2] = x2
+                xr[8 * e + 3] = x3
+                xr[8 * e + 4] = x4
+                xr[8 * e + 5] = x5
+                xr[8 * e + 6] = x6
+                xr[8 * e + 7] = x7
+
+    @cuda.jit(device=True)
+    def dot_row(W, base, xr, nv, lane):
+        acc = float32(0)
+        for e in range(E):
+            v = lane + WARP * e
+            if v < nv:
+                acc = dot16_x(acc, D.load_u32x4(W, base + v), xr[8 * e], xr[8 * e + 1], xr[8 * e + 2],
+                              xr[8 * e + 3], xr[8 * e + 4], xr[8 * e + 5], xr[8 * e + 6], xr[8 * e + 7])
+        return acc
+
+    @cuda.jit(device=True)
+    def dot2_row(W, base_a, base_b, xr, nv, lane):
+        acc_a = float32(0)
+        acc_b = float32(0)
+        for e in range(E):
+            v = lane + WARP * e
+            if v < nv:
+                wa = D.load_u32x4(W, base_a + v)
+                wb = D.load_u32x4(W, base_b + v)
+                acc_a = dot16_x(acc_a, wa, xr[8 * e], xr[8 * e + 1], xr[8 * e + 2], xr[8 * e + 3], xr[8 * e + 4],
+                                xr[8 * e + 5], xr[8 * e + 6], xr[8 * e + 7])
+                acc_b = dot16_x(acc_b, wb, xr[8 * e], xr[8 * e + 1], xr[8 * e + 2], xr[8 * e + 3], xr[8 * e + 4],
+                                xr[8 * e + 5], xr[8 * e + 6], xr[8 * e + 7])
+        return acc_a, acc_b
+
+    return load_x, dot_row, dot2_row
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "pflate": "prefetch_late", "cbar": "counter", "defer": "defer", "early": "state_first",
           "oolrows": "rows_out_of_line", "pair": "paired_rows", "ef": "evict_first", "nobar": "_nobar",
           "l2keep": "l2_keep", "nocopy": "nocopy", "wrel": "warp_release",
-          "mono": "monotonic", "pp": "page_pairs"}
+          "mono": "monotonic", "pp": "page_pairs", "xr": "xregs", "ss": "split_sums", "eh": "early_residual"}
 _VALUES = {"l2=": "l2_ahead", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers"}
 
 

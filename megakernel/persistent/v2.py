@@ -42,7 +42,8 @@ from megakernel import device as D
 
 from ..kernels import lm_head as lmh
 from ..kernels.embedding import embed_rows
-from ..kernels.fused_matvec import dot2_row_split, dot4_row_split, dot_row_split, stage_gated, stage_norm
+from ..kernels.fused_matvec import (dot2_row_split, dot4_row_split, dot_row_split, stage_gated, stage_norm,
+                                    xreg_dots)
 from ..kernels.matvec import WARP, stage_split
 from ..launch import SIMULATOR, as_kernel_array
 from . import pages as PG
@@ -57,6 +58,7 @@ DESCRIPTION = "weights streamed through a shared-memory ring by the copy engine,
 RING_PAGES = 6
 PAGE_WORDS = 8192            # 32 KB pages
 SIM_RING_PAGES = 3
+XREG_MAX_PIECES = 4          # ``xregs``: x in registers for rows of up to 4 x 32 pieces (32 floats a lane)
 SMEM_PER_BLOCK = 227 * 1024  # H100: dynamic + static shared memory one block may use (after opting in)
 
 
@@ -92,7 +94,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "evict_first": False, "rows_out_of_line": False,
            "paired_rows": False, "l2_keep": False, "nocopy": False, "warp_release": False,
            "monotonic": False, "max_registers": 0,
-           "page_pairs": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "page_pairs": False, "xregs": False, "split_sums": False, "early_residual": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -125,7 +127,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, prefetch_late: bool = False,
            counter: bool = False, defer: bool = False, state_first: bool = False, evict_first: bool = False,
            rows_out_of_line: bool = False, paired_rows: bool = False, l2_keep: bool = False, nocopy: bool = False,
-           warp_release: bool = False, monotonic: bool = False, max_registers: int = 0, page_pairs: bool = False):
+           warp_release: bool = False, monotonic: bool = False, max_registers: int = 0, page_pairs: bool = False,
+           xregs: bool = False, split_sums: bool = False, early_residual: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -150,7 +153,19 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     arrival-counter barrier (``make_barrier``). ``max_registers``: cap the kernel's registers (0: no cap;
     ``tools/ptxas_report.py 5+regs=N`` reports the spills a cap costs). ``page_pairs``: a phase's pages consumed
     two at a time, four rows per warp pass (``quad_rows_pages``: twice the independent sums per lane, one block
-    barrier per two pages; each row's sum in the same order)."""
+    barrier per two pages; each row's sum in the same order). ``xregs``: in the phases whose rows have the hidden
+    size (the input projections, gate/up, the LM head: ~80 % of the bytes) each lane keeps its pieces of x in
+    registers for the whole phase (``fused_matvec.xreg_dots``; up to 32 floats a lane at the 0.8B's 1024) and
+    reads only weights from the ring; the same sums in the same order. ``split_sums``: a warp pass's two rows
+    summed in one five-shuffle reduction (``device.warp_sum2``: the first row's sum on lanes 0-15, the second's on
+    16-31, the same bits as two ``warp_sum``s) and finished by lanes 0 and 16 together (one argmax key per lane
+    instead of two). ``early_residual``: a residual phase's pass loads the rows of h it will add to before its dot
+    products, not after (the L2 round trip overlaps them instead of following them)."""
+    if split_sums and not paired_rows or early_residual and not split_sums:
+        raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
+                         "split_sums")
+    if xregs and page_pairs:
+        raise ValueError("persistent kernel build options xregs and page_pairs do not combine")
     if page_pairs and warp_release:
         raise ValueError("persistent kernel build options page_pairs and warp_release do not combine")
     if monotonic and counter:
@@ -195,6 +210,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     DEFER = defer
     PAIRED = paired_rows
     copy = tma.bulk_copy_evict_first if evict_first else tma.bulk_copy
+    XE = -(-(D_ // 8) // WARP)  # x pieces per lane in a hidden-size row
+    XREG = xregs and XE <= XREG_MAX_PIECES
+    XR = 8 * XE
+    SPLIT = split_sums
+    EARLY_H = early_residual
+    load_x, dot_row_x, dot2_row_x = xreg_dots(XE)
 
     @cuda.jit(device=True)
     def l2_top_up(issued, prefetched, total, b, pb, table, Ww):
@@ -291,38 +312,103 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return mine
 
     @cuda.jit(device=True)
-    def rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane):
+    def emit_split(kind, row_a, row_b, v, rstd, y, h, act, logits, mine, lane, old):
+        """``split_sums``: the epilogue of a pass's two rows from ``warp_sum2``'s ``v`` (row a's sum on lanes 0-15,
+        row b's on 16-31; a SwiGLU row's gate and up sums instead); lane 0 finishes row a, lane 16 row b.
+        ``old``: with ``early_residual``, lane 0's and 16's row of h, loaded before the dot products."""
+        upper = lane >= 16
+        row = row_b if upper else row_a
+        if kind == K_SWIGLU:
+            up = cuda.shfl_xor_sync(D.FULL_MASK, v, 16)
+            if lane == 0:
+                act[row_a] = D.silu(v * rstd) * (up * rstd)
+        elif kind == K_NORM:
+            if lane % 16 == 0:
+                y[row] = v * rstd
+        elif kind == K_LMHEAD:
+            value = v * rstd
+            if lane % 16 == 0:
+                logits[row] = value
+            key = lmh.argmax_key(value, row)
+            if key > mine:
+                mine = key
+        else:  # K_GATED, K_PLAIN: the residual add
+            if lane % 16 == 0:
+                if EARLY_H:
+                    h[row] = old + v
+                else:
+                    h[row] += v
+        return mine
+
+    @cuda.jit(device=True)
+    def warp_max_key(mine):
+        """``split_sums``: the lanes' argmax keys (two rows' worth per pass) made one per warp, as
+        ``publish_block_best`` reads lane 0's."""
+        for off in (16, 8, 4, 2, 1):
+            other = cuda.shfl_xor_sync(D.FULL_MASK, mine, off)
+            if other > mine:
+                mine = other
+        return mine
+
+    @cuda.jit(device=True)
+    def dot2(ring, base_a, base_b, xs, xr, use_x, nv, lane):
+        """Two rows' dot products against x from registers (``use_x``) or from shared memory."""
+        if use_x:
+            return dot2_row_x(ring, base_a, base_b, xr, nv, lane)
+        return dot2_row_split(ring, base_a, base_b, xs, nv, lane)
+
+    @cuda.jit(device=True)
+    def dot1(ring, base, xs, xr, use_x, nv, lane):
+        if use_x:
+            return dot_row_x(ring, base, xr, nv, lane)
+        return dot_row_split(ring, base, xs, nv, lane)
+
+    @cuda.jit(device=True)
+    def rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, use_x, lane):
         """A warp's pass over one page at row ``r``: a SwiGLU row's gate and up together, otherwise rows ``r`` and
         ``r + NW`` (a lone last row alone)."""
         if kind == K_SWIGLU:
             if r < nrows:
-                g, u = dot2_row_split(ring, (base + r * kw) // 4, (base + nrows * kw + r * kw) // 4, xs, nv, lane)
-                g = D.warp_sum(g)
-                u = D.warp_sum(u)
-                mine = emit(kind, row0 + r, g, u, rstd, y, h, act, logits, mine, lane)
+                g, u = dot2(ring, (base + r * kw) // 4, (base + nrows * kw + r * kw) // 4, xs, xr, use_x, nv, lane)
+                if SPLIT:
+                    mine = emit_split(kind, row0 + r, row0 + r, D.warp_sum2(g, u), rstd, y, h, act, logits, mine,
+                                      lane, float32(0))
+                else:
+                    g = D.warp_sum(g)
+                    u = D.warp_sum(u)
+                    mine = emit(kind, row0 + r, g, u, rstd, y, h, act, logits, mine, lane)
         elif r + NW < nrows:
-            a, c = dot2_row_split(ring, (base + r * kw) // 4, (base + (r + NW) * kw) // 4, xs, nv, lane)
-            a = D.warp_sum(a)
-            c = D.warp_sum(c)
-            mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
-            mine = emit(kind, row0 + r + NW, c, c, rstd, y, h, act, logits, mine, lane)
+            old = float32(0)
+            if EARLY_H and (kind == K_GATED or kind == K_PLAIN) and lane % 16 == 0:
+                old = h[row0 + r + NW] if lane >= 16 else h[row0 + r]
+            a, c = dot2(ring, (base + r * kw) // 4, (base + (r + NW) * kw) // 4, xs, xr, use_x, nv, lane)
+            if SPLIT:
+                mine = emit_split(kind, row0 + r, row0 + r + NW, D.warp_sum2(a, c), rstd, y, h, act, logits, mine,
+                                  lane, old)
+            else:
+                a = D.warp_sum(a)
+                c = D.warp_sum(c)
+                mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
+                mine = emit(kind, row0 + r + NW, c, c, rstd, y, h, act, logits, mine, lane)
         elif r < nrows:
-            a = D.warp_sum(dot_row_split(ring, (base + r * kw) // 4, xs, nv, lane))
+            a = D.warp_sum(dot1(ring, (base + r * kw) // 4, xs, xr, use_x, nv, lane))
             mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
         return mine
 
     @cuda.jit(device=True)
-    def paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane, warp):
+    def paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, use_x, lane,
+                         warp):
         """One page's rows, two per warp pass (``rows_at``)."""
         if not COMPUTE:
             return mine
         for r in range(warp, nrows, NW if kind == K_SWIGLU else 2 * NW):
-            mine = rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane)
+            mine = rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, use_x,
+                           lane)
         return mine
 
     @cuda.jit(device=True)
     def quad_rows_pages(kind, na, row0a, basea, nb_, row0b, baseb, nv, kw, rstd, y, h, act, logits, mine, ring,
-                        xs, lane, warp):
+                        xs, xr, lane, warp):
         """Two pages of one phase, four rows per warp pass: at row ``r`` a SwiGLU page pair's two gate and two up
         rows, otherwise rows ``r`` and ``r + NW`` of each page; where a page has fewer rows, ``rows_at`` per page.
         Four independent sums in flight per lane, each x piece read once for all four (``dot4_row_split``)."""
@@ -351,8 +437,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 mine = emit(kind, row0b + r, e, e, rstd, y, h, act, logits, mine, lane)
                 mine = emit(kind, row0b + r + NW, f, f, rstd, y, h, act, logits, mine, lane)
             else:
-                mine = rows_at(kind, na, row0a, basea, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane)
-                mine = rows_at(kind, nb_, row0b, baseb, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane)
+                mine = rows_at(kind, na, row0a, basea, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, False,
+                               lane)
+                mine = rows_at(kind, nb_, row0b, baseb, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, False,
+                               lane)
         return mine
 
     @cuda.jit(device=True)
@@ -388,6 +476,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         end = rows * (b + 1) // nb
         last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
         nd1 = nd2 = nd3 = nd4 = int32(0)
+        xr = cuda.local.array(XR, float32)
+        use_x = XREG and k == D_  # a constant at each (inlined) call site
+        if use_x:
+            load_x(xr, xs, nv, lane)
         row0 = first
         while row0 < end:
             nrows = min(rpp, end - row0)
@@ -397,7 +489,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 tma.mbar_wait(bars, slot, (cursor // R_) & 1)
                 tma.mbar_wait(bars, slot_b, ((cursor + 1) // R_) & 1)
                 mine = quad_rows_pages(kind, nrows, row0, slot * PW, min(rpp, end - row0 - rpp), row0 + rpp,
-                                       slot_b * PW, nv, kw, rstd, y, h, act, logits, mine, ring, xs, lane, warp)
+                                       slot_b * PW, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, lane,
+                                       warp)
                 cuda.syncthreads()  # every warp is done with both slots
                 for _ in range(2):
                     if issued < total and (not hold or issued < last):
@@ -413,12 +506,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             base = slot * PW
             if PAIRED:
                 mine = paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, mine, ring, xs,
-                                        lane, warp)
+                                        xr, use_x, lane, warp)
             for r in range(warp, nrows if COMPUTE and not PAIRED else 0, NW):
-                acc = D.warp_sum(dot_row_split(ring, (base + r * kw) // 4, xs, nv, lane))
+                acc = D.warp_sum(dot1(ring, (base + r * kw) // 4, xs, xr, use_x, nv, lane))
                 up = acc
                 if kind == K_SWIGLU:
-                    up = D.warp_sum(dot_row_split(ring, (base + nrows * kw + r * kw) // 4, xs, nv, lane))
+                    up = D.warp_sum(dot1(ring, (base + nrows * kw + r * kw) // 4, xs, xr, use_x, nv, lane))
                 mine = emit(kind, row0 + r, acc, up, rstd, y, h, act, logits, mine, lane)
             if WREL:
                 release_slot(cursor, slot, total, b, pb, table, Ww, ring, bars, lane, nd1, nd2, nd3, nd4)
@@ -579,6 +672,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             cursor, issued, mine, d1, d2, d3, d4 = rows_phase(
                 K_LMHEAD, D_, V, rstd, h, h, h, logits, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
                 bars, xs, d1, d2, d3, d4, False)
+            if SPLIT:
+                mine = warp_max_key(mine)
             lmh.publish_block_best(mine, best, nb, keys)
             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
             if ctl[P.CTL_SAMPLE] != 0:
