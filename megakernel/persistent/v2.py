@@ -94,7 +94,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "evict_first": False, "rows_out_of_line": False,
            "paired_rows": False, "l2_keep": False, "nocopy": False, "warp_release": False,
            "monotonic": False, "max_registers": 0,
-           "page_pairs": False, "xregs": False, "split_sums": False, "early_residual": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "page_pairs": False, "xregs": False, "split_sums": False, "early_residual": False,
+           "l2_mixer": 0}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -128,7 +129,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            counter: bool = False, defer: bool = False, state_first: bool = False, evict_first: bool = False,
            rows_out_of_line: bool = False, paired_rows: bool = False, l2_keep: bool = False, nocopy: bool = False,
            warp_release: bool = False, monotonic: bool = False, max_registers: int = 0, page_pairs: bool = False,
-           xregs: bool = False, split_sums: bool = False, early_residual: bool = False):
+           xregs: bool = False, split_sums: bool = False, early_residual: bool = False,
+           l2_mixer: int = 0):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -160,7 +162,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     summed in one five-shuffle reduction (``device.warp_sum2``: the first row's sum on lanes 0-15, the second's on
     16-31, the same bits as two ``warp_sum``s) and finished by lanes 0 and 16 together (one argmax key per lane
     instead of two). ``early_residual``: a residual phase's pass loads the rows of h it will add to before its dot
-    products, not after (the L2 round trip overlaps them instead of following them)."""
+    products, not after (the L2 round trip overlaps them instead of following them). ``l2_mixer``: when a
+    DeltaNet or attention mixer starts (no page is consumed until it ends), thread 0 asks for L2 prefetches of the
+    next ``l2_mixer`` pages beyond the ring, so HBM keeps streaming while the ring is full."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -197,6 +201,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     LATE = prefetch_late
     barrier_handle = make_barrier_handle(counter, monotonic)
     L2_AHEAD = l2_ahead
+    L2_MIX = l2_mixer
     COMPUTE = not nocompute
     MIXERS = not nomixer
     CLAMP = nocompute or nomixer or nocopy or not barriers
@@ -218,11 +223,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     load_x, dot_row_x, dot2_row_x = xreg_dots(XE)
 
     @cuda.jit(device=True)
-    def l2_top_up(issued, prefetched, total, b, pb, table, Ww):
+    def l2_top_up(issued, prefetched, total, b, pb, table, Ww, ahead=L2_AHEAD):
         """Thread 0: L2 prefetches of the pages up to ``L2_AHEAD`` beyond those issued to the ring (so HBM keeps
         streaming while the block waits or runs a mixer). Returns the pages prefetched so far."""
         g = max(prefetched, issued)
-        stop = min(issued + L2_AHEAD, total)
+        stop = min(issued + ahead, total)
         while g < stop:
             d = g % pb
             prefetch_page(Ww, table[b, d, 0], table[b, d, 1])
@@ -611,6 +616,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         if LATE:
                             prefetch_deltanet(j, b, nb, rec, conv, Wf)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                        if L2_MIX > 0 and tid == 0:
+                            pf = l2_top_up(issued, pf, total, b, pb, table, Ww, L2_MIX)
                         if MIXERS:
                             count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag, grid,
                                                   count, prof)
@@ -634,6 +641,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         if LATE:
                             prefetch_kv(j, pos, b, nb, kc, vc)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                        if L2_MIX > 0 and tid == 0:
+                            pf = l2_top_up(issued, pf, total, b, pb, table, Ww, L2_MIX)
                         if MIXERS:
                             count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid,
                                                    count, prof)
