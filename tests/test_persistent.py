@@ -96,6 +96,29 @@ def test_finer_attention_splits_over_a_longer_context(ref):
     assert min(attention_splits(41, POSITIONS_PER_SPLIT), dec.blocks // CONFIG.num_key_value_heads) == 3
 
 
+def _two_steps(dec, prompt):
+    """Prefill ``prompt``, then two single-step launches (the first fed token 7, then each step's argmax): the
+    logits of both steps and the state after them."""
+    _, state = dec.prefill(prompt)
+    token, logits = 7, []
+    for _ in range(2):
+        logits.append(dec.decode_step(token, state).clone())
+        token = int(logits[-1].argmax())
+    return logits, state.to_reference()
+
+
+def _assert_same_bits(run, other, what):
+    """Two ``_two_steps`` results are bit-identical: logits and every state (conv, DeltaNet, KV cache)."""
+    (la, sa), (lb, sb) = run, other
+    for a, b in zip(la, lb):
+        assert torch.equal(a, b), f"{what}: the logits differ"
+    for name in ("conv", "recurrent", "k_cache", "v_cache"):
+        a, b = getattr(sa, name), getattr(sb, name)
+        assert a.keys() == b.keys()
+        for layer in a:
+            assert torch.equal(a[layer], b[layer]), f"{what}: {name}[{layer}] differs"
+
+
 @pytest.mark.parametrize("version", [4, 5])
 def test_later_versions_compute_version_3s_bits(ref, version):
     """Versions 4 and 5 change where the weights live in L2, pair two rows per warp pass, release the ring's slots
@@ -105,23 +128,32 @@ def test_later_versions_compute_version_3s_bits(ref, version):
     hold one)."""
     from megakernel.persistent import PersistentDecoder
 
-    runs = []
-    for v in (3, version):
-        dec = PersistentDecoder(ref, max_context=32, version=v, prefill_mode="reference")
-        _, state = dec.prefill(PROMPT)
-        token, logits = 7, []
-        for _ in range(2):
-            logits.append(dec.decode_step(token, state).clone())
-            token = int(logits[-1].argmax())
-        runs.append((logits, state.to_reference()))
-    (l3, s3), (ln, sn) = runs
-    for a, b in zip(l3, ln):
-        assert torch.equal(a, b), f"version {version}'s logits differ from version 3's"
-    for name in ("conv", "recurrent", "k_cache", "v_cache"):
-        a, b = getattr(s3, name), getattr(sn, name)
-        assert a.keys() == b.keys()
-        for layer in a:
-            assert torch.equal(a[layer], b[layer]), f"version {version}'s {name}[{layer}] differs from version 3's"
+    runs = [_two_steps(PersistentDecoder(ref, max_context=32, version=v, prefill_mode="reference"), PROMPT)
+            for v in (3, version)]
+    _assert_same_bits(runs[0], runs[1], f"version {version} against version 3")
+
+
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_folded_attention_computes_version_5s_bits(ref, blocks):
+    """``fold_attention`` runs an attention layer in one phase (each decode item makes its queries, the last split
+    writes the new key and value, the last item of the KV head to finish combines): after a 40-token prompt the
+    context is split min(3, blocks) ways, so the combine is handed over between blocks. Two decode steps give
+    version 5's bits, with two grid barriers fewer per attention layer (the kernel counts its own)."""
+    from megakernel.kernels.attention import attention_splits
+    from megakernel.persistent import PersistentDecoder
+    from megakernel.persistent.v5 import POSITIONS_PER_SPLIT
+
+    prompt = [(7 * i + 3) % CONFIG.vocab_size for i in range(40)]
+    assert attention_splits(41, POSITIONS_PER_SPLIT, cap=blocks // CONFIG.num_key_value_heads) == min(3, blocks)
+    runs, barriers = [], []
+    for options in ({}, {"fold_attention": True}):
+        dec = PersistentDecoder(ref, max_context=64, version=5, blocks=blocks, prefill_mode="reference",
+                                options=options)
+        runs.append(_two_steps(dec, prompt))
+        assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
+        barriers.append(dec.barriers_per_step())
+    _assert_same_bits(runs[0], runs[1], f"fold_attention on {blocks} blocks against version 5")
+    assert barriers[1] == barriers[0] - 2 * len(CONFIG.full_layers)
 
 
 def test_back_to_back_launches_carry_the_monotonic_barrier_over(ref):

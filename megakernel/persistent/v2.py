@@ -92,7 +92,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "evict_first": False, "rows_out_of_line": False,
            "paired_rows": False, "l2_keep": False, "nocopy": False, "warp_release": False,
            "monotonic": False, "max_registers": 0,
-           "page_pairs": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "page_pairs": False, "fold_attention": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -125,7 +125,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            nocompute: bool = False, nomixer: bool = False, prefetch: bool = False, prefetch_late: bool = False,
            counter: bool = False, defer: bool = False, state_first: bool = False, evict_first: bool = False,
            rows_out_of_line: bool = False, paired_rows: bool = False, l2_keep: bool = False, nocopy: bool = False,
-           warp_release: bool = False, monotonic: bool = False, max_registers: int = 0, page_pairs: bool = False):
+           warp_release: bool = False, monotonic: bool = False, max_registers: int = 0, page_pairs: bool = False,
+           fold_attention: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -150,7 +151,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     arrival-counter barrier (``make_barrier``). ``max_registers``: cap the kernel's registers (0: no cap;
     ``tools/ptxas_report.py 5+regs=N`` reports the spills a cap costs). ``page_pairs``: a phase's pages consumed
     two at a time, four rows per warp pass (``quad_rows_pages``: twice the independent sums per lane, one block
-    barrier per two pages; each row's sum in the same order)."""
+    barrier per two pages; each row's sum in the same order). ``fold_attention``: an attention layer's prepare,
+    decode and combine in one phase with one grid barrier instead of three (``phases.make_folded_attention``: each
+    decode item makes its queries, the last split writes the new key and value, the head's last item to finish
+    combines; the same bits)."""
     if page_pairs and warp_release:
         raise ValueError("persistent kernel build options page_pairs and warp_release do not combine")
     if monotonic and counter:
@@ -176,7 +180,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     NO_KEY = np.int64(lmh.INT64_MIN)
     barrier = make_barrier(barriers, profile, counter, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
-    deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first)
+    deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention)
+    ATT_BARRIERS = 1 if fold_attention else 3
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
     LATE = prefetch_late
@@ -542,10 +547,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             prefetch_kv(j, pos, b, nb, kc, vc)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         if MIXERS:
-                            count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid,
-                                                   count, prof)
+                            count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb, xs,
+                                                   scratch, flag, grid, count, prof)
                         else:
-                            for _ in range(3):
+                            for _ in range(ATT_BARRIERS):
                                 count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         if DEFER:
                             issued, d1, d2, d3, d4 = refill(cursor, issued, total, b, pb, table, Ww, ring, bars,
