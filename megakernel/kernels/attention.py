@@ -240,32 +240,23 @@ def _threads_for(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _head_norm_rope(Dh: int, R: int, eps: float, T: int):
-    """(head_rstd, rope_at): one head's RMSNorm and RoPE, the arithmetic ``prepare_item`` and ``group_query_item``
-    share (so a query computed by either has the same bits).
-
-    ``r = head_rstd(proj, base, scratch)``: 1 / rms of ``proj[base:base + Dh]`` (a block sum; every thread gets it);
-    ``y = rope_at(proj, base, norm_w, inv_freq, pos, r, d)``: dim ``d`` normalised (``1 + norm_w``) and rotated at
-    the float32 position ``pos`` (the partner dim recomputed, not exchanged)."""
+def _rope_at(Dh: int, R: int):
+    """``y = rope_at(proj, base, is_q, q_norm_w, k_norm_w, inv_freq, pos, r, d)``: dim ``d`` of the head at
+    ``proj[base:]`` normalised (times ``r`` = 1 / rms, then ``1 + w``, w from ``q_norm_w`` or ``k_norm_w``) and
+    rotated at the float32 position ``pos`` (the partner dim recomputed, not exchanged): the arithmetic
+    ``prepare_item`` and ``group_query_item`` share, so a query made by either has the same bits. (The weight is
+    picked per element: picking the array costs the persistent kernel registers.)"""
     HALF = R // 2
-    EPS = np.float32(eps)
-    DH_F = np.float32(Dh)
 
     @cuda.jit(device=True)
-    def head_rstd(proj, base, scratch):
-        acc = float32(0)
-        for d in range(cuda.threadIdx.x, Dh, T):
-            x = proj[base + d]
-            acc += x * x
-        return D.rsqrt(D.block_sum(acc, scratch) / DH_F + EPS)
-
-    @cuda.jit(device=True)
-    def rope_at(proj, base, norm_w, inv_freq, pos, r, d):
-        y = proj[base + d] * r * (float32(1) + norm_w[d])
+    def rope_at(proj, base, is_q, q_norm_w, k_norm_w, inv_freq, pos, r, d):
+        w = q_norm_w[d] if is_q else k_norm_w[d]
+        y = proj[base + d] * r * (float32(1) + w)
         if d < R:
             lo = d < HALF
             p = d + HALF if lo else d - HALF
-            yp = proj[base + p] * r * (float32(1) + norm_w[p])
+            wp = q_norm_w[p] if is_q else k_norm_w[p]
+            yp = proj[base + p] * r * (float32(1) + wp)
             sn, cs = sincos(pos * inv_freq[d if lo else p])
             if lo:
                 y = y * cs + (-yp) * sn  # x * cos + rotate_half(x) * sin, rotate_half = [-x2, x1]
@@ -273,7 +264,7 @@ def _head_norm_rope(Dh: int, R: int, eps: float, T: int):
                 y = y * cs + yp * sn
         return y
 
-    return head_rstd, rope_at
+    return rope_at
 
 
 @functools.lru_cache(maxsize=None)
@@ -287,7 +278,9 @@ def prepare_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
     ``position``: an integer; ``scratch``: a float32 shared array of >= 32. Returns with the block synchronised."""
     K_OFF = Hq * 2 * Dh  # proj = [q|gate per head (Hq 2 Dh) | k (Hkv Dh) | v (Hkv Dh)]
     V_OFF = K_OFF + Hkv * Dh
-    head_rstd, rope_at = _head_norm_rope(Dh, R, eps, T)
+    EPS = np.float32(eps)
+    DH_F = np.float32(Dh)
+    rope_at = _rope_at(Dh, R)
 
     @cuda.jit(device=True)
     def attn_prepare_body(b, proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out,
@@ -296,11 +289,14 @@ def prepare_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
         is_q = b < Hq
         j = b - Hq
         base = b * 2 * Dh if is_q else K_OFF + j * Dh
-        norm_w = q_norm_w if is_q else k_norm_w
-        r = head_rstd(proj, base, scratch)
+        acc = float32(0)
+        for d in range(tid, Dh, T):
+            x = proj[base + d]
+            acc += x * x
+        r = D.rsqrt(D.block_sum(acc, scratch) / DH_F + EPS)
         pos = float32(position)
         for d in range(tid, Dh, T):
-            y = rope_at(proj, base, norm_w, inv_freq, pos, r, d)
+            y = rope_at(proj, base, is_q, q_norm_w, k_norm_w, inv_freq, pos, r, d)
             if is_q:
                 q_out[b, d] = y
                 gate_out[b * Dh + d] = proj[base + Dh + d]
@@ -314,25 +310,33 @@ def prepare_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
 
 @functools.lru_cache(maxsize=None)
 def group_query_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
-    """The queries of one KV head's group, normed and rotated as ``prepare_item`` does (the same bits), into shared
-    memory instead of the global ``q`` (the persistent kernel's folded attention: each decode item makes the
-    queries it scores with, so no grid barrier separates prepare from decode):
+    """The queries of one KV head's group, normed and rotated as ``prepare_item`` does (the same sum, the same
+    ``rope_at``: the same bits), into shared memory instead of the global ``q`` (the persistent kernel's folded
+    attention: each decode item makes the queries it scores with, so no grid barrier separates prepare from
+    decode):
 
         body(kvh, proj, q_norm_w, inv_freq, position, qs, scratch)
 
     writes query head ``kvh G + g`` (``G = Hq / Hkv``) to ``qs[g Dh:(g + 1) Dh]``. Returns with the block
     synchronised."""
     G = Hq // Hkv
-    head_rstd, rope_at = _head_norm_rope(Dh, R, eps, T)
+    EPS = np.float32(eps)
+    DH_F = np.float32(Dh)
+    rope_at = _rope_at(Dh, R)
 
     @cuda.jit(device=True)
     def group_query_body(kvh, proj, q_norm_w, inv_freq, position, qs, scratch):
+        tid = cuda.threadIdx.x
         pos = float32(position)
         for g in range(G):
             base = (kvh * G + g) * 2 * Dh
-            r = head_rstd(proj, base, scratch)  # its barriers also order the previous head's writes
-            for d in range(cuda.threadIdx.x, Dh, T):
-                qs[g * Dh + d] = rope_at(proj, base, q_norm_w, inv_freq, pos, r, d)
+            acc = float32(0)
+            for d in range(tid, Dh, T):
+                x = proj[base + d]
+                acc += x * x
+            r = D.rsqrt(D.block_sum(acc, scratch) / DH_F + EPS)  # its barriers also order the last head's writes
+            for d in range(tid, Dh, T):
+                qs[g * Dh + d] = rope_at(proj, base, True, q_norm_w, q_norm_w, inv_freq, pos, r, d)
         cuda.syncthreads()
 
     return group_query_body
