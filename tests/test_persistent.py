@@ -133,26 +133,30 @@ def test_later_versions_compute_version_3s_bits(ref, version):
     _assert_same_bits(runs[0], runs[1], f"version {version} against version 3")
 
 
-@pytest.mark.parametrize("blocks", [2, 3])
-def test_folded_attention_computes_version_5s_bits(ref, blocks):
+@pytest.mark.parametrize("version,blocks,prompt_len", [(5, 2, 40), (5, 3, 40), (2, 2, 130)],
+                         ids=["v5-2-blocks", "v5-3-blocks", "v2-two-items-per-block"])
+def test_folded_attention_computes_the_same_bits(ref, version, blocks, prompt_len):
     """``fold_attention`` runs an attention layer in one phase (each decode item makes its queries, the last split
-    writes the new key and value, the last item of the KV head to finish combines): after a 40-token prompt the
-    context is split min(3, blocks) ways, so the combine is handed over between blocks. Two decode steps give
-    version 5's bits, with two grid barriers fewer per attention layer (the kernel counts its own)."""
+    writes the new key and value, the last item of the KV head to finish combines). Version 5 after a 40-token
+    prompt splits the context min(3, blocks) ways, so the combine is handed over between blocks; version 2 (64
+    positions per split, no cap) after 130 tokens gives 3 splits to 2 blocks, so a block scores two splits of one
+    head. Two decode steps give the unfolded build's bits, with two grid barriers fewer per attention layer (the
+    kernel counts its own)."""
     from megakernel.kernels.attention import attention_splits
-    from megakernel.persistent import PersistentDecoder
-    from megakernel.persistent.v5 import POSITIONS_PER_SPLIT
+    from megakernel.persistent import VERSIONS, PersistentDecoder
 
-    prompt = [(7 * i + 3) % CONFIG.vocab_size for i in range(40)]
-    assert attention_splits(41, POSITIONS_PER_SPLIT, cap=blocks // CONFIG.num_key_value_heads) == min(3, blocks)
+    pps = getattr(VERSIONS[version], "POSITIONS_PER_SPLIT", 64)
+    cap = blocks // CONFIG.num_key_value_heads if version >= 3 else 0
+    assert attention_splits(prompt_len + 1, pps, cap=cap) == (3 if version == 2 else min(3, blocks))
+    prompt = [(7 * i + 3) % CONFIG.vocab_size for i in range(prompt_len)]
     runs, barriers = [], []
     for options in ({}, {"fold_attention": True}):
-        dec = PersistentDecoder(ref, max_context=64, version=5, blocks=blocks, prefill_mode="reference",
-                                options=options)
+        dec = PersistentDecoder(ref, max_context=prompt_len + 8, version=version, blocks=blocks,
+                                prefill_mode="reference", options=options)
         runs.append(_two_steps(dec, prompt))
         assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
         barriers.append(dec.barriers_per_step())
-    _assert_same_bits(runs[0], runs[1], f"fold_attention on {blocks} blocks against version 5")
+    _assert_same_bits(runs[0], runs[1], f"fold_attention on {blocks} blocks against version {version}")
     assert barriers[1] == barriers[0] - 2 * len(CONFIG.full_layers)
 
 
@@ -249,6 +253,25 @@ def test_measured_build_variants_stay_correct(ref, options):
     assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
 
 
+def test_folded_attention_on_an_unseen_config(checkpoint_factory):
+    """``fold_attention`` with one query head per KV head (G = 1), two KV heads (two counters), a head dim that is
+    not a multiple of 32 and attention first: after a 15-token prompt the first step scores one split per KV head
+    (every item is its head's last), the second two (the combine handed over). Version 5's bits."""
+    import megakernel
+    from megakernel.persistent import PersistentDecoder
+
+    config = Qwen35Config.tiny(vocab_size=200, num_hidden_layers=2, layer_types=(FULL, LINEAR), head_dim=24,
+                               partial_rotary_factor=0.5, num_attention_heads=2, num_key_value_heads=2)
+    ref = megakernel.load(checkpoint_factory("persistent_fold_g1", config=config), "reference")
+    prompt = PROMPT * 3
+    runs = []
+    for options in ({}, {"fold_attention": True}):
+        dec = PersistentDecoder(ref, max_context=32, version=5, blocks=4, prefill_mode="reference", options=options)
+        runs.append(_two_steps(dec, prompt))
+        assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
+    _assert_same_bits(runs[0], runs[1], "fold_attention with G = 1 against version 5")
+
+
 def test_an_unknown_build_option_is_refused(ref):
     from megakernel.persistent import PersistentDecoder
 
@@ -331,18 +354,22 @@ def test_unsupported_configs_are_refused_naming_the_field(field, override):
 
 # ---------------------------------------------------------------------------------------------- the schedule model
 def test_schedule_dependencies_bytes_and_barriers():
-    from megakernel.persistent.schedule import (ScheduleError, barriers_per_token, check_bytes, check_dependencies,
-                                                step_phases)
+    from megakernel.persistent.schedule import (ScheduleError, barriers_per_token, bytes_per_step, check_bytes,
+                                                check_dependencies, step_phases)
     from reference.config import Qwen35Config as C
 
     from reference.notebook import PUBLISHED_CONFIG
 
     published = C.from_pretrained(PUBLISHED_CONFIG)
     assert barriers_per_token(published) == 134 and barriers_per_token(published, sample=True) == 135
+    assert barriers_per_token(published, version=5, fold_attention=True) == 134 - 2 * len(published.full_layers)
     for config in (published, CONFIG):
         phases = step_phases(config, context=100)
         check_dependencies(phases)
         check_bytes(config, context=100)
+        folded = step_phases(config, context=100, version=5, blocks=7, fold_attention=True)
+        check_dependencies(folded)  # the attention layer as one phase: proj_att, kv -> kv, partials, attn_out
+        assert bytes_per_step(folded) == bytes_per_step(step_phases(config, context=100, version=5, blocks=7))
     # drop the barrier between the DeltaNet recurrence and out_proj: the model names the buffer and the phases
     phases = step_phases(published, context=100)
     broken = [p if p.name != "deltanet" or p.layer != 0 else type(p)(**{**p.__dict__, "barrier_after": False})
@@ -393,7 +420,7 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     assembler (``tools/ptxas_report.py``, in a subprocess with the simulator off). Catches a kernel that only the
     GPU machine could find broken (typing of the device-only paths, the inline PTX) and a register regression:
     measured 2026-11-26, v1 255 registers / 1,144 B of spill stores, v5 (v4's paths and the monotonic barrier's
-    release-add and acquire-poll) 255 / 548 B."""
+    release-add and acquire-poll) 255 / 548 B; v5 with ``fold_attention`` 255 / 1,020 B."""
     import re
     import subprocess
     import sys
@@ -402,10 +429,10 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,5"], capture_output=True,
+    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,5,5+fold"], capture_output=True,
                           text=True, cwd=root, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    budget = {"1": 2048, "5": 1024}  # spill-store bytes allowed (about 2x what was measured)
+    budget = {"1": 2048, "5": 1024, "5+fold": 2048}  # spill-store bytes allowed (about 2x what was measured)
     rows = re.findall(r"^(\S+)\s+(\d+) registers\s+spill stores\s+(\d+) B", proc.stdout, re.M)
     assert {v for v, _, _ in rows} == set(budget), proc.stdout
     for variant, registers, spills in rows:

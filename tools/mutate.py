@@ -62,7 +62,7 @@ PERSISTENT_MONOTONIC = ("tests/test_persistent.py::test_measured_build_variants_
 PERSISTENT_V5 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v5]"
 PERSISTENT_V5_RELAUNCH = "tests/test_persistent.py::test_back_to_back_launches_carry_the_monotonic_barrier_over"
 PERSISTENT_PAGE_PAIRS = "tests/test_persistent.py::test_measured_build_variants_stay_correct[page-pairs]"
-PERSISTENT_FOLD = "tests/test_persistent.py::test_folded_attention_computes_version_5s_bits"
+PERSISTENT_FOLD = "tests/test_persistent.py::test_folded_attention_computes_the_same_bits"
 
 MUTATIONS = [
     # ---- the two races the issue names
