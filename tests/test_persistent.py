@@ -96,6 +96,29 @@ def test_finer_attention_splits_over_a_longer_context(ref):
     assert min(attention_splits(41, POSITIONS_PER_SPLIT), dec.blocks // CONFIG.num_key_value_heads) == 3
 
 
+def _two_steps(dec, prompt):
+    """Prefill ``prompt``, then two single-step launches (the first fed token 7, then each step's argmax): the
+    logits of both steps and the state after them."""
+    _, state = dec.prefill(prompt)
+    token, logits = 7, []
+    for _ in range(2):
+        logits.append(dec.decode_step(token, state).clone())
+        token = int(logits[-1].argmax())
+    return logits, state.to_reference()
+
+
+def _assert_same_bits(run, other, what):
+    """Two ``_two_steps`` results are bit-identical: logits and every state (conv, DeltaNet, KV cache)."""
+    (la, sa), (lb, sb) = run, other
+    for a, b in zip(la, lb):
+        assert torch.equal(a, b), f"{what}: the logits differ"
+    for name in ("conv", "recurrent", "k_cache", "v_cache"):
+        a, b = getattr(sa, name), getattr(sb, name)
+        assert a.keys() == b.keys()
+        for layer in a:
+            assert torch.equal(a[layer], b[layer]), f"{what}: {name}[{layer}] differs"
+
+
 @pytest.mark.parametrize("version, options", [(4, {}), (5, {}), (5, {"xregs": True}),
                                               (5, {"split_sums": True, "early_residual": True})],
                          ids=["v4", "v5", "v5-xregs", "v5-split-sums-early-residual"])
@@ -103,29 +126,42 @@ def test_later_versions_compute_version_3s_bits(ref, version, options):
     """Versions 4 and 5 change where the weights live in L2, pair two rows per warp pass, release the ring's slots
     warp by warp and use another grid barrier, never a single sum's order; ``xregs`` reads x from registers,
     ``split_sums`` reduces two rows in one butterfly (each in ``warp_sum``'s order) and ``early_residual`` loads h
-    before the dot products: after
-    the same prompt, two decode steps give bit-identical logits and states to version 3 (a page of the consumer
-    with an odd row count takes the lone-row path: the tiny model's pages hold 2 rows of the widest phase, and a
-    block's last page of a phase may hold one)."""
+    before the dot products: after the same prompt, two decode steps give bit-identical logits and states to
+    version 3 (a page of the consumer with an odd row count takes the lone-row path: the tiny model's pages hold 2
+    rows of the widest phase, and a block's last page of a phase may hold one)."""
     from megakernel.persistent import PersistentDecoder
 
-    runs = []
-    for v, opts in ((3, {}), (version, options)):
-        dec = PersistentDecoder(ref, max_context=32, version=v, prefill_mode="reference", options=opts)
-        _, state = dec.prefill(PROMPT)
-        token, logits = 7, []
-        for _ in range(2):
-            logits.append(dec.decode_step(token, state).clone())
-            token = int(logits[-1].argmax())
-        runs.append((logits, state.to_reference()))
-    (l3, s3), (ln, sn) = runs
-    for a, b in zip(l3, ln):
-        assert torch.equal(a, b), f"version {version}'s logits differ from version 3's"
-    for name in ("conv", "recurrent", "k_cache", "v_cache"):
-        a, b = getattr(s3, name), getattr(sn, name)
-        assert a.keys() == b.keys()
-        for layer in a:
-            assert torch.equal(a[layer], b[layer]), f"version {version}'s {name}[{layer}] differs from version 3's"
+    runs = [_two_steps(PersistentDecoder(ref, max_context=32, version=v, prefill_mode="reference",
+                                         options=opts), PROMPT)
+            for v, opts in ((3, {}), (version, options))]
+    _assert_same_bits(runs[0], runs[1], f"version {version} {options} against version 3")
+
+
+@pytest.mark.parametrize("version,blocks,prompt_len", [(5, 2, 40), (5, 3, 40), (2, 2, 130)],
+                         ids=["v5-2-blocks", "v5-3-blocks", "v2-two-items-per-block"])
+def test_folded_attention_computes_the_same_bits(ref, version, blocks, prompt_len):
+    """``fold_attention`` runs an attention layer in one phase (each decode item makes its queries, the last split
+    writes the new key and value, the last item of the KV head to finish combines). Version 5 after a 40-token
+    prompt splits the context min(3, blocks) ways, so the combine is handed over between blocks; version 2 (64
+    positions per split, no cap) after 130 tokens gives 3 splits to 2 blocks, so a block scores two splits of one
+    head. Two decode steps give the unfolded build's bits, with two grid barriers fewer per attention layer (the
+    kernel counts its own)."""
+    from megakernel.kernels.attention import attention_splits
+    from megakernel.persistent import VERSIONS, PersistentDecoder
+
+    pps = getattr(VERSIONS[version], "POSITIONS_PER_SPLIT", 64)
+    cap = blocks // CONFIG.num_key_value_heads if version >= 3 else 0
+    assert attention_splits(prompt_len + 1, pps, cap=cap) == (3 if version == 2 else min(3, blocks))
+    prompt = [(7 * i + 3) % CONFIG.vocab_size for i in range(prompt_len)]
+    runs, barriers = [], []
+    for options in ({}, {"fold_attention": True}):
+        dec = PersistentDecoder(ref, max_context=prompt_len + 8, version=version, blocks=blocks,
+                                prefill_mode="reference", options=options)
+        runs.append(_two_steps(dec, prompt))
+        assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
+        barriers.append(dec.barriers_per_step())
+    _assert_same_bits(runs[0], runs[1], f"fold_attention on {blocks} blocks against version {version}")
+    assert barriers[1] == barriers[0] - 2 * len(CONFIG.full_layers)
 
 
 def test_back_to_back_launches_carry_the_monotonic_barrier_over(ref):
@@ -207,10 +243,11 @@ def test_gumbel_keys_sample_the_softmax():
                                      dict(defer=True, state_first=True, ring=2),
                                      dict(evict_first=True, rows_out_of_line=True, out_of_line=True),
                                      dict(counter=True, l2_ahead=3, evict_first=True), dict(l2_ahead=2, l2_keep=True),
-                                     dict(monotonic=True, warp_release=True), dict(monotonic=True, page_pairs=True)],
+                                     dict(monotonic=True, warp_release=True), dict(monotonic=True, page_pairs=True),
+                                     dict(fold_attention=True, out_of_line=True)],
                          ids=["counter-barrier", "l2-prefetch", "ring-2", "deferred-refills-state-first",
                               "evict-first-out-of-line", "counter-barrier-l2-ahead", "l2-ahead-before-barrier",
-                              "monotonic-barrier-warp-release", "page-pairs"])
+                              "monotonic-barrier-warp-release", "page-pairs", "fold-attention-out-of-line"])
 def test_measured_build_variants_stay_correct(ref, options):
     """The v2/v3 build switches NOTES.md measured (not the defaults) compute the same: two steps, logits and every
     state against the reference (the counter barrier's release/acquire pairs under the race detector)."""
@@ -219,6 +256,25 @@ def test_measured_build_variants_stay_correct(ref, options):
     dec = PersistentDecoder(ref, max_context=32, version=3, prefill_mode="reference", options=options)
     _decode_matches_reference(dec, ref, PROMPT, 2, str(options))
     assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
+
+
+def test_folded_attention_on_an_unseen_config(checkpoint_factory):
+    """``fold_attention`` with one query head per KV head (G = 1), two KV heads (two counters), a head dim that is
+    not a multiple of 32 and attention first: after a 15-token prompt the first step scores one split per KV head
+    (every item is its head's last), the second two (the combine handed over). Version 5's bits."""
+    import megakernel
+    from megakernel.persistent import PersistentDecoder
+
+    config = Qwen35Config.tiny(vocab_size=200, num_hidden_layers=2, layer_types=(FULL, LINEAR), head_dim=24,
+                               partial_rotary_factor=0.5, num_attention_heads=2, num_key_value_heads=2)
+    ref = megakernel.load(checkpoint_factory("persistent_fold_g1", config=config), "reference")
+    prompt = PROMPT * 3
+    runs = []
+    for options in ({}, {"fold_attention": True}):
+        dec = PersistentDecoder(ref, max_context=32, version=5, blocks=4, prefill_mode="reference", options=options)
+        runs.append(_two_steps(dec, prompt))
+        assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
+    _assert_same_bits(runs[0], runs[1], "fold_attention with G = 1 against version 5")
 
 
 def test_an_unknown_build_option_is_refused(ref):
@@ -303,18 +359,22 @@ def test_unsupported_configs_are_refused_naming_the_field(field, override):
 
 # ---------------------------------------------------------------------------------------------- the schedule model
 def test_schedule_dependencies_bytes_and_barriers():
-    from megakernel.persistent.schedule import (ScheduleError, barriers_per_token, check_bytes, check_dependencies,
-                                                step_phases)
+    from megakernel.persistent.schedule import (ScheduleError, barriers_per_token, bytes_per_step, check_bytes,
+                                                check_dependencies, step_phases)
     from reference.config import Qwen35Config as C
 
     from reference.notebook import PUBLISHED_CONFIG
 
     published = C.from_pretrained(PUBLISHED_CONFIG)
     assert barriers_per_token(published) == 134 and barriers_per_token(published, sample=True) == 135
+    assert barriers_per_token(published, version=5, fold_attention=True) == 134 - 2 * len(published.full_layers)
     for config in (published, CONFIG):
         phases = step_phases(config, context=100)
         check_dependencies(phases)
         check_bytes(config, context=100)
+        folded = step_phases(config, context=100, version=5, blocks=7, fold_attention=True)
+        check_dependencies(folded)  # the attention layer as one phase: proj_att, kv -> kv, partials, attn_out
+        assert bytes_per_step(folded) == bytes_per_step(step_phases(config, context=100, version=5, blocks=7))
     # drop the barrier between the DeltaNet recurrence and out_proj: the model names the buffer and the phases
     phases = step_phases(published, context=100)
     broken = [p if p.name != "deltanet" or p.layer != 0 else type(p)(**{**p.__dict__, "barrier_after": False})
@@ -365,7 +425,7 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     assembler (``tools/ptxas_report.py``, in a subprocess with the simulator off). Catches a kernel that only the
     GPU machine could find broken (typing of the device-only paths, the inline PTX) and a register regression:
     measured 2026-11-26, v1 255 registers / 1,144 B of spill stores, v5 (v4's paths and the monotonic barrier's
-    release-add and acquire-poll) 255 / 548 B."""
+    release-add and acquire-poll) 255 / 548 B; v5 with ``fold_attention`` 255 / 1,020 B."""
     import re
     import subprocess
     import sys
@@ -374,10 +434,10 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,5"], capture_output=True,
+    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,5,5+fold"], capture_output=True,
                           text=True, cwd=root, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    budget = {"1": 2048, "5": 1024}  # spill-store bytes allowed (about 2x what was measured)
+    budget = {"1": 2048, "5": 1024, "5+fold": 2048}  # spill-store bytes allowed (about 2x what was measured)
     rows = re.findall(r"^(\S+)\s+(\d+) registers\s+spill stores\s+(\d+) B", proc.stdout, re.M)
     assert {v for v, _, _ in rows} == set(budget), proc.stdout
     for variant, registers, spills in rows:

@@ -62,6 +62,7 @@ PERSISTENT_MONOTONIC = ("tests/test_persistent.py::test_measured_build_variants_
 PERSISTENT_V5 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v5]"
 PERSISTENT_V5_RELAUNCH = "tests/test_persistent.py::test_back_to_back_launches_carry_the_monotonic_barrier_over"
 PERSISTENT_PAGE_PAIRS = "tests/test_persistent.py::test_measured_build_variants_stay_correct[page-pairs]"
+PERSISTENT_FOLD = "tests/test_persistent.py::test_folded_attention_computes_the_same_bits"
 
 MUTATIONS = [
     # ---- the two races the issue names
@@ -149,6 +150,21 @@ MUTATIONS = [
              (("                v = (base + int64(cuda.gridDim.x) * count) & _LOW32",
                "                v = (base + int64(cuda.gridDim.x) * (count - 1)) & _LOW32"),),
              (PERSISTENT_V5_RELAUNCH,), race=True),
+    Mutation("persistent folded attention: the combine done by the first decode item of a KV head to finish, not "
+             "the last", "megakernel/persistent/phases.py",
+             (("            if cuda.atomic.add(counters, CNT0 + kvh, 1) == ns - 1:",
+               "            if cuda.atomic.add(counters, CNT0 + kvh, 1) == 0:"),),
+             (PERSISTENT_FOLD,), race=True),
+    Mutation("persistent folded attention: no release fence before a decode item counts itself in",
+             "megakernel/persistent/phases.py",
+             (("""            cuda.threadfence()  # release: the block's partials before the count
+""", ""),),
+             (PERSISTENT_FOLD,), race=True),
+    Mutation("persistent folded attention: the new key and value written by the first split, not the last",
+             "megakernel/persistent/phases.py",
+             (("            if split == ns - 1:  # the split that scores the new position writes it first",
+               "            if split == 0:  # the split that scores the new position writes it first"),),
+             (PERSISTENT_FOLD,)),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
              (("""        gen = cuda.atomic.add(ctl, GEN, 0)
         cuda.threadfence()
@@ -185,7 +201,7 @@ MUTATIONS = [
              (("    return int32(p[0]) + int32(1)  # the new token", "    return int32(p[0])  # the new token"),),
              (ATTN_DEVICE_POS, DECODER)),
     Mutation("attention: RoPE pairs dim i with R-1-i instead of i +- R/2", KERNELS + "attention.py",
-             (("                p = d + HALF if lo else d - HALF\n", "                p = R - 1 - d\n"),),
+             (("            p = d + HALF if lo else d - HALF\n", "            p = R - 1 - d\n"),),
              (ATTN_PREPARE, DECODER)),
     # ---- matvec family
     Mutation("combine_parts drops the last warp's partial sum", KERNELS + "matvec.py",

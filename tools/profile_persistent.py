@@ -7,7 +7,8 @@ Usage: python tools/profile_persistent.py OUT_DIR [VARIANTS] [CONTEXT]
             "2+pf" / "2+pflate" (mixer inputs prefetched into L2 before / after the projection's pages), "2+cbar"
             (counter barrier), "2+defer" (no refills between a mixer's projection and the mixer), "2+early" (the
             DeltaNet body's state loads first), "2+nocompute" / "2+nomixer" / "2+nobar" (timing experiments: skip
-            the dot products / the mixers / the grid barriers); default "1,2".
+            the dot products / the mixers / the grid barriers), "5+fold" (attention in one phase: one grid barrier
+            per attention layer instead of three); default "1,2".
   PROFILE_LOCK=FILE  compile outside, time inside an exclusive lock on FILE: several variants can then run as
             parallel processes (compiling at once, timing one at a time).
   PROFILE_PREFILL=MODE  how the prompt is prefilled (default "reference": no layered kernels to compile)."""

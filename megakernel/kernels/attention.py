@@ -70,6 +70,7 @@ from megakernel import launch
 
 __all__ = [
     "prepare_item",
+    "group_query_item",
     "decode_item",
     "combine_item",
     "decode_workspace",
@@ -239,6 +240,34 @@ def _threads_for(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def _rope_at(Dh: int, R: int):
+    """``y = rope_at(proj, base, is_q, q_norm_w, k_norm_w, inv_freq, pos, r, d)``: dim ``d`` of the head at
+    ``proj[base:]`` normalised (times ``r`` = 1 / rms, then ``1 + w``, w from ``q_norm_w`` or ``k_norm_w``) and
+    rotated at the float32 position ``pos`` (the partner dim recomputed, not exchanged): the arithmetic
+    ``prepare_item`` and ``group_query_item`` share, so a query made by either has the same bits. (The weight is
+    picked per element: picking the array costs the persistent kernel registers.)"""
+    HALF = R // 2
+
+    @cuda.jit(device=True)
+    def rope_at(proj, base, is_q, q_norm_w, k_norm_w, inv_freq, pos, r, d):
+        w = q_norm_w[d] if is_q else k_norm_w[d]
+        y = proj[base + d] * r * (float32(1) + w)
+        if d < R:
+            lo = d < HALF
+            p = d + HALF if lo else d - HALF
+            wp = q_norm_w[p] if is_q else k_norm_w[p]
+            yp = proj[base + p] * r * (float32(1) + wp)
+            sn, cs = sincos(pos * inv_freq[d if lo else p])
+            if lo:
+                y = y * cs + (-yp) * sn  # x * cos + rotate_half(x) * sin, rotate_half = [-x2, x1]
+            else:
+                y = y * cs + yp * sn
+        return y
+
+    return rope_at
+
+
+@functools.lru_cache(maxsize=None)
 def prepare_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
     """``attn_prepare`` for one work item as a device function (one per size tuple; ``T`` = the block size):
 
@@ -247,11 +276,11 @@ def prepare_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
     item ``b < Hq``: query head ``b`` (norm, RoPE -> ``q_out[b]``, its gate half -> ``gate_out``); item ``Hq + j``:
     key head ``j`` (norm, RoPE -> ``k_cache[j, position]`` as bf16) and value head ``j`` -> ``v_cache[j, position]``.
     ``position``: an integer; ``scratch``: a float32 shared array of >= 32. Returns with the block synchronised."""
-    HALF = R // 2
     K_OFF = Hq * 2 * Dh  # proj = [q|gate per head (Hq 2 Dh) | k (Hkv Dh) | v (Hkv Dh)]
     V_OFF = K_OFF + Hkv * Dh
     EPS = np.float32(eps)
     DH_F = np.float32(Dh)
+    rope_at = _rope_at(Dh, R)
 
     @cuda.jit(device=True)
     def attn_prepare_body(b, proj, q_norm_w, k_norm_w, inv_freq, position, k_cache, v_cache, q_out, gate_out,
@@ -267,18 +296,7 @@ def prepare_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
         r = D.rsqrt(D.block_sum(acc, scratch) / DH_F + EPS)
         pos = float32(position)
         for d in range(tid, Dh, T):
-            w = q_norm_w[d] if is_q else k_norm_w[d]
-            y = proj[base + d] * r * (float32(1) + w)
-            if d < R:
-                lo = d < HALF
-                p = d + HALF if lo else d - HALF
-                wp = q_norm_w[p] if is_q else k_norm_w[p]
-                yp = proj[base + p] * r * (float32(1) + wp)
-                sn, cs = sincos(pos * inv_freq[d if lo else p])
-                if lo:
-                    y = y * cs + (-yp) * sn  # x * cos + rotate_half(x) * sin, rotate_half = [-x2, x1]
-                else:
-                    y = y * cs + yp * sn
+            y = rope_at(proj, base, is_q, q_norm_w, k_norm_w, inv_freq, pos, r, d)
             if is_q:
                 q_out[b, d] = y
                 gate_out[b * Dh + d] = proj[base + Dh + d]
@@ -288,6 +306,40 @@ def prepare_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
         cuda.syncthreads()
 
     return attn_prepare_body
+
+
+@functools.lru_cache(maxsize=None)
+def group_query_item(Hq: int, Hkv: int, Dh: int, R: int, eps: float, T: int):
+    """The queries of one KV head's group, normed and rotated as ``prepare_item`` does (the same sum, the same
+    ``rope_at``: the same bits), into shared memory instead of the global ``q`` (the persistent kernel's folded
+    attention: each decode item makes the queries it scores with, so no grid barrier separates prepare from
+    decode):
+
+        body(kvh, proj, q_norm_w, inv_freq, position, qs, scratch)
+
+    writes query head ``kvh G + g`` (``G = Hq / Hkv``) to ``qs[g Dh:(g + 1) Dh]``. Returns with the block
+    synchronised."""
+    G = Hq // Hkv
+    EPS = np.float32(eps)
+    DH_F = np.float32(Dh)
+    rope_at = _rope_at(Dh, R)
+
+    @cuda.jit(device=True)
+    def group_query_body(kvh, proj, q_norm_w, inv_freq, position, qs, scratch):
+        tid = cuda.threadIdx.x
+        pos = float32(position)
+        for g in range(G):
+            base = (kvh * G + g) * 2 * Dh
+            acc = float32(0)
+            for d in range(tid, Dh, T):
+                x = proj[base + d]
+                acc += x * x
+            r = D.rsqrt(D.block_sum(acc, scratch) / DH_F + EPS)  # its barriers also order the last head's writes
+            for d in range(tid, Dh, T):
+                qs[g * Dh + d] = rope_at(proj, base, True, q_norm_w, q_norm_w, inv_freq, pos, r, d)
+        cuda.syncthreads()
+
+    return group_query_body
 
 
 @functools.lru_cache(maxsize=None)
@@ -320,7 +372,7 @@ def decode_workspace(Hq: int, Hkv: int, Dh: int, NW: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def decode_item(Hq: int, Hkv: int, Dh: int, NW: int):
+def decode_item(Hq: int, Hkv: int, Dh: int, NW: int, staged: bool = False):
     """``attn_decode`` for one work item as a device function (one per size tuple; ``NW`` = warps per block):
 
         body(kvh, split, n_splits, length, q, k_cache, v_cache, partial_ml, partial_o, ws)
@@ -328,7 +380,10 @@ def decode_item(Hq: int, Hkv: int, Dh: int, NW: int):
     scores positions ``[split L / n, (split+1) L / n)`` of KV head ``kvh`` for its ``G = Hq/Hkv`` query heads and
     writes their partials (module docstring). ``length``, ``n_splits``: integers (1 <= n_splits <= length);
     ``ws``: a float32 shared array of >= ``decode_workspace(Hq, Hkv, Dh, NW)``. Returns with the block
-    synchronised."""
+    synchronised.
+
+    ``staged``: ``q`` is the group's queries in shared memory, ``q[g Dh + d]`` (``group_query_item``), and may lie in
+    ``ws``: every warp loads them into registers, then the block synchronises before the merge reuses ``ws``."""
     G = Hq // Hkv
     E = -(-Dh // 32)  # dims per lane
     EXACT = Dh % 32 == 0
@@ -337,6 +392,7 @@ def decode_item(Hq: int, Hkv: int, Dh: int, NW: int):
     NEG_INF = np.float32(-np.inf)
     L_OFF = NW * G  # ws = [m (NW G) | l (NW G) | acc (NW G Dh)]
     A_OFF = 2 * NW * G
+    STAGED = staged
 
     @cuda.jit(device=True)
     def attn_decode_body(kvh, split, n_splits, length, q, k_cache, v_cache, partial_ml, partial_o, ws):
@@ -361,7 +417,12 @@ def decode_item(Hq: int, Hkv: int, Dh: int, NW: int):
             for e in range(E):
                 d = lane + 32 * e
                 acc[g, e] = float32(0)
-                qr[g, e] = q[h0 + g, d] if (EXACT or d < Dh) else float32(0)
+                if STAGED:
+                    qr[g, e] = q[g * Dh + d] if (EXACT or d < Dh) else float32(0)
+                else:
+                    qr[g, e] = q[h0 + g, d] if (EXACT or d < Dh) else float32(0)
+        if STAGED:
+            cuda.syncthreads()  # every warp has its queries: ws is free for the merge
 
         # Two positions per iteration (t0 and t1 = t0 + NW): 4 E independent loads in flight per lane, and
         # one rescale of the accumulators per pair.
@@ -468,13 +529,16 @@ def combine_workspace() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def combine_item(Hq: int, Dh: int, T: int):
+def combine_item(Hq: int, Dh: int, T: int, gate_stride: int = 0):
     """``attn_combine`` for one query head as a device function (``T`` = the block size):
 
         body(h, n_splits, partial_ml, partial_o, gate, out, ws)
 
-    ``ws``: a float32 shared array of >= ``combine_workspace()``. Returns with the block synchronised."""
+    ``ws``: a float32 shared array of >= ``combine_workspace()``. Returns with the block synchronised. Head ``h``'s
+    gate is ``gate[h * gate_stride:][:Dh]`` (default ``Dh``: a packed gate; ``2 Dh`` reads it straight from the
+    q|gate projection, ``gate = proj[Dh:]``)."""
     NEG_INF = np.float32(-np.inf)
+    GS = gate_stride or Dh
 
     @cuda.jit(device=True)
     def attn_combine_body(h, n_splits, partial_ml, partial_o, gate, out, ws):
@@ -498,7 +562,7 @@ def combine_item(Hq: int, Dh: int, T: int):
             o = float32(0)
             for i in range(n_splits):
                 o += partial_o[h, i, d] * wsh[i]
-            out[h * Dh + d] = o / lsum * D.sigmoid(gate[h * Dh + d])
+            out[h * Dh + d] = o / lsum * D.sigmoid(gate[h * GS + d])
         cuda.syncthreads()
 
     return attn_combine_body

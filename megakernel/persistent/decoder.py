@@ -78,7 +78,7 @@ class PersistentDecoder(PrefillModes):
         self.best = lmh.new_best(dev)
         self.best_sample = lmh.new_best(dev)
         self.tokens = torch.zeros(self.max_context, dtype=torch.int32, device=dev)
-        self.counters = torch.zeros(c.linear_num_key_heads, dtype=torch.int32, device=dev)
+        self.counters = torch.zeros(P.counter_slots(c)[1], dtype=torch.int32, device=dev)
         self.trace = torch.zeros(c.num_hidden_layers, c.hidden_size, dtype=torch.float32, device=dev)
         off, n = self.plan.scratch["logits"]
         self.logits = self.scratch[off : off + n]
@@ -230,7 +230,13 @@ class PersistentDecoder(PrefillModes):
         """Grid barriers one greedy step costs (from the schedule; the kernel counts its own: ``last_run``)."""
         from .schedule import barriers_per_token
 
-        return barriers_per_token(self.config, version=self.version)
+        return barriers_per_token(self.config, version=self.version, fold_attention=self.folds_attention)
+
+    @property
+    def folds_attention(self) -> bool:
+        """Whether the build runs attention in one phase (the ``fold_attention`` option, or a version's default)."""
+        defaults = getattr(self.module, "DEFAULTS", {})
+        return bool(self.options.get("fold_attention", defaults.get("fold_attention", False)))
 
     # ------------------------------------------------------------------ public API (as the reference model)
     @torch.no_grad()

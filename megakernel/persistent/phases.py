@@ -188,17 +188,19 @@ def make_splits(plan):
     return splits
 
 
-def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False):
+def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False, fold_attention: bool = False):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
         the DeltaNet items of linear layer ``j`` (conv, norms, decay, the state update, o = S^T q), then a barrier;
-    attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count, prof) -> count
-        prepare (norms, RoPE, KV write), barrier, split attention, barrier, combine (* sigmoid(gate)), barrier.
+    attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb, ws, scratch, flag, grid, count, prof)
+        -> count: prepare (norms, RoPE, KV write), barrier, split attention, barrier, combine (* sigmoid(gate)),
+        barrier.
 
     ``out_of_line``: call the bodies through ``noinline`` wrappers, so each gets its own register allocation
     (``megakernel.persistent.noinline``; the layered kernels keep inlining the same bodies). ``state_first``: the
-    DeltaNet body's state loads before its conv step (``deltanet.deltanet_item``).
+    DeltaNet body's state loads before its conv step (``deltanet.deltanet_item``). ``fold_attention``: attention in
+    one phase and one barrier (``make_folded_attention``; the same bits).
     """
     o = Offsets(plan)
     T, NW, EPS = o.T, o.NW, o.EPS
@@ -217,6 +219,7 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     if out_of_line:
         dn_body, prep_body, dec_body, comb_body = (_out_of_line(f) if f is not None else None
                                                    for f in (dn_body, prep_body, dec_body, comb_body))
+    folded = make_folded_attention(plan, barrier, prep_body, out_of_line) if fold_attention and o.HAS_ATT else None
 
     @cuda.jit(device=True)
     def deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof):
@@ -229,7 +232,8 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
         return barrier(grid, count, prof)
 
     @cuda.jit(device=True)
-    def attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count, prof):
+    def attention_phases(j, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb, ws, scratch, flag, grid, count,
+                         prof):
         proj_att = scr[PA0:PA0 + P_ATT]
         gate = scr[GT0:GT0 + HQDH]
         attn_out = scr[AO0:AO0 + HQDH]
@@ -248,7 +252,78 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
             comb_body(item, ns, pml, po, gate, attn_out, ws)
         return barrier(grid, count, prof)
 
-    return deltanet_core, attention_core
+    return deltanet_core, (folded if folded is not None else attention_phases)
+
+
+def make_folded_attention(plan, barrier, prep_body, out_of_line: bool = False):
+    """``attention_core`` in one phase (``fold_attention``): the same arithmetic as the three phases, the same bits,
+    one grid barrier instead of three.
+
+    A decode item (KV head ``kvh``, split ``s``) makes its group's ``G`` queries itself, in its workspace
+    (``attention.group_query_item``, the prepare body's arithmetic); the item of the last split, whose positions
+    hold the new one (no other split reads it), first writes the head's new key and value to the cache
+    (``prep_body``'s item ``Hq + kvh``; the block's ``syncthreads`` makes its global writes visible to its own
+    threads). The combine is done by the last of the head's ``ns`` items to finish, with no wait: after writing
+    its partials each item counts itself in (thread 0: ``threadfence``, release, then an atomic add on the head's
+    counter, ``plan.counter_slots``); the one that sees ``ns - 1`` fences (acquire), resets the counter for the
+    next layer and combines the group's heads in ``combine_item``'s order, its gate read from the projection.
+    ``prep_body``: ``make_mixers``' prepare body; ``out_of_line``: the other bodies through ``noinline`` wrappers
+    too."""
+    o = Offsets(plan)
+    T, NW, EPS = o.T, o.NW, o.EPS
+    Hq, Hkv, Dh, R, HQDH, P_ATT = o.Hq, o.Hkv, o.Dh, o.R, o.HQDH, o.P_ATT
+    G = Hq // Hkv
+    PA0, AO0 = o.PA0, o.AO0
+    CNT0 = P.counter_slots(plan.config)[0]
+    lay = o.lay
+    F_QN, F_KN, ASS, F_FREQ = lay.q_norm, lay.k_norm, lay.att_small_stride, lay.inv_freq
+    splits = make_splits(plan)
+    query_body = attn.group_query_item(Hq, Hkv, Dh, R, float(EPS), T)
+    dec_body = attn.decode_item(Hq, Hkv, Dh, NW, staged=True)
+    comb_body = attn.combine_item(Hq, Dh, T, gate_stride=2 * Dh)
+    if out_of_line:
+        query_body, dec_body, comb_body = (_out_of_line(f) for f in (query_body, dec_body, comb_body))
+
+    @cuda.jit(device=True)
+    def last_of_head(counters, kvh, ns, flag):
+        """After the item's partials (the block synchronised): 1 in every thread iff this block is the head's last
+        item to finish (its counter then reset for the next layer)."""
+        if cuda.threadIdx.x == 0:
+            cuda.threadfence()  # release: the block's partials before the count
+            if cuda.atomic.add(counters, CNT0 + kvh, 1) == ns - 1:
+                counters[CNT0 + kvh] = 0
+                cuda.threadfence()  # acquire: the other items' partials after the count
+                flag[0] = 1
+            else:
+                flag[0] = 0
+        cuda.syncthreads()
+        return flag[0]
+
+    @cuda.jit(device=True)
+    def attention_folded(j, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb, ws, scratch, flag, grid, count,
+                         prof):
+        proj_att = scr[PA0:PA0 + P_ATT]
+        gate = scr[PA0 + Dh:PA0 + P_ATT]  # head h's gate at h 2 Dh: the q|gate rows of the projection
+        attn_out = scr[AO0:AO0 + HQDH]
+        qn = Wf[F_QN + j * ASS:F_QN + j * ASS + Dh]
+        kn = Wf[F_KN + j * ASS:F_KN + j * ASS + Dh]
+        inv_freq = Wf[F_FREQ:F_FREQ + R // 2]
+        qs = ws[0:G * Dh]  # the group's queries, loaded into registers before the decode body reuses ws
+        length = pos + 1
+        ns = splits(length, nb)
+        for item in range(b, Hkv * ns, nb):
+            kvh = item // ns
+            split = item % ns
+            query_body(kvh, proj_att, qn, inv_freq, pos, qs, scratch)
+            if split == ns - 1:  # the split that scores the new position writes it first
+                prep_body(Hq + kvh, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)  # q, gate unused
+            dec_body(kvh, split, ns, length, qs, kc[j], vc[j], pml, po, ws)
+            if last_of_head(counters, kvh, ns, flag) != 0:
+                for g in range(G):
+                    comb_body(kvh * G + g, ns, pml, po, gate, attn_out, ws)
+        return barrier(grid, count, prof)
+
+    return attention_folded
 
 
 def make_barrier_handle(counter: bool = False, monotonic: bool = False):
@@ -383,4 +458,4 @@ def _out_of_line(body):
 
 
 __all__ = ["Offsets", "make_barrier", "make_barrier_close", "make_counter_halves", "stamp", "make_mixers",
-           "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]
+           "make_folded_attention", "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]

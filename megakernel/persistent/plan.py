@@ -125,6 +125,13 @@ def _pick_g(k: int, warps: int, what: str, field_name: str, g_min: int | None = 
     return g
 
 
+def counter_slots(config: Qwen35Config) -> tuple[int, int]:
+    """(first, total): the int32 hand-over counters of a launch (zero between launches): DeltaNet's "last reader",
+    one per key head, then from ``first`` the folded attention's "last decode item", one per KV head."""
+    first = config.linear_num_key_heads
+    return first, first + config.num_key_value_heads
+
+
 def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
               positions_per_split: int = attn.POSITIONS_PER_SPLIT) -> Plan:
     """The plan for a config (refuses what the kernel cannot run, naming the field). ``positions_per_split``:
@@ -175,7 +182,8 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
             _refuse("num_attention_heads / num_key_value_heads, head_dim",
                     f"{group} query heads per KV head of head_dim {Dh}: attn_decode keeps {group} x {per_lane} "
                     f"values per lane in registers (at most {attn.MAX_GROUP} heads, {attn.MAX_LANE_VALUES} values)")
-        ws_att = max(attn.decode_workspace(Hq, Hkv, Dh, warps), attn.combine_workspace())
+        # fold_attention stages the group's G queries (G Dh) at the start of the decode workspace, which is larger
+        ws_att = max(attn.decode_workspace(Hq, Hkv, Dh, warps), group * Dh, attn.combine_workspace())
     staged = [D, c.value_dim if has_linear else 0]  # xs of the norm / gated prologues
     staged += [k for k, g in ((Hq * Dh, G_o), (F, G_down)) if g == 1]  # matvec_rows with x in shared
     workspace = max(staged + [ws_dn, ws_att, 32])
@@ -206,6 +214,6 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
                 scratch=scratch, scratch_len=off, positions_per_split=positions_per_split)
 
 
-__all__ = ["Plan", "make_plan", "CTL_TOKEN", "CTL_STEPS", "CTL_EOS", "CTL_SAMPLE", "CTL_SEED_LO", "CTL_SEED_HI",
-           "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_BAR_COUNT", "CTL_BAR_GEN",
-           "CTL_ARRIVALS", "CTL_BAR_BASE", "CTL_LEN"]
+__all__ = ["Plan", "make_plan", "counter_slots", "CTL_TOKEN", "CTL_STEPS", "CTL_EOS", "CTL_SAMPLE", "CTL_SEED_LO",
+           "CTL_SEED_HI", "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_BAR_COUNT",
+           "CTL_BAR_GEN", "CTL_ARRIVALS", "CTL_BAR_BASE", "CTL_LEN"]

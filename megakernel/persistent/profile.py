@@ -45,7 +45,7 @@ class Timeline:
 def read_timeline(decoder, steps: int, context: int, sample: bool = False) -> Timeline:
     """The profile buffer of ``decoder``'s last launch (``steps`` steps at ``context``), labelled by the schedule."""
     phases = step_phases(decoder.config, context=context, sample=sample, version=decoder.version,
-                         blocks=decoder.blocks)
+                         blocks=decoder.blocks, fold_attention=decoder.folds_attention)
     labels = [p.label for _ in range(steps) for p in phases if p.barrier_after] + ["end"]
     kinds = [lab.split("[")[0] for lab in labels]
     prof = decoder.prof.cpu().numpy()
@@ -120,7 +120,8 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "pflate": "prefetch_late", "cbar": "counter", "defer": "defer", "early": "state_first",
           "oolrows": "rows_out_of_line", "pair": "paired_rows", "ef": "evict_first", "nobar": "_nobar",
           "l2keep": "l2_keep", "nocopy": "nocopy", "wrel": "warp_release",
-          "mono": "monotonic", "pp": "page_pairs", "xr": "xregs", "ss": "split_sums", "eh": "early_residual"}
+          "mono": "monotonic", "pp": "page_pairs", "xr": "xregs", "ss": "split_sums", "eh": "early_residual",
+          "fold": "fold_attention"}
 _VALUES = {"l2=": "l2_ahead", "l2m=": "l2_mixer", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers"}
 
 

@@ -29,8 +29,8 @@ STATE = ("conv", "rec", "kv")
 
 @dataclass(frozen=True)
 class Phase:
-    name: str                 # embed, in_proj, deltanet, out_proj, qkv, attn_prepare, attn_decode, attn_combine,
-    layer: int | None         #   o_proj, mlp_gate_up, mlp_down, lm_head, sample
+    name: str                 # embed, in_proj, deltanet, out_proj, qkv, attn_prepare, attn_decode, attn_combine
+    layer: int | None         #   (or attention: the three folded), o_proj, mlp_gate_up, mlp_down, lm_head, sample
     work: str                 # "rows" | "items" | "all"
     units: int                # rows or items
     reads: tuple[str, ...]
@@ -45,9 +45,10 @@ class Phase:
 
 
 def step_phases(config, context: int = 1, sample: bool = False, version: int = 1,
-                blocks: int | None = None) -> list[Phase]:
+                blocks: int | None = None, fold_attention: bool = False) -> list[Phase]:
     """The phases of one decode step at a context of ``context`` cached positions (the new token included).
-    ``blocks``: the grid, for versions that cap the attention splits at one item per block (versions 3, 4)."""
+    ``blocks``: the grid, for versions that cap the attention splits at one item per block (versions 3, 4).
+    ``fold_attention``: the build option of versions 2+ (``phases.make_folded_attention``)."""
     c = config
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
     Hv, Dk, Dv = c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim
@@ -77,14 +78,9 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
                 Phase("out_proj", i, "rows", D, ("o_lin", "proj_lin"), ("h+",), (D * c.value_dim + Dv) * 2),
             ]
         else:
-            phases += [
-                Phase("qkv", i, "rows", rows_qkv, ("h",), ("proj_att",), (rows_qkv + 1) * D * 2),
-                Phase("attn_prepare", i, "items", Hq + Hkv, ("proj_att",), ("q", "gate", "kv"), 2 * Dh * 2),
-                Phase("attn_decode", i, "items", Hkv * splits, ("q", "kv"), ("partials",), 0,
-                      state_bytes=2 * Hkv * context * Dh * 2),
-                Phase("attn_combine", i, "items", Hq, ("partials", "gate"), ("attn_out",), 0),
-                Phase("o_proj", i, "rows", D, ("attn_out",), ("h+",), D * Hq * Dh * 2),
-            ]
+            phases.append(Phase("qkv", i, "rows", rows_qkv, ("h",), ("proj_att",), (rows_qkv + 1) * D * 2))
+            phases += _attention_phases(i, Hq, Hkv, Dh, splits, context, fold_attention)
+            phases.append(Phase("o_proj", i, "rows", D, ("attn_out",), ("h+",), D * Hq * Dh * 2))
         phases += [
             Phase("mlp_gate_up", i, "rows", F, ("h",), ("act",), (2 * F + 1) * D * 2),
             Phase("mlp_down", i, "rows", D, ("act",), ("h+",), D * F * 2),
@@ -95,6 +91,20 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
     return phases
 
 
+def _attention_phases(i, Hq, Hkv, Dh, splits, context, fold: bool) -> list[Phase]:
+    """Attention layer ``i`` between qkv and o_proj: prepare (the norm weights), decode (the KV cache), combine;
+    or, folded, one phase of ``Hkv * splits`` decode items that make their own queries, write the new key and value
+    (the last split) and combine (the last item of each KV head to finish). Its partials pass between its own items
+    through a counter, not a barrier: written here, read within the phase, like the cache's new position."""
+    kv_bytes = 2 * Hkv * context * Dh * 2
+    if fold:
+        return [Phase("attention", i, "items", Hkv * splits, ("proj_att", "kv"), ("kv", "partials", "attn_out"),
+                      2 * Dh * 2, state_bytes=kv_bytes)]
+    return [Phase("attn_prepare", i, "items", Hq + Hkv, ("proj_att",), ("q", "gate", "kv"), 2 * Dh * 2),
+            Phase("attn_decode", i, "items", Hkv * splits, ("q", "kv"), ("partials",), 0, state_bytes=kv_bytes),
+            Phase("attn_combine", i, "items", Hq, ("partials", "gate"), ("attn_out",), 0)]
+
+
 def _columns(Dv: int) -> int:
     """State columns per DeltaNet work item (``deltanet.deltanet_launch_config``'s default)."""
     cw = 16
@@ -103,9 +113,11 @@ def _columns(Dv: int) -> int:
     return cw
 
 
-def barriers_per_token(config, sample: bool = False, version: int = 1) -> int:
-    """Grid barriers one decode step costs (the kernel adds one per launch, after its last step)."""
-    return sum(p.barrier_after for p in step_phases(config, sample=sample, version=version))
+def barriers_per_token(config, sample: bool = False, version: int = 1, fold_attention: bool = False) -> int:
+    """Grid barriers one decode step costs (the kernel adds one per launch, after its last step); with
+    ``fold_attention`` one per attention layer instead of three."""
+    return sum(p.barrier_after for p in step_phases(config, sample=sample, version=version,
+                                                    fold_attention=fold_attention))
 
 
 def barrier_bound(config, context: int, barrier_seconds: float, barriers: int | None = None,

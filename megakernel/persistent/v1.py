@@ -120,14 +120,16 @@ def _build(plan, barriers: bool, profile: bool = False, max_registers: int | Non
         return barrier(grid, count, prof)
 
     @cuda.jit(device=True)
-    def attention_layer(i, j, Ww, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, parts, scratch, grid, count, prof):
+    def attention_layer(i, j, Ww, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb, ws, parts, scratch, flag, grid,
+                        count, prof):
         h = scr[H0:H0 + D_]
         proj_att = scr[PA0:PA0 + P_ATT]
         in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
         w_qkv = Ww[W_QKV + j * ATT_S:W_QKV + j * ATT_S + P_ATT * D_ // 2]
         in_body(h, in_norm, w_qkv, proj_att, P_ATT, D_, EPS, b, nb, ws, parts, scratch)
         count = barrier(grid, count, prof)
-        count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, scratch, grid, count, prof)
+        count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb, ws, scratch, flag, grid, count,
+                               prof)
         attn_out = scr[AO0:AO0 + HQDH]
         w_o = Ww[W_O + j * ATT_S:W_O + j * ATT_S + D_ * HQDH // 2]
         o_body(w_o, attn_out, h, D_, HQDH, b, nb, ws, parts)
@@ -192,8 +194,8 @@ def _build(plan, barriers: bool, profile: bool = False, max_registers: int | Non
                                                parts, scratch, flag, grid, count, prof)
                 else:
                     if HAS_ATT:
-                        count = attention_layer(i, SLOT[i], Ww, Wf, kc, vc, pos, scr, q, pml, po, b, nb, ws, parts,
-                                                scratch, grid, count, prof)
+                        count = attention_layer(i, SLOT[i], Ww, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb,
+                                                ws, parts, scratch, flag, grid, count, prof)
                 count = mlp(i, Ww, Wf, scr, b, nb, ws, parts, scratch, grid, count, prof)
                 if ctl[P.CTL_TRACE] != 0:  # h is final for layer i until the next residual add, 2 phases on
                     for d in range(b * T + cuda.threadIdx.x, D_, nb * T):

@@ -95,7 +95,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "paired_rows": False, "l2_keep": False, "nocopy": False, "warp_release": False,
            "monotonic": False, "max_registers": 0,
            "page_pairs": False, "xregs": False, "split_sums": False, "early_residual": False,
-           "l2_mixer": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "l2_mixer": 0, "fold_attention": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -130,7 +130,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            rows_out_of_line: bool = False, paired_rows: bool = False, l2_keep: bool = False, nocopy: bool = False,
            warp_release: bool = False, monotonic: bool = False, max_registers: int = 0, page_pairs: bool = False,
            xregs: bool = False, split_sums: bool = False, early_residual: bool = False,
-           l2_mixer: int = 0):
+           l2_mixer: int = 0, fold_attention: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -164,7 +164,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     instead of two). ``early_residual``: a residual phase's pass loads the rows of h it will add to before its dot
     products, not after (the L2 round trip overlaps them instead of following them). ``l2_mixer``: when a
     DeltaNet or attention mixer starts (no page is consumed until it ends), thread 0 asks for L2 prefetches of the
-    next ``l2_mixer`` pages beyond the ring, so HBM keeps streaming while the ring is full."""
+    next ``l2_mixer`` pages beyond the ring, so HBM keeps streaming while the ring is full. ``fold_attention``: an
+    attention layer's prepare, decode and combine in one phase with one grid barrier instead of three
+    (``phases.make_folded_attention``: each decode item makes its queries, the last split writes the new key and
+    value, the head's last item to finish combines; the same bits)."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -195,7 +198,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     NO_KEY = np.int64(lmh.INT64_MIN)
     barrier = make_barrier(barriers, profile, counter, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
-    deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first)
+    deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention)
+    ATT_BARRIERS = 1 if fold_attention else 3
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
     LATE = prefetch_late
@@ -644,10 +648,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         if L2_MIX > 0 and tid == 0:
                             pf = l2_top_up(issued, pf, total, b, pb, table, Ww, L2_MIX)
                         if MIXERS:
-                            count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, b, nb, xs, scratch, grid,
-                                                   count, prof)
+                            count = attention_core(j, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb, xs,
+                                                   scratch, flag, grid, count, prof)
                         else:
-                            for _ in range(3):
+                            for _ in range(ATT_BARRIERS):
                                 count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         if DEFER:
                             issued, d1, d2, d3, d4 = refill(cursor, issued, total, b, pb, table, Ww, ring, bars,
