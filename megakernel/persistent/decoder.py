@@ -31,10 +31,10 @@ from ..launch import SIMULATOR, allow_dynamic_shared, as_kernel_array, current_s
 from ..layout import DeviceState, DeviceWeights, check_supported
 from ..prefill.modes import PrefillModes
 from . import plan as P
-from . import v1, v2, v3, v4, v5
+from . import v1, v2, v3, v4, v5, v6
 
-VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5}
-DEFAULT_VERSION = 5
+VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6}
+DEFAULT_VERSION = 6
 DEFAULT_THREADS = 256
 SIMULATOR_THREADS = 64
 SIMULATOR_BLOCKS = 3
