@@ -63,6 +63,7 @@ PERSISTENT_V5 = "tests/test_persistent.py::test_logits_every_state_and_layer_and
 PERSISTENT_V5_RELAUNCH = "tests/test_persistent.py::test_back_to_back_launches_carry_the_monotonic_barrier_over"
 PERSISTENT_PAGE_PAIRS = "tests/test_persistent.py::test_measured_build_variants_stay_correct[page-pairs]"
 PERSISTENT_FOLD = "tests/test_persistent.py::test_folded_attention_computes_the_same_bits"
+PERSISTENT_V6 = "tests/test_persistent.py::test_later_versions_compute_version_3s_bits[v6]"
 
 MUTATIONS = [
     # ---- the two races the issue names
@@ -128,9 +129,18 @@ MUTATIONS = [
 """, ""),),
              (PERSISTENT_PAGE_PAIRS,), race=True),
     Mutation("persistent v4: a SwiGLU pair's up row read from the next gate row", "megakernel/persistent/v2.py",
-             (("(base + nrows * kw + r * kw) // 4, xs, nv, lane)\n                g = D.warp_sum(g)",
-               "(base + (r + 1) * kw) // 4, xs, nv, lane)\n                g = D.warp_sum(g)"),),
+             (("g, u = dot2(ring, (base + r * kw) // 4, (base + nrows * kw + r * kw) // 4,",
+               "g, u = dot2(ring, (base + r * kw) // 4, (base + (r + 1) * kw) // 4,"),),
              (PERSISTENT_V4,)),
+    Mutation("persistent v6: x in registers, a lane's pieces of x swapped in the second row of a pass",
+             "megakernel/kernels/fused_matvec.py",
+             (("acc_b = dot16_x(acc_b, wb, xr[8 * e], xr[8 * e + 1], xr[8 * e + 2],",
+               "acc_b = dot16_x(acc_b, wb, xr[8 * e], xr[8 * e + 2], xr[8 * e + 1],"),),
+             (PERSISTENT_V6,)),
+    Mutation("persistent v6: split sums, the second row of a pass finished with the first row's sum",
+             "megakernel/persistent/v2.py",
+             (("        row = row_b if upper else row_a\n", "        row = row_a if upper else row_b\n"),),
+             (PERSISTENT_V6,)),
     Mutation("persistent warp release: the first warp out of a slot refills it, not the last",
              "megakernel/persistent/v2.py",
              (("if cuda.atomic.add(bars, R_ + slot, 1) % NW == NW - 1:",
@@ -150,15 +160,16 @@ MUTATIONS = [
              (("                v = (base + int64(cuda.gridDim.x) * count) & _LOW32",
                "                v = (base + int64(cuda.gridDim.x) * (count - 1)) & _LOW32"),),
              (PERSISTENT_V5_RELAUNCH,), race=True),
-    Mutation("persistent folded attention: the combine done by the first decode item of a KV head to finish, not "
-             "the last", "megakernel/persistent/phases.py",
-             (("            if cuda.atomic.add(counters, CNT0 + kvh, 1) == ns - 1:",
-               "            if cuda.atomic.add(counters, CNT0 + kvh, 1) == 0:"),),
-             (PERSISTENT_FOLD,), race=True),
-    Mutation("persistent folded attention: no release fence before a decode item counts itself in",
+    Mutation("persistent folded attention: a combining block waits for one decode item fewer than the head has",
              "megakernel/persistent/phases.py",
-             (("""            cuda.threadfence()  # release: the block's partials before the count
-""", ""),),
+             (("                    wait_head(counters, kvh, ns)",
+               "                    wait_head(counters, kvh, ns - 1)"),),
+             (PERSISTENT_FOLD,), race=True),
+    Mutation("persistent folded attention: a decode item counts itself in before its partials are written",
+             "megakernel/persistent/phases.py",
+             (("""            dec_body(kvh, split, ns, length, qs, kc[j], vc[j], pml, po, ws)
+            count_in(counters, kvh)""", """            count_in(counters, kvh)
+            dec_body(kvh, split, ns, length, qs, kc[j], vc[j], pml, po, ws)"""),),
              (PERSISTENT_FOLD,), race=True),
     Mutation("persistent folded attention: the new key and value written by the first split, not the last",
              "megakernel/persistent/phases.py",

@@ -266,10 +266,11 @@ def make_folded_attention(plan, barrier, prep_body, out_of_line: bool = False):
     (``attention.group_query_item``, the prepare body's arithmetic); the item of the last split, whose positions
     hold the new one (no other split reads it), first writes the head's new key and value to the cache
     (``prep_body``'s item ``Hq + kvh``; the block's ``syncthreads`` makes its global writes visible to its own
-    threads). The combine is done by the last of the head's ``ns`` items to finish, with no wait: after writing
-    its partials each item counts itself in (thread 0: ``threadfence``, release, then an atomic add on the head's
-    counter, ``plan.counter_slots``); the one that sees ``ns - 1`` fences (acquire), resets the counter for the
-    next layer and combines the group's heads in ``combine_item``'s order, its gate read from the projection.
+    threads). After writing its partials each item counts itself in on its KV head's counter (a release-add,
+    ``plan.counter_slots``). The group's ``G`` query heads are then combined in parallel, in ``combine_item``'s
+    order, with the gate read from the projection: head g by the block that scored split g % ns, which waits
+    (acquire-polls) until all ``ns`` items are in; the combining blocks count themselves out and the last resets
+    the counter for the next layer.
     ``prep_body``: ``make_mixers``' prepare body; ``out_of_line``: the other bodies through ``noinline`` wrappers
     too."""
     o = Offsets(plan)
@@ -288,19 +289,20 @@ def make_folded_attention(plan, barrier, prep_body, out_of_line: bool = False):
         query_body, dec_body, comb_body = (_out_of_line(f) for f in (query_body, dec_body, comb_body))
 
     @cuda.jit(device=True)
-    def last_of_head(counters, kvh, ns, flag):
-        """After the item's partials (the block synchronised): 1 in every thread iff this block is the head's last
-        item to finish (its counter then reset for the next layer)."""
+    def count_in(counters, kvh):
+        """After an item's partials (the block synchronised): thread 0 counts the item in on its KV head's counter
+        (``red.release``: the block's partials are visible before the count)."""
         if cuda.threadIdx.x == 0:
-            cuda.threadfence()  # release: the block's partials before the count
-            if cuda.atomic.add(counters, CNT0 + kvh, 1) == ns - 1:
-                counters[CNT0 + kvh] = 0
-                cuda.threadfence()  # acquire: the other items' partials after the count
-                flag[0] = 1
-            else:
-                flag[0] = 0
+            tma.red_release_add(counters, CNT0 + kvh, 1)
+
+    @cuda.jit(device=True)
+    def wait_head(counters, kvh, target):
+        """Until the KV head's counter reaches ``target`` (thread 0 polls with ``ld.acquire``; the block's
+        ``syncthreads`` passes the acquire on)."""
+        if cuda.threadIdx.x == 0:
+            while tma.ld_acquire(counters, CNT0 + kvh) < target:
+                pass
         cuda.syncthreads()
-        return flag[0]
 
     @cuda.jit(device=True)
     def attention_folded(j, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb, ws, scratch, flag, grid, count,
@@ -321,9 +323,20 @@ def make_folded_attention(plan, barrier, prep_body, out_of_line: bool = False):
             if split == ns - 1:  # the split that scores the new position writes it first
                 prep_body(Hq + kvh, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)  # q, gate unused
             dec_body(kvh, split, ns, length, qs, kc[j], vc[j], pml, po, ws)
-            if last_of_head(counters, kvh, ns, flag) != 0:
-                for g in range(G):
-                    comb_body(kvh * G + g, ns, pml, po, gate, attn_out, ws)
+            count_in(counters, kvh)
+        # the combine: query head g of a KV head by the block that scored its split g % ns (heads in parallel on
+        # min(G, ns) blocks), once all ns items are in; those blocks then count themselves out, and the last one
+        # resets the counter for the next layer. A block waits only after all its own items (no deadlock).
+        waiters = min(G, ns)
+        for kvh in range(Hkv):
+            for w in range(waiters):
+                if (kvh * ns + w) % nb == b:
+                    wait_head(counters, kvh, ns)
+                    for g in range(w, G, waiters):
+                        comb_body(kvh * G + g, ns, pml, po, gate, attn_out, ws)
+                    if cuda.threadIdx.x == 0:
+                        if cuda.atomic.add(counters, CNT0 + kvh, 1) == ns + waiters - 1:
+                            counters[CNT0 + kvh] = 0
         return barrier(grid, count, prof)
 
     return attention_folded
