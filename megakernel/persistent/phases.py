@@ -189,7 +189,7 @@ def make_splits(plan):
 
 
 def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False, fold_attention: bool = False,
-                deltanet_out_of_line: bool = False):
+                deltanet_out_of_line: bool = False, inline_decode: bool = False):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
@@ -218,8 +218,10 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
     comb_body = attn.combine_item(Hq, Dh, T) if o.HAS_ATT else None
     if out_of_line:
-        dn_body, prep_body, dec_body, comb_body = (_out_of_line(f) if f is not None else None
-                                                   for f in (dn_body, prep_body, dec_body, comb_body))
+        dn_body, prep_body, comb_body = (_out_of_line(f) if f is not None else None
+                                         for f in (dn_body, prep_body, comb_body))
+        if not inline_decode and dec_body is not None:
+            dec_body = _out_of_line(dec_body)
     elif deltanet_out_of_line and dn_body is not None:  # the attention bodies stay inline
         dn_body = _out_of_line(dn_body)
     folded = make_folded_attention(plan, barrier, prep_body, out_of_line) if fold_attention and o.HAS_ATT else None

@@ -121,7 +121,7 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "oolrows": "rows_out_of_line", "pair": "paired_rows", "ef": "evict_first", "nobar": "_nobar",
           "l2keep": "l2_keep", "nocopy": "nocopy", "wrel": "warp_release",
           "mono": "monotonic", "pp": "page_pairs", "xr": "xregs", "ss": "split_sums", "eh": "early_residual",
-          "fold": "fold_attention", "ooldn": "deltanet_out_of_line"}
+          "fold": "fold_attention", "ooldn": "deltanet_out_of_line", "indec": "inline_decode"}
 _VALUES = {"l2=": "l2_ahead", "l2m=": "l2_mixer", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers"}
 
 

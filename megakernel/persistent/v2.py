@@ -95,7 +95,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "paired_rows": False, "l2_keep": False, "nocopy": False, "warp_release": False,
            "monotonic": False, "max_registers": 0,
            "page_pairs": False, "xregs": False, "split_sums": False, "early_residual": False,
-           "l2_mixer": 0, "fold_attention": False, "deltanet_out_of_line": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "l2_mixer": 0, "fold_attention": False, "deltanet_out_of_line": False,
+           "inline_decode": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -130,7 +131,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            rows_out_of_line: bool = False, paired_rows: bool = False, l2_keep: bool = False, nocopy: bool = False,
            warp_release: bool = False, monotonic: bool = False, max_registers: int = 0, page_pairs: bool = False,
            xregs: bool = False, split_sums: bool = False, early_residual: bool = False,
-           l2_mixer: int = 0, fold_attention: bool = False, deltanet_out_of_line: bool = False):
+           l2_mixer: int = 0, fold_attention: bool = False, deltanet_out_of_line: bool = False,
+           inline_decode: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -168,7 +170,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     attention layer's prepare, decode and combine in one phase with one grid barrier instead of three
     (``phases.make_folded_attention``: each decode item makes its queries, the last split writes the new key and
     value, the head's last item to finish combines; the same bits). ``deltanet_out_of_line``: ``out_of_line`` for
-    the DeltaNet body only."""
+    the DeltaNet body only; ``inline_decode``: with ``out_of_line``, the attention decode body stays inline."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -200,7 +202,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     barrier = make_barrier(barriers, profile, counter, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
-                                                deltanet_out_of_line)
+                                                deltanet_out_of_line, inline_decode)
     ATT_BARRIERS = 1 if fold_attention else 3
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
