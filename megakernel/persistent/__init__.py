@@ -9,8 +9,10 @@
 * ``v3``       -- version 3: version 2 with 4x the attention-decode work items;
 * ``v4``       -- version 4: version 3 with the weight stream evict-first in L2 and two rows per warp pass in
                   the matvec consumer;
-* ``v5``       -- version 5 (the default): version 4 with the monotonic grid barrier (one release-add per block,
-                  acquire-polls on a counter that is never reset);
+* ``v5``       -- version 5: version 4 with the monotonic grid barrier (one release-add per block, acquire-polls
+                  on a counter that is never reset);
+* ``v6``       -- version 6 (the default): version 5 with two rows per warp butterfly, x in registers and the
+                  mixer bodies out of line (a page consumer that issues fewer instructions);
 * ``phases``   -- what the versions share: offsets, the barriers, the mixer phases, the L2 prefetchers;
 * ``profile``  -- the profiling build's timeline: per-phase critical paths and waits, the chart;
 * ``decoder``  -- ``PersistentDecoder``: the reference model's API over the kernel.
