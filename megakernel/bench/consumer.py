@@ -33,10 +33,11 @@ chip consumes at (132 SMs x 32 KB per page time), and that rate over the weight 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
+
+from reference import cli
 
 K = 1024            # row length (the hidden size of Qwen3.5-0.8B)
 PAGE_WORDS = 8192   # 32 KB pages
@@ -156,29 +157,40 @@ def make_kernel(sync: bool, epilogue: bool, reduce: bool, paired: bool, xregs: b
     return consume
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pages", type=int, default=4000, help="pages per SM per launch (default 4000)")
-    ap.add_argument("--reps", type=int, default=5, help="timed launches per variant (median; default 5)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
-    args = ap.parse_args(argv)
-    from megakernel.launch import SIMULATOR
+def gpu_problem() -> str | None:
+    """Why this machine cannot run the benchmark, or None (one line)."""
+    from megakernel import launch
 
-    if SIMULATOR:
-        print("megakernel.bench.consumer: needs a GPU (the CUDA simulator is on)", file=sys.stderr)
-        return 2
+    if launch.SIMULATOR:
+        return ("NUMBA_ENABLE_CUDASIM is set, so the kernels would run in the CPU simulator; unset it to time the "
+                "consumer on the GPU (its correctness runs in the simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest "
+                "tests/test_persistent.py -k bits)")
+    if not launch.gpu_available():
+        return "the consumer benchmark measures GPU time and needs a CUDA GPU (none is usable here)"
+    return None
+
+
+parser = cli.parser("megakernel.bench.consumer", __doc__)
+parser.add_argument("--pages", type=int, default=4000, help="pages per SM per launch (default 4000)")
+parser.add_argument("--reps", type=int, default=5, help="timed launches per variant (median; default 5)")
+parser.add_argument("--variants", type=cli.name_list(list(VARIANTS), "variant"), default=list(VARIANTS),
+                    help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
+
+
+def check_args(a) -> None:
+    if a.pages < 1 or a.reps < 1:
+        raise cli.UsageError(f"--pages and --reps must be at least 1, got {a.pages} and {a.reps}")
+    problem = gpu_problem()
+    if problem:
+        raise cli.UsageError(problem)
+
+
+@cli.command(parser, validate=check_args)
+def main(args) -> int:
     import torch
 
-    if not torch.cuda.is_available():
-        print("megakernel.bench.consumer: needs a GPU (torch sees none)", file=sys.stderr)
-        return 2
     from megakernel.launch import allow_dynamic_shared, as_kernel_array
 
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
-    if unknown:
-        print(f"megakernel.bench.consumer: unknown variant(s) {unknown}: choose from {list(VARIANTS)}",
-              file=sys.stderr)
-        return 2
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     g = torch.Generator().manual_seed(0)
     src = torch.randint(-2**31, 2**31 - 1, (RING * PAGE_WORDS,), dtype=torch.int32, generator=g)
@@ -190,8 +202,8 @@ def main(argv=None) -> int:
     best = torch.empty(sms * 16, dtype=torch.int64, device=dev)
     shared = 4 * 2 * K + 4 * RING * PAGE_WORDS
     print(f"{sms} SMs, 1 block each, {args.pages} pages of 32 KB per SM per launch, median of {args.reps}")
-    print(f"{'variant':<14}{'threads':>8}{'regs':>6}{'us/page':>10}{'chip TB/s':>11}{'x floor':>9}")
-    for name in args.variants.split(","):
+    print(f"{'variant':<18}{'threads':>8}{'regs':>6}{'us/page':>10}{'chip TB/s':>11}{'x floor':>9}")
+    for name in args.variants:
         spec = VARIANTS[name]
         kern = make_kernel(*spec)
         a = [as_kernel_array(t) for t in (src, x, y, best)] + [np.int32(8)]
@@ -210,7 +222,8 @@ def main(argv=None) -> int:
             times.append(t0.elapsed_time(t1) * 1e3)
         us = float(np.median(times)) / args.pages
         tbs = sms * 4 * PAGE_WORDS / us / 1e6
-        print(f"{name:<14}{spec[5]:>8}{compiled.regs_per_thread:>6}{us:>10.3f}{tbs:>11.2f}{tbs / FLOOR_TBS:>9.2f}", flush=True)
+        print(f"{name:<18}{spec[5]:>8}{compiled.regs_per_thread:>6}{us:>10.3f}{tbs:>11.2f}{tbs / FLOOR_TBS:>9.2f}",
+              flush=True)
     return 0
 
 
