@@ -27,6 +27,11 @@ refill's expect) run over ``--pages`` pages, with parts switched off variant by 
                          mixers need allow only 8 warps; this shows what more warps would buy)
 ======================  =====================================================================================
 
+The ``stream-RxP`` variants time the weight ring alone (``make_stream_kernel``): thread 0 keeps R slots of P KB in
+flight with the copy engine from the block's own stretch of a 1 GiB buffer, every thread waits for each page's
+mbarrier, the block synchronises and thread 0 refills the slot (``-consume``: the warps also consume each page as
+``v5`` does; ``-ef``: evict-first copies). The kernel's ring is ``stream-6x32``.
+
 Reported per variant: median us per page per SM (every SM runs its own pages; time / pages), the rate the whole
 chip consumes at (132 SMs x 32 KB per page time), and that rate over the weight floor's 3.0 TB/s. GPU only.
 """
@@ -157,6 +162,87 @@ def make_kernel(sync: bool, epilogue: bool, reduce: bool, paired: bool, xregs: b
     return consume
 
 
+STREAMS = {  # name: (ring slots, page KB, consume the pages, evict-first copies)
+    "stream-6x32": (6, 32, False, False),
+    "stream-6x32-ef": (6, 32, False, True),
+    "stream-3x64": (3, 64, False, False),
+    "stream-4x48": (4, 48, False, False),
+    "stream-12x16": (12, 16, False, False),
+    "stream-24x8": (24, 8, False, False),
+    "stream-5x40": (5, 40, False, False),
+    "stream-7x28": (7, 28, False, False),
+    "stream-8x24": (8, 24, False, False),
+    "stream-2x96": (2, 96, False, False),
+    "stream-6x32-consume": (6, 32, True, True),
+    "stream-12x16-consume": (12, 16, True, True),
+}
+STREAM_SOURCE_BYTES = 1 << 30  # 1 GiB of weights: each block streams its own 8 MB, ~20x the L2 chip-wide
+
+
+def make_stream_kernel(ring: int, page_kb: int, consume: bool, evict_first: bool, threads: int = 256):
+    """The weight ring alone (``persistent.v2``'s stream): thread 0 keeps ``ring`` slots of ``page_kb`` KB in
+    flight with the copy engine, every thread waits for each page's mbarrier, the block synchronises and thread 0
+    refills the slot; with ``consume`` the warps also consume each page as ``v5`` does. A kernel
+    ``(src, x, y, best, pages)``: block b streams pages from its own stretch of ``src``."""
+    from numba import cuda
+    from numba.cuda import float32, int32, int64
+
+    from megakernel import device as D
+    from megakernel.kernels.fused_matvec import dot2_row_split
+    from megakernel.kernels.matvec import WARP, stage_split
+    from megakernel.persistent import tma
+
+    R = ring
+    PW = page_kb * 256
+    NW = threads // WARP
+    NV = K // 8
+    KW = K // 2
+    RPP = PW // KW
+    XS = 2 * NV * 4
+    copy = tma.bulk_copy_evict_first if evict_first else tma.bulk_copy
+
+    @cuda.jit
+    def stream(src, x, y, best, pages):
+        smem_w = cuda.shared.array(0, int32)
+        smem_f = cuda.shared.array(0, float32)
+        bars = cuda.shared.array(R, int64)
+        xs = smem_f[0:XS]
+        ring_ = smem_w[XS:XS + R * PW]
+        tid = cuda.threadIdx.x
+        lane = tid % WARP
+        warp = tid // WARP
+        npg = src.shape[0] // cuda.gridDim.x // PW
+        first = cuda.blockIdx.x * npg * PW
+        stage_split(x, xs, NV)
+        if tid == 0:
+            for s in range(R):
+                tma.mbar_init(bars, s, 1)
+            tma.fence_mbarrier_init()
+            for g in range(min(R, pages)):
+                tma.mbar_expect(bars, g, 4 * PW)
+                copy(ring_, g * PW, src, first + (g % npg) * PW, PW, bars, g)
+        cuda.syncthreads()
+        acc = float32(0)
+        for p in range(pages):
+            slot = p % R
+            tma.mbar_wait(bars, slot, (p // R) & 1)
+            if consume:
+                base = slot * PW
+                for r in range(warp, RPP, 2 * NW):
+                    if r + NW < RPP:
+                        a, c = dot2_row_split(ring_, (base + r * KW) // 4, (base + (r + NW) * KW) // 4, xs, NV, lane)
+                        acc += D.warp_sum(a) + D.warp_sum(c)
+            cuda.syncthreads()
+            if tid == 0 and p + R < pages:
+                tma.fence_proxy_async()
+                tma.mbar_expect(bars, slot, 4 * PW)
+                copy(ring_, slot * PW, src, first + ((p + R) % npg) * PW, PW, bars, slot)
+        if lane == 0:
+            y[cuda.blockIdx.x * NW + warp] = acc
+
+    return stream
+
+
 def gpu_problem() -> str | None:
     """Why this machine cannot run the benchmark, or None (one line)."""
     from megakernel import launch
@@ -173,8 +259,9 @@ def gpu_problem() -> str | None:
 parser = cli.parser("megakernel.bench.consumer", __doc__)
 parser.add_argument("--pages", type=int, default=4000, help="pages per SM per launch (default 4000)")
 parser.add_argument("--reps", type=int, default=5, help="timed launches per variant (median; default 5)")
-parser.add_argument("--variants", type=cli.name_list(list(VARIANTS), "variant"), default=list(VARIANTS),
-                    help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
+parser.add_argument("--variants", type=cli.name_list(list(VARIANTS) + list(STREAMS), "variant"),
+                    default=list(VARIANTS), help=f"comma-separated, of {', '.join(list(VARIANTS) + list(STREAMS))} "
+                                                 f"(default: the consumer ones, {', '.join(VARIANTS)})")
 
 
 def check_args(a) -> None:
@@ -202,14 +289,23 @@ def main(args) -> int:
     best = torch.empty(sms * 16, dtype=torch.int64, device=dev)
     shared = 4 * 2 * K + 4 * RING * PAGE_WORDS
     print(f"{sms} SMs, 1 block each, {args.pages} pages of 32 KB per SM per launch, median of {args.reps}")
-    print(f"{'variant':<18}{'threads':>8}{'regs':>6}{'us/page':>10}{'chip TB/s':>11}{'x floor':>9}")
+    print(f"{'variant':<22}{'threads':>8}{'regs':>6}{'us/page':>10}{'chip TB/s':>11}{'x floor':>9}")
+    weights = None
     for name in args.variants:
-        spec = VARIANTS[name]
-        kern = make_kernel(*spec)
-        a = [as_kernel_array(t) for t in (src, x, y, best)] + [np.int32(8)]
+        if name in STREAMS:
+            R_, kb, _, _ = STREAMS[name]
+            if weights is None:
+                weights = torch.randint(0, 1 << 30, (STREAM_SOURCE_BYTES // 4,), dtype=torch.int32, device=dev)
+            kern, threads, kshared = make_stream_kernel(*STREAMS[name]), 256, 4 * 2 * K + R_ * kb * 1024
+            a = [as_kernel_array(t) for t in (weights, x, y, best)] + [np.int32(8)]
+            page_bytes = kb * 1024
+        else:
+            kern, threads, kshared = make_kernel(*VARIANTS[name]), VARIANTS[name][5], shared
+            a = [as_kernel_array(t) for t in (src, x, y, best)] + [np.int32(8)]
+            page_bytes = 4 * PAGE_WORDS
         compiled = kern.compile(tuple(kern.typeof_pyval(v) for v in a))
-        allow_dynamic_shared(compiled, shared)
-        launch = kern[sms, spec[5], 0, shared]
+        allow_dynamic_shared(compiled, kshared)
+        launch = kern[sms, threads, 0, kshared]
         launch(*a)  # warm-up
         a = a[:-1]
         times = []
@@ -221,8 +317,8 @@ def main(args) -> int:
             torch.cuda.synchronize()
             times.append(t0.elapsed_time(t1) * 1e3)
         us = float(np.median(times)) / args.pages
-        tbs = sms * 4 * PAGE_WORDS / us / 1e6
-        print(f"{name:<18}{spec[5]:>8}{compiled.regs_per_thread:>6}{us:>10.3f}{tbs:>11.2f}{tbs / FLOOR_TBS:>9.2f}",
+        tbs = sms * page_bytes / us / 1e6
+        print(f"{name:<22}{threads:>8}{compiled.regs_per_thread:>6}{us:>10.3f}{tbs:>11.2f}{tbs / FLOOR_TBS:>9.2f}",
               flush=True)
     return 0
 
