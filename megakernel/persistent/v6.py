@@ -20,14 +20,16 @@ version 3's sums in version 3's order, so the bits are unchanged:
   and decode ~10 us slower.
 
 Together, per step at context 512 (profile builds, ``tools/profile_persistent.py``): H100 1,245 -> 1,214 us
-(2.5 %), H200 1,142 -> 1,075 us (6 %). The H100 gains less: there the weight stream, not the consumer, sets most
-phases' pace (NOTES.md, "Persistent megakernel version 6").
+(2.5 %), H200 1,142 -> 1,075 us (6 %); the benchmark (tg128, H100): 826 -> 836 tok/s at context 512. The H100
+gains less: there the weight stream, not the consumer, sets most phases' pace, and the ring of 6 x 32 KB copies
+streams only ~2.7 TB/s even alone (NOTES.md, "Persistent megakernel version 6").
 
 Measured and not kept (``v2.OPTIONS``): ``early_residual`` (a residual phase loads its rows of h before the dot
 products: gate/up and down got slower); ``l2_mixer`` (L2 prefetches of the pages beyond the ring when a mixer
 starts: the mixers' own reads queue behind them, DeltaNet 143 -> 193-386 us per step); ``fold_attention`` (one
-phase and one barrier per attention layer instead of three, version 5's bits: the last decode item of a KV head
-combines its query heads one after another, and the layer got slower, 100 -> 197 us per step);
+phase and one barrier per attention layer instead of three, version 5's bits: each decode item makes its queries,
+the blocks of a KV head's first splits combine its query heads once all its items are in; the attention phases
+got slower, 113 -> 138-145 us per step: the query making and the hand-off now sit on the critical path);
 ``deltanet_out_of_line`` (only the DeltaNet body out of line: slower than both).
 """
 
