@@ -247,6 +247,27 @@ def run_warp_reduce(x, idx):
     return s, m, am_v, am_i
 
 
+@cuda.jit
+def warp_sum2_kernel(a, b, pair, sa, sb):
+    i = cuda.grid(1)
+    pair[i] = D.warp_sum2(a[i], b[i])
+    sa[i] = D.warp_sum(a[i])
+    sb[i] = D.warp_sum(b[i])
+
+
+def test_warp_sum2_gives_two_warp_sums_bits_on_the_two_half_warps():
+    """``warp_sum2(a, b)``: lanes 0-15 end with ``warp_sum(a)``, lanes 16-31 with ``warp_sum(b)``, bit for bit (the
+    split-sums consumer of persistent version 6 relies on it to keep version 3's bits)."""
+    rng = np.random.default_rng(11)
+    a, b = ((rng.standard_normal(128) * 1e3).astype(np.float32) for _ in range(2))
+    pair, sa, sb = (np.full(128, np.nan, np.float32) for _ in range(3))
+    warp_sum2_kernel[1, 128](a, b, pair, sa, sb)
+    lower = (np.arange(128) % 32) < 16
+    np.testing.assert_array_equal(pair[lower], sa[lower])
+    np.testing.assert_array_equal(pair[~lower], sb[~lower])
+    np.testing.assert_array_equal(sa, butterfly(a, np.add))
+
+
 def test_warp_reductions_match_numpy():
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(192) * 1e3).astype(np.float32)

@@ -162,3 +162,27 @@ def test_32k_context_decodes_correctly(ref, pers):
         check(f"32k step {step} logits", expected, out, TOL, verbose=False)
         assert int(out.argmax()) == int(expected.argmax())
         token = int(expected.argmax())
+
+
+def test_version_6_computes_version_5s_bits_on_the_gpu(ref):
+    """Version 6's consumer (split sums, x in registers, the mixers out of line) keeps every sum's order, so on the
+    GPU too (the simulator replays ``warp_sum2`` in NumPy; here it is the shuffles, and x comes from registers)
+    two decode steps after the same prompt give version 5's logits and states bit for bit."""
+    from megakernel.persistent import PersistentDecoder
+
+    runs = []
+    for version in (5, 6):
+        dec = PersistentDecoder(ref, max_context=1024, version=version, prefill_mode="reference")
+        _, state = dec.prefill(PROMPTS[0])
+        token, logits = 7, []
+        for _ in range(2):
+            logits.append(dec.decode_step(token, state).clone())
+            token = int(logits[-1].argmax())
+        runs.append((logits, state.to_reference()))
+    (l5, s5), (l6, s6) = runs
+    for a, b in zip(l5, l6):
+        assert torch.equal(a, b), f"v6 logits differ from v5's: max abs {float((a - b).abs().max()):.3e}"
+    for name in ("conv", "recurrent", "k_cache", "v_cache"):
+        for layer in getattr(s5, name):
+            assert torch.equal(getattr(s5, name)[layer], getattr(s6, name)[layer]), f"v6 {name}[{layer}] differs"
+
