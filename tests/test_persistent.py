@@ -245,10 +245,13 @@ def test_gumbel_keys_sample_the_softmax():
                                      dict(evict_first=True, rows_out_of_line=True, out_of_line=True),
                                      dict(counter=True, l2_ahead=3, evict_first=True), dict(l2_ahead=2, l2_keep=True),
                                      dict(monotonic=True, warp_release=True), dict(monotonic=True, page_pairs=True),
-                                     dict(fold_attention=True, out_of_line=True)],
+                                     dict(fold_attention=True, out_of_line=True),
+                                     dict(l2_mixer=2, deltanet_out_of_line=True),
+                                     dict(out_of_line=True, inline_decode=True)],
                          ids=["counter-barrier", "l2-prefetch", "ring-2", "deferred-refills-state-first",
                               "evict-first-out-of-line", "counter-barrier-l2-ahead", "l2-ahead-before-barrier",
-                              "monotonic-barrier-warp-release", "page-pairs", "fold-attention-out-of-line"])
+                              "monotonic-barrier-warp-release", "page-pairs", "fold-attention-out-of-line",
+                              "l2-mixer-deltanet-out-of-line", "out-of-line-inline-decode"])
 def test_measured_build_variants_stay_correct(ref, options):
     """The v2/v3 build switches NOTES.md measured (not the defaults) compute the same: two steps, logits and every
     state against the reference (the counter barrier's release/acquire pairs under the race detector)."""
