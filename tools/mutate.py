@@ -139,7 +139,7 @@ MUTATIONS = [
              (PERSISTENT_V6,)),
     Mutation("persistent v6: split sums, the second row of a pass finished with the first row's sum",
              "megakernel/persistent/v2.py",
-             (("        row = row_b if upper else row_a\n", "        row = row_a if upper else row_b\n"),),
+             (("        row = row_b if lane >= 16 else row_a\n", "        row = row_a if lane >= 16 else row_b\n"),),
              (PERSISTENT_V6,)),
     Mutation("persistent warp release: the first warp out of a slot refills it, not the last",
              "megakernel/persistent/v2.py",

@@ -329,29 +329,14 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         """``split_sums``: the epilogue of a pass's two rows from ``warp_sum2``'s ``v`` (row a's sum on lanes 0-15,
         row b's on 16-31; a SwiGLU row's gate and up sums instead); lane 0 finishes row a, lane 16 row b.
         ``old``: with ``early_residual``, lane 0's and 16's row of h, loaded before the dot products."""
-        upper = lane >= 16
-        row = row_b if upper else row_a
-        if kind == K_SWIGLU:
-            up = cuda.shfl_xor_sync(D.FULL_MASK, v, 16)
-            if lane == 0:
-                act[row_a] = D.silu(v * rstd) * (up * rstd)
-        elif kind == K_NORM:
+        if kind == K_SWIGLU:  # lane 0 holds the gate sum, lane 16 the up sum
+            return emit(kind, row_a, v, cuda.shfl_xor_sync(D.FULL_MASK, v, 16), rstd, y, h, act, logits, mine, lane)
+        row = row_b if lane >= 16 else row_a
+        if EARLY_H and (kind == K_GATED or kind == K_PLAIN):
             if lane % 16 == 0:
-                y[row] = v * rstd
-        elif kind == K_LMHEAD:
-            value = v * rstd
-            if lane % 16 == 0:
-                logits[row] = value
-            key = lmh.argmax_key(value, row)
-            if key > mine:
-                mine = key
-        else:  # K_GATED, K_PLAIN: the residual add
-            if lane % 16 == 0:
-                if EARLY_H:
-                    h[row] = old + v
-                else:
-                    h[row] += v
-        return mine
+                h[row] = old + v
+            return mine
+        return emit(kind, row, v, v, rstd, y, h, act, logits, mine, lane % 16)  # lanes 0 and 16 write
 
     @cuda.jit(device=True)
     def warp_max_key(mine):
