@@ -142,10 +142,10 @@ def test_later_versions_compute_version_3s_bits(ref, version, options):
                          ids=["v5-2-blocks", "v5-3-blocks", "v2-two-items-per-block"])
 def test_folded_attention_computes_the_same_bits(ref, version, blocks, prompt_len):
     """``fold_attention`` runs an attention layer in one phase (each decode item makes its queries, the last split
-    writes the new key and value, the last item of the KV head to finish combines). Version 5 after a 40-token
-    prompt splits the context min(3, blocks) ways, so the combine is handed over between blocks; version 2 (64
-    positions per split, no cap) after 130 tokens gives 3 splits to 2 blocks, so a block scores two splits of one
-    head. Two decode steps give the unfolded build's bits, with two grid barriers fewer per attention layer (the
+    writes the new key and value, the blocks of the KV head's first splits combine once all its items are in).
+    Version 5 after a 40-token prompt splits the context min(3, blocks) ways, so the combine is handed over between
+    blocks; version 2 (64 positions per split, no cap) after 130 tokens gives 3 splits to 2 blocks, so a block
+    scores two splits of one head. Two decode steps give the unfolded build's bits, with two grid barriers fewer per attention layer (the
     kernel counts its own)."""
     from megakernel.kernels.attention import attention_splits
     from megakernel.persistent import VERSIONS, PersistentDecoder

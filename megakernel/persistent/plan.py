@@ -127,7 +127,7 @@ def _pick_g(k: int, warps: int, what: str, field_name: str, g_min: int | None = 
 
 def counter_slots(config: Qwen35Config) -> tuple[int, int]:
     """(first, total): the int32 hand-over counters of a launch (zero between launches): DeltaNet's "last reader",
-    one per key head, then from ``first`` the folded attention's "last decode item", one per KV head."""
+    one per key head, then from ``first`` the folded attention's decode items counted in (and its combining blocks out), one per KV head."""
     first = config.linear_num_key_heads
     return first, first + config.num_key_value_heads
 

@@ -94,8 +94,9 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
 def _attention_phases(i, Hq, Hkv, Dh, splits, context, fold: bool) -> list[Phase]:
     """Attention layer ``i`` between qkv and o_proj: prepare (the norm weights), decode (the KV cache), combine;
     or, folded, one phase of ``Hkv * splits`` decode items that make their own queries, write the new key and value
-    (the last split) and combine (the last item of each KV head to finish). Its partials pass between its own items
-    through a counter, not a barrier: written here, read within the phase, like the cache's new position."""
+    (the last split) and combine (a query head each, on the blocks of the KV head's first splits, once all its
+    items are in). Its partials pass between its own items through a counter, not a barrier: written here, read
+    within the phase, like the cache's new position."""
     kv_bytes = 2 * Hkv * context * Dh * 2
     if fold:
         return [Phase("attention", i, "items", Hkv * splits, ("proj_att", "kv"), ("kv", "partials", "attn_out"),

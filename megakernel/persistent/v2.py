@@ -169,8 +169,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     next ``l2_mixer`` pages beyond the ring, so HBM keeps streaming while the ring is full. ``fold_attention``: an
     attention layer's prepare, decode and combine in one phase with one grid barrier instead of three
     (``phases.make_folded_attention``: each decode item makes its queries, the last split writes the new key and
-    value, the head's last item to finish combines; the same bits). ``deltanet_out_of_line``: ``out_of_line`` for
-    the DeltaNet body only; ``inline_decode``: with ``out_of_line``, the attention decode body stays inline."""
+    value, the blocks of a KV head's first splits combine its query heads once all its items are in; the same
+    bits). ``deltanet_out_of_line``: ``out_of_line`` for the DeltaNet body only; ``inline_decode``: with
+    ``out_of_line``, the attention decode body stays inline."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -232,7 +233,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
 
     @cuda.jit(device=True)
     def l2_top_up(issued, prefetched, total, b, pb, table, Ww, ahead=L2_AHEAD):
-        """Thread 0: L2 prefetches of the pages up to ``L2_AHEAD`` beyond those issued to the ring (so HBM keeps
+        """Thread 0: L2 prefetches of the pages up to ``ahead`` beyond those issued to the ring (so HBM keeps
         streaming while the block waits or runs a mixer). Returns the pages prefetched so far."""
         g = max(prefetched, issued)
         stop = min(issued + ahead, total)
