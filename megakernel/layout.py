@@ -181,9 +181,15 @@ class DeviceWeights:
     """All weights on the kernel device (GPU, or CPU under the simulator), in kernel layout: two arenas
     (``words``, ``floats``; offsets in ``layout``) and per-layer views into them (``layers``, ``embed``, ...)."""
 
-    def __init__(self, config: Qwen35Config, weights: dict[str, torch.Tensor], device: torch.device):
+    def __init__(self, config: Qwen35Config, weights: dict[str, torch.Tensor], device: torch.device,
+                 down_transposed: bool = False):
+        """``down_transposed``: each MLP's down projection stored as its transpose [F, D] (same words, same
+        offset; ``layers[i].down`` is then a [D, F] view of it), so a block's share of the intermediate
+        dimension is one contiguous run (the persistent kernel's ``fused_down``). The layered kernels need the
+        plain layout: their kernel views skip such a matrix."""
         check_supported(config)
         self.config = c = config
+        self.down_transposed = down_transposed
         self.layout = lay = arena_layout(config)
         self.words = torch.zeros(lay.words, dtype=torch.int32, device=device)
         self.floats = torch.zeros(lay.floats, dtype=torch.float32, device=device)
@@ -222,7 +228,8 @@ class DeviceWeights:
                 post_norm=f32(lay.post_norm + i * lay.norm_stride, weights[p + "post_attention_layernorm.weight"]),
                 gate=bf16(lay.mlp_gate + m, weights[p + "mlp.gate_proj.weight"]),
                 up=bf16(lay.mlp_up + m, weights[p + "mlp.up_proj.weight"]),
-                down=bf16(lay.mlp_down + m, weights[p + "mlp.down_proj.weight"]),
+                down=(bf16(lay.mlp_down + m, weights[p + "mlp.down_proj.weight"].t()).t() if down_transposed
+                      else bf16(lay.mlp_down + m, weights[p + "mlp.down_proj.weight"])),
             )
             if kind == LINEAR:
                 a = p + "linear_attn."
@@ -270,8 +277,8 @@ class DeviceWeights:
 def _kernel_views(lw: LayerWeights) -> dict:
     out = {}
     for name, t in vars(lw).items():
-        if not isinstance(t, torch.Tensor):
-            continue
+        if not isinstance(t, torch.Tensor) or not t.is_contiguous():
+            continue  # a transposed view (``down_transposed``): no layered kernel reads it
         out[name] = as_kernel_array(words(t).view(-1) if t.dtype == torch.bfloat16 else t)
     return out
 

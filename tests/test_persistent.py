@@ -120,14 +120,16 @@ def _assert_same_bits(run, other, what):
 
 
 @pytest.mark.parametrize("version, options", [(4, {}), (5, {}), (6, {}), (5, {"xregs": True}),
-                                              (5, {"split_sums": True, "early_residual": True})],
-                         ids=["v4", "v5", "v6", "v5-xregs", "v5-split-sums-early-residual"])
+                                              (5, {"split_sums": True, "early_residual": True}),
+                                              (6, {"deltanet_late_shift": True})],
+                         ids=["v4", "v5", "v6", "v5-xregs", "v5-split-sums-early-residual", "v6-late-shift"])
 def test_later_versions_compute_version_3s_bits(ref, version, options):
     """Versions 4-6 change where the weights live in L2, pair two rows per warp pass, release the ring's slots
     warp by warp, use another grid barrier and call the mixers out of line, never a single sum's order; ``xregs``
     (in version 6) reads x from registers,
     ``split_sums`` reduces two rows in one butterfly (each in ``warp_sum``'s order) and ``early_residual`` loads h
-    before the dot products: after the same prompt, two decode steps give bit-identical logits and states to
+    before the dot products, and ``deltanet_late_shift`` awaits the DeltaNet's "last reader" count after the state
+    columns: after the same prompt, two decode steps give bit-identical logits and states to
     version 3 (a page of the consumer with an odd row count takes the lone-row path: the tiny model's pages hold 2
     rows of the widest phase, and a block's last page of a phase may hold one)."""
     from megakernel.persistent import PersistentDecoder
@@ -163,6 +165,44 @@ def test_folded_attention_computes_the_same_bits(ref, version, blocks, prompt_le
         barriers.append(dec.barriers_per_step())
     _assert_same_bits(runs[0], runs[1], f"fold_attention on {blocks} blocks against version {version}")
     assert barriers[1] == barriers[0] - 2 * len(CONFIG.full_layers)
+
+
+def test_fused_down_bits_do_not_depend_on_the_grid_or_the_run(ref):
+    """Version 7 adds every block's share of the MLP's down projection into the residual stream with integer
+    atomics on fixed-point values (``split_down``): the sum cannot depend on the order the blocks arrive in, on
+    how the rows are split (in whole chunks of ``fd_chunk`` rows, each chunk summed in fp32 first) or on how many
+    replicas of the accumulator the atomics are spread over, or how far apart its elements lie. On 1, 2 and 3
+    blocks, twice on 3, and with 2 and 3 replicas, two decode steps give bit-identical logits and states, with one grid barrier per MLP fewer than
+    version 6 (the kernel counts its own)."""
+    from megakernel.persistent import PersistentDecoder
+
+    runs = []
+    grids = ((1, {}), (2, {}), (3, {}), (3, {}), (3, {"fd_reps": 2}), (2, {"fd_reps": 3, "fd_stride": 4}),
+             (3, {"fd_bulk": True}))
+    for blocks, options in grids:
+        dec = PersistentDecoder(ref, max_context=32, version=7, blocks=blocks, prefill_mode="reference",
+                                options=options)
+        runs.append(_two_steps(dec, PROMPT))
+        assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
+    for (blocks, options), run in zip(grids[1:], runs[1:]):
+        _assert_same_bits(runs[0], run, f"version 7 on {blocks} blocks {options} against 1 block")
+    v6 = PersistentDecoder(ref, max_context=32, version=6, prefill_mode="reference")
+    assert dec.barriers_per_step() == v6.barriers_per_step() - CONFIG.num_hidden_layers
+
+
+def test_fixed_point_sums_are_exact_and_order_free():
+    """``to_fixed`` truncates x 2^32 toward zero, ``from_fixed`` rounds once: summing converted products in any
+    order gives the same integer, within one unit per term of the exact sum."""
+    from megakernel.persistent.split_down import FIXED_SCALE, from_fixed, to_fixed
+
+    rng = np.random.default_rng(0)
+    products = (rng.standard_normal(3584) * 0.05).astype(np.float32)
+    fixed = [int(to_fixed(p)) for p in products]
+    assert sum(fixed) == sum(fixed[::-1]) == sum(rng.permutation(fixed).tolist())
+    exact = float(np.sum(products.astype(np.float64)))
+    total = np.int64(sum(fixed))
+    assert abs(float(from_fixed(total)) - exact) < len(products) / float(FIXED_SCALE) + abs(exact) * 2**-23
+    assert int(to_fixed(np.float32(-1.5))) == -(3 << 31) and int(to_fixed(np.float32(2**-33))) == 0
 
 
 def test_back_to_back_launches_carry_the_monotonic_barrier_over(ref):
@@ -247,11 +287,14 @@ def test_gumbel_keys_sample_the_softmax():
                                      dict(monotonic=True, warp_release=True), dict(monotonic=True, page_pairs=True),
                                      dict(fold_attention=True, out_of_line=True),
                                      dict(l2_mixer=2, deltanet_out_of_line=True),
-                                     dict(out_of_line=True, inline_decode=True)],
+                                     dict(out_of_line=True, inline_decode=True),
+                                     dict(fused_down=True, xregs=True, split_sums=True, paired_rows=True),
+                                     dict(fused_down=True, fd_chunk=3, fd_stride=2)],
                          ids=["counter-barrier", "l2-prefetch", "ring-2", "deferred-refills-state-first",
                               "evict-first-out-of-line", "counter-barrier-l2-ahead", "l2-ahead-before-barrier",
                               "monotonic-barrier-warp-release", "page-pairs", "fold-attention-out-of-line",
-                              "l2-mixer-deltanet-out-of-line", "out-of-line-inline-decode"])
+                              "l2-mixer-deltanet-out-of-line", "out-of-line-inline-decode",
+                              "fused-down-on-version-3", "fused-down-chunks-across-pages"])
 def test_measured_build_variants_stay_correct(ref, options):
     """The v2/v3 build switches NOTES.md measured (not the defaults) compute the same: two steps, logits and every
     state against the reference (the counter barrier's release/acquire pairs under the race detector)."""
@@ -372,6 +415,7 @@ def test_schedule_dependencies_bytes_and_barriers():
     published = C.from_pretrained(PUBLISHED_CONFIG)
     assert barriers_per_token(published) == 134 and barriers_per_token(published, sample=True) == 135
     assert barriers_per_token(published, version=5, fold_attention=True) == 134 - 2 * len(published.full_layers)
+    assert barriers_per_token(published, version=7, fused_down=True) == 134 - published.num_hidden_layers == 110
     for config in (published, CONFIG):
         phases = step_phases(config, context=100)
         check_dependencies(phases)
@@ -379,11 +423,20 @@ def test_schedule_dependencies_bytes_and_barriers():
         folded = step_phases(config, context=100, version=5, blocks=7, fold_attention=True)
         check_dependencies(folded)  # the attention layer as one phase: proj_att, kv -> kv, partials, attn_out
         assert bytes_per_step(folded) == bytes_per_step(step_phases(config, context=100, version=5, blocks=7))
+        fused = step_phases(config, context=100, version=7, blocks=7, fused_down=True)
+        check_dependencies(fused)  # h_acc: added into by the MLPs, read by the norms, folded and cleared by out_proj
+        assert bytes_per_step(fused) == bytes_per_step(step_phases(config, context=100, version=7, blocks=7))
     # drop the barrier between the DeltaNet recurrence and out_proj: the model names the buffer and the phases
     phases = step_phases(published, context=100)
     broken = [p if p.name != "deltanet" or p.layer != 0 else type(p)(**{**p.__dict__, "barrier_after": False})
               for p in phases]
     with pytest.raises(ScheduleError, match=r"out_proj\[0\] reads 'o_lin' written by deltanet\[0\]"):
+        check_dependencies(broken)
+    # fused_down: without the barrier after an MLP, the next input norm would read h_acc mid-sum
+    fused = step_phases(published, context=100, version=7, fused_down=True)
+    broken = [p if p.name != "mlp" or p.layer != 0 else type(p)(**{**p.__dict__, "barrier_after": False})
+              for p in fused]
+    with pytest.raises(ScheduleError, match=r"in_proj\[1\] reads 'h_acc' written by mlp\[0\]"):
         check_dependencies(broken)
 
 
@@ -408,9 +461,13 @@ def test_page_table_covers_every_row_once():
     """Every row of every matrix is streamed by exactly one block, once per step, in the phases' order."""
     from megakernel.persistent.pages import page_table, rows_phases
 
-    phases = rows_phases(CONFIG)
+    for fused in (False, True):
+        _pages_cover_every_row_once(rows_phases(CONFIG, fused), page_table, fused)
+
+
+def _pages_cover_every_row_once(phases, page_table, fused):
     for nblocks, words in ((3, 128), (7, 64)):
-        table, count = page_table(CONFIG, nblocks, words)
+        table, count = page_table(CONFIG, nblocks, words, fused)
         seen = {p: np.zeros(ph.rows, dtype=int) for p, ph in enumerate(phases)}
         for b in range(nblocks):
             order = [int(table[b, i, 6]) for i in range(count[b])]

@@ -161,7 +161,8 @@ def deltanet_workspace(Dk: int, CW: int, T: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, state_first: bool = False):
+def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, state_first: bool = False,
+                  late_shift: bool = False):
     """The decode step of one work item as a device function (one per size tuple):
 
         body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag)
@@ -174,7 +175,11 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
 
     ``state_first``: issue the state-slab loads before the conv step instead of after the norms, so the item's two
     HBM reads (conv rows, state) overlap instead of following each other (one memory round trip less on the item's
-    critical path, for ``RPT`` more live registers through steps 1-4)."""
+    critical path, for ``RPT`` more live registers through steps 1-4).
+
+    ``late_shift``: the "last reader" count (a fence and an atomic: two memory round trips) is issued where it is
+    now, after the norms, but its answer is awaited only after the state columns are done, and the last reader
+    shifts the q/k conv state at the very end: the same writes by the same block, off the item's critical path."""
     G = Hv // Hk
     NS = Dv // CW
     QK = 2 * Dk
@@ -194,6 +199,16 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
     RED = VSH + CW
     SCR = RED + RG * CW
     EARLY = state_first
+    LATE = late_shift
+
+    @cuda.jit(device=True)
+    def shift_qk(conv_state, proj, hk, tid):
+        """The last reader's in-place shift of key head ``hk``'s q/k conv state (the new input appended)."""
+        for c in range(tid, QK, T):
+            ch = hk * Dk + c if c < Dk else KD + hk * Dk + (c - Dk)
+            for t in range(KM1 - 1):
+                conv_state[ch, t] = conv_state[ch, t + 1]
+            conv_state[ch, KM1 - 1] = proj[ch]
 
     @cuda.jit(device=True)
     def deltanet_item_body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag):
@@ -262,21 +277,19 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
                 qk[c] = qk[c] * rk
 
         # ---- 4. the last reader of this key head's q/k conv state shifts it in place
+        prev = int32(0)
         if tid == 0:
             cuda.threadfence()
             prev = cuda.atomic.add(counters, hk, 1)
-            if prev == READERS - 1:
-                counters[hk] = 0  # every reader has arrived: reset for the next launch
-                flag[0] = 1
-            else:
-                flag[0] = 0
+            if not LATE:
+                if prev == READERS - 1:
+                    counters[hk] = 0  # every reader has arrived: reset for the next launch
+                    flag[0] = 1
+                else:
+                    flag[0] = 0
         cuda.syncthreads()  # also publishes qk (step 3) and vsh (step 2)
-        if flag[0] != 0:
-            for c in range(tid, QK, T):
-                ch = hk * Dk + c if c < Dk else KD + hk * Dk + (c - Dk)
-                for t in range(KM1 - 1):
-                    conv_state[ch, t] = conv_state[ch, t + 1]
-                conv_state[ch, KM1 - 1] = proj[ch]
+        if not LATE and flag[0] != 0:
+            shift_qk(conv_state, proj, hk, tid)
 
         # ---- 5. the state columns: decay, S^T k, delta, rank-1 update, S^T q
         part = float32(0)
@@ -314,6 +327,16 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
             for r in range(RG):
                 out += red[r * CW + cj]
             o[h * Dv + col] = out
+        if LATE:  # step 4's answer, needed only now
+            if tid == 0:
+                if prev == READERS - 1:
+                    counters[hk] = 0
+                    flag[0] = 1
+                else:
+                    flag[0] = 0
+            cuda.syncthreads()
+            if flag[0] != 0:
+                shift_qk(conv_state, proj, hk, tid)
         cuda.syncthreads()  # the workspace and flag are free for the next item
 
     return deltanet_item_body

@@ -31,9 +31,9 @@ from ..launch import SIMULATOR, allow_dynamic_shared, as_kernel_array, current_s
 from ..layout import DeviceState, DeviceWeights, check_supported
 from ..prefill.modes import PrefillModes
 from . import plan as P
-from . import v1, v2, v3, v4, v5, v6
+from . import v1, v2, v3, v4, v5, v6, v7
 
-VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6}
+VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6, 7: v7}
 DEFAULT_VERSION = 6
 DEFAULT_THREADS = 256
 SIMULATOR_THREADS = 64
@@ -71,7 +71,7 @@ class PersistentDecoder(PrefillModes):
         self.barriers = barriers
         self.profile = profile  # a kernel that records every block's arrival at / departure from each barrier
         self.options = dict(options or {})  # build variants of a version (measured in NOTES.md)
-        self.weights = DeviceWeights(c, reference.weights, self.device)
+        self.weights = DeviceWeights(c, reference.weights, self.device, down_transposed=self.fuses_down)
         dev = self.device
         self.scratch = torch.zeros(self.plan.scratch_len, dtype=torch.float32, device=dev)
         self.ctl = torch.zeros(P.CTL_LEN, dtype=torch.int32, device=dev)
@@ -80,6 +80,10 @@ class PersistentDecoder(PrefillModes):
         self.tokens = torch.zeros(self.max_context, dtype=torch.int32, device=dev)
         self.counters = torch.zeros(P.counter_slots(c)[1], dtype=torch.int32, device=dev)
         self.trace = torch.zeros(c.num_hidden_layers, c.hidden_size, dtype=torch.float32, device=dev)
+        # ``fused_down``: the residual stream's fixed-point accumulator (the kernel clears it before use)
+        reps = self.option_value("fd_reps", 1)
+        words = c.hidden_size * reps * self.option_value("fd_stride", 1)
+        self.h_acc = torch.zeros(words if self.fuses_down else 1, dtype=torch.int64, device=dev)
         off, n = self.plan.scratch["logits"]
         self.logits = self.scratch[off : off + n]
         off, n = self.plan.scratch["h"]
@@ -230,13 +234,26 @@ class PersistentDecoder(PrefillModes):
         """Grid barriers one greedy step costs (from the schedule; the kernel counts its own: ``last_run``)."""
         from .schedule import barriers_per_token
 
-        return barriers_per_token(self.config, version=self.version, fold_attention=self.folds_attention)
+        return barriers_per_token(self.config, version=self.version, fold_attention=self.folds_attention,
+                                  fused_down=self.fuses_down)
+
+    def option_value(self, name: str, default=None):
+        """A build option as this decoder's kernel has it (passed, else the version's default)."""
+        defaults = getattr(self.module, "DEFAULTS", {})
+        return self.options.get(name, defaults.get(name, default))
+
+    def _option(self, name: str) -> bool:
+        return bool(self.option_value(name, False))
 
     @property
     def folds_attention(self) -> bool:
         """Whether the build runs attention in one phase (the ``fold_attention`` option, or a version's default)."""
-        defaults = getattr(self.module, "DEFAULTS", {})
-        return bool(self.options.get("fold_attention", defaults.get("fold_attention", False)))
+        return self._option("fold_attention")
+
+    @property
+    def fuses_down(self) -> bool:
+        """Whether each MLP is one phase with its down projection split over the blocks (``fused_down``)."""
+        return self._option("fused_down")
 
     # ------------------------------------------------------------------ public API (as the reference model)
     @torch.no_grad()

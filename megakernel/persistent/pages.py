@@ -30,6 +30,7 @@ K_GATED = 1     # h[row] += acc                    DeltaNet out_proj (x = gated_
 K_PLAIN = 2     # h[row] += acc                    o_proj, down (x = the vector as is)
 K_SWIGLU = 3    # act[row] = silu(g * r) * (u * r) gate/up pairs
 K_LMHEAD = 4    # logits[row] = acc * r, argmax    the LM head
+K_DOWN_T = 5    # hacc += W^T[rows] act[rows]       MLP down, split over the intermediate dimension (fused_down)
 DESC = 8        # int32 fields per page
 
 
@@ -44,8 +45,10 @@ class RowsPhase:
     w2: int = -1            # up matrix for SwiGLU
 
 
-def rows_phases(config) -> list[RowsPhase]:
-    """The matvec phases of one step, in the order the kernel runs them."""
+def rows_phases(config, fused_down: bool = False) -> list[RowsPhase]:
+    """The matvec phases of one step, in the order the kernel runs them. ``fused_down``: each MLP's down
+    projection is read as its transpose (``DeviceWeights(down_transposed=True)``), ``F`` rows of the hidden size
+    split over the blocks like the gate/up rows, so a block's down rows are the rows of ``act`` it made."""
     c = config
     lay = arena_layout(c)
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
@@ -66,7 +69,10 @@ def rows_phases(config) -> list[RowsPhase]:
             out.append(RowsPhase("o_proj", i, K_PLAIN, D, Hq * Dh, lay.att_o + j * lay.att_stride))
         m = i * lay.mlp_stride
         out.append(RowsPhase("mlp_gate_up", i, K_SWIGLU, F, D, lay.mlp_gate + m, lay.mlp_up + m))
-        out.append(RowsPhase("mlp_down", i, K_PLAIN, D, F, lay.mlp_down + m))
+        if fused_down:
+            out.append(RowsPhase("mlp_down", i, K_DOWN_T, F, D, lay.mlp_down + m))
+        else:
+            out.append(RowsPhase("mlp_down", i, K_PLAIN, D, F, lay.mlp_down + m))
     out.append(RowsPhase("lm_head", None, K_LMHEAD, V, D, lay.lm_head))
     return out
 
@@ -84,15 +90,21 @@ def rows_per_page(phase: RowsPhase, page_words: int) -> int:
     return page_words // per_row
 
 
-def page_table(config, nblocks: int, page_words: int) -> tuple[np.ndarray, np.ndarray]:
-    """(table int32 [nblocks, max pages, DESC], count int32 [nblocks]): every block's pages for one step."""
-    phases = rows_phases(config)
+def page_table(config, nblocks: int, page_words: int, fused_down: bool = False,
+               chunk: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(table int32 [nblocks, max pages, DESC], count int32 [nblocks]): every block's pages for one step.
+    ``fused_down``: the MLP's gate/up and down rows split in whole chunks of ``chunk`` rows
+    (``split_down.aligned_rows``: the same rows for both, so a block's down rows are the act rows it made)."""
+    from .split_down import aligned_rows
+
+    phases = rows_phases(config, fused_down)
     per_block: list[list[tuple]] = [[] for _ in range(nblocks)]
     for p, ph in enumerate(phases):
         rpp = rows_per_page(ph, page_words)
         words = ph.k // 2
+        mlp = fused_down and ph.kind in (K_SWIGLU, K_DOWN_T)
         for b in range(nblocks):
-            first, end = block_rows(ph.rows, b, nblocks)
+            first, end = aligned_rows(ph.rows, b, nblocks, chunk) if mlp else block_rows(ph.rows, b, nblocks)
             for r0 in range(first, end, rpp):
                 n = min(rpp, end - r0)
                 src2, n2 = (ph.w2 + r0 * words, n * words) if ph.kind == K_SWIGLU else (0, 0)
@@ -108,4 +120,4 @@ def page_table(config, nblocks: int, page_words: int) -> tuple[np.ndarray, np.nd
 
 
 __all__ = ["RowsPhase", "rows_phases", "block_rows", "rows_per_page", "page_table", "DESC", "K_NORM", "K_GATED",
-           "K_PLAIN", "K_SWIGLU", "K_LMHEAD"]
+           "K_PLAIN", "K_SWIGLU", "K_LMHEAD", "K_DOWN_T"]

@@ -189,7 +189,7 @@ def make_splits(plan):
 
 
 def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False, fold_attention: bool = False,
-                deltanet_out_of_line: bool = False, inline_decode: bool = False):
+                deltanet_out_of_line: bool = False, inline_decode: bool = False, late_shift: bool = False):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
@@ -201,7 +201,8 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     ``out_of_line``: call the bodies through ``noinline`` wrappers, so each gets its own register allocation
     (``megakernel.persistent.noinline``; the layered kernels keep inlining the same bodies). ``state_first``: the
     DeltaNet body's state loads before its conv step (``deltanet.deltanet_item``). ``fold_attention``: attention in
-    one phase and one barrier (``make_folded_attention``; the same bits).
+    one phase and one barrier (``make_folded_attention``; the same bits). ``late_shift``: the DeltaNet body awaits
+    its "last reader" count only after the state columns (``deltanet.deltanet_item``; the same bits).
     """
     o = Offsets(plan)
     T, NW, EPS = o.T, o.NW, o.EPS
@@ -213,7 +214,7 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     F_ALOG, F_DT, LSS = lay.A_log, lay.dt_bias, lay.lin_small_stride
     F_QN, F_KN, ASS, F_FREQ = lay.q_norm, lay.k_norm, lay.att_small_stride, lay.inv_freq
     splits = make_splits(plan)
-    dn_body = dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T, state_first) if o.HAS_LIN else None
+    dn_body = dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T, state_first, late_shift) if o.HAS_LIN else None
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
     comb_body = attn.combine_item(Hq, Dh, T) if o.HAS_ATT else None

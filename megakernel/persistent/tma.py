@@ -28,6 +28,9 @@ shared array of mbarriers, ``slot`` an index into it):
 ``globaltimer()``                       nanoseconds on the GPU's global timer (the same clock on every SM)
 ``red_release_add(arr, i, v)``          int32 ``arr[i] += v`` in global memory with release semantics (GPU scope)
 ``ld_acquire(arr, i)``                  int32 ``arr[i]`` read with acquire semantics (GPU scope)
+``bulk_reduce_add_u64(dst, d, src, s,``  the copy engine adds int64 ``src[s:s+n]`` (shared) into ``dst[d:d+n]``
+``    n)``                              (global) element by element, atomically; returns once it is done
+                                        (``cp.reduce.async.bulk ... add.u64``, then ``wait_group 0``)
 =====================================  ============================================================================
 
 In the CUDA simulator a bulk copy is an immediate copy by the issuing thread (which the race detector sees: a slot
@@ -114,6 +117,14 @@ if SIMULATOR:
 
     def fence_proxy_async():
         pass
+
+    def bulk_reduce_add_u64(dst, d, src, s, n):
+        d, s, n = int(d), int(s), int(n)
+        if n % 2 or d % 2 or s % 2:
+            raise ValueError(f"bulk_reduce_add_u64: offsets ({d}, {s}) and size ({n}) must be multiples of 2 "
+                             "elements (16 B)")
+        for i in range(n):  # the stage's reads through the tracked array; the adds under the atomic lock
+            atomic_add_plain(dst, d + i, int(src[s + i]))
 
     def fence_mbarrier_init():
         pass
@@ -268,6 +279,27 @@ else:
 
         return types.int32(arr, i), codegen
 
+    @intrinsic
+    def bulk_reduce_add_u64(typingctx, dst, d, src, s, n):
+        """``cp.reduce.async.bulk.global.shared::cta.bulk_group.add.u64`` of ``n`` int64 (16-byte aligned, n even),
+        committed and awaited (``wait_group 0``), then ``fence.proxy.async.global`` so the copy engine's adds are
+        ordered before this thread's later accesses (a release after it publishes them). The shared source must
+        have been written before a ``fence_proxy_async`` and a ``syncthreads``."""
+        if not (_is_array(dst) and _is_array(src) and isinstance(n, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            dst_a = _gmem(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            src_a = _smem32(builder, _word_ptr(context, builder, sig.args[2], args[2], args[3]))
+            nbytes = builder.mul(_as_i32(builder, args[4]), ir.Constant(_i32, 8))
+            builder.asm(ir.FunctionType(ir.VoidType(), [_i64, _i32, _i32]),
+                        "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.u64 [$0], [$1], $2; "
+                        "cp.async.bulk.commit_group; cp.async.bulk.wait_group 0; fence.proxy.async.global;",
+                        "l,r,r", [dst_a, src_a, nbytes], side_effect=True)
+            return context.get_dummy_value()
+
+        return types.void(dst, d, src, s, n), codegen
+
     def _no_operand(asm):
         """An intrinsic ``f()`` emitting the operand-less instruction ``asm``."""
 
@@ -352,4 +384,4 @@ else:
 
 __all__ = ["mbar_init", "mbar_expect", "bulk_copy", "mbar_wait", "fence_proxy_async", "fence_mbarrier_init",
            "shared_address", "globaltimer", "prefetch_l2", "prefetch_l2_evict_first", "prefetch_line",
-           "bulk_copy_evict_first", "red_release_add", "ld_acquire"]
+           "bulk_copy_evict_first", "red_release_add", "ld_acquire", "bulk_reduce_add_u64"]

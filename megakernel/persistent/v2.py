@@ -48,6 +48,7 @@ from ..kernels.matvec import WARP, stage_split
 from ..launch import SIMULATOR, as_kernel_array
 from . import pages as PG
 from . import plan as P
+from . import split_down as SD
 from . import tma
 from .phases import (Offsets, close_launch, make_barrier, make_barrier_close, make_barrier_handle,
                      make_counter_halves, make_mixers, make_prefetchers, seed_bits, stamp)
@@ -62,17 +63,21 @@ XREG_MAX_PIECES = 4          # ``xregs``: x in registers for rows of up to 4 x 3
 SMEM_PER_BLOCK = 227 * 1024  # H100: dynamic + static shared memory one block may use (after opting in)
 
 
-def configure(plan, ring: int | None = None, page_kb: int | None = None, **_options):
+def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_down: bool = False, **_options):
     """The plan with the ring's size: as many 32 KB pages as fit next to the workspace (at most ``RING_PAGES``);
     in the simulator 3 small pages (two rows of the widest phase each), so rows, pages and ring wrap-around are
-    all exercised on a tiny model. ``ring`` / ``page_kb``: another ring (measured variants, NOTES.md)."""
+    all exercised on a tiny model. ``ring`` / ``page_kb``: another ring (measured variants, NOTES.md).
+    ``fused_down``: a workspace with room for the block's rows of act after x (``D + F`` floats)."""
     c = plan.config
+    if fused_down:
+        plan = dataclasses.replace(plan, workspace=max(plan.workspace, c.hidden_size + c.intermediate_size))
     widest = max(ph.k // 2 * (2 if ph.kind == PG.K_SWIGLU else 1) for ph in PG.rows_phases(c))
     if SIMULATOR:
         words = -(-2 * widest // 4) * 4
         return dataclasses.replace(plan, ring_pages=SIM_RING_PAGES, page_words=words)
     words = max(page_kb * 256 if page_kb else PAGE_WORDS, -(-widest // 4) * 4)
-    static = 2048  # parts, scratch, keys, flag, mbarriers, rounded up
+    static = 2048 + (8 * c.hidden_size if fused_down else 0)  # parts, scratch, keys, flag, mbarriers (rounded
+    # up), and with fused_down the stage of fd_bulk
     pages = (SMEM_PER_BLOCK - static - 4 * plan.workspace - 128) // (4 * words)
     pages = min(ring or RING_PAGES, pages)
     if pages < 2:
@@ -83,7 +88,7 @@ def configure(plan, ring: int | None = None, page_kb: int | None = None, **_opti
 
 def kernel_key(plan) -> tuple:
     return (plan.config, plan.capacity, plan.threads, plan.ring_pages, plan.page_words, plan.positions_per_split,
-            plan.splits_fit_grid)
+            plan.splits_fit_grid, plan.workspace)
 
 
 _BUILT: dict = {}
@@ -96,7 +101,9 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "monotonic": False, "max_registers": 0,
            "page_pairs": False, "xregs": False, "split_sums": False, "early_residual": False,
            "l2_mixer": 0, "fold_attention": False, "deltanet_out_of_line": False,
-           "inline_decode": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "inline_decode": False, "fused_down": False,
+           "deltanet_late_shift": False, "fd_probe": 0, "fd_chunk": 1,
+           "fd_reps": 1, "fd_stride": 1, "fd_bulk": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -132,7 +139,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            warp_release: bool = False, monotonic: bool = False, max_registers: int = 0, page_pairs: bool = False,
            xregs: bool = False, split_sums: bool = False, early_residual: bool = False,
            l2_mixer: int = 0, fold_attention: bool = False, deltanet_out_of_line: bool = False,
-           inline_decode: bool = False):
+           inline_decode: bool = False, fused_down: bool = False, deltanet_late_shift: bool = False,
+           fd_probe: int = 0, fd_chunk: int = 1, fd_reps: int = 1,
+           fd_stride: int = 1, fd_bulk: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -171,10 +180,23 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (``phases.make_folded_attention``: each decode item makes its queries, the last split writes the new key and
     value, the blocks of a KV head's first splits combine its query heads once all its items are in; the same
     bits). ``deltanet_out_of_line``: ``out_of_line`` for the DeltaNet body only; ``inline_decode``: with
-    ``out_of_line``, the attention decode body stays inline."""
+    ``out_of_line``, the attention decode body stays inline. ``fused_down``: each MLP in one phase, its down
+    projection split over the intermediate dimension and summed into the residual stream's fixed-point
+    accumulator (``split_down``; the decoder stores W_down transposed and passes ``hacc``).
+    ``deltanet_late_shift``: the DeltaNet body's "last reader" count awaited after its state columns, not before
+    (``deltanet.deltanet_item(late_shift=True)``; the same bits). ``fd_probe`` (timing only, wrong results): with
+    ``fused_down``, 1 skips the down rows' arithmetic, 2 their atomics, 3 the accumulator in the norms.
+    ``fd_chunk``: with ``fused_down``, a block's MLP rows come in whole chunks of this many rows, and each chunk's
+    down products are summed in fp32 before one conversion to fixed point (``split_down.down_t_consumer``);
+    ``fd_reps``: the accumulator's replicas (each element takes a ``fd_reps``-th of the atomics); ``fd_stride``:
+    its elements ``fd_stride`` words apart (spread over more L2 lines); ``fd_bulk``: a block's sums added by the
+    copy engine in one bulk reduction (``tma.bulk_reduce_add_u64``) instead of 2 x D/2 atomics from the threads."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
+    if fused_down and (page_pairs or warp_release or early_residual):
+        raise ValueError("persistent kernel build option fused_down does not combine with page_pairs, warp_release "
+                         "or early_residual")
     if xregs and page_pairs:
         raise ValueError("persistent kernel build options xregs and page_pairs do not combine")
     if page_pairs and warp_release:
@@ -203,7 +225,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     barrier = make_barrier(barriers, profile, counter, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
-                                                deltanet_out_of_line, inline_decode)
+                                                deltanet_out_of_line, inline_decode, deltanet_late_shift)
     ATT_BARRIERS = 1 if fold_attention else 3
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
@@ -213,7 +235,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     L2_MIX = l2_mixer
     COMPUTE = not nocompute
     MIXERS = not nomixer
-    CLAMP = nocompute or nomixer or nocopy or not barriers
+    CLAMP = nocompute or nomixer or nocopy or not barriers or fd_probe
     NOCOPY = nocopy
     WREL = warp_release
     QUAD = page_pairs
@@ -230,6 +252,24 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     SPLIT = split_sums
     EARLY_H = early_residual
     load_x, dot_row_x, dot2_row_x = xreg_dots(XE)
+    FD = fused_down
+    FD_PROBE = fd_probe
+    NORM_ACC = FD and fd_probe != 3
+    K_DOWN_T = PG.K_DOWN_T
+    XA = D_  # fused_down: the block's rows of act in the workspace after x (``configure`` makes room)
+    if FD and (fd_chunk < 1 or fd_reps < 1 or fd_stride < 1):
+        raise ValueError("persistent kernel build options fd_chunk, fd_reps and fd_stride must be >= 1")
+    CH = fd_chunk if FD else 1
+    if FD and fd_bulk and fd_stride != 1:
+        raise ValueError("persistent kernel build option fd_bulk needs fd_stride 1 (one contiguous vector)")
+    down_start, down_page, down_flush, down_flush_bulk, NSUMS = SD.down_t_consumer(T, D_, CH, fd_reps, fd_stride,
+                                                                                  PW // (D_ // 2))
+    BULK = FD and fd_bulk
+    STAGE = D_ if BULK else 2
+    norm_acc, fold_acc, clear_acc = SD.accumulator(D_, fd_reps, fd_stride)
+    if FD and XA + F > XS:
+        raise ValueError("persistent kernel build option fused_down needs a plan configured with it (room for act "
+                         "in the workspace): pass it to configure too")
 
     @cuda.jit(device=True)
     def l2_top_up(issued, prefetched, total, b, pb, table, Ww, ahead=L2_AHEAD):
@@ -305,7 +345,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return issued, d1, d2, d3, d4
 
     @cuda.jit(device=True)
-    def emit(kind, row, acc, up, rstd, y, h, act, logits, mine, lane):
+    def emit(kind, row, acc, up, rstd, y, h, act, logits, hacc, mine, lane):
         """A finished row's epilogue (``acc``, ``up``: its warp-summed dot products)."""
         if kind == K_SWIGLU:
             if lane == 0:
@@ -320,24 +360,29 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             key = lmh.argmax_key(value, row)
             if key > mine:
                 mine = key
+        elif FD:  # K_GATED, K_PLAIN with the last MLP's down projection still in the accumulator: fold it in
+            if lane == 0:
+                h[row] = (h[row] + fold_acc(hacc, row)) + acc
+                clear_acc(hacc, row)
         else:  # K_GATED, K_PLAIN: the residual add
             if lane == 0:
                 h[row] += acc
         return mine
 
     @cuda.jit(device=True)
-    def emit_split(kind, row_a, row_b, v, rstd, y, h, act, logits, mine, lane, old):
+    def emit_split(kind, row_a, row_b, v, rstd, y, h, act, logits, hacc, mine, lane, old):
         """``split_sums``: the epilogue of a pass's two rows from ``warp_sum2``'s ``v`` (row a's sum on lanes 0-15,
         row b's on 16-31; a SwiGLU row's gate and up sums instead); lane 0 finishes row a, lane 16 row b.
         ``old``: with ``early_residual``, lane 0's and 16's row of h, loaded before the dot products."""
         if kind == K_SWIGLU:  # lane 0 holds the gate sum, lane 16 the up sum
-            return emit(kind, row_a, v, cuda.shfl_xor_sync(D.FULL_MASK, v, 16), rstd, y, h, act, logits, mine, lane)
+            return emit(kind, row_a, v, cuda.shfl_xor_sync(D.FULL_MASK, v, 16), rstd, y, h, act, logits, hacc, mine,
+                        lane)
         row = row_b if lane >= 16 else row_a
         if EARLY_H and (kind == K_GATED or kind == K_PLAIN):
             if lane % 16 == 0:
                 h[row] = old + v
             return mine
-        return emit(kind, row, v, v, rstd, y, h, act, logits, mine, lane % 16)  # lanes 0 and 16 write
+        return emit(kind, row, v, v, rstd, y, h, act, logits, hacc, mine, lane % 16)  # lanes 0 and 16 write
 
     @cuda.jit(device=True)
     def warp_max_key(mine):
@@ -363,50 +408,50 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return dot_row_split(ring, base, xs, nv, lane)
 
     @cuda.jit(device=True)
-    def rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, use_x, lane):
+    def rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs, xr, use_x, lane):
         """A warp's pass over one page at row ``r``: a SwiGLU row's gate and up together, otherwise rows ``r`` and
         ``r + NW`` (a lone last row alone)."""
         if kind == K_SWIGLU:
             if r < nrows:
                 g, u = dot2(ring, (base + r * kw) // 4, (base + nrows * kw + r * kw) // 4, xs, xr, use_x, nv, lane)
                 if SPLIT:
-                    mine = emit_split(kind, row0 + r, row0 + r, D.warp_sum2(g, u), rstd, y, h, act, logits, mine,
+                    mine = emit_split(kind, row0 + r, row0 + r, D.warp_sum2(g, u), rstd, y, h, act, logits, hacc, mine,
                                       lane, float32(0))
                 else:
                     g = D.warp_sum(g)
                     u = D.warp_sum(u)
-                    mine = emit(kind, row0 + r, g, u, rstd, y, h, act, logits, mine, lane)
+                    mine = emit(kind, row0 + r, g, u, rstd, y, h, act, logits, hacc, mine, lane)
         elif r + NW < nrows:
             old = float32(0)
             if EARLY_H and (kind == K_GATED or kind == K_PLAIN) and lane % 16 == 0:
                 old = h[row0 + r + NW] if lane >= 16 else h[row0 + r]
             a, c = dot2(ring, (base + r * kw) // 4, (base + (r + NW) * kw) // 4, xs, xr, use_x, nv, lane)
             if SPLIT:
-                mine = emit_split(kind, row0 + r, row0 + r + NW, D.warp_sum2(a, c), rstd, y, h, act, logits, mine,
+                mine = emit_split(kind, row0 + r, row0 + r + NW, D.warp_sum2(a, c), rstd, y, h, act, logits, hacc, mine,
                                   lane, old)
             else:
                 a = D.warp_sum(a)
                 c = D.warp_sum(c)
-                mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
-                mine = emit(kind, row0 + r + NW, c, c, rstd, y, h, act, logits, mine, lane)
+                mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, hacc, mine, lane)
+                mine = emit(kind, row0 + r + NW, c, c, rstd, y, h, act, logits, hacc, mine, lane)
         elif r < nrows:
             a = D.warp_sum(dot1(ring, (base + r * kw) // 4, xs, xr, use_x, nv, lane))
-            mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, mine, lane)
+            mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, hacc, mine, lane)
         return mine
 
     @cuda.jit(device=True)
-    def paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, use_x, lane,
-                         warp):
+    def paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs, xr, use_x,
+                         lane, warp):
         """One page's rows, two per warp pass (``rows_at``)."""
         if not COMPUTE:
             return mine
         for r in range(warp, nrows, NW if kind == K_SWIGLU else 2 * NW):
-            mine = rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, use_x,
+            mine = rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs, xr, use_x,
                            lane)
         return mine
 
     @cuda.jit(device=True)
-    def quad_rows_pages(kind, na, row0a, basea, nb_, row0b, baseb, nv, kw, rstd, y, h, act, logits, mine, ring,
+    def quad_rows_pages(kind, na, row0a, basea, nb_, row0b, baseb, nv, kw, rstd, y, h, act, logits, hacc, mine, ring,
                         xs, xr, lane, warp):
         """Two pages of one phase, four rows per warp pass: at row ``r`` a SwiGLU page pair's two gate and two up
         rows, otherwise rows ``r`` and ``r + NW`` of each page; where a page has fewer rows, ``rows_at`` per page.
@@ -422,8 +467,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 ua = D.warp_sum(ua)
                 gb = D.warp_sum(gb)
                 ub = D.warp_sum(ub)
-                mine = emit(kind, row0a + r, ga, ua, rstd, y, h, act, logits, mine, lane)
-                mine = emit(kind, row0b + r, gb, ub, rstd, y, h, act, logits, mine, lane)
+                mine = emit(kind, row0a + r, ga, ua, rstd, y, h, act, logits, hacc, mine, lane)
+                mine = emit(kind, row0b + r, gb, ub, rstd, y, h, act, logits, hacc, mine, lane)
             elif not swiglu and r + NW < na and r + NW < nb_:
                 a, c, e, f = dot4_row_split(ring, (basea + r * kw) // 4, (basea + (r + NW) * kw) // 4,
                                             (baseb + r * kw) // 4, (baseb + (r + NW) * kw) // 4, xs, nv, lane)
@@ -431,15 +476,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 c = D.warp_sum(c)
                 e = D.warp_sum(e)
                 f = D.warp_sum(f)
-                mine = emit(kind, row0a + r, a, a, rstd, y, h, act, logits, mine, lane)
-                mine = emit(kind, row0a + r + NW, c, c, rstd, y, h, act, logits, mine, lane)
-                mine = emit(kind, row0b + r, e, e, rstd, y, h, act, logits, mine, lane)
-                mine = emit(kind, row0b + r + NW, f, f, rstd, y, h, act, logits, mine, lane)
+                mine = emit(kind, row0a + r, a, a, rstd, y, h, act, logits, hacc, mine, lane)
+                mine = emit(kind, row0a + r + NW, c, c, rstd, y, h, act, logits, hacc, mine, lane)
+                mine = emit(kind, row0b + r, e, e, rstd, y, h, act, logits, hacc, mine, lane)
+                mine = emit(kind, row0b + r + NW, f, f, rstd, y, h, act, logits, hacc, mine, lane)
             else:
-                mine = rows_at(kind, na, row0a, basea, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, False,
-                               lane)
-                mine = rows_at(kind, nb_, row0b, baseb, r, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, False,
-                               lane)
+                mine = rows_at(kind, na, row0a, basea, r, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs, xr,
+                               False, lane)
+                mine = rows_at(kind, nb_, row0b, baseb, r, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs, xr,
+                               False, lane)
         return mine
 
     @cuda.jit(device=True)
@@ -458,7 +503,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     issue(slot, nd1, nd2, nd3, nd4, Ww, ring, bars)
 
     @cuda.jit(device=True)
-    def rows_body(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
+    def rows_body(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb, table, Ww,
                   ring, bars, xs, d1, d2, d3, d4, hold):
         """Consume this block's pages of a rows phase (``rows`` rows of length ``k``; x staged in ``xs``),
         refilling each slot as it frees. The block's rows and their pages follow from (rows, b, nb) as in
@@ -473,6 +518,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         rpp = PW // (kw * 2) if kind == K_SWIGLU else PW // kw
         first = rows * b // nb
         end = rows * (b + 1) // nb
+        if FD and kind == K_SWIGLU:
+            first, end = mlp_rows(rows, b, nb)
         last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
         nd1 = nd2 = nd3 = nd4 = int32(0)
         xr = cuda.local.array(XR, float32)
@@ -488,7 +535,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 tma.mbar_wait(bars, slot, (cursor // R_) & 1)
                 tma.mbar_wait(bars, slot_b, ((cursor + 1) // R_) & 1)
                 mine = quad_rows_pages(kind, nrows, row0, slot * PW, min(rpp, end - row0 - rpp), row0 + rpp,
-                                       slot_b * PW, nv, kw, rstd, y, h, act, logits, mine, ring, xs, xr, lane,
+                                       slot_b * PW, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs, xr, lane,
                                        warp)
                 cuda.syncthreads()  # every warp is done with both slots
                 for _ in range(2):
@@ -504,14 +551,14 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             tma.mbar_wait(bars, slot, (cursor // R_) & 1)
             base = slot * PW
             if PAIRED:
-                mine = paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, mine, ring, xs,
+                mine = paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs,
                                         xr, use_x, lane, warp)
             for r in range(warp, nrows if COMPUTE and not PAIRED else 0, NW):
                 acc = D.warp_sum(dot1(ring, (base + r * kw) // 4, xs, xr, use_x, nv, lane))
                 up = acc
                 if kind == K_SWIGLU:
                     up = D.warp_sum(dot1(ring, (base + nrows * kw + r * kw) // 4, xs, xr, use_x, nv, lane))
-                mine = emit(kind, row0 + r, acc, up, rstd, y, h, act, logits, mine, lane)
+                mine = emit(kind, row0 + r, acc, up, rstd, y, h, act, logits, hacc, mine, lane)
             if WREL:
                 release_slot(cursor, slot, total, b, pb, table, Ww, ring, bars, lane, nd1, nd2, nd3, nd4)
             else:
@@ -525,35 +572,74 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             issued = min(cursor + R_, total)
         return cursor, issued, mine, d1, d2, d3, d4
 
+    @cuda.jit(device=True)
+    def mlp_rows(rows, b, nb):
+        """``fused_down``: block b's MLP rows [first, end), in whole chunks of ``fd_chunk`` (``split_down
+        .aligned_rows``, as the page table has them)."""
+        n = (rows + CH - 1) // CH
+        return min(rows, CH * (n * b // nb)), min(rows, CH * (n * (b + 1) // nb))
+
+    @cuda.jit(device=True)
+    def down_phase(rows, act, hacc, stage, cursor, issued, total, pb, b, nb, table, Ww, ring, bars, d1, d2, d3,
+                   d4):
+        """``fused_down``: this block's pages of W_down^T, the rows of ``act`` it made (``rows`` = F, split as
+        gate/up's), each row scaled by its act value and summed per column in fixed point (``split_down``), then
+        added into ``hacc``. Returns (cursor, issued, d1, d2, d3, d4)."""
+        kw = D_ // 2
+        rpp = PW // kw
+        first, end = mlp_rows(rows, b, nb)
+        sums = cuda.local.array(NSUMS, int64)
+        parts = cuda.local.array(NSUMS, float32)
+        down_start(sums, parts)
+        row0 = first
+        while row0 < end:
+            nrows = min(rpp, end - row0)
+            slot = cursor % R_
+            tma.mbar_wait(bars, slot, (cursor // R_) & 1)
+            if COMPUTE and FD_PROBE != 1:
+                down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)
+            cuda.syncthreads()  # every thread is done with the slot
+            if issued < total:
+                issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
+            cursor += 1
+            row0 += rpp
+        if FD_PROBE != 2:
+            if BULK:
+                down_flush_bulk(hacc, sums, b, stage)
+            else:
+                down_flush(hacc, sums, b)
+        return cursor, issued, d1, d2, d3, d4
+
     if rows_out_of_line:
         from .noinline import noinline
 
         @cuda.jit(device=True)
-        def rows_call(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
+        def rows_call(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb, table, Ww,
                       ring, bars, xs, d1, d2, d3, d4, hold):
-            return rows_body(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table,
-                             Ww, ring, bars, xs, d1, d2, d3, d4, hold)
+            return rows_body(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb,
+                             table, Ww, ring, bars, xs, d1, d2, d3, d4, hold)
 
         noinline(rows_call)
 
         @cuda.jit(device=True)
-        def rows_phase(kind, k, rows, rstd, y, h, act, logits, mine, cursor, issued, total, pb, b, nb, table, Ww,
+        def rows_phase(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb, table, Ww,
                        ring, bars, xs, d1, d2, d3, d4, hold):
             # the sizes as runtime values: literal arguments would make one out-of-line copy per call site
-            return rows_call(int32(kind), int32(k), int32(rows), rstd, y, h, act, logits, mine, cursor, issued,
+            return rows_call(int32(kind), int32(k), int32(rows), rstd, y, h, act, logits, hacc, mine, cursor, issued,
                              total, pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, int32(hold))
     else:
         rows_phase = rows_body
 
     @cuda.jit(max_registers=max_registers or None)
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
-                      counters, trace, prof, table, npages):
+                      counters, trace, prof, table, npages, hacc):
         smem_w = cuda.shared.array(0, int32)
         smem_f = cuda.shared.array(0, float32)
         scratch = cuda.shared.array(32, float32)
         flag = cuda.shared.array(1, int32)
         keys = cuda.shared.array(WARP, int64)
         bars = cuda.shared.array(N_BARS, int64)  # the slots' mbarriers, then (warp_release) their release counts
+        acc_stage = cuda.shared.array(STAGE, int64)  # fd_bulk: a block's down sums for the copy engine
         grid = barrier_handle(ctl)
         b = cuda.blockIdx.x
         nb = cuda.gridDim.x
@@ -591,6 +677,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         for step in range(n_steps):
             pos = pos0 + step
             embed_rows(Ww[W_EMB:W_EMB + V * D_ // 2], token, h, D_ // 2, b, nb)
+            if FD:  # the last step's LM head has read it (a barrier ago); the first MLP adds into it
+                for d in range(b * T + tid, D_, nb * T):
+                    clear_acc(hacc, d)
             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
             for i in range(L):
                 j = SLOT[i]
@@ -601,11 +690,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     elif HAS_ATT:
                         prefetch_kv(j, pos, b, nb, kc, vc)
                 in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
-                rstd = D.rsqrt(stage_norm(h, in_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
+                if NORM_ACC:
+                    ss = norm_acc(h, hacc, in_norm, xs, D_ // 8, scratch)
+                else:
+                    ss = stage_norm(h, in_norm, xs, D_ // 8, scratch)
+                rstd = D.rsqrt(ss / float32(D_) + EPS)
                 if KIND[i] == 0:
                     if HAS_LIN:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
-                            K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, NO_KEY, cursor, issued, total,
+                            K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, hacc, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, DEFER)
                         if LATE:
                             prefetch_deltanet(j, b, nb, rec, conv, Wf)
@@ -624,13 +717,13 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         stage_gated(scr[OL0:OL0 + HVDV], scr[PL0 + C:PL0 + C + HVDV], gn, xs, Hv, Dv, EPS)
                         cuda.syncthreads()
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
-                            K_GATED, HVDV, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table,
+                            K_GATED, HVDV, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
                             Ww, ring, bars, xs, d1, d2, d3, d4, False)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 else:
                     if HAS_ATT:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
-                            K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, NO_KEY, cursor, issued, total,
+                            K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, hacc, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, DEFER)
                         if LATE:
                             prefetch_kv(j, pos, b, nb, kc, vc)
@@ -649,31 +742,45 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         stage_split(scr[AO0:AO0 + HQDH], xs, HQDH // 8)
                         cuda.syncthreads()
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
-                            K_PLAIN, HQDH, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table,
+                            K_PLAIN, HQDH, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
                             Ww, ring, bars, xs, d1, d2, d3, d4, False)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
                 rstd = D.rsqrt(stage_norm(h, post_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
-                act = scr[ACT0:ACT0 + F]
-                cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
-                    K_SWIGLU, D_, F, rstd, h, h, act, h, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
-                    bars, xs, d1, d2, d3, d4, False)
-                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
-                stage_split(act, xs, F // 8)
-                cuda.syncthreads()
-                cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
-                    K_PLAIN, F, D_, rstd, h, h, h, h, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
-                    bars, xs, d1, d2, d3, d4, False)
-                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                if FD:  # one phase: the block's act rows stay in its workspace, its down rows add into hacc
+                    act_rows = xs[XA:XA + F]
+                    cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                        K_SWIGLU, D_, F, rstd, h, h, act_rows, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
+                        table, Ww, ring, bars, xs, d1, d2, d3, d4, False)
+                    cuda.syncthreads()  # the block's rows of act are all in the workspace
+                    cursor, issued, d1, d2, d3, d4 = down_phase(F, act_rows, hacc, acc_stage, cursor, issued, total,
+                                                                pb, b, nb, table, Ww, ring, bars, d1, d2, d3, d4)
+                    count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                else:
+                    act = scr[ACT0:ACT0 + F]
+                    cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                        K_SWIGLU, D_, F, rstd, h, h, act, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
+                        Ww, ring, bars, xs, d1, d2, d3, d4, False)
+                    count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                    stage_split(act, xs, F // 8)
+                    cuda.syncthreads()
+                    cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                        K_PLAIN, F, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww,
+                        ring, bars, xs, d1, d2, d3, d4, False)
+                    count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 if ctl[P.CTL_TRACE] != 0:
                     for d in range(b * T + tid, D_, nb * T):
-                        trace[i, d] = h[d]
+                        trace[i, d] = h[d] + fold_acc(hacc, d) if FD else h[d]
             # ---- LM head + argmax, and the next token
             final_norm = Wf[F_FINAL:F_FINAL + D_]
-            rstd = D.rsqrt(stage_norm(h, final_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
+            if NORM_ACC:
+                ss = norm_acc(h, hacc, final_norm, xs, D_ // 8, scratch)
+            else:
+                ss = stage_norm(h, final_norm, xs, D_ // 8, scratch)
+            rstd = D.rsqrt(ss / float32(D_) + EPS)
             logits = scr[LG0:LG0 + V]
             cursor, issued, mine, d1, d2, d3, d4 = rows_phase(
-                K_LMHEAD, D_, V, rstd, h, h, h, logits, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
+                K_LMHEAD, D_, V, rstd, h, h, h, logits, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
                 bars, xs, d1, d2, d3, d4, False)
             if SPLIT:
                 mine = warp_max_key(mine)
@@ -708,13 +815,16 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
 
 def extra_args(decoder) -> list:
     """The page table for the decoder's grid (rebuilt when the grid changes)."""
-    key = (decoder.blocks, decoder.plan.page_words)
+    fused = decoder.fuses_down
+    chunk = decoder.option_value("fd_chunk", 1) if fused else 1
+    key = (decoder.blocks, decoder.plan.page_words, fused, chunk)
     cached = getattr(decoder, "_v2_pages", None)
     if cached is None or cached[0] != key:
-        table, count = PG.page_table(decoder.config, decoder.blocks, decoder.plan.page_words)
+        table, count = PG.page_table(decoder.config, decoder.blocks, decoder.plan.page_words, fused, chunk)
         t = torch.from_numpy(table).to(decoder.device)
         n = torch.from_numpy(count).to(decoder.device)
-        cached = decoder._v2_pages = (key, [as_kernel_array(t), as_kernel_array(n)], (t, n))
+        cached = decoder._v2_pages = (key, [as_kernel_array(t), as_kernel_array(n), as_kernel_array(decoder.h_acc)],
+                                      (t, n))
     return cached[1]
 
 
