@@ -182,11 +182,12 @@ class DeviceWeights:
     (``words``, ``floats``; offsets in ``layout``) and per-layer views into them (``layers``, ``embed``, ...)."""
 
     def __init__(self, config: Qwen35Config, weights: dict[str, torch.Tensor], device: torch.device,
-                 down_transposed: bool = False):
+                 down_transposed: bool = False, out_transposed: bool = False):
         """``down_transposed``: each MLP's down projection stored as its transpose [F, D] (same words, same
         offset; ``layers[i].down`` is then a [D, F] view of it), so a block's share of the intermediate
         dimension is one contiguous run (the persistent kernel's ``fused_down``). The layered kernels need the
-        plain layout: their kernel views skip such a matrix."""
+        plain layout: their kernel views skip such a matrix. ``out_transposed``: the same for each DeltaNet layer's
+        out_proj ([value_dim, D]; the persistent kernel's ``fused_out``)."""
         check_supported(config)
         self.config = c = config
         self.down_transposed = down_transposed
@@ -242,7 +243,9 @@ class DeviceWeights:
                 lw.A_log = f32(lay.A_log + s, weights[a + "A_log"])
                 lw.dt_bias = f32(lay.dt_bias + s, weights[a + "dt_bias"])
                 lw.gated_norm = f32(lay.gated_norm + s, weights[a + "norm.weight"])
-                lw.out_proj = bf16(lay.lin_out + j * lay.lin_stride, weights[a + "out_proj.weight"])
+                w_out = weights[a + "out_proj.weight"]
+                lw.out_proj = (bf16(lay.lin_out + j * lay.lin_stride, w_out.t()).t() if out_transposed
+                               else bf16(lay.lin_out + j * lay.lin_stride, w_out))
             else:
                 a = p + "self_attn."
                 j = full_index[i]

@@ -19,8 +19,8 @@
 #   each phase, with `this_grid().sync()` between phases (version 1);
 # - how version 2 streams the weights through shared memory with the copy engine, ahead of the barriers, and what
 #   versions 3 (finer attention work items), 4 (the weight stream evict-first in L2, two rows per warp pass), 5 (a
-#   grid barrier of one release-add and acquire-polls) and 6 (a page consumer that issues fewer instructions)
-#   change;
+#   grid barrier of one release-add and acquire-polls), 6 (a page consumer that issues fewer instructions) and 7
+#   (one phase per MLP: the down projection split over the blocks, summed in fixed point) change;
 # - stepping the megakernel on the CPU through the simulator and comparing every state with the layered decoder;
 # - what the H100 measured, and what limits it.
 #
@@ -252,7 +252,7 @@ for path in profiles:
 #
 # ## Version 5: a cheaper grid barrier, and what a step is made of
 #
-# Version 5 (the default, ~42% of the floor, 819 tok/s at context 512 on the H100) changes one thing: the grid
+# Version 5 (~42% of the floor, 819 tok/s at context 512 on the H100) changes one thing: the grid
 # barrier. The hand-written generation barrier costs ~5 dependent L2 round trips (and `grid.sync()` measured no
 # faster, ~1.5 us from the last arrival to the first departure); version 5 keeps one arrival counter that never
 # resets, adds to it with `red.release.gpu` and polls it with `ld.acquire.gpu` until it reaches the launch's base +
@@ -409,3 +409,76 @@ else:
 # mixers' inputs (DeltaNet state slabs, KV rows) into the stream in program order so that weight prefetches can no
 # longer delay them; shorten the mixer chains; then fewer barriers.
 
+
+# %% [markdown]
+# ## Version 7: one phase per MLP, its down projection split over the blocks
+#
+# In version 6 an MLP is two phases. Gate/up makes `act` (each block its share of the 3,584 rows), then down
+# (`h += W_down @ act`, each block its share of the 1,024 rows) needs all of `act`, so a grid barrier sits between
+# them. That barrier, the down phase's prologue (`act` staged from L2) and its epilogue cost ~5.5 us per layer for
+# 7.3 MB of weights the ring streams in ~2.5 us.
+#
+# Version 7 splits the down projection the other way (split-K). A block keeps the rows of `act` it made in its
+# shared memory and multiplies them by the same rows of `W_down^T` (stored transposed, so they are one contiguous
+# copy through the ring). Its [1024] partial is added into the residual stream's accumulator `h_acc`. No block
+# waits for another's `act`: one phase and one barrier per MLP.
+#
+# The partials of 132 blocks meet in one vector, so the order of the additions depends on which block finishes
+# first. Floating-point sums would then change from run to run, and the stress tests hold every version to the
+# same bits on every run and grid size. So the partials are 64-bit fixed-point integers (x 2^32). Integer addition
+# does not care about order:
+
+# %%
+from megakernel.persistent import split_down  # noqa: E402
+
+rng = np.random.default_rng(1)
+products = (rng.standard_normal(896) * 0.05).astype(np.float32)  # one output's 896 chunk sums at the 0.8B shapes
+shuffled = rng.permutation(products)
+as_float = [np.float32(0), np.float32(0)]
+as_fixed = [0, 0]
+for k, seq in enumerate((products, shuffled)):
+    for p in seq:
+        as_float[k] = np.float32(as_float[k] + p)
+        as_fixed[k] += int(split_down.to_fixed(p))
+print(f"fp32 sums in two orders:       {as_float[0]!r} vs {as_float[1]!r} (equal: {as_float[0] == as_float[1]})")
+print(f"fixed-point sums in two orders: {as_fixed[0]} vs {as_fixed[1]} (equal: {as_fixed[0] == as_fixed[1]}) "
+      f"-> {float(split_down.from_fixed(np.int64(as_fixed[0]))):.7f}")
+print(f"barriers per token: version 6 {schedule.barriers_per_token(published, version=6)}, version 7 "
+      f"{schedule.barriers_per_token(published, version=7, fused_down=True)}")
+
+# %% [markdown]
+# How the partials are added decided whether this paid. With each thread adding its four sums by `atom.add.u64`
+# (135k atomics per layer on one 8 KB vector), version 7 was slower than version 6. The atomics cost ~100 us per
+# step, half of it in the next phase, whose reads of the vector waited behind them. Spreading the vector over more
+# L2 lines or into replicas moved the cost around. What worked is handing each block's staged vector to the copy
+# engine as one bulk reduction (`cp.reduce.async.bulk ... add.u64`, `tma.bulk_reduce_add_u64`): within 2% of a
+# build with no reduction at all.
+#
+# Two more fusions in the same spirit did not pay. `fused_out` does the same for each DeltaNet layer's output
+# projection, after a hand-off of each head's sum of squares between its items. It saved 8 us per step in its own
+# phase, and the phases that then read a second accumulator lost more. `lm_pool` lets the blocks whose stream runs
+# faster claim more of the LM head's last pages at run time. It cut the LM head's spread from 29 to 13 us, and made
+# every other phase slower. The likeliest reason is that the kernel's code, already larger than an SM's
+# instruction cache, grew. One H100, context 512, each call with its own baseline:
+
+# %%
+if ladder6_path.exists():
+    v7_rows = [r for r in ladder6["rows"] if r["call"] >= 19]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    labels = [f"{r['variant']} (call {r['call']})" for r in v7_rows]
+    colors = ["tab:green" if r["variant"] == "7" else "tab:gray" if r["variant"] == "6" else "tab:blue"
+              for r in v7_rows]
+    ax.barh(labels[::-1], [r["us_per_step"] for r in v7_rows][::-1], color=colors[::-1])
+    ax.set_xlim(1000, 1400)  # the floor, 514 us, is far to the left
+    ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
+    ax.set_title("Version 7's ladder: grey version 6, green version 7 as kept (fd, fdc=4, fdb)")
+    plt.show()
+    print_table([(r["call"], r["variant"], f"{r['us_per_step']:,.0f}", r["note"]) for r in v7_rows],
+                headers=["call", "variant", "us/step", "what it shows"])
+
+# %% [markdown]
+# Version 7 runs 882 tok/s at context 512 on the H100 (45% of the floor; version 6 831 in the same call; the
+# layered CUDA graph 934). What limits it is what limited version 6 (the stream stalls whenever the consumers stop;
+# the mixers are latency chains; 110 barriers), plus a lesson about fusion: a cross-block reduction costs its round
+# trips wherever it happens, so merging two phases pays only when the hand-off that replaces the barrier is cheaper
+# than the barrier. NOTES.md keeps the measurements and the open problems.

@@ -167,27 +167,51 @@ def test_folded_attention_computes_the_same_bits(ref, version, blocks, prompt_le
     assert barriers[1] == barriers[0] - 2 * len(CONFIG.full_layers)
 
 
-def test_fused_down_bits_do_not_depend_on_the_grid_or_the_run(ref):
+@pytest.mark.parametrize("fused_out", [False, True], ids=["v7", "v7-fused-out"])
+def test_fused_down_bits_do_not_depend_on_the_grid_or_the_run(ref, fused_out):
     """Version 7 adds every block's share of the MLP's down projection into the residual stream with integer
     atomics on fixed-point values (``split_down``): the sum cannot depend on the order the blocks arrive in, on
     how the rows are split (in whole chunks of ``fd_chunk`` rows, each chunk summed in fp32 first) or on how many
     replicas of the accumulator the atomics are spread over, or how far apart its elements lie. On 1, 2 and 3
-    blocks, twice on 3, and with 2 and 3 replicas, two decode steps give bit-identical logits and states, with one grid barrier per MLP fewer than
-    version 6 (the kernel counts its own)."""
+    blocks, twice on 3, and with 2 and 3 replicas, two decode steps give bit-identical logits and states, with one
+    grid barrier per MLP fewer than version 6 (the kernel counts its own). With ``fused_out`` each DeltaNet item
+    also adds its share of out_proj into the accumulator, after a hand-off of the head's sum of squares between the
+    items (on 1 block all of a head's items are one block's, on 2 and 3 they are spread), one barrier per DeltaNet
+    layer fewer still."""
     from megakernel.persistent import PersistentDecoder
 
     runs = []
-    grids = ((1, {}), (2, {}), (3, {}), (3, {}), (3, {"fd_reps": 2}), (2, {"fd_reps": 3, "fd_stride": 4}),
-             (3, {"fd_bulk": True}))
+    grids = ((1, {}), (2, {}), (3, {}), (3, {}), (3, {"fd_reps": 2}),
+             (2, {"fd_reps": 3, "fd_stride": 4, "fd_bulk": False}), (3, {"fd_bulk": False}))
     for blocks, options in grids:
         dec = PersistentDecoder(ref, max_context=32, version=7, blocks=blocks, prefill_mode="reference",
-                                options=options)
+                                options={**options, "fused_out": fused_out})
         runs.append(_two_steps(dec, PROMPT))
         assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
     for (blocks, options), run in zip(grids[1:], runs[1:]):
-        _assert_same_bits(runs[0], run, f"version 7 on {blocks} blocks {options} against 1 block")
+        _assert_same_bits(runs[0], run, f"version 7 (fused_out={fused_out}) on {blocks} blocks {options} against 1 "
+                                        "block")
     v6 = PersistentDecoder(ref, max_context=32, version=6, prefill_mode="reference")
-    assert dec.barriers_per_step() == v6.barriers_per_step() - CONFIG.num_hidden_layers
+    fewer = CONFIG.num_hidden_layers + (len(CONFIG.linear_layers) if fused_out else 0)
+    assert dec.barriers_per_step() == v6.barriers_per_step() - fewer
+
+
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_the_lm_head_pool_computes_the_same_bits(ref, blocks):
+    """``lm_pool``: the LM head's last pages are claimed at run time by whichever block's copy thread gets there
+    first (one page ahead of its consumers, from a counter the page table carries); the blocks that claim none
+    skip their placeholder slots. Every row is computed the same way by whichever block takes it, so two decode
+    steps give version 7's bits (the tiny model's 66 LM head pages: 40 % of them pooled)."""
+    from megakernel.persistent import PersistentDecoder
+    from megakernel.persistent.pages import lm_pool
+
+    runs = []
+    for options in ({}, {"lm_pool": 40}):
+        dec = PersistentDecoder(ref, max_context=32, version=7, blocks=blocks, prefill_mode="reference",
+                                options=options)
+        runs.append(_two_steps(dec, PROMPT))
+    assert lm_pool(CONFIG, dec.plan.page_words, 40)[0] > 2 * blocks
+    _assert_same_bits(runs[0], runs[1], f"lm_pool on {blocks} blocks against version 7")
 
 
 def test_fixed_point_sums_are_exact_and_order_free():
@@ -416,6 +440,7 @@ def test_schedule_dependencies_bytes_and_barriers():
     assert barriers_per_token(published) == 134 and barriers_per_token(published, sample=True) == 135
     assert barriers_per_token(published, version=5, fold_attention=True) == 134 - 2 * len(published.full_layers)
     assert barriers_per_token(published, version=7, fused_down=True) == 134 - published.num_hidden_layers == 110
+    assert barriers_per_token(published, version=7, fused_down=True, fused_out=True) == 110 - 18 == 92
     for config in (published, CONFIG):
         phases = step_phases(config, context=100)
         check_dependencies(phases)
@@ -426,6 +451,9 @@ def test_schedule_dependencies_bytes_and_barriers():
         fused = step_phases(config, context=100, version=7, blocks=7, fused_down=True)
         check_dependencies(fused)  # h_acc: added into by the MLPs, read by the norms, folded and cleared by out_proj
         assert bytes_per_step(fused) == bytes_per_step(step_phases(config, context=100, version=7, blocks=7))
+        both = step_phases(config, context=100, version=7, blocks=7, fused_down=True, fused_out=True)
+        check_dependencies(both)  # h_out: added into by the DeltaNet phases, folded and cleared by o_proj
+        assert bytes_per_step(both) == bytes_per_step(fused)
     # drop the barrier between the DeltaNet recurrence and out_proj: the model names the buffer and the phases
     phases = step_phases(published, context=100)
     broken = [p if p.name != "deltanet" or p.layer != 0 else type(p)(**{**p.__dict__, "barrier_after": False})
@@ -437,6 +465,12 @@ def test_schedule_dependencies_bytes_and_barriers():
     broken = [p if p.name != "mlp" or p.layer != 0 else type(p)(**{**p.__dict__, "barrier_after": False})
               for p in fused]
     with pytest.raises(ScheduleError, match=r"in_proj\[1\] reads 'h_acc' written by mlp\[0\]"):
+        check_dependencies(broken)
+    # fused_out: without the barrier after the DeltaNet phase, the MLP's norm would read h and h_out mid-update
+    both = step_phases(published, context=100, version=7, fused_down=True, fused_out=True)
+    broken = [p if p.name != "deltanet" or p.layer != 0 else type(p)(**{**p.__dict__, "barrier_after": False})
+              for p in both]
+    with pytest.raises(ScheduleError, match=r"mlp\[0\] reads '(h|h_out)' written by deltanet\[0\]"):
         check_dependencies(broken)
 
 
@@ -461,13 +495,13 @@ def test_page_table_covers_every_row_once():
     """Every row of every matrix is streamed by exactly one block, once per step, in the phases' order."""
     from megakernel.persistent.pages import page_table, rows_phases
 
-    for fused in (False, True):
-        _pages_cover_every_row_once(rows_phases(CONFIG, fused), page_table, fused)
+    for fused, out in ((False, False), (True, False), (True, True)):
+        _pages_cover_every_row_once(rows_phases(CONFIG, fused, out), page_table, fused, out)
 
 
-def _pages_cover_every_row_once(phases, page_table, fused):
+def _pages_cover_every_row_once(phases, page_table, fused, out):
     for nblocks, words in ((3, 128), (7, 64)):
-        table, count = page_table(CONFIG, nblocks, words, fused)
+        table, count = page_table(CONFIG, nblocks, words, fused, 4, out)
         seen = {p: np.zeros(ph.rows, dtype=int) for p, ph in enumerate(phases)}
         for b in range(nblocks):
             order = [int(table[b, i, 6]) for i in range(count[b])]
@@ -478,6 +512,13 @@ def _pages_cover_every_row_once(phases, page_table, fused):
                 assert int(table[b, i, 1]) + int(table[b, i, 3]) <= words
         for p, rows in seen.items():
             assert (rows == 1).all(), phases[p].name
+        for b in range(nblocks if fused else 0):  # fused_down: a block's down rows are the act rows it made
+            mine: dict = {}
+            for i in range(count[b]):
+                r0, n, p = (int(x) for x in table[b, i, 4:7])
+                mine.setdefault((phases[p].name, phases[p].layer), set()).update(range(r0, r0 + n))
+            for layer in range(CONFIG.num_hidden_layers):
+                assert mine.get(("mlp_gate_up", layer)) == mine.get(("mlp_down", layer)), (b, layer)
     assert math.isfinite(float(count.sum()))
 
 
@@ -487,7 +528,8 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     GPU machine could find broken (typing of the device-only paths, the inline PTX) and a register regression:
     measured 2026-11-26, v1 255 registers / 1,144 B of spill stores, v5 (v4's paths and the monotonic barrier's
     release-add and acquire-poll) 255 / 548 B; v5 with ``fold_attention`` 255 / 1,020 B; v6 (2026-11-27: the
-    mixers out of line, x in registers) 255 / 316 B."""
+    mixers out of line, x in registers) 255 / 316 B; v7 (the down projection split over the blocks, its bulk
+    reductions through inline PTX) 247 / 316 B."""
     import re
     import subprocess
     import sys
@@ -496,10 +538,11 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,5,5+fold,6"], capture_output=True,
-                          text=True, cwd=root, env=env, timeout=900)
+    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,5,5+fold,6,7"],
+                          capture_output=True, text=True, cwd=root, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    budget = {"1": 2048, "5": 1024, "5+fold": 2048, "6": 640}  # spill-store bytes allowed (about 2x what was measured)
+    # spill-store bytes allowed (about 2x what was measured)
+    budget = {"1": 2048, "5": 1024, "5+fold": 2048, "6": 640, "7": 640}
     rows = re.findall(r"^(\S+)\s+(\d+) registers\s+spill stores\s+(\d+) B", proc.stdout, re.M)
     assert {v for v, _, _ in rows} == set(budget), proc.stdout
     for variant, registers, spills in rows:

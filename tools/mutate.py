@@ -64,16 +64,20 @@ PERSISTENT_V5_RELAUNCH = "tests/test_persistent.py::test_back_to_back_launches_c
 PERSISTENT_PAGE_PAIRS = "tests/test_persistent.py::test_measured_build_variants_stay_correct[page-pairs]"
 PERSISTENT_FOLD = "tests/test_persistent.py::test_folded_attention_computes_the_same_bits"
 PERSISTENT_V6 = "tests/test_persistent.py::test_later_versions_compute_version_3s_bits[v6]"
+PERSISTENT_V7 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v7]"
+PERSISTENT_V7_GRIDS = "tests/test_persistent.py::test_fused_down_bits_do_not_depend_on_the_grid_or_the_run[v7]"
+PERSISTENT_V7_OUT = "tests/test_persistent.py::test_fused_down_bits_do_not_depend_on_the_grid_or_the_run[v7-fused-out]"
+PERSISTENT_LM_POOL = "tests/test_persistent.py::test_the_lm_head_pool_computes_the_same_bits[3]"
 
 MUTATIONS = [
     # ---- the two races the issue names
     Mutation("deltanet: q/k conv state written by a fixed block (the group's last), not the last reader",
              KERNELS + "deltanet.py",
-             (("""            if prev == READERS - 1:
-                counters[hk] = 0  # every reader has arrived: reset for the next launch
-""", """            if prev == READERS - 1:
-                counters[hk] = 0  # every reader has arrived: reset for the next launch
-            if (h * NS + s) % READERS == READERS - 1:  # the writer flag now follows this condition
+             (("""                if prev == READERS - 1:
+                    counters[hk] = 0  # every reader has arrived: reset for the next launch
+""", """                if prev == READERS - 1:
+                    counters[hk] = 0  # every reader has arrived: reset for the next launch
+                if (h * NS + s) % READERS == READERS - 1:  # the writer flag now follows this condition
 """),),
              (DELTANET_STEPS, DELTANET_REPEAT, DECODER, DECODER_SPLIT), race=True),
     Mutation("block_sum without its trailing syncthreads (scratch reused by the next reduction)",
@@ -176,6 +180,42 @@ MUTATIONS = [
              (("            if split == ns - 1:  # the split that scores the new position writes it first",
                "            if split == 0:  # the split that scores the new position writes it first"),),
              (PERSISTENT_FOLD,)),
+    Mutation("persistent v7: the residual phase folds the MLP's accumulator into h but does not clear it",
+             "megakernel/persistent/v2.py",
+             (("""                h[row] = (h[row] + fold_acc(hacc, row)) + acc
+                clear_acc(hacc, row)""", """                h[row] = (h[row] + fold_acc(hacc, row)) + acc"""),),
+             (PERSISTENT_V7,)),
+    Mutation("persistent v7: the step's embedding leaves the accumulator as the last step left it",
+             "megakernel/persistent/v2.py",
+             (("""                for d in range(b * T + tid, D_, nb * T):
+                    clear_acc(hacc, d)
+            if POOL > 0 and first:""", """            if POOL > 0 and first:"""),),
+             (PERSISTENT_V7,)),
+    Mutation("persistent v7: the down rows read act before the block's gate/up rows are all written",
+             "megakernel/persistent/v2.py",
+             (("""                    cuda.syncthreads()  # the block's rows of act are all in the workspace
+""", ""),),
+             (PERSISTENT_V7, PERSISTENT_V7_GRIDS), race=True),
+    Mutation("persistent v7: a chunk's fp32 sum closes at a page's end instead of the block's (grid-dependent bits)",
+             "megakernel/persistent/split_down.py",
+             (("            close = chunk == 1 or (row + 1) % chunk == 0 or row + 1 == end",
+               "            close = chunk == 1 or (row + 1) % chunk == 0 or r + 1 == nrows"),),
+             (PERSISTENT_V7_GRIDS,)),
+    Mutation("persistent v7: the copy engine reads the stage before every thread has written its sums",
+             "megakernel/persistent/split_down.py",
+             (("""        tma.fence_proxy_async()  # the threads' shared-memory writes before the copy engine reads them
+        cuda.syncthreads()
+        if tid == 0:""", """        tma.fence_proxy_async()  # the threads' shared-memory writes before the copy engine reads them
+        if tid == 0:"""),),
+             (PERSISTENT_V7, PERSISTENT_V7_GRIDS), race=True),
+    Mutation("persistent fused_out: an item waits for one item of its head fewer than the head has",
+             "megakernel/persistent/v2.py",
+             (("                while tma.ld_acquire(counters, HC0 + hd) < NS_ITEM:",
+               "                while tma.ld_acquire(counters, HC0 + hd) < NS_ITEM - 1:"),),
+             (PERSISTENT_V7_OUT,), race=True),
+    Mutation("persistent lm_pool: a pool page's rows taken one page off", "megakernel/persistent/v2.py",
+             (("                row0 = V_STATIC + s1 * RPL\n", "                row0 = V_STATIC + (s1 + 1) % POOL * RPL\n"),),
+             (PERSISTENT_LM_POOL,)),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
              (("""        gen = cuda.atomic.add(ctl, GEN, 0)
         cuda.threadfence()

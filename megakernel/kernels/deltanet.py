@@ -77,6 +77,7 @@ __all__ = [
     "deltanet_sizes",
     "deltanet_launch_config",
     "deltanet_kernel",
+    "item_output",
     "L2_EPS",
     "PTX_SIGNATURES",
 ]
@@ -340,6 +341,24 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
         cuda.syncthreads()  # the workspace and flag are free for the next item
 
     return deltanet_item_body
+
+
+@functools.lru_cache(maxsize=None)
+def item_output(Dk: int, CW: int, T: int):
+    """``column_out(ws, c)``: column ``c`` of the last item's ``o``, recomputed from the item's workspace after
+    ``deltanet_item``'s body returned (its per-row-group sums are still there): the body's own last sum, in its
+    order, so the same bits, without a round trip through global memory (the persistent kernel's ``fused_out``)."""
+    RG = T // CW
+    RED = 2 * Dk + CW
+
+    @cuda.jit(device=True)
+    def column_out(ws, c):
+        out = float32(0)
+        for r in range(RG):
+            out += ws[RED + r * CW + c]
+        return out
+
+    return column_out
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from reference.model import Qwen35Model, as_token_id, as_token_list, generate_tokens
+from reference.config import LINEAR
 from reference.sampling import check_sampling_args
 from reference.state import ContextTooLongError
 
@@ -34,7 +35,7 @@ from . import plan as P
 from . import v1, v2, v3, v4, v5, v6, v7
 
 VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6, 7: v7}
-DEFAULT_VERSION = 6
+DEFAULT_VERSION = 7
 DEFAULT_THREADS = 256
 SIMULATOR_THREADS = 64
 SIMULATOR_BLOCKS = 3
@@ -71,7 +72,8 @@ class PersistentDecoder(PrefillModes):
         self.barriers = barriers
         self.profile = profile  # a kernel that records every block's arrival at / departure from each barrier
         self.options = dict(options or {})  # build variants of a version (measured in NOTES.md)
-        self.weights = DeviceWeights(c, reference.weights, self.device, down_transposed=self.fuses_down)
+        self.weights = DeviceWeights(c, reference.weights, self.device, down_transposed=self.fuses_down,
+                                     out_transposed=self.fuses_out)
         dev = self.device
         self.scratch = torch.zeros(self.plan.scratch_len, dtype=torch.float32, device=dev)
         self.ctl = torch.zeros(P.CTL_LEN, dtype=torch.int32, device=dev)
@@ -82,7 +84,7 @@ class PersistentDecoder(PrefillModes):
         self.trace = torch.zeros(c.num_hidden_layers, c.hidden_size, dtype=torch.float32, device=dev)
         # ``fused_down``: the residual stream's fixed-point accumulator (the kernel clears it before use)
         reps = self.option_value("fd_reps", 1)
-        words = c.hidden_size * reps * self.option_value("fd_stride", 1)
+        words = c.hidden_size * (reps + int(self.fuses_out)) * self.option_value("fd_stride", 1)
         self.h_acc = torch.zeros(words if self.fuses_down else 1, dtype=torch.int64, device=dev)
         off, n = self.plan.scratch["logits"]
         self.logits = self.scratch[off : off + n]
@@ -235,7 +237,7 @@ class PersistentDecoder(PrefillModes):
         from .schedule import barriers_per_token
 
         return barriers_per_token(self.config, version=self.version, fold_attention=self.folds_attention,
-                                  fused_down=self.fuses_down)
+                                  fused_down=self.fuses_down, fused_out=self.fuses_out)
 
     def option_value(self, name: str, default=None):
         """A build option as this decoder's kernel has it (passed, else the version's default)."""
@@ -249,6 +251,11 @@ class PersistentDecoder(PrefillModes):
     def folds_attention(self) -> bool:
         """Whether the build runs attention in one phase (the ``fold_attention`` option, or a version's default)."""
         return self._option("fold_attention")
+
+    @property
+    def fuses_out(self) -> bool:
+        """Whether each DeltaNet layer's out_proj runs in its DeltaNet phase (``fused_out``)."""
+        return self._option("fused_out") and LINEAR in self.config.layer_types
 
     @property
     def fuses_down(self) -> bool:

@@ -261,6 +261,14 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     return deltanet_core, (folded if folded is not None else attention_phases)
 
 
+def make_deltanet_item(plan, out_of_line: bool = False, state_first: bool = False, late_shift: bool = False):
+    """The DeltaNet item body (``deltanet.deltanet_item`` at the plan's sizes), out of line if asked: for a phase
+    that runs the items itself (the ``fused_out`` build option)."""
+    o = Offsets(plan)
+    body = dn.deltanet_item(o.Hk, o.Hv, o.Dk, o.Dv, o.KC, plan.cw, o.T, state_first, late_shift)
+    return _out_of_line(body) if out_of_line else body
+
+
 def make_folded_attention(plan, barrier, prep_body, out_of_line: bool = False):
     """``attention_core`` in one phase (``fold_attention``): the same arithmetic as the three phases, the same bits,
     one grid barrier instead of three.
@@ -477,4 +485,5 @@ def _out_of_line(body):
 
 
 __all__ = ["Offsets", "make_barrier", "make_barrier_close", "make_counter_halves", "stamp", "make_mixers",
+           "make_deltanet_item",
            "make_folded_attention", "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]

@@ -127,9 +127,15 @@ def _pick_g(k: int, warps: int, what: str, field_name: str, g_min: int | None = 
 
 def counter_slots(config: Qwen35Config) -> tuple[int, int]:
     """(first, total): the int32 hand-over counters of a launch (zero between launches): DeltaNet's "last reader",
-    one per key head, then from ``first`` the folded attention's decode items counted in (and its combining blocks out), one per KV head."""
+    one per key head, then from ``first`` the folded attention's decode items counted in (and its combining blocks
+    out), one per KV head, then (``head_counter_slot``) the fused out_proj's items counted in, one per value head."""
     first = config.linear_num_key_heads
-    return first, first + config.num_key_value_heads
+    return first, first + config.num_key_value_heads + config.linear_num_value_heads
+
+
+def head_counter_slot(config: Qwen35Config) -> int:
+    """The first of the fused out_proj's per-value-head counters (``fused_out``) in the launch's counters."""
+    return config.linear_num_key_heads + config.num_key_value_heads
 
 
 def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
@@ -203,6 +209,7 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
         "partial_o": Hq * max_splits * Dh,
         "act": F,
         "logits": c.vocab_size,
+        "ssq": Hv * (c.linear_value_head_dim // cw) if has_linear else 1,  # fused_out: each item's sum of o^2
     }
     scratch, off = {}, 0
     for name, n in sizes.items():
@@ -214,6 +221,7 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
                 scratch=scratch, scratch_len=off, positions_per_split=positions_per_split)
 
 
-__all__ = ["Plan", "make_plan", "counter_slots", "CTL_TOKEN", "CTL_STEPS", "CTL_EOS", "CTL_SAMPLE", "CTL_SEED_LO",
+__all__ = ["Plan", "make_plan", "counter_slots", "head_counter_slot",
+           "CTL_TOKEN", "CTL_STEPS", "CTL_EOS", "CTL_SAMPLE", "CTL_SEED_LO",
            "CTL_SEED_HI", "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_BAR_COUNT",
            "CTL_BAR_GEN", "CTL_ARRIVALS", "CTL_BAR_BASE", "CTL_LEN"]

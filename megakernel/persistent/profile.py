@@ -46,7 +46,7 @@ def read_timeline(decoder, steps: int, context: int, sample: bool = False) -> Ti
     """The profile buffer of ``decoder``'s last launch (``steps`` steps at ``context``), labelled by the schedule."""
     phases = step_phases(decoder.config, context=context, sample=sample, version=decoder.version,
                          blocks=decoder.blocks, fold_attention=decoder.folds_attention,
-                         fused_down=decoder.fuses_down)
+                         fused_down=decoder.fuses_down, fused_out=decoder.fuses_out)
     labels = [p.label for _ in range(steps) for p in phases if p.barrier_after] + ["end"]
     kinds = [lab.split("[")[0] for lab in labels]
     prof = decoder.prof.cpu().numpy()
@@ -124,8 +124,9 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "mono": "monotonic", "pp": "page_pairs", "xr": "xregs", "ss": "split_sums", "eh": "early_residual",
           "fold": "fold_attention", "ooldn": "deltanet_out_of_line", "indec": "inline_decode",
           "fd": "fused_down", "lshift": "deltanet_late_shift",
-          "fdb": "fd_bulk"}
-_VALUES = {"fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride", "l2=": "l2_ahead",
+          "fdb": "fd_bulk", "fo": "fused_out"}
+_VALUES = {"fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride", "lmp=": "lm_pool",
+           "l2=": "l2_ahead",
            "l2m=": "l2_mixer", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers"}
 
 

@@ -45,13 +45,17 @@ class Phase:
 
 
 def step_phases(config, context: int = 1, sample: bool = False, version: int = 1,
-                blocks: int | None = None, fold_attention: bool = False, fused_down: bool = False) -> list[Phase]:
+                blocks: int | None = None, fold_attention: bool = False, fused_down: bool = False,
+                fused_out: bool = False) -> list[Phase]:
     """The phases of one decode step at a context of ``context`` cached positions (the new token included).
     ``blocks``: the grid, for versions that cap the attention splits at one item per block (versions 3, 4).
     ``fold_attention``: the build option of versions 2+ (``phases.make_folded_attention``). ``fused_down``
     (version 7): each MLP is one phase: a block makes its rows of ``act`` and adds their share of the down
     projection into the residual accumulator ``h_acc`` (``split_down``), which the next phases that read h read
-    with it, and the next residual phase folds into h (and clears)."""
+    with it, and the next residual phase folds into h (and clears). ``fused_out`` (with ``fused_down``; measured,
+    not kept): each DeltaNet item adds its columns' share of out_proj into the accumulator ``h_out`` (after a hand-off per
+    value head for the gated norm's sum of squares, within the phase), and the same phase folds the last MLP's
+    ``h_acc`` into h (no phase reads h then): one phase and one barrier fewer per DeltaNet layer."""
     c = config
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
     Hv, Dk, Dv = c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim
@@ -70,24 +74,31 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
     rows_qkv = 2 * Hq * Dh + 2 * Hkv * Dh
     # weight bytes as reference.budget counts them (2 bytes per parameter; the small fp32 parameters too)
     acc = ("h_acc",) if fused_down else ()
+    acc += ("h_out",) if fused_out else ()
     phases = [Phase("embed", None, "all", 1, ("token",), ("h",) + acc, D * 2)]
     for i, kind in enumerate(c.layer_types):
         if kind == LINEAR:
             small = c.conv_dim * c.linear_conv_kernel_dim + 2 * Hv  # conv taps, A_log, dt_bias
-            phases += [
-                Phase("in_proj", i, "rows", rows_in, ("h",) + acc, ("proj_lin",), (rows_in + 1) * D * 2),
-                Phase("deltanet", i, "items", Hv * Dv // _columns(Dv), ("proj_lin", "conv", "rec"),
-                      ("o_lin", "conv", "rec"), small * 2,
-                      state_bytes=2 * Hv * Dk * Dv * 4 + 2 * c.conv_dim * (c.linear_conv_kernel_dim - 1) * 2),
-                Phase("out_proj", i, "rows", D, ("o_lin", "proj_lin") + acc, ("h+",) + acc,
-                      (D * c.value_dim + Dv) * 2),
-            ]
+            state = 2 * Hv * Dk * Dv * 4 + 2 * c.conv_dim * (c.linear_conv_kernel_dim - 1) * 2
+            phases.append(Phase("in_proj", i, "rows", rows_in, ("h",) + acc, ("proj_lin",), (rows_in + 1) * D * 2))
+            if fused_out:  # o_lin and the sums of squares pass between the items of a head within the phase
+                phases.append(Phase("deltanet", i, "items", Hv * Dv // _columns(Dv),
+                                    ("proj_lin", "conv", "rec", "h_acc"), ("conv", "rec", "h_out", "h+", "h_acc"),
+                                    small * 2 + (D * c.value_dim + Dv) * 2, state_bytes=state))
+            else:
+                phases += [
+                    Phase("deltanet", i, "items", Hv * Dv // _columns(Dv), ("proj_lin", "conv", "rec"),
+                          ("o_lin", "conv", "rec"), small * 2, state_bytes=state),
+                    Phase("out_proj", i, "rows", D, ("o_lin", "proj_lin") + acc, ("h+",) + acc,
+                          (D * c.value_dim + Dv) * 2),
+                ]
         else:
             phases.append(Phase("qkv", i, "rows", rows_qkv, ("h",) + acc, ("proj_att",), (rows_qkv + 1) * D * 2))
             phases += _attention_phases(i, Hq, Hkv, Dh, splits, context, fold_attention)
             phases.append(Phase("o_proj", i, "rows", D, ("attn_out",) + acc, ("h+",) + acc, D * Hq * Dh * 2))
         if fused_down:  # act stays in the block that made it: no buffer between the blocks, no barrier
-            phases.append(Phase("mlp", i, "rows", F, ("h",), ("h_acc",), (2 * F + 1) * D * 2 + D * F * 2))
+            phases.append(Phase("mlp", i, "rows", F, ("h",) + (("h_out",) if fused_out else ()), ("h_acc",),
+                                (2 * F + 1) * D * 2 + D * F * 2))
         else:
             phases += [
                 Phase("mlp_gate_up", i, "rows", F, ("h",), ("act",), (2 * F + 1) * D * 2),
@@ -123,11 +134,13 @@ def _columns(Dv: int) -> int:
 
 
 def barriers_per_token(config, sample: bool = False, version: int = 1, fold_attention: bool = False,
-                       fused_down: bool = False) -> int:
+                       fused_down: bool = False, fused_out: bool = False) -> int:
     """Grid barriers one decode step costs (the kernel adds one per launch, after its last step); with
-    ``fold_attention`` one per attention layer instead of three, with ``fused_down`` one per MLP instead of two."""
+    ``fold_attention`` one per attention layer instead of three, with ``fused_down`` one per MLP instead of two,
+    with ``fused_out`` one per DeltaNet layer fewer."""
     return sum(p.barrier_after for p in step_phases(config, sample=sample, version=version,
-                                                    fold_attention=fold_attention, fused_down=fused_down))
+                                                    fold_attention=fold_attention, fused_down=fused_down,
+                                                    fused_out=fused_out))
 
 
 def barrier_bound(config, context: int, barrier_seconds: float, barriers: int | None = None,

@@ -12,17 +12,26 @@ for another's ``act``: one phase, one barrier per MLP.
 
 Adding partials from every block into one [D] vector needs atomics, and float atomics would sum in whatever
 order the blocks arrive: the bits would change from run to run (the stress tests hold the kernel to repeat-run
-and cross-grid bit identity). So every product ``W^T[f, d] * act[f]`` (an fp32 product, as the reference's
-matvec makes it) is converted to 64-bit fixed point (``to_fixed``: x 2^32, truncated) and summed as integers:
-integer addition is associative, so the sum is the same whatever the order, the block split or the grid. The
-range is +-2^31 per element of h's update with a resolution of 2^-32 (2.3e-10); each product loses at most one
-resolution step, so the 3,584 terms of a 0.8B down row err by at most 8.3e-7 in total (fp32's own rounding of
-such a sum is of the same order).
+and cross-grid bit identity). So the products ``W^T[f, d] * act[f]`` (fp32, as the reference's matvec makes
+them) of a chunk of ``fd_chunk`` rows are summed in fp32 in row order, and each chunk's sum is converted to
+64-bit fixed point (``to_fixed``: x 2^32, truncated) and summed as integers: integer addition is associative, so
+the total is the same whatever the order. A block's rows come in whole chunks (``aligned_rows``), so no chunk's
+fp32 sum depends on the grid either. The range is +-2^31 per element of h's update with a resolution of 2^-32
+(2.3e-10); each chunk loses at most one resolution step, so the 896 chunks of a 0.8B down row err by at most
+2.1e-7 in total (fp32's own rounding of such a sum is of the same order).
 
-Where the sum goes: ``h_acc`` (int64 [D]). The phases after the MLP that read h (the next layer's input norm, or
-the final norm) read ``h + from_fixed(h_acc)`` (``stage_norm_acc``), and the next residual phase (out_proj or
-o_proj) folds it in per row, ``h[row] = (h[row] + from_fixed(h_acc[row])) + acc``, the reference's two fp32 adds
-in its order, then clears ``h_acc[row]`` for the next MLP. The embedding phase clears it at the start of a step.
+How the partials meet (measured on the H100, context 512; NOTES.md "Persistent megakernel version 7"): 2 x 512
+``atom.add.u64`` per block, 135k per layer on one 8 KB vector, cost ~100 us per step, half of it in the next
+phase's reads of the vector (its L2 lines still busy with the atomics); replicas of the vector or its elements
+spread over more L2 lines (``fd_reps``, ``fd_stride``) moved the cost around without removing it. One bulk
+reduction per block by the copy engine (``tma.bulk_reduce_add_u64``: ``cp.reduce.async.bulk ... add.u64`` of
+the block's staged [D] sums, ``fd_bulk``) costs ~20 us per step: within 2% of no reduction at all.
+
+Where the sum goes: ``h_acc`` (int64 [D], or ``fd_reps`` x [D]). The phases after the MLP that read h (the next
+layer's input norm, or the final norm) read ``h + from_fixed(h_acc)`` (``stage_norm_acc``), and the next residual
+phase (out_proj or o_proj) folds it in per row, ``h[row] = (h[row] + from_fixed(h_acc[row])) + acc``, the
+reference's two fp32 adds in its order, then clears ``h_acc[row]`` for the next MLP. The embedding phase clears it
+at the start of a step.
 """
 
 from __future__ import annotations
@@ -63,26 +72,42 @@ def aligned_rows(rows: int, block: int, nblocks: int, chunk: int) -> tuple[int, 
 
 
 @functools.lru_cache(maxsize=None)
-def accumulator(hidden: int, reps: int, stride: int = 1):
+def accumulator(hidden: int, reps: int, stride: int = 1, out: bool = False):
     """``(stage_norm_acc, fold)`` for ``h_acc`` kept as ``reps`` replicas of [hidden] int64 (block b adds into
     replica b % reps, so each element takes a ``reps``-th of the atomics; their integer sum is the same whatever
     ``reps``). Element d of replica r is word ``(r * hidden + d) * stride`` of ``hacc``: a stride spreads the
     elements over more L2 lines (the atomics of all blocks on one 8 KB vector otherwise queue on a few L2 slices).
+    ``out`` (``fused_out``): one more vector after the replicas, ``h_out``, where the DeltaNet items add their
+    share of out_proj; ``fold``/``clear`` cover it too, ``fold_mlp``/``clear_mlp`` only the MLP's replicas.
 
     ``stage_norm_acc(h, hacc, gw, xs, nv, scratch)``: ``fused_matvec.stage_norm`` of ``h + from_fixed(h_acc)``
     (xs <- that * (1 + gw) in the split layout; returns its sum of squares, the same in every block; its barriers
     publish xs). ``fold(hacc, d)``: element d of the accumulator as float32 (the replicas summed as integers, then
     one rounding); ``clear(hacc, d)`` zeroes it."""
 
+    every = reps + (1 if out else 0)
+
     @cuda.jit(device=True)
     def fold(hacc, d):
+        v = hacc[d * stride]
+        for r in range(1, every):
+            v += hacc[(r * hidden + d) * stride]
+        return from_fixed(v)
+
+    @cuda.jit(device=True)
+    def clear(hacc, d):
+        for r in range(every):
+            hacc[(r * hidden + d) * stride] = int64(0)
+
+    @cuda.jit(device=True)
+    def fold_mlp(hacc, d):
         v = hacc[d * stride]
         for r in range(1, reps):
             v += hacc[(r * hidden + d) * stride]
         return from_fixed(v)
 
     @cuda.jit(device=True)
-    def clear(hacc, d):
+    def clear_mlp(hacc, d):
         for r in range(reps):
             hacc[(r * hidden + d) * stride] = int64(0)
 
@@ -105,12 +130,13 @@ def accumulator(hidden: int, reps: int, stride: int = 1):
             xs[j + 3] = h3 * (one + g3)
         return D.block_sum(ss, scratch)
 
-    return stage_norm_acc, fold, clear
+    return stage_norm_acc, fold, clear, fold_mlp, clear_mlp
 
 
 @functools.lru_cache(maxsize=None)
 def down_t_consumer(threads: int, hidden: int, chunk: int = 1, reps: int = 1, stride: int = 1, rows_per_page: int = 0):
-    """``(start, page, flush, NSUMS)``: device functions for a block of ``threads`` threads and rows of ``hidden``
+    """``(start, page, flush, flush_bulk, flush_to, flush_bulk_to, NSUMS)``: device functions for a block of
+    ``threads`` threads and rows of ``hidden``
     weights (``hidden / 2`` words): thread t owns the word columns t, t + threads, ... (``NPW`` of them, two
     columns each, their low and high bf16), with an fp32 partial and an int64 sum per column, in local arrays
     (``NSUMS`` = 2 NPW elements each) kept across the block's pages.
@@ -123,7 +149,9 @@ def down_t_consumer(threads: int, hidden: int, chunk: int = 1, reps: int = 1, st
     same whatever the grid. When pages hold whole chunks (``rows_per_page`` a multiple of ``chunk``) a chunk's rows
     are read all at once (``chunk`` x NPW independent loads per thread; the same sums in the same order).
     ``flush(hacc, sums, block)`` adds the sums into replica ``block % reps`` of ``hacc`` (laid out as
-    ``accumulator`` has it; relaxed atomics, ordered for the readers by the grid barrier after)."""
+    ``accumulator`` has it; relaxed atomics, ordered for the readers by the grid barrier after); ``flush_bulk``
+    the same through the copy engine (one bulk reduction of the staged [hidden] sums); the ``_to`` forms add into
+    the vector at a given element of ``hacc`` (``fused_out``'s ``h_out``)."""
     kw = hidden // 2
     npw = -(-kw // threads)
     exact = kw % threads == 0
@@ -180,6 +208,10 @@ def down_t_consumer(threads: int, hidden: int, chunk: int = 1, reps: int = 1, st
 
     @cuda.jit(device=True)
     def flush_bulk(hacc, sums, block, stage):
+        flush_bulk_to(hacc, sums, (block % reps) * hidden * stride, stage)
+
+    @cuda.jit(device=True)
+    def flush_bulk_to(hacc, sums, first, stage):
         """``flush`` through the copy engine: the block's sums staged in ``stage`` (an int64 shared array of
         ``hidden`` elements), then one bulk reduction of the whole vector into the replica (thread 0 returns once
         it is done; the block barrier after it frees the stage)."""
@@ -192,16 +224,20 @@ def down_t_consumer(threads: int, hidden: int, chunk: int = 1, reps: int = 1, st
         tma.fence_proxy_async()  # the threads' shared-memory writes before the copy engine reads them
         cuda.syncthreads()
         if tid == 0:
-            tma.bulk_reduce_add_u64(hacc, (block % reps) * hidden * stride, stage, 0, hidden)
+            tma.bulk_reduce_add_u64(hacc, first, stage, 0, hidden)
 
     @cuda.jit(device=True)
     def flush(hacc, sums, block):
+        flush_to(hacc, sums, (block % reps) * hidden)
+
+    @cuda.jit(device=True)
+    def flush_to(hacc, sums, off):
+        """``flush`` into the vector at element ``off`` (before the stride) of ``hacc``."""
         tid = cuda.threadIdx.x
-        off = (block % reps) * hidden
         for m in range(npw):
             p = tid + m * threads
             if exact or p < kw:
                 cuda.atomic.add(hacc, (off + 2 * p) * stride, sums[2 * m])
                 cuda.atomic.add(hacc, (off + 2 * p + 1) * stride, sums[2 * m + 1])
 
-    return start, page, flush, flush_bulk, 2 * npw
+    return start, page, flush, flush_bulk, flush_to, flush_bulk_to, 2 * npw

@@ -40,6 +40,7 @@ from numba.cuda import float32, int32, int64
 
 from megakernel import device as D
 
+from ..kernels import deltanet as dn
 from ..kernels import lm_head as lmh
 from ..kernels.embedding import embed_rows
 from ..kernels.fused_matvec import (dot2_row_split, dot4_row_split, dot_row_split, stage_gated, stage_norm,
@@ -51,7 +52,7 @@ from . import plan as P
 from . import split_down as SD
 from . import tma
 from .phases import (Offsets, close_launch, make_barrier, make_barrier_close, make_barrier_handle,
-                     make_counter_halves, make_mixers, make_prefetchers, seed_bits, stamp)
+                     make_counter_halves, make_deltanet_item, make_mixers, make_prefetchers, seed_bits, stamp)
 
 VERSION = 2
 DESCRIPTION = "weights streamed through a shared-memory ring by the copy engine, ahead of the barriers"
@@ -63,14 +64,18 @@ XREG_MAX_PIECES = 4          # ``xregs``: x in registers for rows of up to 4 x 3
 SMEM_PER_BLOCK = 227 * 1024  # H100: dynamic + static shared memory one block may use (after opting in)
 
 
-def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_down: bool = False, **_options):
+def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_down: bool = False,
+              fused_out: bool = False, **_options):
     """The plan with the ring's size: as many 32 KB pages as fit next to the workspace (at most ``RING_PAGES``);
     in the simulator 3 small pages (two rows of the widest phase each), so rows, pages and ring wrap-around are
     all exercised on a tiny model. ``ring`` / ``page_kb``: another ring (measured variants, NOTES.md).
-    ``fused_down``: a workspace with room for the block's rows of act after x (``D + F`` floats)."""
+    ``fused_down``: a workspace with room for the block's rows of act after x (``D + F`` floats); ``fused_out``:
+    room for the gated values of out_proj's input there too (``D + value_dim``)."""
     c = plan.config
     if fused_down:
         plan = dataclasses.replace(plan, workspace=max(plan.workspace, c.hidden_size + c.intermediate_size))
+    if fused_out:
+        plan = dataclasses.replace(plan, workspace=max(plan.workspace, out_gate_offset(plan) + c.value_dim))
     widest = max(ph.k // 2 * (2 if ph.kind == PG.K_SWIGLU else 1) for ph in PG.rows_phases(c))
     if SIMULATOR:
         words = -(-2 * widest // 4) * 4
@@ -84,6 +89,16 @@ def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_d
         raise P.UnsupportedConfigError(f"config not supported by persistent kernel v2: hidden/MLP sizes leave room "
                                        f"for {pages} weight pages of {4 * words} B in shared memory (need 2)")
     return dataclasses.replace(plan, ring_pages=pages, page_words=words)
+
+
+def out_gate_offset(plan) -> int:
+    """``fused_out``: where the gated values of out_proj's input sit in the workspace (after x and after the
+    DeltaNet item's own workspace, both of which are in use while they are)."""
+    from ..kernels import deltanet as dn_
+
+    c = plan.config
+    ws_dn = dn_.deltanet_workspace(c.linear_key_head_dim, plan.cw, plan.threads)
+    return max(c.hidden_size, ws_dn)
 
 
 def kernel_key(plan) -> tuple:
@@ -103,7 +118,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "l2_mixer": 0, "fold_attention": False, "deltanet_out_of_line": False,
            "inline_decode": False, "fused_down": False,
            "deltanet_late_shift": False, "fd_probe": 0, "fd_chunk": 1,
-           "fd_reps": 1, "fd_stride": 1, "fd_bulk": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "fd_reps": 1, "fd_stride": 1, "fd_bulk": False, "fused_out": False,
+           "lm_pool": 0}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -141,7 +157,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            l2_mixer: int = 0, fold_attention: bool = False, deltanet_out_of_line: bool = False,
            inline_decode: bool = False, fused_down: bool = False, deltanet_late_shift: bool = False,
            fd_probe: int = 0, fd_chunk: int = 1, fd_reps: int = 1,
-           fd_stride: int = 1, fd_bulk: bool = False):
+           fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -190,10 +206,23 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     down products are summed in fp32 before one conversion to fixed point (``split_down.down_t_consumer``);
     ``fd_reps``: the accumulator's replicas (each element takes a ``fd_reps``-th of the atomics); ``fd_stride``:
     its elements ``fd_stride`` words apart (spread over more L2 lines); ``fd_bulk``: a block's sums added by the
-    copy engine in one bulk reduction (``tma.bulk_reduce_add_u64``) instead of 2 x D/2 atomics from the threads."""
+    copy engine in one bulk reduction (``tma.bulk_reduce_add_u64``) instead of 2 x D/2 atomics from the threads.
+    ``fused_out`` (with ``fused_down``): each DeltaNet layer's out_proj in its DeltaNet phase: every item publishes
+    its columns' sum of o^2, waits for the other items of its value head (a counter per head), applies the gated
+    norm to its columns and adds their share of out_proj (``W_out^T`` rows, one page per item) into ``h_out``; the
+    same phase folds the last MLP's accumulator into h (``deltanet_out_phase``). ``lm_pool``: that percentage of
+    the LM head's pages (the vocabulary's last) are claimed at run time by whichever blocks are free (``pages
+    .lm_pool``): each block's copy thread turns its placeholder pages into pool pages one page ahead (an atomic on
+    a counter the page table carries), so the blocks whose stream runs faster take more; the same rows, the same
+    bits."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
+    if lm_pool and (warp_release or page_pairs or l2_ahead):
+        raise ValueError("persistent kernel build option lm_pool does not combine with warp_release, page_pairs or "
+                         "l2_ahead")
+    if fused_out and not fused_down:
+        raise ValueError("persistent kernel build option fused_out needs fused_down (its accumulator)")
     if fused_down and (page_pairs or warp_release or early_residual):
         raise ValueError("persistent kernel build option fused_down does not combine with page_pairs, warp_release "
                          "or early_residual")
@@ -252,6 +281,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     SPLIT = split_sums
     EARLY_H = early_residual
     load_x, dot_row_x, dot2_row_x = xreg_dots(XE)
+    POOL, V_STATIC, RPL = PG.lm_pool(plan.config, PW, lm_pool)
+    SLACK = PG.LM_POOL_SLACK
+    W_LM = lay.lm_head
     FD = fused_down
     FD_PROBE = fd_probe
     NORM_ACC = FD and fd_probe != 3
@@ -262,11 +294,29 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     CH = fd_chunk if FD else 1
     if FD and fd_bulk and fd_stride != 1:
         raise ValueError("persistent kernel build option fd_bulk needs fd_stride 1 (one contiguous vector)")
-    down_start, down_page, down_flush, down_flush_bulk, NSUMS = SD.down_t_consumer(T, D_, CH, fd_reps, fd_stride,
-                                                                                  PW // (D_ // 2))
+    down_start, down_page, down_flush, down_flush_bulk, _, _, NSUMS = SD.down_t_consumer(T, D_, CH, fd_reps,
+                                                                                        fd_stride, PW // (D_ // 2))
     BULK = FD and fd_bulk
     STAGE = D_ if BULK else 2
-    norm_acc, fold_acc, clear_acc = SD.accumulator(D_, fd_reps, fd_stride)
+    FO = fused_out and HAS_LIN
+    CW = plan.cw
+    RPP_OUT = PW // (D_ // 2)
+    F_ALOG, F_DT = lay.A_log, lay.dt_bias
+    NS_ITEM = Dv // CW  # DeltaNet items per value head
+    N_DN = o.N_DN
+    HC0 = P.head_counter_slot(plan.config)
+    SQ0 = plan.scratch["ssq"][0]
+    OUT_ACC = fd_reps * D_  # h_out's first element (before the stride) in hacc
+    _, out_page, _, _, out_flush_to, out_flush_bulk_to, _ = SD.down_t_consumer(T, D_, CW, 1, fd_stride,
+                                                                              PW // (D_ // 2))
+    dn_item = make_deltanet_item(plan, out_of_line or deltanet_out_of_line, state_first, deltanet_late_shift) \
+        if FO else None
+    column_out = dn.item_output(o.Dk, CW, T) if FO else None
+    XG = out_gate_offset(plan)
+    if FO and XG + HVDV > XS:
+        raise ValueError("persistent kernel build option fused_out needs a plan configured with it (room for the "
+                         "gated values in the workspace): pass it to configure too")
+    norm_acc, fold_acc, clear_acc, fold_mlp, clear_mlp = SD.accumulator(D_, fd_reps, fd_stride, FO)
     if FD and XA + F > XS:
         raise ValueError("persistent kernel build option fused_down needs a plan configured with it (room for act "
                          "in the workspace): pass it to configure too")
@@ -313,12 +363,25 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         if g >= total:
             return int32(0), int32(0), int32(0), int32(0)
         d = g % pb
+        if POOL > 0 and d >= pb - (SLACK * POOL + cuda.gridDim.x - 1) // cuda.gridDim.x:
+            # an LM head placeholder (a step's last pages; known without a load): claim a pool page now, use the
+            # claim (-3) only at the issue, a page later, so the atomic's round trip is never waited for
+            return cuda.atomic.add(table, (table.shape[0] - 1, 0, 0), 1), int32(-3), int32(0), int32(0)
         return table[b, d, 0], table[b, d, 1], table[b, d, 2], table[b, d, 3]
 
     @cuda.jit(device=True)
     def issue(slot, s1, n1, s2, n2, Ww, ring, bars):
         """Thread 0: start the copy of a page (one or two row ranges) into ``slot``."""
-        if NOCOPY:
+        if POOL > 0 and n1 == -3:  # a claimed pool page: its rows (or -1: the pool ran dry) for the consumers
+            if s1 < POOL:
+                row0 = V_STATIC + s1 * RPL
+                bars[R_ + slot] = row0
+                s1 = W_LM + row0 * (D_ // 2)
+                n1 = min(RPL, V - row0) * (D_ // 2)
+            else:
+                bars[R_ + slot] = -1
+                n1 = 0
+        if NOCOPY or n1 == 0:
             tma.mbar_expect(bars, slot, 0)  # the slot's phase completes at once
         else:
             tma.mbar_expect(bars, slot, (n1 + n2) * 4)
@@ -568,6 +631,19 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                                                         d4)
             cursor += 1
             row0 += rpp
+        if POOL > 0 and kind == K_LMHEAD:  # the placeholders: pool pages (their rows from the copy thread), or none
+            for _ in range((SLACK * POOL + nb - 1) // nb):
+                slot = cursor % R_
+                tma.mbar_wait(bars, slot, (cursor // R_) & 1)
+                row0 = int32(bars[R_ + slot])
+                if row0 >= 0:
+                    mine = paired_rows_page(kind, min(RPL, V - row0), row0, slot * PW, nv, kw, rstd, y, h, act,
+                                            logits, hacc, mine, ring, xs, xr, use_x, lane, warp)
+                cuda.syncthreads()  # every warp is done with the pool page's slot
+                if issued < total:
+                    issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3,
+                                                        d4)
+                cursor += 1
         if WREL:
             issued = min(cursor + R_, total)
         return cursor, issued, mine, d1, d2, d3, d4
@@ -608,6 +684,80 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 down_flush_bulk(hacc, sums, b, stage)
             else:
                 down_flush(hacc, sums, b)
+        return cursor, issued, d1, d2, d3, d4
+
+    @cuda.jit(device=True)
+    def deltanet_out_phase(j, Wf, conv_ws, conv, rec, scr, counters, h, hacc, stage, xs, flag, b, nb, cursor,
+                           issued, total, pb, table, Ww, ring, bars, d1, d2, d3, d4):
+        """``fused_out``: DeltaNet layer ``j``'s items and its out_proj in one phase. (1) The block's items, each
+        publishing the sum of o^2 over its columns (in column order) and counting itself in on its value head's
+        counter (a release); the row owners fold the last MLP's accumulator into h (nothing reads h in this
+        phase). (2) Per item, once all of its head's items are in (an acquire-poll; a block waits only after all
+        its own items, so no deadlock): the head's sum of squares (its items' sums in item order), the gated
+        norm of the item's columns into the workspace, and the item's pages of ``W_out^T`` scaled by them, summed
+        per output in fp32 over the item's columns, then in fixed point; (3) one flush into ``h_out``.
+        Returns (cursor, issued, d1, d2, d3, d4)."""
+        tid = cuda.threadIdx.x
+        proj_lin = scr[PL0:PL0 + P_LIN]
+        o_lin = scr[OL0:OL0 + HVDV]
+        ssq = scr[SQ0:SQ0 + N_DN]
+        a_log = Wf[F_ALOG + j * LSS:F_ALOG + j * LSS + Hv]
+        dt_bias = Wf[F_DT + j * LSS:F_DT + j * LSS + Hv]
+        gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
+        xg = xs[XG:XG + HVDV]
+        for item in range(b, N_DN, nb):
+            dn_item(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, xs, flag)
+            # the item's o from its workspace (the body returns with the block synchronised), its share of the
+            # head's sum of squares (warp 0's butterfly), counted in; then its gated values before the head's rstd
+            col0 = item * CW
+            v = float32(0)
+            if tid < CW:
+                v = column_out(xs, tid)
+            if tid < WARP:
+                s = D.warp_sum(v * v)
+                if tid == 0:
+                    ssq[item] = s
+                    tma.red_release_add(counters, HC0 + item // NS_ITEM, 1)
+            if tid < CW:
+                xg[col0 + tid] = gn[(item % NS_ITEM) * CW + tid] * v * D.silu(proj_lin[C + col0 + tid])
+            cuda.syncthreads()  # the next item's body reuses the workspace
+        for d in range(b * T + tid, D_, nb * T):
+            h[d] = h[d] + fold_mlp(hacc, d)
+            clear_mlp(hacc, d)
+        sums = cuda.local.array(NSUMS, int64)
+        parts = cuda.local.array(NSUMS, float32)
+        down_start(sums, parts)
+        for item in range(b, N_DN, nb):
+            hd = item // NS_ITEM
+            if tid == 0:
+                while tma.ld_acquire(counters, HC0 + hd) < NS_ITEM:
+                    pass
+            cuda.syncthreads()
+            s = float32(0)
+            for k in range(NS_ITEM):
+                s += ssq[hd * NS_ITEM + k]
+            r = D.rsqrt(s / float32(Dv) + EPS)
+            col0 = item * CW
+            if tid < CW:
+                xg[col0 + tid] = xg[col0 + tid] * r
+            cuda.syncthreads()
+            row0 = col0
+            end = col0 + CW
+            while row0 < end:
+                nrows = min(RPP_OUT, end - row0)
+                slot = cursor % R_
+                tma.mbar_wait(bars, slot, (cursor // R_) & 1)
+                if COMPUTE:
+                    out_page(ring, slot * PW, nrows, row0, end, xg, sums, parts)
+                cuda.syncthreads()  # every thread is done with the slot
+                if issued < total:
+                    issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
+                cursor += 1
+                row0 += RPP_OUT
+        if BULK:
+            out_flush_bulk_to(hacc, sums, OUT_ACC * fd_stride, stage)
+        else:
+            out_flush_to(hacc, sums, OUT_ACC)
         return cursor, issued, d1, d2, d3, d4
 
     if rows_out_of_line:
@@ -680,6 +830,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             if FD:  # the last step's LM head has read it (a barrier ago); the first MLP adds into it
                 for d in range(b * T + tid, D_, nb * T):
                     clear_acc(hacc, d)
+            if POOL > 0 and first:  # every claim on the last step's pool was made before its LM head's barrier
+                table[nb, 0, 0] = 0
             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
             for i in range(L):
                 j = SLOT[i]
@@ -705,21 +857,27 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                         if L2_MIX > 0 and tid == 0:
                             pf = l2_top_up(issued, pf, total, b, pb, table, Ww, L2_MIX)
-                        if MIXERS:
-                            count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag, grid,
-                                                  count, prof)
-                        else:
+                        if FO:  # the items and their share of out_proj, one phase
+                            cursor, issued, d1, d2, d3, d4 = deltanet_out_phase(
+                                j, Wf, conv_ws, conv, rec, scr, counters, h, hacc, acc_stage, xs, flag, b, nb,
+                                cursor, issued, total, pb, table, Ww, ring, bars, d1, d2, d3, d4)
                             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
-                        if DEFER:
-                            issued, d1, d2, d3, d4 = refill(cursor, issued, total, b, pb, table, Ww, ring, bars,
-                                                            d1, d2, d3, d4)
-                        gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
-                        stage_gated(scr[OL0:OL0 + HVDV], scr[PL0 + C:PL0 + C + HVDV], gn, xs, Hv, Dv, EPS)
-                        cuda.syncthreads()
-                        cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
-                            K_GATED, HVDV, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
-                            Ww, ring, bars, xs, d1, d2, d3, d4, False)
-                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                        else:
+                            if MIXERS:
+                                count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag,
+                                                      grid, count, prof)
+                            else:
+                                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                            if DEFER:
+                                issued, d1, d2, d3, d4 = refill(cursor, issued, total, b, pb, table, Ww, ring, bars,
+                                                                d1, d2, d3, d4)
+                            gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
+                            stage_gated(scr[OL0:OL0 + HVDV], scr[PL0 + C:PL0 + C + HVDV], gn, xs, Hv, Dv, EPS)
+                            cuda.syncthreads()
+                            cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                                K_GATED, HVDV, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
+                                table, Ww, ring, bars, xs, d1, d2, d3, d4, False)
+                            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 else:
                     if HAS_ATT:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
@@ -746,7 +904,14 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             Ww, ring, bars, xs, d1, d2, d3, d4, False)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
                 post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
-                rstd = D.rsqrt(stage_norm(h, post_norm, xs, D_ // 8, scratch) / float32(D_) + EPS)
+                if FO and NORM_ACC:  # h_out is not folded into h before the next attention layer
+                    ss = norm_acc(h, hacc, post_norm, xs, D_ // 8, scratch)
+                else:
+                    ss = stage_norm(h, post_norm, xs, D_ // 8, scratch)
+                rstd = D.rsqrt(ss / float32(D_) + EPS)
+                if FO and b == 0:  # every wait on the out_proj head counters is a barrier ago: clear them
+                    for hc in range(tid, Hv, T):
+                        counters[HC0 + hc] = 0
                 if FD:  # one phase: the block's act rows stay in its workspace, its down rows add into hacc
                     act_rows = xs[XA:XA + F]
                     cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
@@ -780,8 +945,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             rstd = D.rsqrt(ss / float32(D_) + EPS)
             logits = scr[LG0:LG0 + V]
             cursor, issued, mine, d1, d2, d3, d4 = rows_phase(
-                K_LMHEAD, D_, V, rstd, h, h, h, logits, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww, ring,
-                bars, xs, d1, d2, d3, d4, False)
+                K_LMHEAD, D_, V_STATIC, rstd, h, h, h, logits, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww,
+                ring, bars, xs, d1, d2, d3, d4, False)
             if SPLIT:
                 mine = warp_max_key(mine)
             lmh.publish_block_best(mine, best, nb, keys)
@@ -817,10 +982,13 @@ def extra_args(decoder) -> list:
     """The page table for the decoder's grid (rebuilt when the grid changes)."""
     fused = decoder.fuses_down
     chunk = decoder.option_value("fd_chunk", 1) if fused else 1
-    key = (decoder.blocks, decoder.plan.page_words, fused, chunk)
+    out = decoder.fuses_out
+    pool = decoder.option_value("lm_pool", 0)
+    key = (decoder.blocks, decoder.plan.page_words, fused, chunk, out, pool)
     cached = getattr(decoder, "_v2_pages", None)
     if cached is None or cached[0] != key:
-        table, count = PG.page_table(decoder.config, decoder.blocks, decoder.plan.page_words, fused, chunk)
+        table, count = PG.page_table(decoder.config, decoder.blocks, decoder.plan.page_words, fused, chunk, out,
+                                     pool)
         t = torch.from_numpy(table).to(decoder.device)
         n = torch.from_numpy(count).to(decoder.device)
         cached = decoder._v2_pages = (key, [as_kernel_array(t), as_kernel_array(n), as_kernel_array(decoder.h_acc)],
