@@ -191,6 +191,12 @@ def test_fused_down_bits_do_not_depend_on_the_grid_or_the_run(ref, fused_out):
     for (blocks, options), run in zip(grids[1:], runs[1:]):
         _assert_same_bits(runs[0], run, f"version 7 (fused_out={fused_out}) on {blocks} blocks {options} against 1 "
                                         "block")
+    # chunks of 3 rows in pages of 4: a chunk's fp32 sum is carried from one page to the next
+    thirds = [_two_steps(PersistentDecoder(ref, max_context=32, version=7, blocks=blocks, prefill_mode="reference",
+                                           options={"fd_chunk": 3, "fused_out": fused_out}), PROMPT)
+              for blocks in (1, 2, 3)]
+    for blocks, run in zip((2, 3), thirds[1:]):
+        _assert_same_bits(thirds[0], run, f"version 7 with chunks of 3 rows on {blocks} blocks against 1 block")
     v6 = PersistentDecoder(ref, max_context=32, version=6, prefill_mode="reference")
     fewer = CONFIG.num_hidden_layers + (len(CONFIG.linear_layers) if fused_out else 0)
     assert dec.barriers_per_step() == v6.barriers_per_step() - fewer
@@ -346,6 +352,25 @@ def test_folded_attention_on_an_unseen_config(checkpoint_factory):
         runs.append(_two_steps(dec, prompt))
         assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
     _assert_same_bits(runs[0], runs[1], "fold_attention with G = 1 against version 5")
+
+
+def test_fused_out_hands_the_heads_sums_of_squares_over(checkpoint_factory):
+    """``fused_out`` with 3 DeltaNet items per value head (value head dim 24: 8 columns per item), so each item's
+    gated norm waits for its head's other items, on other blocks: against the reference (logits, every state) and
+    bit-identical on 1 and 3 blocks."""
+    import megakernel
+    from megakernel.persistent import PersistentDecoder
+
+    config = Qwen35Config.tiny(vocab_size=200, num_hidden_layers=2, layer_types=(LINEAR, FULL),
+                               linear_value_head_dim=24)
+    ref = megakernel.load(checkpoint_factory("persistent_fused_out_ns3", config=config), "reference")
+    dec = PersistentDecoder(ref, max_context=32, version=7, blocks=3, prefill_mode="reference",
+                            options={"fused_out": True})
+    assert dec.plan.config.linear_value_head_dim // dec.plan.cw == 3
+    _decode_matches_reference(dec, ref, PROMPT, 2, "fused_out, 3 items per head")
+    runs = [_two_steps(PersistentDecoder(ref, max_context=32, version=7, blocks=blocks, prefill_mode="reference",
+                                         options={"fused_out": True}), PROMPT) for blocks in (1, 3)]
+    _assert_same_bits(runs[0], runs[1], "fused_out on 3 blocks against 1 block")
 
 
 def test_an_unknown_build_option_is_refused(ref):

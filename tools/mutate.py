@@ -66,7 +66,7 @@ PERSISTENT_FOLD = "tests/test_persistent.py::test_folded_attention_computes_the_
 PERSISTENT_V6 = "tests/test_persistent.py::test_later_versions_compute_version_3s_bits[v6]"
 PERSISTENT_V7 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v7]"
 PERSISTENT_V7_GRIDS = "tests/test_persistent.py::test_fused_down_bits_do_not_depend_on_the_grid_or_the_run[v7]"
-PERSISTENT_V7_OUT = "tests/test_persistent.py::test_fused_down_bits_do_not_depend_on_the_grid_or_the_run[v7-fused-out]"
+PERSISTENT_V7_OUT = "tests/test_persistent.py::test_fused_out_hands_the_heads_sums_of_squares_over"
 PERSISTENT_LM_POOL = "tests/test_persistent.py::test_the_lm_head_pool_computes_the_same_bits[3]"
 
 MUTATIONS = [
@@ -187,14 +187,15 @@ MUTATIONS = [
              (PERSISTENT_V7,)),
     Mutation("persistent v7: the step's embedding leaves the accumulator as the last step left it",
              "megakernel/persistent/v2.py",
-             (("""                for d in range(b * T + tid, D_, nb * T):
-                    clear_acc(hacc, d)
-            if POOL > 0 and first:""", """            if POOL > 0 and first:"""),),
+             (("""                    clear_acc(hacc, d)
+            if POOL > 0 and first:""", """                    pass
+            if POOL > 0 and first:"""),),
              (PERSISTENT_V7,)),
-    Mutation("persistent v7: the down rows read act before the block's gate/up rows are all written",
+    Mutation("persistent v7: a down page's slot refilled before every thread has read it",
              "megakernel/persistent/v2.py",
-             (("""                    cuda.syncthreads()  # the block's rows of act are all in the workspace
-""", ""),),
+             (("""                down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)
+            cuda.syncthreads()  # every thread is done with the slot""",
+               """                down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)"""),),
              (PERSISTENT_V7, PERSISTENT_V7_GRIDS), race=True),
     Mutation("persistent v7: a chunk's fp32 sum closes at a page's end instead of the block's (grid-dependent bits)",
              "megakernel/persistent/split_down.py",
@@ -208,13 +209,14 @@ MUTATIONS = [
         if tid == 0:""", """        tma.fence_proxy_async()  # the threads' shared-memory writes before the copy engine reads them
         if tid == 0:"""),),
              (PERSISTENT_V7, PERSISTENT_V7_GRIDS), race=True),
-    Mutation("persistent fused_out: an item waits for one item of its head fewer than the head has",
+    Mutation("persistent fused_out: a head's sum of squares leaves out its last item's share",
              "megakernel/persistent/v2.py",
-             (("                while tma.ld_acquire(counters, HC0 + hd) < NS_ITEM:",
-               "                while tma.ld_acquire(counters, HC0 + hd) < NS_ITEM - 1:"),),
-             (PERSISTENT_V7_OUT,), race=True),
-    Mutation("persistent lm_pool: a pool page's rows taken one page off", "megakernel/persistent/v2.py",
-             (("                row0 = V_STATIC + s1 * RPL\n", "                row0 = V_STATIC + (s1 + 1) % POOL * RPL\n"),),
+             (("""            for k in range(NS_ITEM):
+                s += ssq[hd * NS_ITEM + k]""", """            for k in range(NS_ITEM - 1):
+                s += ssq[hd * NS_ITEM + k]"""),),
+             (PERSISTENT_V7_OUT,)),
+    Mutation("persistent lm_pool: the pool's claim counter not reset at a step's start", "megakernel/persistent/v2.py",
+             (("                table[nb, 0, 0] = 0\n", "                pass\n"),),
              (PERSISTENT_LM_POOL,)),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
              (("""        gen = cuda.atomic.add(ctl, GEN, 0)

@@ -917,7 +917,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                         K_SWIGLU, D_, F, rstd, h, h, act_rows, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
                         table, Ww, ring, bars, xs, d1, d2, d3, d4, False)
-                    cuda.syncthreads()  # the block's rows of act are all in the workspace
+                    cuda.syncthreads()  # (the last page's barrier already published the block's rows of act)
                     cursor, issued, d1, d2, d3, d4 = down_phase(F, act_rows, hacc, acc_stage, cursor, issued, total,
                                                                 pb, b, nb, table, Ww, ring, bars, d1, d2, d3, d4)
                     count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
