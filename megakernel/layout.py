@@ -190,7 +190,6 @@ class DeviceWeights:
         out_proj ([value_dim, D]; the persistent kernel's ``fused_out``)."""
         check_supported(config)
         self.config = c = config
-        self.down_transposed = down_transposed
         self.layout = lay = arena_layout(config)
         self.words = torch.zeros(lay.words, dtype=torch.int32, device=device)
         self.floats = torch.zeros(lay.floats, dtype=torch.float32, device=device)
@@ -281,7 +280,7 @@ def _kernel_views(lw: LayerWeights) -> dict:
     out = {}
     for name, t in vars(lw).items():
         if not isinstance(t, torch.Tensor) or not t.is_contiguous():
-            continue  # a transposed view (``down_transposed``): no layered kernel reads it
+            continue  # a transposed view (``down_transposed``, ``out_transposed``): no layered kernel reads it
         out[name] = as_kernel_array(words(t).view(-1) if t.dtype == torch.bfloat16 else t)
     return out
 

@@ -51,7 +51,7 @@ def rows_phases(config, fused_down: bool = False, fused_out: bool = False) -> li
     projection is read as its transpose (``DeviceWeights(down_transposed=True)``), ``F`` rows of the hidden size
     split over the blocks like the gate/up rows, so a block's down rows are the rows of ``act`` it made.
     ``fused_out``: each DeltaNet out_proj is read as its transpose (``DeviceWeights(out_transposed=True)``), its
-    ``value_dim`` rows by the DeltaNet items' columns (``item_rows``)."""
+    ``value_dim`` rows by the DeltaNet items' columns (``page_table`` gives a block its items' rows)."""
     c = config
     lay = arena_layout(c)
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size

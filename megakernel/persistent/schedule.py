@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from reference.config import LINEAR
 from reference.budget import decode_budget
 
+from .pages import item_columns
+
 # buffers: activations in the scratch arena, and the decode state
 STATE = ("conv", "rec", "kv")
 
@@ -82,12 +84,12 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
             state = 2 * Hv * Dk * Dv * 4 + 2 * c.conv_dim * (c.linear_conv_kernel_dim - 1) * 2
             phases.append(Phase("in_proj", i, "rows", rows_in, ("h",) + acc, ("proj_lin",), (rows_in + 1) * D * 2))
             if fused_out:  # o_lin and the sums of squares pass between the items of a head within the phase
-                phases.append(Phase("deltanet", i, "items", Hv * Dv // _columns(Dv),
+                phases.append(Phase("deltanet", i, "items", Hv * Dv // item_columns(c),
                                     ("proj_lin", "conv", "rec", "h_acc"), ("conv", "rec", "h_out", "h+", "h_acc"),
                                     small * 2 + (D * c.value_dim + Dv) * 2, state_bytes=state))
             else:
                 phases += [
-                    Phase("deltanet", i, "items", Hv * Dv // _columns(Dv), ("proj_lin", "conv", "rec"),
+                    Phase("deltanet", i, "items", Hv * Dv // item_columns(c), ("proj_lin", "conv", "rec"),
                           ("o_lin", "conv", "rec"), small * 2, state_bytes=state),
                     Phase("out_proj", i, "rows", D, ("o_lin", "proj_lin") + acc, ("h+",) + acc,
                           (D * c.value_dim + Dv) * 2),
@@ -123,14 +125,6 @@ def _attention_phases(i, Hq, Hkv, Dh, splits, context, fold: bool) -> list[Phase
     return [Phase("attn_prepare", i, "items", Hq + Hkv, ("proj_att",), ("q", "gate", "kv"), 2 * Dh * 2),
             Phase("attn_decode", i, "items", Hkv * splits, ("q", "kv"), ("partials",), 0, state_bytes=kv_bytes),
             Phase("attn_combine", i, "items", Hq, ("partials", "gate"), ("attn_out",), 0)]
-
-
-def _columns(Dv: int) -> int:
-    """State columns per DeltaNet work item (``deltanet.deltanet_launch_config``'s default)."""
-    cw = 16
-    while Dv % cw:
-        cw //= 2
-    return cw
 
 
 def barriers_per_token(config, sample: bool = False, version: int = 1, fold_attention: bool = False,

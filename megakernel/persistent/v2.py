@@ -94,10 +94,8 @@ def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_d
 def out_gate_offset(plan) -> int:
     """``fused_out``: where the gated values of out_proj's input sit in the workspace (after x and after the
     DeltaNet item's own workspace, both of which are in use while they are)."""
-    from ..kernels import deltanet as dn_
-
     c = plan.config
-    ws_dn = dn_.deltanet_workspace(c.linear_key_head_dim, plan.cw, plan.threads)
+    ws_dn = dn.deltanet_workspace(c.linear_key_head_dim, plan.cw, plan.threads)
     return max(c.hidden_size, ws_dn)
 
 
@@ -287,7 +285,6 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     FD = fused_down
     FD_PROBE = fd_probe
     NORM_ACC = FD and fd_probe != 3
-    K_DOWN_T = PG.K_DOWN_T
     XA = D_  # fused_down: the block's rows of act in the workspace after x (``configure`` makes room)
     if FD and (fd_chunk < 1 or fd_reps < 1 or fd_stride < 1):
         raise ValueError("persistent kernel build options fd_chunk, fd_reps and fd_stride must be >= 1")
@@ -381,7 +378,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             else:
                 bars[R_ + slot] = -1
                 n1 = 0
-        if NOCOPY or n1 == 0:
+        if NOCOPY or (POOL > 0 and n1 == 0):
             tma.mbar_expect(bars, slot, 0)  # the slot's phase completes at once
         else:
             tma.mbar_expect(bars, slot, (n1 + n2) * 4)
