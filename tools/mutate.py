@@ -193,9 +193,8 @@ MUTATIONS = [
              (PERSISTENT_V7,)),
     Mutation("persistent v7: a down page's slot refilled before every thread has read it",
              "megakernel/persistent/v2.py",
-             (("""                down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)
-            cuda.syncthreads()  # every thread is done with the slot""",
-               """                down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)"""),),
+             (("""        cuda.syncthreads()  # every thread is done with the slot
+        if issued < total:""", """        if issued < total:"""),),
              (PERSISTENT_V7, PERSISTENT_V7_GRIDS), race=True),
     Mutation("persistent v7: a chunk's fp32 sum closes at a page's end instead of the block's (grid-dependent bits)",
              "megakernel/persistent/split_down.py",

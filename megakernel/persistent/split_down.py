@@ -85,31 +85,25 @@ def accumulator(hidden: int, reps: int, stride: int = 1, out: bool = False):
     publish xs). ``fold(hacc, d)``: element d of the accumulator as float32 (the replicas summed as integers, then
     one rounding); ``clear(hacc, d)`` zeroes it."""
 
-    every = reps + (1 if out else 0)
+    def first_vectors(n):
+        """``(fold, clear)`` over the first ``n`` vectors of ``hacc``."""
 
-    @cuda.jit(device=True)
-    def fold(hacc, d):
-        v = hacc[d * stride]
-        for r in range(1, every):
-            v += hacc[(r * hidden + d) * stride]
-        return from_fixed(v)
+        @cuda.jit(device=True)
+        def fold_n(hacc, d):
+            v = hacc[d * stride]
+            for r in range(1, n):
+                v += hacc[(r * hidden + d) * stride]
+            return from_fixed(v)
 
-    @cuda.jit(device=True)
-    def clear(hacc, d):
-        for r in range(every):
-            hacc[(r * hidden + d) * stride] = int64(0)
+        @cuda.jit(device=True)
+        def clear_n(hacc, d):
+            for r in range(n):
+                hacc[(r * hidden + d) * stride] = int64(0)
 
-    @cuda.jit(device=True)
-    def fold_mlp(hacc, d):
-        v = hacc[d * stride]
-        for r in range(1, reps):
-            v += hacc[(r * hidden + d) * stride]
-        return from_fixed(v)
+        return fold_n, clear_n
 
-    @cuda.jit(device=True)
-    def clear_mlp(hacc, d):
-        for r in range(reps):
-            hacc[(r * hidden + d) * stride] = int64(0)
+    fold, clear = first_vectors(reps + (1 if out else 0))
+    fold_mlp, clear_mlp = first_vectors(reps)
 
     @cuda.jit(device=True)
     def stage_norm_acc(h, hacc, gw, xs, nv, scratch):

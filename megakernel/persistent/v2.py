@@ -398,6 +398,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return issued + 1, d1, d2, d3, d4
 
     @cuda.jit(device=True)
+    def free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
+        """The block is done with page ``cursor``: once every thread has left its slot, refill the slot with the
+        next page to issue, if any. Returns (cursor + 1, issued, d1, d2, d3, d4)."""
+        cuda.syncthreads()  # every thread is done with the slot
+        if issued < total:
+            issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
+        return cursor + 1, issued, d1, d2, d3, d4
+
+    @cuda.jit(device=True)
     def refill(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
         """Issue the pages of every free slot (those ``rows_phase(..., hold=True)`` left empty)."""
         while issued < total and issued < cursor + R_:
@@ -636,11 +645,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 if row0 >= 0:
                     mine = paired_rows_page(kind, min(RPL, V - row0), row0, slot * PW, nv, kw, rstd, y, h, act,
                                             logits, hacc, mine, ring, xs, xr, use_x, lane, warp)
-                cuda.syncthreads()  # every warp is done with the pool page's slot
-                if issued < total:
-                    issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3,
-                                                        d4)
-                cursor += 1
+                cursor, issued, d1, d2, d3, d4 = free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars,
+                                                           d1, d2, d3, d4)
         if WREL:
             issued = min(cursor + R_, total)
         return cursor, issued, mine, d1, d2, d3, d4
@@ -671,10 +677,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             tma.mbar_wait(bars, slot, (cursor // R_) & 1)
             if COMPUTE and FD_PROBE != 1:
                 down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)
-            cuda.syncthreads()  # every thread is done with the slot
-            if issued < total:
-                issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
-            cursor += 1
+            cursor, issued, d1, d2, d3, d4 = free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2,
+                                                       d3, d4)
             row0 += rpp
         if FD_PROBE != 2:
             if BULK:
@@ -746,10 +750,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 tma.mbar_wait(bars, slot, (cursor // R_) & 1)
                 if COMPUTE:
                     out_page(ring, slot * PW, nrows, row0, end, xg, sums, parts)
-                cuda.syncthreads()  # every thread is done with the slot
-                if issued < total:
-                    issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
-                cursor += 1
+                cursor, issued, d1, d2, d3, d4 = free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars, d1,
+                                                           d2, d3, d4)
                 row0 += RPP_OUT
         if BULK:
             out_flush_bulk_to(hacc, sums, OUT_ACC * fd_stride, stage)
@@ -942,8 +944,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             rstd = D.rsqrt(ss / float32(D_) + EPS)
             logits = scr[LG0:LG0 + V]
             cursor, issued, mine, d1, d2, d3, d4 = rows_phase(
-                K_LMHEAD, D_, V_STATIC, rstd, h, h, h, logits, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww,
-                ring, bars, xs, d1, d2, d3, d4, False)
+                K_LMHEAD, D_, V_STATIC, rstd, h, h, h, logits, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
+                Ww, ring, bars, xs, d1, d2, d3, d4, False)
             if SPLIT:
                 mine = warp_max_key(mine)
             lmh.publish_block_best(mine, best, nb, keys)
