@@ -463,7 +463,7 @@ print(f"barriers per token: version 6 {schedule.barriers_per_token(published, ve
 
 # %%
 if ladder6_path.exists():
-    v7_rows = [r for r in ladder6["rows"] if r["call"] >= 19]
+    v7_rows = [r for r in ladder6["rows"] if 19 <= r["call"] <= 28]
     fig, ax = plt.subplots(figsize=(9, 5))
     labels = [f"{r['variant']} (call {r['call']})" for r in v7_rows]
     colors = ["tab:green" if r["variant"] == "7" else "tab:gray" if r["variant"] == "6" else "tab:blue"
@@ -477,8 +477,46 @@ if ladder6_path.exists():
                 headers=["call", "variant", "us/step", "what it shows"])
 
 # %% [markdown]
-# Version 7 runs 882 tok/s at context 512 on the H100 (45% of the floor; version 6 831 in the same call; the
+# Version 7 ran 882 tok/s at context 512 on the H100 (45% of the floor; version 6 831 in the same call; the
 # layered CUDA graph 934). What limits it is what limited version 6 (the stream stalls whenever the consumers stop;
 # the mixers are latency chains; 110 barriers), plus a lesson about fusion: a cross-block reduction costs its round
 # trips wherever it happens, so merging two phases pays only when the hand-off that replaces the barrier is cheaper
-# than the barrier. NOTES.md keeps the measurements and the open problems.
+# than the barrier.
+#
+# ## Version 8: where the mixers' time goes, and the LM head 64 KB at a time
+#
+# Two timing probes say what the mixers are waiting for. Without any weight copied (`nocopy`), the DeltaNet and
+# attention phases take as long as with the stream, so their HBM reads are not queueing behind the weights. Run
+# twice in a row (`mixer_twice`: the second run finds its code and data on chip), a DeltaNet item costs ~4 us
+# per layer instead of ~6, an attention decode ~5 instead of ~10: about a third to a half of each mixer is its
+# cold start, the rest its chain of dependent steps. Loading a DeltaNet item's inputs before using any (one
+# round trip instead of three) took ~10 us off a step, for every version and the layered kernel alike.
+#
+# The LM head is the one long phase that only the stream limits (~200 us for 508 MB, ~2.5 TB/s). The ring moves
+# 2.7 TB/s in 32 KB copies but 3.0 in 64 KB ones, so version 8 fetches two adjacent 32 KB slots with one copy
+# when both are free (`pair_copies`), and the consumers still take 32 KB pages. With the pairing code in every
+# call site of the page loop, the LM head got 12 us faster and the MLP 10 us slower, although its pages had not
+# changed. With the code only in the LM head's call site (a constant argument folds it away elsewhere), the MLP
+# stayed as it was. Kernel code that does not run still costs, here measured directly.
+#
+# One H100, context 512, each call with its own baseline (version 8 is `7+pc=1` in call 34):
+
+# %%
+if ladder6_path.exists():
+    v8_rows = [r for r in ladder6["rows"] if r["call"] >= 29]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    labels = [f"{r['variant']} (call {r['call']})" for r in v8_rows]
+    colors = ["tab:green" if (r["variant"], r["call"]) == ("7+pc=1", 34) else "tab:gray" if r["variant"] == "7"
+              else "tab:blue" for r in v8_rows]
+    ax.barh(labels[::-1], [r["us_per_step"] for r in v8_rows][::-1], color=colors[::-1])
+    ax.set_xlim(800, 1300)
+    ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
+    ax.set_title("Version 8's ladder: grey version 7, green version 8 as kept (7 + pc=1)")
+    plt.show()
+    print_table([(r["call"], r["variant"], f"{r['us_per_step']:,.0f}", r["note"]) for r in v8_rows],
+                headers=["call", "variant", "us/step", "what it shows"])
+
+# %% [markdown]
+# Version 8 runs 902 tok/s at context 512 on the H100 (46% of the floor; version 7 with the faster DeltaNet item
+# 900, the layered CUDA graph 942). NOTES.md keeps the measurements, the Nsight Compute stall samples per phase
+# (`tools/ncu_persistent.py`, `tools/ncu_lines.py`) and the open problems.

@@ -379,6 +379,26 @@ def test_transformers_systems_on_cpu(tiny_checkpoint):
         system.close()
 
 
+def test_transformers_with_fla_kernels_is_checked_at_the_tf32_tolerance(monkeypatch):
+    """With flash-linear-attention importable on a GPU, transformers' DeltaNet layers run fla's Triton kernels,
+    whose fp32 products are TF32: its fp32 twin is held to TOL_FP32_TF32 (named in the check's line), every other
+    system and the cached oracle keep TOL_FP32."""
+    from megakernel.bench import systems as S
+
+    ctx = S.BenchContext(path=Path("unused"), device=torch.device("cuda"), max_context=8)
+    ctx.oracles["reference fp32"] = S.Oracle("reference fp32", [1, 2], [torch.zeros(4), torch.zeros(4)], S.TOL_FP32)
+    system = S.make_system("hf-generate-sdpa", ctx)
+    monkeypatch.setattr(S.importlib.util, "find_spec", lambda name: object() if name == "fla" else None)
+    oracle = system.oracle()
+    assert oracle.tol == S.TOL_FP32_TF32 > S.TOL_FP32 and "TF32" in oracle.name
+    assert ctx.oracles["reference fp32"].tol == S.TOL_FP32
+    monkeypatch.setattr(S.importlib.util, "find_spec", lambda name: None)
+    assert system.oracle().tol == S.TOL_FP32
+    ctx.device = torch.device("cpu")  # fla's kernels need a GPU: on the CPU transformers runs its torch fallback
+    monkeypatch.setattr(S.importlib.util, "find_spec", lambda name: object())
+    assert S.make_system("hf-generate-sdpa", ctx).oracle().tol == S.TOL_FP32
+
+
 # ------------------------------------------------------------------------------------------------ the CLI
 def _run_cli(*args):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(

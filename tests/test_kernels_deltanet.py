@@ -51,6 +51,8 @@ CONFIGS = {
     # 3 key heads, no grouping, K = 2 (a 1-input conv state); 24-column blocks: 2 row groups of 24 threads, the
     # other 16 threads of the block sit out the state update
     "three_heads_dk24_dv24_k2": (3, 3, 24, 24, 2, dict(threads=64, columns_per_block=24)),
+    # more q/k channels (2 Dk = 64) than threads (32): the conv loops over them instead of loading one up front
+    "qk_channels_over_threads": (1, 2, 32, 16, 3, dict(columns_per_block=8, threads=32)),
 }
 
 

@@ -199,7 +199,8 @@ def test_matvec_residual_adds_exactly_the_product(n, k, version):
     check(f"matvec_residual v{version} [{n}, {k}] vs torch", h0 + W.float() @ x, h, TOL)
 
 
-GATED_CASES = [(2, 8, 3, None), (3, 24, 33, None), (4, 20, 257, None), (2, 548, 5, None), (5, 200, 6, None)]
+GATED_CASES = [(2, 8, 3, None), (3, 24, 33, None), (4, 20, 257, None), (2, 548, 5, None), (5, 200, 6, None),
+               (17, 24, 9, None)]  # 17 heads: warps take two heads per pass, the last one alone
 
 
 @pytest.mark.parametrize("heads,head_dim,n,config,fused,version",

@@ -68,6 +68,7 @@ PERSISTENT_V7 = "tests/test_persistent.py::test_logits_every_state_and_layer_and
 PERSISTENT_V7_GRIDS = "tests/test_persistent.py::test_fused_down_bits_do_not_depend_on_the_grid_or_the_run[v7]"
 PERSISTENT_V7_OUT = "tests/test_persistent.py::test_fused_out_hands_the_heads_sums_of_squares_over"
 PERSISTENT_LM_POOL = "tests/test_persistent.py::test_the_lm_head_pool_computes_the_same_bits[3]"
+PERSISTENT_PAIRS = "tests/test_persistent.py::test_pair_copies_compute_the_same_bits"
 
 MUTATIONS = [
     # ---- the two races the issue names
@@ -217,6 +218,12 @@ MUTATIONS = [
     Mutation("persistent lm_pool: the pool's claim counter not reset at a step's start", "megakernel/persistent/v2.py",
              (("                table[nb, 0, 0] = 0\n", "                pass\n"),),
              (PERSISTENT_LM_POOL,)),
+    Mutation("persistent v8: a page pair copied before its second slot's readers are done",
+             "megakernel/persistent/v2.py",
+             (("""                        if g + 1 >= limit:
+                            break""", """                        if g + 1 > limit:
+                            break"""),),
+             (PERSISTENT_PAIRS,), race=True),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
              (("""        gen = cuda.atomic.add(ctl, GEN, 0)
         cuda.threadfence()
@@ -237,7 +244,7 @@ MUTATIONS = [
     Mutation("deltanet: value head h reads key head h % Hk (repeat, not repeat_interleave)", KERNELS + "deltanet.py",
              (("        hk = h // G\n", "        hk = h % Hk\n"),), (DELTANET_STEPS, DECODER)),
     Mutation("deltanet: a v channel's new input written to the oldest conv slot", KERNELS + "deltanet.py",
-             (("            conv_state[ch, KM1 - 1] = x\n", "            conv_state[ch, 0] = x\n"),),
+             (("            conv_state[ch, KM1 - 1] = x_v\n", "            conv_state[ch, 0] = x_v\n"),),
              (DELTANET_STEPS,)),
     # ---- attention
     Mutation("attention: KV head j serves query heads j.. instead of j*G.. (GQA mapping)", KERNELS + "attention.py",

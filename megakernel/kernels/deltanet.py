@@ -201,15 +201,38 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
     SCR = RED + RG * CW
     EARLY = state_first
     LATE = late_shift
+    ONE_QK = QK <= T  # one q/k channel per thread (the 0.8B shapes): its loads can be hoisted
+
+    @cuda.jit(device=True)
+    def qk_channel(hk, c):
+        """Channel of key head ``hk``'s q (c < Dk) or k (c >= Dk) value ``c``."""
+        return hk * Dk + c if c < Dk else KD + hk * Dk + (c - Dk)
 
     @cuda.jit(device=True)
     def shift_qk(conv_state, proj, hk, tid):
         """The last reader's in-place shift of key head ``hk``'s q/k conv state (the new input appended)."""
         for c in range(tid, QK, T):
-            ch = hk * Dk + c if c < Dk else KD + hk * Dk + (c - Dk)
+            ch = qk_channel(hk, c)
             for t in range(KM1 - 1):
                 conv_state[ch, t] = conv_state[ch, t + 1]
             conv_state[ch, KM1 - 1] = proj[ch]
+
+    @cuda.jit(device=True)
+    def load_channel(conv_w, conv_state, proj, ch, cw, cs):
+        """Channel ``ch``'s conv taps and conv state into ``cw``, ``cs``; returns its new input."""
+        for j in range(K):
+            cw[j] = conv_w[ch, j]
+        for j in range(KM1):
+            cs[j] = conv_state[ch, j]
+        return proj[ch]
+
+    @cuda.jit(device=True)
+    def conv_step(cw, cs, x):
+        """The depthwise causal conv of one channel at this step (the reference's order: oldest input first)."""
+        acc = float32(0)
+        for j in range(KM1):
+            acc += cw[j] * cs[j]
+        return acc + cw[KM1] * x
 
     @cuda.jit(device=True)
     def deltanet_item_body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag):
@@ -232,21 +255,33 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
                 i = rg + RG * m
                 if ROWS_EXACT or i < Dk:
                     sreg[m] = state[h, i, col]
-        # the head's scalars (used in step 5; loaded here, off the critical path)
-        beta = D.sigmoid(proj[B_OFF + h])
-        g = -float32(math.exp(A_log[h])) * D.softplus(proj[A_OFF + h] + dt_bias[h])
+        # ---- 0. the inputs from global memory, loaded before any is used (one round trip, not three): the head's
+        # scalars, this thread's q/k channel (conv taps, conv state, new input) and v channel
+        bx = proj[B_OFF + h]
+        ax = proj[A_OFF + h]
+        alog = A_log[h]
+        dtb = dt_bias[h]
+        cw_qk = cuda.local.array(K, float32)
+        cs_qk = cuda.local.array(KM1, float32)
+        x_qk = float32(0)
+        cw_v = cuda.local.array(K, float32)
+        cs_v = cuda.local.array(KM1, float32)
+        x_v = float32(0)
+        if ONE_QK and tid < QK:
+            x_qk = load_channel(conv_w, conv_state, proj, qk_channel(hk, tid), cw_qk, cs_qk)
+        if tid < CW:
+            x_v = load_channel(conv_w, conv_state, proj, V_OFF + h * Dv + s * CW + tid, cw_v, cs_v)
+        beta = D.sigmoid(bx)
+        g = -float32(math.exp(alog)) * D.softplus(ax + dtb)
         decay = float32(math.exp(g))
 
         # ---- 1. conv + SiLU of the key head's q/k channels (read only: other items read them too)
         ssq = float32(0)
         ssk = float32(0)
-        for c in range(tid, QK, T):
-            ch = hk * Dk + c if c < Dk else KD + hk * Dk + (c - Dk)
-            acc = float32(0)
-            for j in range(KM1):
-                acc += conv_w[ch, j] * conv_state[ch, j]
-            acc += conv_w[ch, KM1] * proj[ch]
-            y = D.silu(acc)
+        for c in range(tid, QK, T):  # (one channel per thread, its inputs loaded in step 0, where QK <= T)
+            if not ONE_QK:
+                x_qk = load_channel(conv_w, conv_state, proj, qk_channel(hk, c), cw_qk, cs_qk)
+            y = D.silu(conv_step(cw_qk, cs_qk, x_qk))
             qk[c] = y
             if c < Dk:
                 ssq += y * y
@@ -254,17 +289,12 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
                 ssk += y * y
 
         # ---- 2. this item's v channels: conv, SiLU, and the in-place state shift (only this item owns them)
-        for j in range(tid, CW, T):
-            ch = V_OFF + h * Dv + s * CW + j
-            x = proj[ch]
-            acc = float32(0)
-            for t in range(KM1):
-                acc += conv_w[ch, t] * conv_state[ch, t]
-            acc += conv_w[ch, KM1] * x
-            vsh[j] = D.silu(acc)
+        if tid < CW:
+            ch = V_OFF + h * Dv + s * CW + tid
+            vsh[tid] = D.silu(conv_step(cw_v, cs_v, x_v))
             for t in range(KM1 - 1):
-                conv_state[ch, t] = conv_state[ch, t + 1]
-            conv_state[ch, KM1 - 1] = x
+                conv_state[ch, t] = cs_v[t + 1]
+            conv_state[ch, KM1 - 1] = x_v
 
         # ---- 3. L2 norms (block_sum's barriers also order every thread's conv-state reads before step 4)
         ssq = D.block_sum(ssq, scratch)

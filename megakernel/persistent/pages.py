@@ -122,8 +122,13 @@ def lm_placeholders(pool: int, nblocks: int) -> int:
     return (LM_POOL_SLACK * pool + nblocks - 1) // nblocks if pool else 0
 
 
+PAIRS_LM = 1   # ``page_table(pairs=)``: the LM head's pages may be copied two at a time
+PAIRS_ALL = 2  # every phase's
+
+
 def page_table(config, nblocks: int, page_words: int, fused_down: bool = False,
-               chunk: int = 1, fused_out: bool = False, lm_pool_percent: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               chunk: int = 1, fused_out: bool = False, lm_pool_percent: int = 0,
+               pairs: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(table int32 [nblocks, max pages, DESC], count int32 [nblocks]): every block's pages for one step.
     ``fused_down``: the MLP's gate/up and down rows split in whole chunks of ``chunk`` rows
     (``split_down.aligned_rows``: the same rows for both, so a block's down rows are the act rows it made).
@@ -131,7 +136,10 @@ def page_table(config, nblocks: int, page_words: int, fused_down: bool = False,
     item by item. ``lm_pool_percent``: the LM head's last pages form a pool (``lm_pool``); each block gets the
     static rows' share and then ``lm_placeholders`` entries (n1 = -1) that its copy thread turns into pool pages
     by claiming them, one page ahead, from a counter the table carries in an extra row: ``table[nblocks, 0, 0]``
-    (so the table has ``nblocks + 1`` rows)."""
+    (so the table has ``nblocks + 1`` rows). ``pairs`` (``PAIRS_LM``: the LM head's pages, ``PAIRS_ALL``: every
+    phase's): a page whose next page continues its byte range (same phase, one row range each) carries
+    ``n2 = -n1(next)`` if it fills its page: the copy thread may fetch both with one copy of up to twice a page
+    (``pair_copies``); a kernel that copies pages one at a time ignores a negative ``n2``."""
     from .split_down import aligned_rows
 
     phases = rows_phases(config, fused_down, fused_out)
@@ -156,6 +164,16 @@ def page_table(config, nblocks: int, page_words: int, fused_down: bool = False,
                     per_block[b].append((ph.w1 + r0 * words, n * words, src2, n2, r0, n, p, ph.k))
             if ph.kind == K_LMHEAD and pool:
                 per_block[b] += [(0, -1, 0, 0, -1, 0, p, ph.k)] * lm_placeholders(pool, nblocks)
+    if pairs:
+        kinds = [ph.kind for ph in phases]
+        for pages in per_block:
+            for i in range(len(pages) - 1):
+                a, n = pages[i], pages[i + 1]
+                # the first fills its slot exactly, so the second lands at the start of the next slot
+                if (a[6] == n[6] and a[3] == 0 and n[3] == 0 and a[1] == page_words and n[1] > 0
+                        and a[0] + a[1] == n[0]
+                        and (pairs == PAIRS_ALL or kinds[a[6]] == K_LMHEAD)):
+                    pages[i] = a[:3] + (-n[1],) + a[4:]
     count = np.array([len(x) for x in per_block], dtype=np.int32)
     table = np.zeros((nblocks + (1 if pool else 0), max(1, int(count.max())), DESC), dtype=np.int64)
     for b, pages in enumerate(per_block):
@@ -168,4 +186,4 @@ def page_table(config, nblocks: int, page_words: int, fused_down: bool = False,
 
 __all__ = ["RowsPhase", "rows_phases", "block_rows", "rows_per_page", "page_table", "DESC", "K_NORM", "K_GATED",
            "K_PLAIN", "K_SWIGLU", "K_LMHEAD", "K_DOWN_T", "K_OUT_T", "item_columns", "lm_pool",
-           "lm_placeholders", "LM_POOL_SLACK"]
+           "lm_placeholders", "LM_POOL_SLACK", "PAIRS_LM", "PAIRS_ALL"]

@@ -189,7 +189,8 @@ def make_splits(plan):
 
 
 def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False, fold_attention: bool = False,
-                deltanet_out_of_line: bool = False, inline_decode: bool = False, late_shift: bool = False):
+                deltanet_out_of_line: bool = False, inline_decode: bool = False, late_shift: bool = False,
+                twice: bool = False):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
@@ -202,7 +203,9 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     (``megakernel.persistent.noinline``; the layered kernels keep inlining the same bodies). ``state_first``: the
     DeltaNet body's state loads before its conv step (``deltanet.deltanet_item``). ``fold_attention``: attention in
     one phase and one barrier (``make_folded_attention``; the same bits). ``late_shift``: the DeltaNet body awaits
-    its "last reader" count only after the state columns (``deltanet.deltanet_item``; the same bits).
+    its "last reader" count only after the state columns (``deltanet.deltanet_item``; the same bits). ``twice``
+    (timing only, wrong results): each item's body runs twice in a row (the second run finds its code in the
+    instruction cache; what a run costs cold and warm).
     """
     o = Offsets(plan)
     T, NW, EPS = o.T, o.NW, o.EPS
@@ -226,6 +229,7 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     elif deltanet_out_of_line and dn_body is not None:  # the attention bodies stay inline
         dn_body = _out_of_line(dn_body)
     folded = make_folded_attention(plan, barrier, prep_body, out_of_line) if fold_attention and o.HAS_ATT else None
+    REPS = 2 if twice else 1
 
     @cuda.jit(device=True)
     def deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof):
@@ -234,7 +238,8 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
         a_log = Wf[F_ALOG + j * LSS:F_ALOG + j * LSS + Hv]
         dt_bias = Wf[F_DT + j * LSS:F_DT + j * LSS + Hv]
         for item in range(b, N_DN, nb):
-            dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
+            for _ in range(REPS):
+                dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
         return barrier(grid, count, prof)
 
     @cuda.jit(device=True)
@@ -247,15 +252,18 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
         kn = Wf[F_KN + j * ASS:F_KN + j * ASS + Dh]
         inv_freq = Wf[F_FREQ:F_FREQ + R // 2]
         for item in range(b, Hq + Hkv, nb):
-            prep_body(item, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)
+            for _ in range(REPS):
+                prep_body(item, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)
         count = barrier(grid, count, prof)
         length = pos + 1
         ns = splits(length, nb)
         for item in range(b, Hkv * ns, nb):
-            dec_body(item // ns, item % ns, ns, length, q, kc[j], vc[j], pml, po, ws)
+            for _ in range(REPS):
+                dec_body(item // ns, item % ns, ns, length, q, kc[j], vc[j], pml, po, ws)
         count = barrier(grid, count, prof)
         for item in range(b, Hq, nb):
-            comb_body(item, ns, pml, po, gate, attn_out, ws)
+            for _ in range(REPS):
+                comb_body(item, ns, pml, po, gate, attn_out, ws)
         return barrier(grid, count, prof)
 
     return deltanet_core, (folded if folded is not None else attention_phases)

@@ -76,7 +76,7 @@ def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_d
         plan = dataclasses.replace(plan, workspace=max(plan.workspace, c.hidden_size + c.intermediate_size))
     if fused_out:
         plan = dataclasses.replace(plan, workspace=max(plan.workspace, out_gate_offset(plan) + c.value_dim))
-    widest = max(ph.k // 2 * (2 if ph.kind == PG.K_SWIGLU else 1) for ph in PG.rows_phases(c))
+    widest = max(ph.k // 2 * (2 if ph.kind == PG.K_SWIGLU else 1) for ph in PG.rows_phases(c, fused_down, fused_out))
     if SIMULATOR:
         words = -(-2 * widest // 4) * 4
         return dataclasses.replace(plan, ring_pages=SIM_RING_PAGES, page_words=words)
@@ -117,7 +117,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "inline_decode": False, "fused_down": False,
            "deltanet_late_shift": False, "fd_probe": 0, "fd_chunk": 1,
            "fd_reps": 1, "fd_stride": 1, "fd_bulk": False, "fused_out": False,
-           "lm_pool": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "lm_pool": 0, "lineinfo": False, "mixer_twice": False,
+           "pair_copies": 0}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -155,7 +156,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            l2_mixer: int = 0, fold_attention: bool = False, deltanet_out_of_line: bool = False,
            inline_decode: bool = False, fused_down: bool = False, deltanet_late_shift: bool = False,
            fd_probe: int = 0, fd_chunk: int = 1, fd_reps: int = 1,
-           fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0):
+           fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0,
+           lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -212,10 +214,20 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     the LM head's pages (the vocabulary's last) are claimed at run time by whichever blocks are free (``pages
     .lm_pool``): each block's copy thread turns its placeholder pages into pool pages one page ahead (an atomic on
     a counter the page table carries), so the blocks whose stream runs faster take more; the same rows, the same
-    bits."""
+    bits. ``lineinfo``: the kernel compiled with line information, so Nsight Compute attributes its stall samples
+    to Python lines (``tools/ncu_persistent.py``); the same code. ``mixer_twice`` (timing only, wrong results): every
+    mixer item runs its body twice in a row, the second time with its code in the instruction cache.
+    ``pair_copies`` (1: the LM head's pages, 2: every phase's; ``pages.page_table(pairs=)`` marks them): the copy
+    thread fetches a page and the next one with one copy into two adjacent slots when both are free (an even slot
+    and the one after it), so the copy engine moves 64 KB at a time while the consumers still take 32 KB pages:
+    the second slot's mbarrier completes at once (its bytes come with the first's), and a pair waits for its
+    second slot's readers."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
+    if pair_copies and (warp_release or page_pairs or l2_ahead or defer or lm_pool):
+        raise ValueError("persistent kernel build option pair_copies does not combine with warp_release, page_pairs, "
+                         "l2_ahead, defer or lm_pool")
     if lm_pool and (warp_release or page_pairs or l2_ahead):
         raise ValueError("persistent kernel build option lm_pool does not combine with warp_release, page_pairs or "
                          "l2_ahead")
@@ -244,7 +256,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     F_IN, F_POST, NS_ = lay.input_norm, lay.post_norm, lay.norm_stride
     F_FINAL, F_GN, LSS = lay.final_norm, lay.gated_norm, lay.lin_small_stride
     R_ = plan.ring_pages
-    N_BARS = 2 * R_
+    N_BARS = 2 * R_ + 2  # (an even count: the static shared arrays after it stay 16-byte aligned for the bulk copies)
+    FUSED = 2 * R_  # pair_copies: 1 while the next page to issue came with the last copy
+    PAIRS = pair_copies > 0
+    PAIR_ALL = pair_copies == PG.PAIRS_ALL  # else the LM head's call site alone pairs (the only pages marked)
     PW = plan.page_words
     XS = plan.workspace
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
@@ -252,7 +267,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     barrier = make_barrier(barriers, profile, counter, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
-                                                deltanet_out_of_line, inline_decode, deltanet_late_shift)
+                                                deltanet_out_of_line, inline_decode, deltanet_late_shift,
+                                                mixer_twice)
     ATT_BARRIERS = 1 if fold_attention else 3
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
@@ -369,6 +385,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     @cuda.jit(device=True)
     def issue(slot, s1, n1, s2, n2, Ww, ring, bars):
         """Thread 0: start the copy of a page (one or two row ranges) into ``slot``."""
+        if PAIRS and n2 < 0:  # a page that may pair with the next (pair_copies), copied alone
+            n2 = int32(0)
         if POOL > 0 and n1 == -3:  # a claimed pool page: its rows (or -1: the pool ran dry) for the consumers
             if s1 < POOL:
                 row0 = V_STATIC + s1 * RPL
@@ -387,11 +405,34 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 copy(ring, slot * PW + n1, Ww, s2, n2, bars, slot)
 
     @cuda.jit(device=True)
-    def issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
+    def issue_next(issued, limit, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4, pairs=False):
         """Thread 0 starts page ``issued`` (descriptor d1..d4) into its slot ``issued % R_``, whose previous page
         every warp has finished (the caller's ``syncthreads``), and loads the next descriptor. All threads
-        return ``issued + 1``."""
+        return ``issued + 1``. With ``pairs`` (``pair_copies``, a constant at each inlined call site, so the other
+        call sites carry none of this code) thread 0 issues every page below ``limit`` (the first page whose slot
+        still has readers) instead, a pair with one copy, and returns how far it got (the other threads' count is
+        never used)."""
         if cuda.threadIdx.x == 0:
+            if PAIRS and pairs:
+                g = issued
+                while g < total and g < limit:
+                    slot = g % R_
+                    if bars[FUSED] != 0:  # its bytes come with the previous page's copy
+                        bars[FUSED] = 0
+                        tma.mbar_expect(bars, slot, 0)
+                    elif d4 < 0 and slot % 2 == 0 and slot + 1 < R_:
+                        if g + 1 >= limit:
+                            break  # the pair's second slot still has readers: wait for the next free slot
+                        tma.fence_proxy_async()
+                        tma.mbar_expect(bars, slot, (d2 - d4) * 4)
+                        copy(ring, slot * PW, Ww, d1, d2 - d4, bars, slot)
+                        bars[FUSED] = 1
+                    else:
+                        tma.fence_proxy_async()
+                        issue(slot, d1, d2, d3, d4, Ww, ring, bars)
+                    g += 1
+                    d1, d2, d3, d4 = next_desc(g, total, b, pb, table)
+                return g, d1, d2, d3, d4
             tma.fence_proxy_async()  # the threads' reads of the slot before the copy engine's writes
             issue(issued % R_, d1, d2, d3, d4, Ww, ring, bars)
             d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
@@ -403,14 +444,19 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         next page to issue, if any. Returns (cursor + 1, issued, d1, d2, d3, d4)."""
         cuda.syncthreads()  # every thread is done with the slot
         if issued < total:
-            issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
+            issued, d1, d2, d3, d4 = issue_next(issued, cursor + 1 + R_, total, b, pb, table, Ww, ring, bars, d1,
+                                                d2, d3, d4, PAIR_ALL)
         return cursor + 1, issued, d1, d2, d3, d4
 
     @cuda.jit(device=True)
     def refill(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
         """Issue the pages of every free slot (those ``rows_phase(..., hold=True)`` left empty)."""
         while issued < total and issued < cursor + R_:
-            issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4)
+            before = issued
+            issued, d1, d2, d3, d4 = issue_next(issued, cursor + R_, total, b, pb, table, Ww, ring, bars, d1, d2,
+                                                d3, d4, PAIR_ALL)
+            if issued == before:  # (pair_copies) a pair waits for its second slot
+                break
         return issued, d1, d2, d3, d4
 
     @cuda.jit(device=True)
@@ -609,8 +655,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 cuda.syncthreads()  # every warp is done with both slots
                 for _ in range(2):
                     if issued < total and (not hold or issued < last):
-                        issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2,
-                                                            d3, d4)
+                        issued, d1, d2, d3, d4 = issue_next(issued, cursor + 2 + R_, total, b, pb, table, Ww, ring,
+                                                            bars, d1, d2, d3, d4)
                 cursor += 2
                 row0 += 2 * rpp
                 continue
@@ -633,8 +679,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             else:
                 cuda.syncthreads()  # every warp is done with the slot
                 if issued < total and (not hold or issued < last):
-                    issued, d1, d2, d3, d4 = issue_next(issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3,
-                                                        d4)
+                    issued, d1, d2, d3, d4 = issue_next(issued, cursor + 1 + R_, total, b, pb, table, Ww, ring, bars,
+                                                        d1, d2, d3, d4, PAIR_ALL or kind == K_LMHEAD)
             cursor += 1
             row0 += rpp
         if POOL > 0 and kind == K_LMHEAD:  # the placeholders: pool pages (their rows from the copy thread), or none
@@ -779,7 +825,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     else:
         rows_phase = rows_body
 
-    @cuda.jit(max_registers=max_registers or None)
+    @cuda.jit(max_registers=max_registers or None, lineinfo=lineinfo)
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
                       counters, trace, prof, table, npages, hacc):
         smem_w = cuda.shared.array(0, int32)
@@ -809,6 +855,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             for s in range(R_):
                 tma.mbar_init(bars, s, 1)
                 bars[R_ + s] = 0
+            bars[FUSED] = 0
             tma.fence_mbarrier_init()
         cuda.syncthreads()
         issued = min(R_, total)
@@ -983,11 +1030,12 @@ def extra_args(decoder) -> list:
     chunk = decoder.option_value("fd_chunk", 1) if fused else 1
     out = decoder.fuses_out
     pool = decoder.option_value("lm_pool", 0)
-    key = (decoder.blocks, decoder.plan.page_words, fused, chunk, out, pool)
+    pairs = decoder.option_value("pair_copies", 0)
+    key = (decoder.blocks, decoder.plan.page_words, fused, chunk, out, pool, pairs)
     cached = getattr(decoder, "_v2_pages", None)
     if cached is None or cached[0] != key:
         table, count = PG.page_table(decoder.config, decoder.blocks, decoder.plan.page_words, fused, chunk, out,
-                                     pool)
+                                     pool, pairs)
         t = torch.from_numpy(table).to(decoder.device)
         n = torch.from_numpy(count).to(decoder.device)
         cached = decoder._v2_pages = (key, [as_kernel_array(t), as_kernel_array(n), as_kernel_array(decoder.h_acc)],
