@@ -220,9 +220,9 @@ MUTATIONS = [
              (PERSISTENT_LM_POOL,)),
     Mutation("persistent v8: a page pair copied before its second slot's readers are done",
              "megakernel/persistent/v2.py",
-             (("""                        if g + 1 >= limit:
-                            break""", """                        if g + 1 > limit:
-                            break"""),),
+             (("""                            if g + 1 >= limit:
+                                break""", """                            if g + 1 > limit:
+                                break"""),),
              (PERSISTENT_PAIRS,), race=True),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
              (("""        gen = cuda.atomic.add(ctl, GEN, 0)

@@ -420,16 +420,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     if bars[FUSED] != 0:  # its bytes come with the previous page's copy
                         bars[FUSED] = 0
                         tma.mbar_expect(bars, slot, 0)
-                    elif d4 < 0 and slot % 2 == 0 and slot + 1 < R_:
-                        if g + 1 >= limit:
-                            break  # the pair's second slot still has readers: wait for the next free slot
-                        tma.fence_proxy_async()
-                        tma.mbar_expect(bars, slot, (d2 - d4) * 4)
-                        copy(ring, slot * PW, Ww, d1, d2 - d4, bars, slot)
-                        bars[FUSED] = 1
                     else:
+                        pair = d4 < 0 and slot % 2 == 0 and slot + 1 < R_
+                        if pair:
+                            if g + 1 >= limit:
+                                break  # the pair's second slot still has readers: wait for the next free slot
+                            d2 -= d4  # one copy of both pages' words (-d4: the next page's)
                         tma.fence_proxy_async()
                         issue(slot, d1, d2, d3, d4, Ww, ring, bars)
+                        bars[FUSED] = 1 if pair else 0
                     g += 1
                     d1, d2, d3, d4 = next_desc(g, total, b, pb, table)
                 return g, d1, d2, d3, d4
@@ -451,12 +450,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     @cuda.jit(device=True)
     def refill(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
         """Issue the pages of every free slot (those ``rows_phase(..., hold=True)`` left empty)."""
-        while issued < total and issued < cursor + R_:
-            before = issued
+        while issued < total and issued < cursor + R_:  # (only with defer, which pair_copies refuses)
             issued, d1, d2, d3, d4 = issue_next(issued, cursor + R_, total, b, pb, table, Ww, ring, bars, d1, d2,
-                                                d3, d4, PAIR_ALL)
-            if issued == before:  # (pair_copies) a pair waits for its second slot
-                break
+                                                d3, d4)
         return issued, d1, d2, d3, d4
 
     @cuda.jit(device=True)
