@@ -22,8 +22,8 @@ comparison cannot tell a small bug from rounding. The torch and transformers row
 an fp32 twin — the same code in fp32 (``check_target``) — against the reference in fp32 with a tight tolerance
 (transformers agrees with it bit for bit), and timed in bf16. Where transformers runs flash-linear-attention's
 Triton kernels (fla importable, on a GPU) its fp32 twin computes its products in TF32, so it is held to
-``TOL_FP32_TF32`` (1e-2) instead, with the same rule for the greedy tokens. The Numba kernel stages compute in fp32 already and
-are checked against the reference computing in fp32 from the bf16 weights with a bf16 KV cache
+``TOL_FP32_TF32`` (1e-2) instead, with the same rule for the greedy tokens. The Numba kernel stages compute in
+fp32 already and are checked against the reference computing in fp32 from the bf16 weights with a bf16 KV cache
 (``megakernel.layered.load(path, "reference")``).
 
 Prefill rows (``ppN``): every system with a prefill of its own times the shortest length; the kernel stages

@@ -204,8 +204,8 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     DeltaNet body's state loads before its conv step (``deltanet.deltanet_item``). ``fold_attention``: attention in
     one phase and one barrier (``make_folded_attention``; the same bits). ``late_shift``: the DeltaNet body awaits
     its "last reader" count only after the state columns (``deltanet.deltanet_item``; the same bits). ``twice``
-    (timing only, wrong results): each item's body runs twice in a row (the second run finds its code in the
-    instruction cache; what a run costs cold and warm).
+    (timing only, wrong results): each item's body runs twice in a row (the second run finds its code and its
+    inputs on the SM: what a run costs cold and warm).
     """
     o = Offsets(plan)
     T, NW, EPS = o.T, o.NW, o.EPS

@@ -216,7 +216,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     a counter the page table carries), so the blocks whose stream runs faster take more; the same rows, the same
     bits. ``lineinfo``: the kernel compiled with line information, so Nsight Compute attributes its stall samples
     to Python lines (``tools/ncu_persistent.py``); the same code. ``mixer_twice`` (timing only, wrong results): every
-    mixer item runs its body twice in a row, the second time with its code in the instruction cache.
+    mixer item runs its body twice in a row, the second time with its code and inputs on the SM.
     ``pair_copies`` (1: the LM head's pages, 2: every phase's; ``pages.page_table(pairs=)`` marks them): the copy
     thread fetches a page and the next one with one copy into two adjacent slots when both are free (an even slot
     and the one after it), so the copy engine moves 64 KB at a time while the consumers still take 32 KB pages:
