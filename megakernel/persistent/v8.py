@@ -10,9 +10,10 @@ a page whose next page continues its bytes (``pages.page_table(pairs=)``: ``n2 =
 page falls on an even slot the copy thread waits until the next slot is free too, then fetches both with one
 copy; the second slot's mbarrier completes at once (its bytes arrive with the first's, which its readers have
 already awaited). Only the LM head's pages are marked, and only the LM head's call site of the page loop carries
-the pairing code (a constant argument folds it away elsewhere): with the code in every call site (``pair_copies=2``,
-every phase's pages paired), the MLP phases got ~10 us slower than version 7 although their pages were the same,
-and with every phase's pages paired they got ~50 us slower (pages wait for their pair's second slot).
+the pairing code (a constant argument folds it away elsewhere). A first build that compiled the pairing code into
+every call site, with the same pages marked, made the MLP phases ~10 us slower than version 7 although none of
+their pages changed; pairing every phase's pages too (``pair_copies=2``) made them ~50 us slower (pages wait for
+their pair's second slot).
 
 The same arithmetic as version 7, in the same order: the same bits (a simulator test compares them exactly).
 
