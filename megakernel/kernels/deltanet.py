@@ -269,8 +269,9 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
         x_v = float32(0)
         if ONE_QK and tid < QK:
             x_qk = load_channel(conv_w, conv_state, proj, qk_channel(hk, tid), cw_qk, cs_qk)
+        ch = V_OFF + h * Dv + s * CW + tid  # this thread's v channel (threads tid < CW)
         if tid < CW:
-            x_v = load_channel(conv_w, conv_state, proj, V_OFF + h * Dv + s * CW + tid, cw_v, cs_v)
+            x_v = load_channel(conv_w, conv_state, proj, ch, cw_v, cs_v)
         beta = D.sigmoid(bx)
         g = -float32(math.exp(alog)) * D.softplus(ax + dtb)
         decay = float32(math.exp(g))
@@ -290,7 +291,6 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
 
         # ---- 2. this item's v channels: conv, SiLU, and the in-place state shift (only this item owns them)
         if tid < CW:
-            ch = V_OFF + h * Dv + s * CW + tid
             vsh[tid] = D.silu(conv_step(cw_v, cs_v, x_v))
             for t in range(KM1 - 1):
                 conv_state[ch, t] = cs_v[t + 1]
