@@ -9,7 +9,8 @@ Usage: python tools/profile_persistent.py OUT_DIR [VARIANTS] [CONTEXT]
             DeltaNet body's state loads first), "2+nocompute" / "2+nomixer" / "2+nobar" (timing experiments: skip
             the dot products / the mixers / the grid barriers), "5+fold" (attention in one phase: one grid barrier
             per attention layer instead of three), "7+pc=1" (the LM head's pages copied two at a time: version 8),
-            "7+twice" (timing only: every mixer item run twice in a row); default "1,2".
+            "7+twice" (timing only: every mixer item run twice in a row), "8+lean" (cheap index arithmetic in the
+            page loops: version 9); default "1,2".
   PROFILE_LOCK=FILE  compile outside, time inside an exclusive lock on FILE: several variants can then run as
             parallel processes (compiling at once, timing one at a time).
   PROFILE_PREFILL=MODE  how the prompt is prefilled (default "reference": no layered kernels to compile)."""

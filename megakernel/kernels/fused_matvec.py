@@ -223,7 +223,7 @@ def dot4_row_split(W, base_a, base_b, base_c, base_d, xs, nv, lane):
 
 
 @functools.lru_cache(maxsize=None)
-def xreg_dots(E: int):
+def xreg_dots(E: int, full: bool = False):
     """x held in registers instead of shared memory, for rows of at most ``32 E`` pieces (``8 x 32 E`` values):
     lane l keeps the pieces l, l + 32, ..., l + 32 (E - 1) of x, the only ones it ever multiplies, in a local
     array of ``8 E`` floats that the compiler keeps in registers (every index is a constant once the loops over
@@ -234,13 +234,15 @@ def xreg_dots(E: int):
         dot_row(W, base, xr, nv, lane)                 -> acc          (``dot_row_split``'s sum, same order)
         dot2_row(W, base_a, base_b, xr, nv, lane)      -> acc_a, acc_b (``dot2_row_split``'s sums)
 
-    Every row's sum runs over the pieces in ``dot_row_split``'s order with the same x values: the same bits."""
+    Every row's sum runs over the pieces in ``dot_row_split``'s order with the same x values: the same bits.
+    ``full``: the rows have exactly ``32 E`` pieces (``nv == 32 E``), so every lane has all ``E`` of its pieces and
+    the per-piece guard (a branch around each piece) is compiled away."""
 
     @cuda.jit(device=True)
     def load_x(xr, xs, nv, lane):
         for e in range(E):
             v = lane + WARP * e
-            if v < nv:
+            if full or v < nv:
                 x0, x1, x2, x3 = D.load_f32x4(xs, v)
                 x4, x5, x6, x7 = D.load_f32x4(xs, nv + v)
                 xr[8 * e] = x0
@@ -257,7 +259,7 @@ def xreg_dots(E: int):
         acc = float32(0)
         for e in range(E):
             v = lane + WARP * e
-            if v < nv:
+            if full or v < nv:
                 acc = dot16_x(acc, D.load_u32x4(W, base + v), xr[8 * e], xr[8 * e + 1], xr[8 * e + 2],
                               xr[8 * e + 3], xr[8 * e + 4], xr[8 * e + 5], xr[8 * e + 6], xr[8 * e + 7])
         return acc
@@ -268,7 +270,7 @@ def xreg_dots(E: int):
         acc_b = float32(0)
         for e in range(E):
             v = lane + WARP * e
-            if v < nv:
+            if full or v < nv:
                 wa = D.load_u32x4(W, base_a + v)
                 wb = D.load_u32x4(W, base_b + v)
                 acc_a = dot16_x(acc_a, wa, xr[8 * e], xr[8 * e + 1], xr[8 * e + 2], xr[8 * e + 3], xr[8 * e + 4],

@@ -36,7 +36,7 @@ import dataclasses
 import numpy as np
 import torch
 from numba import cuda
-from numba.cuda import float32, int32, int64
+from numba.cuda import float32, int32, int64, uint32
 
 from megakernel import device as D
 
@@ -118,7 +118,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "deltanet_late_shift": False, "fd_probe": 0, "fd_chunk": 1,
            "fd_reps": 1, "fd_stride": 1, "fd_bulk": False, "fused_out": False,
            "lm_pool": 0, "lineinfo": False, "mixer_twice": False,
-           "pair_copies": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "pair_copies": 0, "lean": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -157,7 +157,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            inline_decode: bool = False, fused_down: bool = False, deltanet_late_shift: bool = False,
            fd_probe: int = 0, fd_chunk: int = 1, fd_reps: int = 1,
            fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0,
-           lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0):
+           lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -221,13 +221,21 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     thread fetches a page and the next one with one copy into two adjacent slots when both are free (an even slot
     and the one after it), so the copy engine moves 64 KB at a time while the consumers still take 32 KB pages:
     the second slot's mbarrier completes at once (its bytes come with the first's), and a pair waits for its
-    second slot's readers."""
+    second slot's readers. ``lean``: the page loops' index arithmetic made cheap, the same pages in the same
+    order: a page's ring slot and mbarrier parity carried from page to page instead of ``cursor % R`` and
+    ``cursor // R`` (signed 64-bit division by the ring's size on every page), the copy thread's slot and page
+    index as 32-bit unsigned remainders, word offsets shifted instead of floor-divided, a warp's rows walked by a
+    while loop (no trip count to divide out), the lane and warp from bit operations, and no per-piece guard where
+    x fills every lane's registers (``xreg_dots(full=True)``)."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
     if pair_copies and (warp_release or page_pairs or l2_ahead or defer or lm_pool):
         raise ValueError("persistent kernel build option pair_copies does not combine with warp_release, page_pairs, "
                          "l2_ahead, defer or lm_pool")
+    if lean and (warp_release or page_pairs or lm_pool):
+        raise ValueError("persistent kernel build option lean does not combine with warp_release, page_pairs or "
+                         "lm_pool")
     if lm_pool and (warp_release or page_pairs or l2_ahead):
         raise ValueError("persistent kernel build option lm_pool does not combine with warp_release, page_pairs or "
                          "l2_ahead")
@@ -294,7 +302,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     XR = 8 * XE
     SPLIT = split_sums
     EARLY_H = early_residual
-    load_x, dot_row_x, dot2_row_x = xreg_dots(XE)
+    LEAN = lean
+    load_x, dot_row_x, dot2_row_x = xreg_dots(XE, full=lean and XE * WARP == D_ // 8)
     POOL, V_STATIC, RPL = PG.lm_pool(plan.config, PW, lm_pool)
     SLACK = PG.LM_POOL_SLACK
     W_LM = lay.lm_head
@@ -333,6 +342,19 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     if FD and XA + F > XS:
         raise ValueError("persistent kernel build option fused_down needs a plan configured with it (room for act "
                          "in the workspace): pass it to configure too")
+
+    @cuda.jit(device=True)
+    def umod(a, m):
+        """``lean``: ``a % m`` for 0 <= a, 0 < m < 2^31 as a 32-bit unsigned remainder (a multiply by a constant
+        ``m``; no signed 64-bit division)."""
+        return int32(uint32(a) % uint32(m))
+
+    @cuda.jit(device=True)
+    def w4(x):
+        """A ring word offset as a 16-byte piece index: ``x // 4``, a shift with ``lean`` (the same value)."""
+        if LEAN:
+            return x >> 2
+        return x // 4
 
     @cuda.jit(device=True)
     def l2_top_up(issued, prefetched, total, b, pb, table, Ww, ahead=L2_AHEAD):
@@ -375,7 +397,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         the load's latency never stands between a freed slot and its refill."""
         if g >= total:
             return int32(0), int32(0), int32(0), int32(0)
-        d = g % pb
+        if LEAN:
+            d = umod(g, pb)
+        else:
+            d = g % pb
         if POOL > 0 and d >= pb - (SLACK * POOL + cuda.gridDim.x - 1) // cuda.gridDim.x:
             # an LM head placeholder (a step's last pages; known without a load): claim a pool page now, use the
             # claim (-3) only at the issue, a page later, so the atomic's round trip is never waited for
@@ -416,7 +441,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             if PAIRS and pairs:
                 g = issued
                 while g < total and g < limit:
-                    slot = g % R_
+                    if LEAN:
+                        slot = umod(g, R_)
+                    else:
+                        slot = g % R_
                     if bars[FUSED] != 0:  # its bytes come with the previous page's copy
                         bars[FUSED] = 0
                         tma.mbar_expect(bars, slot, 0)
@@ -433,7 +461,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     d1, d2, d3, d4 = next_desc(g, total, b, pb, table)
                 return g, d1, d2, d3, d4
             tma.fence_proxy_async()  # the threads' reads of the slot before the copy engine's writes
-            issue(issued % R_, d1, d2, d3, d4, Ww, ring, bars)
+            if LEAN:
+                islot = umod(issued, R_)
+            else:
+                islot = issued % R_
+            issue(islot, d1, d2, d3, d4, Ww, ring, bars)
             d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
         return issued + 1, d1, d2, d3, d4
 
@@ -524,7 +556,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         ``r + NW`` (a lone last row alone)."""
         if kind == K_SWIGLU:
             if r < nrows:
-                g, u = dot2(ring, (base + r * kw) // 4, (base + nrows * kw + r * kw) // 4, xs, xr, use_x, nv, lane)
+                g, u = dot2(ring, w4(base + r * kw), w4(base + nrows * kw + r * kw), xs, xr, use_x, nv, lane)
                 if SPLIT:
                     mine = emit_split(kind, row0 + r, row0 + r, D.warp_sum2(g, u), rstd, y, h, act, logits, hacc, mine,
                                       lane, float32(0))
@@ -536,7 +568,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             old = float32(0)
             if EARLY_H and (kind == K_GATED or kind == K_PLAIN) and lane % 16 == 0:
                 old = h[row0 + r + NW] if lane >= 16 else h[row0 + r]
-            a, c = dot2(ring, (base + r * kw) // 4, (base + (r + NW) * kw) // 4, xs, xr, use_x, nv, lane)
+            a, c = dot2(ring, w4(base + r * kw), w4(base + (r + NW) * kw), xs, xr, use_x, nv, lane)
             if SPLIT:
                 mine = emit_split(kind, row0 + r, row0 + r + NW, D.warp_sum2(a, c), rstd, y, h, act, logits, hacc, mine,
                                   lane, old)
@@ -546,7 +578,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, hacc, mine, lane)
                 mine = emit(kind, row0 + r + NW, c, c, rstd, y, h, act, logits, hacc, mine, lane)
         elif r < nrows:
-            a = D.warp_sum(dot1(ring, (base + r * kw) // 4, xs, xr, use_x, nv, lane))
+            a = D.warp_sum(dot1(ring, w4(base + r * kw), xs, xr, use_x, nv, lane))
             mine = emit(kind, row0 + r, a, a, rstd, y, h, act, logits, hacc, mine, lane)
         return mine
 
@@ -556,7 +588,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         """One page's rows, two per warp pass (``rows_at``)."""
         if not COMPUTE:
             return mine
-        for r in range(warp, nrows, NW if kind == K_SWIGLU else 2 * NW):
+        step = NW if kind == K_SWIGLU else 2 * NW
+        if LEAN:  # (range() with a run-time stop divides out its trip count)
+            r = warp
+            while r < nrows:
+                mine = rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs, xr,
+                               use_x, lane)
+                r += step
+            return mine
+        for r in range(warp, nrows, step):
             mine = rows_at(kind, nrows, row0, base, r, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs, xr, use_x,
                            lane)
         return mine
@@ -624,8 +664,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         Returns (cursor, issued, mine, d1, d2, d3, d4)."""
         nv = k // 8
         kw = k // 2
-        lane = cuda.threadIdx.x % WARP
-        warp = cuda.threadIdx.x // WARP
+        if LEAN:
+            lane = cuda.threadIdx.x & (WARP - 1)
+            warp = cuda.threadIdx.x >> 5
+        else:
+            lane = cuda.threadIdx.x % WARP
+            warp = cuda.threadIdx.x // WARP
         rpp = PW // (kw * 2) if kind == K_SWIGLU else PW // kw
         first = rows * b // nb
         end = rows * (b + 1) // nb
@@ -637,6 +681,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         use_x = XREG and k == D_  # a constant at each (inlined) call site
         if use_x:
             load_x(xr, xs, nv, lane)
+        slot = cursor % R_  # (lean: carried from page to page, below)
+        par = (cursor // R_) & 1
         row0 = first
         while row0 < end:
             nrows = min(rpp, end - row0)
@@ -656,10 +702,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 cursor += 2
                 row0 += 2 * rpp
                 continue
-            slot = cursor % R_
+            if not LEAN:
+                slot = cursor % R_
+                par = (cursor // R_) & 1
             if WREL:  # the copy descriptor of the page this slot gets next, in case this warp frees it last
                 nd1, nd2, nd3, nd4 = next_desc(cursor + R_, total, b, pb, table)
-            tma.mbar_wait(bars, slot, (cursor // R_) & 1)
+            tma.mbar_wait(bars, slot, par)
             base = slot * PW
             if PAIRED:
                 mine = paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs,
@@ -678,6 +726,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     issued, d1, d2, d3, d4 = issue_next(issued, cursor + 1 + R_, total, b, pb, table, Ww, ring, bars,
                                                         d1, d2, d3, d4, PAIR_ALL or kind == K_LMHEAD)
             cursor += 1
+            if LEAN:
+                slot += 1
+                if slot == R_:
+                    slot = 0
+                    par ^= 1
             row0 += rpp
         if POOL > 0 and kind == K_LMHEAD:  # the placeholders: pool pages (their rows from the copy thread), or none
             for _ in range((SLACK * POOL + nb - 1) // nb):
@@ -712,15 +765,24 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         sums = cuda.local.array(NSUMS, int64)
         parts = cuda.local.array(NSUMS, float32)
         down_start(sums, parts)
+        slot = cursor % R_  # (lean: carried from page to page)
+        par = (cursor // R_) & 1
         row0 = first
         while row0 < end:
             nrows = min(rpp, end - row0)
-            slot = cursor % R_
-            tma.mbar_wait(bars, slot, (cursor // R_) & 1)
+            if not LEAN:
+                slot = cursor % R_
+                par = (cursor // R_) & 1
+            tma.mbar_wait(bars, slot, par)
             if COMPUTE and FD_PROBE != 1:
                 down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)
             cursor, issued, d1, d2, d3, d4 = free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2,
                                                        d3, d4)
+            if LEAN:
+                slot += 1
+                if slot == R_:
+                    slot = 0
+                    par ^= 1
             row0 += rpp
         if FD_PROBE != 2:
             if BULK:
