@@ -387,15 +387,17 @@ def stage_norm(h, gw, xs, nv, scratch):
     the bit-identical rstd).  Its barriers also publish xs."""
     one = float32(1)
     ss = float32(0)
-    for q in range(cuda.threadIdx.x, 2 * nv, cuda.blockDim.x):
+    q = cuda.threadIdx.x
+    while q < 2 * nv:  # (not range(): its trip count would be a 64-bit division by the block size)
         h0, h1, h2, h3 = D.load_f32x4(h, q)
         g0, g1, g2, g3 = D.load_f32x4(gw, q)
         ss += h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
-        j = 4 * ((q % 2) * nv + q // 2)
+        j = 4 * ((q & 1) * nv + (q >> 1))
         xs[j] = h0 * (one + g0)
         xs[j + 1] = h1 * (one + g1)
         xs[j + 2] = h2 * (one + g2)
         xs[j + 3] = h3 * (one + g3)
+        q += cuda.blockDim.x
     return D.block_sum(ss, scratch)
 
 

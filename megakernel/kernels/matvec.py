@@ -493,14 +493,17 @@ def rows_setup(k, G, block, nblocks):
 
 @cuda.jit(device=True)
 def stage_split(x, xs, nv):
-    """xs <- x (8 nv floats) in the split layout, by the whole block (16-byte global reads)."""
-    for q in range(cuda.threadIdx.x, 2 * nv, cuda.blockDim.x):
+    """xs <- x (8 nv floats) in the split layout, by the whole block (16-byte global reads). (A while loop: a
+    ``range`` with the block size as its step divides out its trip count, a 64-bit division.)"""
+    q = cuda.threadIdx.x
+    while q < 2 * nv:
         a, b, c, d = D.load_f32x4(x, q)
-        j = 4 * ((q % 2) * nv + q // 2)
+        j = 4 * ((q & 1) * nv + (q >> 1))
         xs[j] = a
         xs[j + 1] = b
         xs[j + 2] = c
         xs[j + 3] = d
+        q += cuda.blockDim.x
 
 
 @cuda.jit(device=True)

@@ -237,9 +237,11 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
         o_lin = scr[OL0:OL0 + HVDV]
         a_log = Wf[F_ALOG + j * LSS:F_ALOG + j * LSS + Hv]
         dt_bias = Wf[F_DT + j * LSS:F_DT + j * LSS + Hv]
-        for item in range(b, N_DN, nb):
+        item = b
+        while item < N_DN:  # (while loops: a range() stepping by the grid size divides out its trip count)
             for _ in range(REPS):
                 dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
+            item += nb
         return barrier(grid, count, prof)
 
     @cuda.jit(device=True)
@@ -251,19 +253,25 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
         qn = Wf[F_QN + j * ASS:F_QN + j * ASS + Dh]
         kn = Wf[F_KN + j * ASS:F_KN + j * ASS + Dh]
         inv_freq = Wf[F_FREQ:F_FREQ + R // 2]
-        for item in range(b, Hq + Hkv, nb):
+        item = b
+        while item < Hq + Hkv:
             for _ in range(REPS):
                 prep_body(item, proj_att, qn, kn, inv_freq, pos, kc[j], vc[j], q, gate, scratch)
+            item += nb
         count = barrier(grid, count, prof)
         length = pos + 1
         ns = splits(length, nb)
-        for item in range(b, Hkv * ns, nb):
+        item = b
+        while item < Hkv * ns:
             for _ in range(REPS):
                 dec_body(item // ns, item % ns, ns, length, q, kc[j], vc[j], pml, po, ws)
+            item += nb
         count = barrier(grid, count, prof)
-        for item in range(b, Hq, nb):
+        item = b
+        while item < Hq:
             for _ in range(REPS):
                 comb_body(item, ns, pml, po, gate, attn_out, ws)
+            item += nb
         return barrier(grid, count, prof)
 
     return deltanet_core, (folded if folded is not None else attention_phases)

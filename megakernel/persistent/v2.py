@@ -224,15 +224,19 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     second slot's readers. ``lean``: the page loops' index arithmetic made cheap, the same pages in the same
     order: a page's ring slot and mbarrier parity carried from page to page instead of ``cursor % R`` and
     ``cursor // R`` (signed 64-bit division by the ring's size on every page), the copy thread's slot and page
-    index as 32-bit unsigned remainders, word offsets shifted instead of floor-divided, a warp's rows walked by a
-    while loop (no trip count to divide out), the lane and warp from bit operations, and no per-piece guard where
-    x fills every lane's registers (``xreg_dots(full=True)``)."""
+    index as 32-bit unsigned remainders, a block's first and last rows of a phase as 32-bit unsigned quotients
+    (rows x blocks < 2^32), word offsets shifted instead of floor-divided, a warp's rows walked by a while loop
+    (no trip count to divide out), the lane and warp from bit operations, and no per-piece guard where x fills
+    every lane's registers (``xreg_dots(full=True)``)."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
     if pair_copies and (warp_release or page_pairs or l2_ahead or defer or lm_pool):
         raise ValueError("persistent kernel build option pair_copies does not combine with warp_release, page_pairs, "
                          "l2_ahead, defer or lm_pool")
+    if lean and plan.config.vocab_size * 4096 >= 2 ** 32:
+        raise P.UnsupportedConfigError("config not supported by persistent kernel option lean: vocab_size "
+                                       f"{plan.config.vocab_size} x up to 4096 blocks overflows its 32-bit row split")
     if lean and (warp_release or page_pairs or lm_pool):
         raise ValueError("persistent kernel build option lean does not combine with warp_release, page_pairs or "
                          "lm_pool")
@@ -348,6 +352,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         """``lean``: ``a % m`` for 0 <= a, 0 < m < 2^31 as a 32-bit unsigned remainder (a multiply by a constant
         ``m``; no signed 64-bit division)."""
         return int32(uint32(a) % uint32(m))
+
+    @cuda.jit(device=True)
+    def udiv(a, m):
+        """``lean``: ``a // m`` for 0 <= a < 2^32, 0 < m as a 32-bit unsigned quotient (the block's first row of a
+        phase: a 64-bit division by the grid size otherwise)."""
+        return int32(uint32(a) // uint32(m))
 
     @cuda.jit(device=True)
     def w4(x):
@@ -671,8 +681,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             lane = cuda.threadIdx.x % WARP
             warp = cuda.threadIdx.x // WARP
         rpp = PW // (kw * 2) if kind == K_SWIGLU else PW // kw
-        first = rows * b // nb
-        end = rows * (b + 1) // nb
+        if LEAN:
+            first = udiv(rows * b, nb)
+            end = udiv(rows * (b + 1), nb)
+        else:
+            first = rows * b // nb
+            end = rows * (b + 1) // nb
         if FD and kind == K_SWIGLU:
             first, end = mlp_rows(rows, b, nb)
         last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
@@ -751,6 +765,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         """``fused_down``: block b's MLP rows [first, end), in whole chunks of ``fd_chunk`` (``split_down
         .aligned_rows``, as the page table has them)."""
         n = (rows + CH - 1) // CH
+        if LEAN:
+            return min(rows, CH * udiv(n * b, nb)), min(rows, CH * udiv(n * (b + 1), nb))
         return min(rows, CH * (n * b // nb)), min(rows, CH * (n * (b + 1) // nb))
 
     @cuda.jit(device=True)
