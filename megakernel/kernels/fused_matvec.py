@@ -454,7 +454,8 @@ def stage_gated(o, z, norm_w, xs, heads, head_dim, eps):
     and rescale them.  The caller synchronizes."""
     lane = cuda.threadIdx.x % WARP
     nv = heads * head_dim // 8
-    for hd in range(cuda.threadIdx.x // WARP, heads, cuda.blockDim.x // WARP):
+    hd = cuda.threadIdx.x // WARP
+    while hd < heads:  # (not range(): its trip count would be a 64-bit division by the warp count)
         base = hd * head_dim
         if head_dim <= 4 * WARP:
             oa, za, wa = gated_load(o, z, norm_w, base, lane, head_dim)
@@ -487,6 +488,7 @@ def stage_gated(o, z, norm_w, xs, heads, head_dim, eps):
             for d in range(lane, head_dim, WARP):
                 j = split_index(base + d, nv)
                 xs[j] = xs[j] * r
+        hd += cuda.blockDim.x // WARP
 
 
 # Each variant is a device body over a work range (``block`` of ``nblocks``, shared arrays passed in: see
