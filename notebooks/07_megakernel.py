@@ -229,7 +229,8 @@ for path in profiles:
     z = np.load(path)
     labels = [str(x) for x in z["labels"]]
     steps = labels.count("lm_head")
-    tl = Timeline(labels, [lab.split("[")[0] for lab in labels], z["arrive"], z["leave"], steps)
+    tl = Timeline(labels, [lab.split("[")[0] for lab in labels], z["arrive"], z["leave"], steps,
+                  z["page_wait"] if "page_wait" in z else None)
     print(f"\n{path.stem}: {tl.total_ns / 1e3 / steps:.0f} us per step")
     print(format_table(tl))
     one = labels.index("lm_head") + 1  # the first step

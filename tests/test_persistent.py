@@ -260,6 +260,32 @@ def test_lean_index_arithmetic_computes_the_same_bits(ref, blocks):
     _assert_same_bits(runs[0], runs[1], f"version 9 on {blocks} blocks against version 8")
 
 
+def test_the_profiling_build_records_every_barrier_and_the_page_waits(ref):
+    """``profile=True``: thread 0 of every block stamps the global timer at every grid barrier's arrival and
+    departure and, per phase, adds up its time waiting for weight pages (``profile.read_timeline``). On 3 blocks
+    and two steps in one launch: a stamp for every barrier the schedule has, no block leaving a barrier before the
+    last one arrived, every page wait within its phase's work, none in the phases that take no pages (embedding,
+    DeltaNet, attention), and the per-phase table with its page-wait columns."""
+    from megakernel.persistent import PersistentDecoder
+    from megakernel.persistent.profile import format_table, phase_table, read_timeline
+
+    dec = PersistentDecoder(ref, max_context=32, version=9, blocks=3, prefill_mode="reference", profile=True)
+    logits, state = dec.prefill(PROMPT)
+    dec.run(state, int(logits[-1].argmax()), 2)
+    t = read_timeline(dec, 2, context=len(PROMPT))
+    assert len(t.labels) == 2 * dec.barriers_per_step() + 1 and t.arrive.shape == (3, len(t.labels))
+    assert (t.leave >= t.arrive).all() and (t.arrive[:, 1:] >= t.leave[:, :-1]).all()
+    assert (t.leave.min(axis=0) >= t.arrive.max(axis=0)).all(), "a block left a barrier before the last arrived"
+    work = t.work()
+    assert (t.page_wait >= 0).all() and (t.page_wait <= work).all()
+    no_pages = [k for k, kind in enumerate(t.kinds) if kind in ("embed", "deltanet") or kind.startswith("attn")]
+    assert no_pages and (t.page_wait[:, no_pages] == 0).all()
+    assert t.page_wait[:, t.kinds.index("lm_head")].min() > 0  # every block's copy thread timed its LM head pages
+    rows = {r["phase"]: r for r in phase_table(t)}
+    assert rows["mlp"]["count"] == CONFIG.num_hidden_layers and rows["lm_head"]["critical_us"] > 0
+    assert "crit. page wait" in format_table(t)
+
+
 def test_fixed_point_sums_are_exact_and_order_free():
     """``to_fixed`` truncates x 2^32 toward zero, ``from_fixed`` rounds once: summing converted products in any
     order gives the same integer, within one unit per term of the exact sum."""

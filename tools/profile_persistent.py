@@ -66,7 +66,8 @@ for variant in variants:
     tag = variant.replace("+", "_").replace("=", "")
     s0 = t.start  # the data first (relative ns as int32, compressed: small enough to commit), then the chart
     np.savez_compressed(out / f"timeline_v{tag}.npz", arrive=(t.arrive - s0).astype(np.int32),
-                        leave=(t.leave - s0).astype(np.int32), labels=np.array(t.labels))
+                        leave=(t.leave - s0).astype(np.int32), labels=np.array(t.labels),
+                        page_wait=t.page_wait.astype(np.int32))
     fig, ax = plt.subplots(figsize=(14, 5))
     plot_timeline(t, ax=ax, title=f"persistent {variant}, three steps, context {context}")
     fig.savefig(out / f"timeline_v{tag}.png", dpi=110, bbox_inches="tight")

@@ -142,9 +142,11 @@ class PersistentDecoder(PrefillModes):
         return self._kernel
 
     def set_profile_steps(self, steps: int) -> None:
-        """Room in the profile buffer for the barriers of ``steps`` sampled steps (profiling kernels only)."""
+        """Room in the profile buffer for the barriers of ``steps`` sampled steps (profiling kernels only): per
+        barrier an arrival and a departure time, then (``profile.read_timeline``) the time the block waited for
+        weight pages in the phase before it."""
         events = steps * (self.barriers_per_step() + 1) + 2
-        self.prof = torch.zeros(self.blocks, 2 * events, dtype=torch.int64, device=self.device)
+        self.prof = torch.zeros(self.blocks, 3 * events, dtype=torch.int64, device=self.device)
         self._k[-1] = as_kernel_array(self.prof)
 
     def _args(self, state: DeviceState) -> list:

@@ -71,8 +71,9 @@ class Offsets:
 
 @cuda.jit(device=True)
 def stamp(prof, k):
-    """Thread 0: the global timer into ``prof[block, k]`` (a profiling build's barrier arrivals and departures)."""
-    if cuda.threadIdx.x == 0 and k < prof.shape[1]:
+    """Thread 0: the global timer into ``prof[block, k]`` (a profiling build's barrier arrivals and departures, in
+    the first two thirds of the buffer; the last third holds the page waits, ``profile.read_timeline``)."""
+    if cuda.threadIdx.x == 0 and k < prof.shape[1] // 3 * 2:
         prof[cuda.blockIdx.x, k] = tma.globaltimer()
 
 

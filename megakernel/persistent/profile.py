@@ -4,7 +4,10 @@ the GPU's global timer by a profiling build of the kernel (``PersistentDecoder(.
 For barrier ``k`` of a launch and block ``b``: the phase before it took ``arrive[b, k] - leave[b, k-1]`` on that
 block (its work, waiting for its pages included), the barrier ``leave[b, k] - arrive[b, k]`` (waiting for the
 slowest block, plus the barrier itself). Per phase, the critical path is the slowest block's work; what the others
-spend waiting is idle time. ``phase_table`` sums that per phase kind (in_proj, deltanet, ..., lm_head) over a step;
+spend waiting is idle time. Within a phase's work, ``page_wait[b, k]`` is the time block ``b``'s copy thread spent
+waiting for weight pages to land (versions 2 and later; the rest of the work is computing, or waiting on memory
+the phase reads): a phase whose critical block waits for most of its work is paced by the weight stream, one that
+hardly waits by its own instructions. ``phase_table`` sums that per phase kind (in_proj, deltanet, ..., lm_head) over a step;
 ``plot_timeline`` draws blocks x time coloured by phase.
 """
 
@@ -24,6 +27,7 @@ class Timeline:
     arrive: np.ndarray      # int64 [blocks, barriers], ns
     leave: np.ndarray       # int64 [blocks, barriers], ns
     steps: int
+    page_wait: np.ndarray | None = None  # int64 [blocks, barriers], ns waiting for pages in the phase before
 
     @property
     def start(self) -> int:
@@ -51,27 +55,35 @@ def read_timeline(decoder, steps: int, context: int, sample: bool = False) -> Ti
     kinds = [lab.split("[")[0] for lab in labels]
     prof = decoder.prof.cpu().numpy()
     n = len(labels)
-    if 2 * n > prof.shape[1]:
-        raise ValueError(f"the profile buffer holds {prof.shape[1] // 2} barriers, the launch had {n}: "
+    e = prof.shape[1] // 3  # [arrive, leave] x e | page waits x e
+    if n > e:
+        raise ValueError(f"the profile buffer holds {e} barriers, the launch had {n}: "
                          "set_profile_steps(steps) before the launch")
-    return Timeline(labels, kinds, prof[:, 0 : 2 * n : 2].copy(), prof[:, 1 : 2 * n : 2].copy(), steps)
+    return Timeline(labels, kinds, prof[:, 0 : 2 * n : 2].copy(), prof[:, 1 : 2 * n : 2].copy(), steps,
+                    prof[:, 2 * e : 2 * e + n].copy())
 
 
 def phase_table(t: Timeline) -> list[dict]:
     """Per phase kind, summed over the launch and divided by the steps: the critical path (slowest block's work),
-    the mean block's work, the mean wait at the barrier after it. Times in microseconds per step."""
+    the mean block's work, the mean wait at the barrier after it; with page waits recorded, the critical block's
+    and the mean block's time waiting for weight pages within the work. Times in microseconds per step."""
     work, wait = t.work(), t.wait()
+    pw = t.page_wait
     rows: dict[str, dict] = {}
     for k, kind in enumerate(t.kinds):
         r = rows.setdefault(kind, {"phase": kind, "count": 0, "critical_us": 0.0, "mean_work_us": 0.0,
-                                   "mean_wait_us": 0.0})
+                                   "mean_wait_us": 0.0, "critical_page_wait_us": 0.0, "mean_page_wait_us": 0.0})
         r["count"] += 1
-        r["critical_us"] += work[:, k].max() / 1e3
+        slowest = int(work[:, k].argmax())
+        r["critical_us"] += work[slowest, k] / 1e3
         r["mean_work_us"] += work[:, k].mean() / 1e3
         r["mean_wait_us"] += wait[:, k].mean() / 1e3
+        if pw is not None:
+            r["critical_page_wait_us"] += pw[slowest, k] / 1e3
+            r["mean_page_wait_us"] += pw[:, k].mean() / 1e3
     out = []
     for r in rows.values():
-        for key in ("critical_us", "mean_work_us", "mean_wait_us"):
+        for key in ("critical_us", "mean_work_us", "mean_wait_us", "critical_page_wait_us", "mean_page_wait_us"):
             r[key] /= t.steps
         r["count"] //= max(1, t.steps) if r["phase"] != "end" else 1
         out.append(r)
@@ -80,10 +92,15 @@ def phase_table(t: Timeline) -> list[dict]:
 
 def format_table(t: Timeline) -> str:
     rows = phase_table(t)
-    lines = [f"{'phase':<14} {'per step':>8} {'critical us':>12} {'mean work us':>13} {'mean wait us':>13}"]
+    pages = t.page_wait is not None
+    head = f"{'phase':<14} {'per step':>8} {'critical us':>12} {'mean work us':>13} {'mean wait us':>13}"
+    lines = [head + (f" {'crit. page wait':>16} {'mean page wait':>15}" if pages else "")]
     for r in rows:
-        lines.append(f"{r['phase']:<14} {r['count']:>8} {r['critical_us']:>12.1f} {r['mean_work_us']:>13.1f} "
-                     f"{r['mean_wait_us']:>13.1f}")
+        line = (f"{r['phase']:<14} {r['count']:>8} {r['critical_us']:>12.1f} {r['mean_work_us']:>13.1f} "
+                f"{r['mean_wait_us']:>13.1f}")
+        if pages:
+            line += f" {r['critical_page_wait_us']:>16.1f} {r['mean_page_wait_us']:>15.1f}"
+        lines.append(line)
     total = t.total_ns / 1e3 / t.steps
     crit = sum(r["critical_us"] for r in rows)
     lines.append(f"per step: {total:.1f} us; sum of critical paths {crit:.1f} us; barriers "

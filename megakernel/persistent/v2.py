@@ -270,6 +270,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     R_ = plan.ring_pages
     N_BARS = 2 * R_ + 2  # (an even count: the static shared arrays after it stay 16-byte aligned for the bulk copies)
     FUSED = 2 * R_  # pair_copies: 1 while the next page to issue came with the last copy
+    WAITED = 2 * R_ + 1  # profiling builds: thread 0's ns waiting for pages since the last barrier
     PAIRS = pair_copies > 0
     PAIR_ALL = pair_copies == PG.PAIRS_ALL  # else the LM head's call site alone pairs (the only pages marked)
     PW = plan.page_words
@@ -381,9 +382,26 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return max(prefetched, stop)
 
     @cuda.jit(device=True)
-    def bar(grid, count, prof, issued, prefetched, total, b, pb, table, Ww):
+    def page_wait(bars, slot, par):
+        """Wait for the page in ``slot`` (its mbarrier's phase of parity ``par``); a profiling build adds thread
+        0's wait to ``bars[WAITED]`` (``bar`` records it per phase)."""
+        if PROFILE and cuda.threadIdx.x == 0:
+            t0 = tma.globaltimer()
+            tma.mbar_wait(bars, slot, par)
+            bars[WAITED] += tma.globaltimer() - t0
+        else:
+            tma.mbar_wait(bars, slot, par)
+
+    @cuda.jit(device=True)
+    def bar(grid, count, prof, issued, prefetched, total, b, pb, table, Ww, bars):
         """The grid barrier, with ``l2_ahead`` thread 0's L2 prefetches: while it waits (``SPLIT_BAR``, the counter
-        barrier's two halves), or before it arrives (``grid.sync()`` cannot be split)."""
+        barrier's two halves), or before it arrives (``grid.sync()`` cannot be split). A profiling build first
+        records the phase's page waits in the buffer's last third (``profile.read_timeline``)."""
+        if PROFILE and cuda.threadIdx.x == 0:
+            e = prof.shape[1] // 3
+            if count < e:
+                prof[cuda.blockIdx.x, 2 * e + count] = bars[WAITED]
+            bars[WAITED] = 0
         if SPLIT_BAR:
             if PROFILE:
                 stamp(prof, 2 * count)
@@ -721,7 +739,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 par = (cursor // R_) & 1
             if WREL:  # the copy descriptor of the page this slot gets next, in case this warp frees it last
                 nd1, nd2, nd3, nd4 = next_desc(cursor + R_, total, b, pb, table)
-            tma.mbar_wait(bars, slot, par)
+            page_wait(bars, slot, par)
             base = slot * PW
             if PAIRED:
                 mine = paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs,
@@ -789,7 +807,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             if not LEAN:
                 slot = cursor % R_
                 par = (cursor // R_) & 1
-            tma.mbar_wait(bars, slot, par)
+            page_wait(bars, slot, par)
             if COMPUTE and FD_PROBE != 1:
                 down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)
             cursor, issued, d1, d2, d3, d4 = free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2,
@@ -930,6 +948,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 tma.mbar_init(bars, s, 1)
                 bars[R_ + s] = 0
             bars[FUSED] = 0
+            bars[WAITED] = 0
             tma.fence_mbarrier_init()
         cuda.syncthreads()
         issued = min(R_, total)
@@ -952,7 +971,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     clear_acc(hacc, d)
             if POOL > 0 and first:  # every claim on the last step's pool was made before its LM head's barrier
                 table[nb, 0, 0] = 0
-            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
             for i in range(L):
                 j = SLOT[i]
                 if PREFETCH:
@@ -974,20 +993,20 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, DEFER)
                         if LATE:
                             prefetch_deltanet(j, b, nb, rec, conv, Wf)
-                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                         if L2_MIX > 0 and tid == 0:
                             pf = l2_top_up(issued, pf, total, b, pb, table, Ww, L2_MIX)
                         if FO:  # the items and their share of out_proj, one phase
                             cursor, issued, d1, d2, d3, d4 = deltanet_out_phase(
                                 j, Wf, conv_ws, conv, rec, scr, counters, h, hacc, acc_stage, xs, flag, b, nb,
                                 cursor, issued, total, pb, table, Ww, ring, bars, d1, d2, d3, d4)
-                            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                         else:
                             if MIXERS:
                                 count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag,
                                                       grid, count, prof)
                             else:
-                                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                             if DEFER:
                                 issued, d1, d2, d3, d4 = refill(cursor, issued, total, b, pb, table, Ww, ring, bars,
                                                                 d1, d2, d3, d4)
@@ -997,7 +1016,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                                 K_GATED, HVDV, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
                                 table, Ww, ring, bars, xs, d1, d2, d3, d4, False)
-                            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 else:
                     if HAS_ATT:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
@@ -1005,7 +1024,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, DEFER)
                         if LATE:
                             prefetch_kv(j, pos, b, nb, kc, vc)
-                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                         if L2_MIX > 0 and tid == 0:
                             pf = l2_top_up(issued, pf, total, b, pb, table, Ww, L2_MIX)
                         if MIXERS:
@@ -1013,7 +1032,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                                                    scratch, flag, grid, count, prof)
                         else:
                             for _ in range(ATT_BARRIERS):
-                                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                         if DEFER:
                             issued, d1, d2, d3, d4 = refill(cursor, issued, total, b, pb, table, Ww, ring, bars,
                                                             d1, d2, d3, d4)
@@ -1022,7 +1041,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_PLAIN, HQDH, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
                             Ww, ring, bars, xs, d1, d2, d3, d4, False)
-                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
                 if FO and NORM_ACC:  # h_out is not folded into h before the next attention layer
                     ss = norm_acc(h, hacc, post_norm, xs, D_ // 8, scratch)
@@ -1040,19 +1059,19 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     cuda.syncthreads()  # (the last page's barrier already published the block's rows of act)
                     cursor, issued, d1, d2, d3, d4 = down_phase(F, act_rows, hacc, acc_stage, cursor, issued, total,
                                                                 pb, b, nb, table, Ww, ring, bars, d1, d2, d3, d4)
-                    count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                    count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 else:
                     act = scr[ACT0:ACT0 + F]
                     cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                         K_SWIGLU, D_, F, rstd, h, h, act, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
                         Ww, ring, bars, xs, d1, d2, d3, d4, False)
-                    count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                    count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                     stage_split(act, xs, F // 8)
                     cuda.syncthreads()
                     cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                         K_PLAIN, F, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww,
                         ring, bars, xs, d1, d2, d3, d4, False)
-                    count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                    count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 if ctl[P.CTL_TRACE] != 0:
                     for d in range(b * T + tid, D_, nb * T):
                         trace[i, d] = h[d] + fold_acc(hacc, d) if FD else h[d]
@@ -1070,12 +1089,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             if SPLIT:
                 mine = warp_max_key(mine)
             lmh.publish_block_best(mine, best, nb, keys)
-            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
             if ctl[P.CTL_SAMPLE] != 0:
                 seed_lo, seed_hi = seed_bits(ctl)
                 lmh.sample_gumbel_rows(logits, V, D.bits_to_f32(ctl[P.CTL_INV_T]), seed_lo, seed_hi, pos, best_s,
                                        b, nb, keys)
-                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 token = int32(best_s[3])
             else:
                 token = int32(best[3])
@@ -1089,7 +1108,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         if tid == 0:  # pages already requested for steps that will not run: wait for them before exiting
             for g in range(cursor, issued):
                 tma.mbar_wait(bars, g % R_, (g // R_) & 1)
-        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww)
+        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
         close_launch(first, position, pos0, done, ctl, token, count)
         close_barriers(first, grid, count)
 
