@@ -83,6 +83,7 @@ class Plan:
     page_words: int = 0      # version 2+: 32-bit words per slot
     positions_per_split: int = attn.POSITIONS_PER_SPLIT  # attention: cached positions per decode work item
     splits_fit_grid: bool = False  # attention: at most one decode item per block (fewer splits on long contexts)
+    desc_pages: int = 0      # ``smem_descs``: a block's page copy descriptors held in (static) shared memory
 
     @property
     def warps(self) -> int:

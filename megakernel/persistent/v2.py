@@ -64,25 +64,30 @@ XREG_MAX_PIECES = 4          # ``xregs``: x in registers for rows of up to 4 x 3
 SMEM_PER_BLOCK = 227 * 1024  # H100: dynamic + static shared memory one block may use (after opting in)
 
 
+DESC_PAGES = 1024            # ``smem_descs``: copy descriptors a block keeps in shared memory (16 B each)
+
+
 def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_down: bool = False,
-              fused_out: bool = False, **_options):
+              fused_out: bool = False, smem_descs: bool = False, **_options):
     """The plan with the ring's size: as many 32 KB pages as fit next to the workspace (at most ``RING_PAGES``);
     in the simulator 3 small pages (two rows of the widest phase each), so rows, pages and ring wrap-around are
     all exercised on a tiny model. ``ring`` / ``page_kb``: another ring (measured variants, NOTES.md).
     ``fused_down``: a workspace with room for the block's rows of act after x (``D + F`` floats); ``fused_out``:
-    room for the gated values of out_proj's input there too (``D + value_dim``)."""
+    room for the gated values of out_proj's input there too (``D + value_dim``); ``smem_descs``: room for
+    ``DESC_PAGES`` copy descriptors in static shared memory (``desc_pages``)."""
     c = plan.config
     if fused_down:
         plan = dataclasses.replace(plan, workspace=max(plan.workspace, c.hidden_size + c.intermediate_size))
     if fused_out:
         plan = dataclasses.replace(plan, workspace=max(plan.workspace, out_gate_offset(plan) + c.value_dim))
+    plan = dataclasses.replace(plan, desc_pages=DESC_PAGES if smem_descs else 0)
     widest = max(ph.k // 2 * (2 if ph.kind == PG.K_SWIGLU else 1) for ph in PG.rows_phases(c, fused_down, fused_out))
     if SIMULATOR:
         words = -(-2 * widest // 4) * 4
         return dataclasses.replace(plan, ring_pages=SIM_RING_PAGES, page_words=words)
     words = max(page_kb * 256 if page_kb else PAGE_WORDS, -(-widest // 4) * 4)
-    static = 2048 + (8 * c.hidden_size if fused_down else 0)  # parts, scratch, keys, flag, mbarriers (rounded
-    # up), and with fused_down the stage of fd_bulk
+    static = 2048 + (8 * c.hidden_size if fused_down else 0) + 16 * plan.desc_pages  # parts, scratch, keys,
+    # flag, mbarriers (rounded up), with fused_down the stage of fd_bulk, with smem_descs the descriptors
     pages = (SMEM_PER_BLOCK - static - 4 * plan.workspace - 128) // (4 * words)
     pages = min(ring or RING_PAGES, pages)
     if pages < 2:
@@ -101,7 +106,7 @@ def out_gate_offset(plan) -> int:
 
 def kernel_key(plan) -> tuple:
     return (plan.config, plan.capacity, plan.threads, plan.ring_pages, plan.page_words, plan.positions_per_split,
-            plan.splits_fit_grid, plan.workspace)
+            plan.splits_fit_grid, plan.workspace, plan.desc_pages)
 
 
 _BUILT: dict = {}
@@ -118,10 +123,11 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "deltanet_late_shift": False, "fd_probe": 0, "fd_chunk": 1,
            "fd_reps": 1, "fd_stride": 1, "fd_bulk": False, "fused_out": False,
            "lm_pool": 0, "lineinfo": False, "mixer_twice": False,
-           "pair_copies": 0, "lean": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "pair_copies": 0, "lean": False, "smem_descs": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
+# (``smem_descs`` shapes the plan too, and the kernel: ``configure`` and ``build`` both take it)
 
 
 def build(plan_key, plan, barriers: bool = True, profile: bool = False, **options):
@@ -157,7 +163,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            inline_decode: bool = False, fused_down: bool = False, deltanet_late_shift: bool = False,
            fd_probe: int = 0, fd_chunk: int = 1, fd_reps: int = 1,
            fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0,
-           lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False):
+           lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False,
+           smem_descs: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -227,7 +234,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     index as 32-bit unsigned remainders, a block's first and last rows of a phase as 32-bit unsigned quotients
     (rows x blocks < 2^32), word offsets shifted instead of floor-divided, a warp's rows walked by a while loop
     (no trip count to divide out), the lane and warp from bit operations, and no per-piece guard where x fills
-    every lane's registers (``xreg_dots(full=True)``)."""
+    every lane's registers (``xreg_dots(full=True)``). ``smem_descs``: each block copies its rows of the page table
+    (the copy descriptors) into shared memory when a launch starts, so the copy thread reads the next page's
+    descriptor from shared memory instead of global memory (where the load waits behind the weight stream's
+    traffic, and every other warp waits for the copy thread at the page's block barrier)."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -237,6 +247,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     if lean and plan.config.vocab_size * 4096 >= 2 ** 32:
         raise P.UnsupportedConfigError("config not supported by persistent kernel option lean: vocab_size "
                                        f"{plan.config.vocab_size} x up to 4096 blocks overflows its 32-bit row split")
+    if smem_descs and (plan.desc_pages <= 0 or lm_pool or l2_ahead or l2_mixer):
+        raise ValueError("persistent kernel build option smem_descs needs a plan configured with it (room for the "
+                         "descriptors) and does not combine with lm_pool, l2_ahead or l2_mixer")
     if lean and (warp_release or page_pairs or lm_pool):
         raise ValueError("persistent kernel build option lean does not combine with warp_release, page_pairs or "
                          "lm_pool")
@@ -308,6 +321,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     SPLIT = split_sums
     EARLY_H = early_residual
     LEAN = lean
+    DESC = smem_descs
+    DCAP = max(1, plan.desc_pages)
     load_x, dot_row_x, dot2_row_x = xreg_dots(XE, full=lean and XE * WARP == D_ // 8)
     POOL, V_STATIC, RPL = PG.lm_pool(plan.config, PW, lm_pool)
     SLACK = PG.LM_POOL_SLACK
@@ -425,6 +440,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         the load's latency never stands between a freed slot and its refill."""
         if g >= total:
             return int32(0), int32(0), int32(0), int32(0)
+        if DESC:  # ``table`` is the block's copy in shared memory: one row
+            d = umod(g, pb)
+            return table[0, d, 0], table[0, d, 1], table[0, d, 2], table[0, d, 3]
         if LEAN:
             d = umod(g, pb)
         else:
@@ -919,13 +937,14 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
 
     @cuda.jit(max_registers=max_registers or None, lineinfo=lineinfo)
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
-                      counters, trace, prof, table, npages, hacc):
+                      counters, trace, prof, table_g, npages, hacc):
         smem_w = cuda.shared.array(0, int32)
         smem_f = cuda.shared.array(0, float32)
         scratch = cuda.shared.array(32, float32)
         flag = cuda.shared.array(1, int32)
         keys = cuda.shared.array(WARP, int64)
         bars = cuda.shared.array(N_BARS, int64)  # the slots' mbarriers, then (warp_release) their release counts
+        descs = cuda.shared.array((1, DCAP, 4), int32)  # smem_descs: the block's copy descriptors
         acc_stage = cuda.shared.array(STAGE, int64)  # fd_bulk: a block's down sums for the copy engine
         grid = barrier_handle(ctl)
         b = cuda.blockIdx.x
@@ -943,6 +962,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             token = ctl[P.CTL_LAST]
         pb = npages[b]
         total = pb * n_steps
+        if DESC:  # the block's copy descriptors into shared memory (the decoder checks that they fit)
+            i = tid
+            while i < 4 * pb:
+                descs[0, i >> 2, i & 3] = table_g[b, i >> 2, i & 3]
+                i += T
+        table = descs if DESC else table_g  # where the copy thread reads its descriptors
         if tid == 0:
             for s in range(R_):
                 tma.mbar_init(bars, s, 1)
@@ -970,7 +995,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 for d in range(b * T + tid, D_, nb * T):
                     clear_acc(hacc, d)
             if POOL > 0 and first:  # every claim on the last step's pool was made before its LM head's barrier
-                table[nb, 0, 0] = 0
+                table_g[nb, 0, 0] = 0
             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
             for i in range(L):
                 j = SLOT[i]
@@ -1129,6 +1154,12 @@ def extra_args(decoder) -> list:
     if cached is None or cached[0] != key:
         table, count = PG.page_table(decoder.config, decoder.blocks, decoder.plan.page_words, fused, chunk, out,
                                      pool, pairs)
+        cap = decoder.plan.desc_pages
+        if cap and int(count.max()) > cap:
+            raise P.UnsupportedConfigError(
+                f"grid too small for persistent kernel option smem_descs: {decoder.blocks} blocks take up to "
+                f"{int(count.max())} weight pages each per step, shared memory holds {cap} descriptors (use more "
+                "blocks, or smem_descs=False)")
         t = torch.from_numpy(table).to(decoder.device)
         n = torch.from_numpy(count).to(decoder.device)
         cached = decoder._v2_pages = (key, [as_kernel_array(t), as_kernel_array(n), as_kernel_array(decoder.h_acc)],
