@@ -1155,7 +1155,7 @@ def extra_args(decoder) -> list:
         table, count = PG.page_table(decoder.config, decoder.blocks, decoder.plan.page_words, fused, chunk, out,
                                      pool, pairs)
         cap = decoder.plan.desc_pages
-        if cap and int(count.max()) > cap:
+        if cap and decoder._kernel is not None and int(count.max()) > cap:  # (not the 1-block probe for types)
             raise P.UnsupportedConfigError(
                 f"grid too small for persistent kernel option smem_descs: {decoder.blocks} blocks take up to "
                 f"{int(count.max())} weight pages each per step, shared memory holds {cap} descriptors (use more "
