@@ -40,7 +40,7 @@ import functools
 
 import numpy as np
 from numba import cuda
-from numba.cuda import float32, int64
+from numba.cuda import float32, int64, uint64
 
 from megakernel import device as D
 
@@ -130,7 +130,8 @@ def accumulator(hidden: int, reps: int, stride: int = 1, out: bool = False):
 
 
 @functools.lru_cache(maxsize=None)
-def down_t_consumer(threads: int, hidden: int, chunk: int = 1, reps: int = 1, stride: int = 1, rows_per_page: int = 0):
+def down_t_consumer(threads: int, hidden: int, chunk: int = 1, reps: int = 1, stride: int = 1, rows_per_page: int = 0,
+                    lean: bool = False):
     """``(start, page, flush, flush_bulk, flush_to, flush_bulk_to, NSUMS)``: device functions for a block of
     ``threads`` threads and rows of ``hidden``
     weights (``hidden / 2`` words): thread t owns the word columns t, t + threads, ... (``NPW`` of them, two
@@ -147,7 +148,9 @@ def down_t_consumer(threads: int, hidden: int, chunk: int = 1, reps: int = 1, st
     ``flush(hacc, sums, block)`` adds the sums into replica ``block % reps`` of ``hacc`` (laid out as
     ``accumulator`` has it; relaxed atomics, ordered for the readers by the grid barrier after); ``flush_bulk``
     the same through the copy engine (one bulk reduction of the staged [hidden] sums); the ``_to`` forms add into
-    the vector at a given element of ``hacc`` (``fused_out``'s ``h_out``)."""
+    the vector at a given element of ``hacc`` (``fused_out``'s ``h_out``). ``lean`` (whole-chunk pages): a chunk's
+    ``act`` values loaded once for all of the thread's columns, and unsigned indices (no negative-index
+    wraparound code on every shared-memory read): the same products and sums in the same order."""
     kw = hidden // 2
     npw = -(-kw // threads)
     exact = kw % threads == 0
@@ -163,7 +166,25 @@ def down_t_consumer(threads: int, hidden: int, chunk: int = 1, reps: int = 1, st
     def page(ring, base, nrows, row0, end, act, sums, parts):
         tid = cuda.threadIdx.x
         r0 = 0
-        if fast:  # whole chunks (a page starts on a chunk boundary): no partial sum carried in or out
+        if fast and lean:
+            while r0 + chunk <= nrows:
+                rb = uint64(base + r0 * kw + tid)
+                ab = uint64(row0 + r0)
+                av = cuda.local.array(chunk, float32)
+                for k in range(chunk):
+                    av[k] = act[ab + uint64(k)]
+                for m in range(npw):
+                    if exact or tid + m * threads < kw:
+                        lo = float32(0)
+                        hi = float32(0)
+                        for k in range(chunk):
+                            w = ring[rb + uint64(m * threads + k * kw)]
+                            lo = lo + D.bf16_lo(w) * av[k]
+                            hi = hi + D.bf16_hi(w) * av[k]
+                        sums[2 * m] += to_fixed(lo)
+                        sums[2 * m + 1] += to_fixed(hi)
+                r0 += chunk
+        elif fast:  # whole chunks (a page starts on a chunk boundary): no partial sum carried in or out
             while r0 + chunk <= nrows:
                 rb = base + r0 * kw
                 for m in range(npw):

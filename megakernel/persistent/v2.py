@@ -337,7 +337,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     if FD and fd_bulk and fd_stride != 1:
         raise ValueError("persistent kernel build option fd_bulk needs fd_stride 1 (one contiguous vector)")
     down_start, down_page, down_flush, down_flush_bulk, _, _, NSUMS = SD.down_t_consumer(T, D_, CH, fd_reps,
-                                                                                        fd_stride, PW // (D_ // 2))
+                                                                                        fd_stride, PW // (D_ // 2),
+                                                                                        lean)
     BULK = FD and fd_bulk
     STAGE = D_ if BULK else 2
     FO = fused_out and HAS_LIN
