@@ -242,15 +242,16 @@ def test_pair_copies_compute_the_same_bits(ref, blocks, pairs):
     _assert_same_bits(runs[0], runs[1], f"pair_copies={pairs} on {blocks} blocks against version 7")
 
 
-@pytest.mark.parametrize("blocks,options", [(2, {}), (3, {}), (3, {"smem_descs": False})],
-                         ids=["2", "3", "3-global-descs"])
+@pytest.mark.parametrize("blocks,options", [(2, {}), (3, {}), (3, {"smem_descs": False}), (2, {"smem_descs": 8})],
+                         ids=["2", "3", "3-global-descs", "2-too-many-pages-for-smem"])
 def test_lean_index_arithmetic_computes_the_same_bits(ref, blocks, options):
     """``lean`` (version 9): the page loops carry their ring slot and mbarrier parity from page to page, the copy
     thread takes 32-bit remainders, offsets are shifted, rows walked by a while loop: the same pages through the
     same slots in the same order, so two decode steps give version 8's bits (the simulator's ring of 3 slots
     wraps many times a step, so a slot or parity carried wrong reads a page that is not there yet, which the
     mbarrier model and the race detector see, or the wrong page, which the bits show). Version 9's copy thread
-    reads the page table's rows from the block's copy in shared memory (``smem_descs``; also without it)."""
+    reads the page table's rows from the block's copy in shared memory (``smem_descs``; also without it, and
+    with room for fewer descriptors than a block's pages, when it falls back to global memory)."""
     from megakernel.persistent import PersistentDecoder
 
     runs = []
@@ -260,7 +261,7 @@ def test_lean_index_arithmetic_computes_the_same_bits(ref, blocks, options):
         runs.append(_two_steps(dec, PROMPT))
         assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
     assert dec.option_value("lean", False)
-    assert dec.plan.desc_pages == (0 if options else 1024)
+    assert dec.plan.desc_pages == {None: 1024, False: 0, 8: 8}[options.get("smem_descs")]
     _assert_same_bits(runs[0], runs[1], f"version 9 on {blocks} blocks against version 8")
 
 
