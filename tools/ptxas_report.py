@@ -33,7 +33,7 @@ def arg_types(version: int) -> tuple:
             arr(i32, 1, "C"), arr(i64, 1, "C"), arr(i64, 1, "C"), arr(i32, 1, "C"), arr(i32, 1, "C"),
             arr(f32, 2, "C"), arr(i64, 2, "C")]  # ctl, best, best_sample, tokens, counters, trace, prof
     if version >= 2:
-        args += [arr(i64, 3, "C"), arr(i32, 1, "C"), arr(i64, 1, "C")]  # page table, pages per block, h_acc
+        args += [arr(i32, 3, "C"), arr(i32, 1, "C"), arr(i64, 1, "C")]  # page table (int32), pages per block, h_acc
     return tuple(args)
 
 
