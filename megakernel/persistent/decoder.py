@@ -35,7 +35,7 @@ from . import plan as P
 from . import v1, v2, v3, v4, v5, v6, v7, v8, v9
 
 VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6, 7: v7, 8: v8, 9: v9}
-DEFAULT_VERSION = 8
+DEFAULT_VERSION = 9
 DEFAULT_THREADS = 256
 SIMULATOR_THREADS = 64
 SIMULATOR_BLOCKS = 3
