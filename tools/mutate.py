@@ -69,6 +69,7 @@ PERSISTENT_V7_GRIDS = "tests/test_persistent.py::test_fused_down_bits_do_not_dep
 PERSISTENT_V7_OUT = "tests/test_persistent.py::test_fused_out_hands_the_heads_sums_of_squares_over"
 PERSISTENT_LM_POOL = "tests/test_persistent.py::test_the_lm_head_pool_computes_the_same_bits[3]"
 PERSISTENT_PAIRS = "tests/test_persistent.py::test_pair_copies_compute_the_same_bits"
+PERSISTENT_LEAN = "tests/test_persistent.py::test_lean_index_arithmetic_computes_the_same_bits"
 
 MUTATIONS = [
     # ---- the two races the issue names
@@ -106,9 +107,11 @@ MUTATIONS = [
     # stress tests (repeat-run bit identity) can catch it.
     # ---- the persistent megakernel's own hand-offs
     Mutation("persistent: no grid barrier between the DeltaNet items and out_proj", "megakernel/persistent/phases.py",
-             (("""            dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
+             (("""                dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
+            item += nb
         return barrier(grid, count, prof)
-""", """            dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
+""", """                dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
+            item += nb
         return count + 1
 """),),
              (PERSISTENT_V1, PERSISTENT_V2), race=True),
@@ -116,8 +119,8 @@ MUTATIONS = [
              (("            cuda.syncthreads()  # every warp is done with the slot\n", ""),),
              (PERSISTENT_V2,), race=True),
     Mutation("persistent v2: a page read from the slot after the one it was copied to", "megakernel/persistent/v2.py",
-             (("            slot = cursor % R_\n            if WREL:",
-               "            slot = (cursor + 1) % R_\n            if WREL:"),),
+             (("                slot = cursor % R_\n                par = (cursor // R_) & 1\n            if WREL:",
+               "                slot = (cursor + 1) % R_\n                par = (cursor // R_) & 1\n            if WREL:"),),
              (PERSISTENT_V2,)),
     Mutation("persistent v4: the second row of a warp's pair written over the first", "megakernel/persistent/v2.py",
              (("            mine = emit(kind, row0 + r + NW, c, c,",
@@ -134,8 +137,8 @@ MUTATIONS = [
 """, ""),),
              (PERSISTENT_PAGE_PAIRS,), race=True),
     Mutation("persistent v4: a SwiGLU pair's up row read from the next gate row", "megakernel/persistent/v2.py",
-             (("g, u = dot2(ring, (base + r * kw) // 4, (base + nrows * kw + r * kw) // 4,",
-               "g, u = dot2(ring, (base + r * kw) // 4, (base + (r + 1) * kw) // 4,"),),
+             (("g, u = dot2(ring, w4(base + r * kw), w4(base + nrows * kw + r * kw),",
+               "g, u = dot2(ring, w4(base + r * kw), w4(base + (r + 1) * kw),"),),
              (PERSISTENT_V4,)),
     Mutation("persistent v6: x in registers, a lane's pieces of x swapped in the second row of a pass",
              "megakernel/kernels/fused_matvec.py",
@@ -216,7 +219,7 @@ MUTATIONS = [
                 s += ssq[hd * NS_ITEM + k]"""),),
              (PERSISTENT_V7_OUT,)),
     Mutation("persistent lm_pool: the pool's claim counter not reset at a step's start", "megakernel/persistent/v2.py",
-             (("                table[nb, 0, 0] = 0\n", "                pass\n"),),
+             (("                table_g[nb, 0, 0] = 0\n", "                pass\n"),),
              (PERSISTENT_LM_POOL,)),
     Mutation("persistent v8: a page pair copied before its second slot's readers are done",
              "megakernel/persistent/v2.py",
@@ -224,6 +227,23 @@ MUTATIONS = [
                                 break""", """                            if g + 1 > limit:
                                 break"""),),
              (PERSISTENT_PAIRS,), race=True),
+    Mutation("persistent v9: the carried mbarrier parity not flipped when a matvec page loop wraps the ring",
+             "megakernel/persistent/v2.py",
+             (("""            cursor += 1
+            if LEAN:
+                slot += 1
+                if slot == R_:
+                    slot = 0
+                    par ^= 1""", """            cursor += 1
+            if LEAN:
+                slot += 1
+                if slot == R_:
+                    slot = 0"""),),
+             (PERSISTENT_LEAN,), race=True),
+    Mutation("persistent v9: every block copies block 0's descriptors into shared memory",
+             "megakernel/persistent/v2.py",
+             (("descs[0, i >> 2, i & 3] = table_g[b, i >> 2, i & 3]", "descs[0, i >> 2, i & 3] = table_g[0, i >> 2, i & 3]"),),
+             (PERSISTENT_LEAN,)),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
              (("""        gen = cuda.atomic.add(ctl, GEN, 0)
         cuda.threadfence()
