@@ -220,7 +220,7 @@ else:
     print_table(rows, headers=["system", "workload", "tok/s", "of floor"])
 
 # %%
-from megakernel.persistent.profile import Timeline, format_table, plot_timeline  # noqa: E402
+from megakernel.persistent.profile import Timeline, format_table, phase_table, plot_timeline  # noqa: E402
 
 profiles = sorted(R.results_dir().glob("timeline_*.npz"))
 if not profiles:
@@ -504,7 +504,7 @@ if ladder6_path.exists():
 
 # %%
 if ladder6_path.exists():
-    v8_rows = [r for r in ladder6["rows"] if r["call"] >= 29]
+    v8_rows = [r for r in ladder6["rows"] if 29 <= r["call"] <= 34]
     fig, ax = plt.subplots(figsize=(9, 5))
     labels = [f"{r['variant']} (call {r['call']})" for r in v8_rows]
     colors = ["tab:green" if (r["variant"], r["call"]) == ("7+pc=1", 34) else "tab:gray" if r["variant"] == "7"
@@ -521,3 +521,58 @@ if ladder6_path.exists():
 # Version 8 runs 902 tok/s at context 512 on the H100 (46% of the floor; version 7 with the faster DeltaNet item
 # 900, the layered CUDA graph 942). NOTES.md keeps the measurements, the Nsight Compute stall samples per phase
 # (`tools/ncu_persistent.py`, `tools/ncu_lines.py`) and the open problems.
+
+# %% [markdown]
+# ## Version 9: what Python's integers cost on every page
+#
+# Nsight Compute's samples per machine instruction (with the kernel's Python line for each, `tools/ncu_lines.py`)
+# counted ~365 instructions issued per warp for each 32 KB page of the LM head, of which ~150 are the page's
+# arithmetic. The rest came from the Python source being taken at its word. `cursor % R` and `(cursor // R) & 1`
+# (which ring slot, which mbarrier parity) are Python's floor division and modulo on 64-bit integers, a multiply-high
+# sequence with sign corrections before every page's wait. `range(start, stop, step)` with a run-time step
+# divides out its trip count. A guard `if v < nv` around each of a lane's x pieces, always true at the 0.8B's
+# sizes, became a branch around each 16-byte load, so the four loads of a row were never in flight together.
+# Version 9 carries the slot and parity from page to page, takes remainders in 32-bit unsigned arithmetic, and
+# loops with `while`.
+#
+# The second finding needed a new measurement. With those instructions gone, half of the LM head's warp samples
+# still sat at the page's block barrier, yet the profiling build's new column (the copy thread's time waiting for
+# pages, per phase) showed almost no waiting for the stream. Nsight Compute named the culprit: warp 0 alone stalled
+# on its next copy descriptor, loaded from the page table in global memory a page ahead. Behind a saturated HBM
+# the load came back late, and the other seven warps waited for warp 0 at the barrier. Each block now copies its
+# descriptors into shared memory when a launch starts (`smem_descs`). After that, the LM head waits for the stream
+# (its page waits went from 6 to 59 us per step) and runs at 93% of its bandwidth floor.
+#
+# The same bits as version 8. On the H100 at context 512: 1,107 -> 1,021 us per profiled step, and 993 tok/s in
+# the benchmark against the CUDA graph's 973 in the same call (51% of the floor). The graph gained too (942 -> 973),
+# because the norm and staging bodies it shares with the megakernel lost their 64-bit divisions.
+
+# %%
+if ladder6_path.exists():
+    v9_rows = [r for r in ladder6["rows"] if r["call"] >= 35 and "H100" in r["device"]]
+    print_table([(r["call"], r["variant"], f"{r['us_per_step']:,.0f}", r["note"]) for r in v9_rows],
+                headers=["call", "variant", "us/step", "what it shows"])
+v9_path = R.results_dir() / "timeline_v9_ctx512.npz"
+if v9_path.exists():
+    z = np.load(v9_path)
+    labels = [str(x) for x in z["labels"]]
+    tl9 = Timeline(labels, [lab.split("[")[0] for lab in labels], z["arrive"], z["leave"], labels.count("lm_head"),
+                   z["page_wait"])
+    rows9 = [r for r in phase_table(tl9) if r["phase"] not in ("embed", "end")]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    names = [r["phase"] for r in rows9]
+    waits = [r["critical_page_wait_us"] for r in rows9]
+    ax.barh(names[::-1], [r["critical_us"] for r in rows9][::-1], color="tab:blue", label="critical block's work")
+    ax.barh(names[::-1], waits[::-1], color="tab:orange", label="of which waiting for weight pages")
+    ax.set_xlabel("us per step (profiling build, context 512, H100)")
+    ax.set_title("Version 9: only the LM head waits for the weight stream")
+    ax.legend(fontsize=8)
+    plt.show()
+
+# %% [markdown]
+# The chart says what is left. The projections barely wait for a page: their time is their own instructions,
+# their prologues (the residual stream's norm, read back from L2 after each barrier) and the slowest block, ~25%
+# behind the mean in the input projections and the MLPs. The DeltaNet and attention phases are latency chains of
+# ~200 us per step, and the 110 grid barriers cost ~90 us. Without the weight stream at all the kernel takes ~790
+# us per step. The 60% target needs ~855 us in all, so the next version has to shorten that skeleton itself,
+# not only hide the stream behind it.
