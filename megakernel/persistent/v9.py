@@ -27,9 +27,10 @@ page's block barrier, waiting for one warp. Two things made that warp, and every
    its barrier.
 
 The same pages through the same slots in the same order, the same sums in the same order: the same bits as
-versions 7 and 8 (a simulator test compares them exactly). Measured on the H100 (context 512, profiling builds, one
-call each; NOTES.md "version 9"): the integer changes took version 8's 1,125 us per step to 1,020 (the layered
-decoder, which shares the norm and staging bodies, gained too), the descriptors in shared memory another ~17 us.
+versions 7 and 8 (a simulator test compares them exactly). Measured on the H100 at context 512 (NOTES.md
+"Persistent megakernel version 9"): 1,107 -> 1,021 us per profiled step against version 8 in the same call (the
+descriptors in shared memory ~17 us of it), 993 tok/s in the benchmark against the layered CUDA graph's 973 in the
+same call (51% of the floor; the graph, which shares the norm and staging bodies, got ~3% faster too).
 """
 
 from __future__ import annotations
