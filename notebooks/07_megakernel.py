@@ -368,6 +368,14 @@ from megakernel.kernels import fused_matvec  # noqa: E402
 print(inspect.getsource(fused_matvec.xreg_dots))
 
 ladder6_path = R.results_dir() / "profile_ladder_nvidia-h100_2026-11-27.json"
+
+
+def print_ladder(rows):
+    """A profile ladder's rows: the call (each with its own baseline), the variant, us per step, what it shows."""
+    print_table([(r["call"], r["variant"], f"{r['us_per_step']:,.0f}", r["note"]) for r in rows],
+                headers=["call", "variant", "us/step", "what it shows"])
+
+
 if ladder6_path.exists():
     ladder6 = json.loads(ladder6_path.read_text())
     cons = {**ladder6["consumer"]["us_per_page"], **ladder6["consumer"]["us_per_page_second_call"]}
@@ -385,8 +393,7 @@ if ladder6_path.exists():
     ax.legend(fontsize=8)
     plt.show()
     h100 = [r for r in ladder6["rows"] if "H100" in r["device"] and r.get("context", 512) == 512]
-    print_table([(r["call"], r["variant"], f"{r['us_per_step']:,.0f}", r["note"]) for r in h100],
-                headers=["call", "variant", "us/step", "what it shows"])
+    print_ladder(h100)
 else:
     print(f"{ladder6_path.name} not found")
 
@@ -474,8 +481,7 @@ if ladder6_path.exists():
     ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
     ax.set_title("Version 7's ladder: grey version 6, green version 7 as kept (fd, fdc=4, fdb)")
     plt.show()
-    print_table([(r["call"], r["variant"], f"{r['us_per_step']:,.0f}", r["note"]) for r in v7_rows],
-                headers=["call", "variant", "us/step", "what it shows"])
+    print_ladder(v7_rows)
 
 # %% [markdown]
 # Version 7 ran 882 tok/s at context 512 on the H100 (45% of the floor; version 6 831 in the same call; the
@@ -514,8 +520,7 @@ if ladder6_path.exists():
     ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
     ax.set_title("Version 8's ladder: grey version 7, green version 8 as kept (7 + pc=1)")
     plt.show()
-    print_table([(r["call"], r["variant"], f"{r['us_per_step']:,.0f}", r["note"]) for r in v8_rows],
-                headers=["call", "variant", "us/step", "what it shows"])
+    print_ladder(v8_rows)
 
 # %% [markdown]
 # Version 8 runs 902 tok/s at context 512 on the H100 (46% of the floor; version 7 with the faster DeltaNet item
@@ -550,8 +555,7 @@ if ladder6_path.exists():
 # %%
 if ladder6_path.exists():
     v9_rows = [r for r in ladder6["rows"] if r["call"] >= 35 and "H100" in r["device"]]
-    print_table([(r["call"], r["variant"], f"{r['us_per_step']:,.0f}", r["note"]) for r in v9_rows],
-                headers=["call", "variant", "us/step", "what it shows"])
+    print_ladder(v9_rows)
 v9_path = R.results_dir() / "timeline_v9_ctx512.npz"
 if v9_path.exists():
     z = np.load(v9_path)
