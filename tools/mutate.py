@@ -119,8 +119,8 @@ MUTATIONS = [
              (("            cuda.syncthreads()  # every warp is done with the slot\n", ""),),
              (PERSISTENT_V2,), race=True),
     Mutation("persistent v2: a page read from the slot after the one it was copied to", "megakernel/persistent/v2.py",
-             (("                slot = cursor % R_\n                par = (cursor // R_) & 1\n            if WREL:",
-               "                slot = (cursor + 1) % R_\n                par = (cursor // R_) & 1\n            if WREL:"),),
+             (("                slot, par = ring_pos(cursor)\n            if WREL:",
+               "                slot, par = ring_pos(cursor)\n                slot = (slot + 1) % R_\n            if WREL:"),),
              (PERSISTENT_V2,)),
     Mutation("persistent v4: the second row of a warp's pair written over the first", "megakernel/persistent/v2.py",
              (("            mine = emit(kind, row0 + r + NW, c, c,",
@@ -227,18 +227,9 @@ MUTATIONS = [
                                 break""", """                            if g + 1 > limit:
                                 break"""),),
              (PERSISTENT_PAIRS,), race=True),
-    Mutation("persistent v9: the carried mbarrier parity not flipped when a matvec page loop wraps the ring",
+    Mutation("persistent v9: the carried mbarrier parity not flipped when a page loop wraps the ring",
              "megakernel/persistent/v2.py",
-             (("""            cursor += 1
-            if LEAN:
-                slot += 1
-                if slot == R_:
-                    slot = 0
-                    par ^= 1""", """            cursor += 1
-            if LEAN:
-                slot += 1
-                if slot == R_:
-                    slot = 0"""),),
+             (("            return 0, par ^ 1\n", "            return 0, par\n"),),
              (PERSISTENT_LEAN,), race=True),
     Mutation("persistent v9: every block copies block 0's descriptors into shared memory",
              "megakernel/persistent/v2.py",

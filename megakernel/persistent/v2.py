@@ -369,16 +369,33 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                          "in the workspace): pass it to configure too")
 
     @cuda.jit(device=True)
-    def umod(a, m):
-        """``lean``: ``a % m`` for 0 <= a, 0 < m < 2^31 as a 32-bit unsigned remainder (a multiply by a constant
-        ``m``; no signed 64-bit division)."""
-        return int32(uint32(a) % uint32(m))
+    def rmod(a, m):
+        """``a % m`` for 0 <= a, 0 < m < 2^31; with ``lean`` as a 32-bit unsigned remainder (a multiply by a
+        constant ``m``; no signed 64-bit division)."""
+        if LEAN:
+            return int32(uint32(a) % uint32(m))
+        return a % m
 
     @cuda.jit(device=True)
-    def udiv(a, m):
-        """``lean``: ``a // m`` for 0 <= a < 2^32, 0 < m as a 32-bit unsigned quotient (the block's first row of a
-        phase: a 64-bit division by the grid size otherwise)."""
-        return int32(uint32(a) // uint32(m))
+    def qdiv(a, m):
+        """``a // m`` for 0 <= a < 2^32, 0 < m; with ``lean`` as a 32-bit unsigned quotient (the block's first row
+        of a phase: a 64-bit division by the grid size otherwise)."""
+        if LEAN:
+            return int32(uint32(a) // uint32(m))
+        return a // m
+
+    @cuda.jit(device=True)
+    def ring_pos(cursor):
+        """Page ``cursor``'s ring slot and the parity of the mbarrier phase it completes."""
+        return cursor % R_, (cursor // R_) & 1
+
+    @cuda.jit(device=True)
+    def next_pos(slot, par):
+        """``lean``: the next page's slot and parity from this one's (no division by the ring's size)."""
+        slot += 1
+        if slot == R_:
+            return 0, par ^ 1
+        return slot, par
 
     @cuda.jit(device=True)
     def w4(x):
@@ -445,13 +462,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         the load's latency never stands between a freed slot and its refill."""
         if g >= total:
             return int32(0), int32(0), int32(0), int32(0)
+        d = rmod(g, pb)
         if DESC and pb <= DCAP:  # ``table`` is the block's copy in shared memory: one row
-            d = umod(g, pb)
             return table[0, d, 0], table[0, d, 1], table[0, d, 2], table[0, d, 3]
-        if LEAN:
-            d = umod(g, pb)
-        else:
-            d = g % pb
         if POOL > 0 and d >= pb - (SLACK * POOL + cuda.gridDim.x - 1) // cuda.gridDim.x:
             # an LM head placeholder (a step's last pages; known without a load): claim a pool page now, use the
             # claim (-3) only at the issue, a page later, so the atomic's round trip is never waited for
@@ -492,10 +505,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             if PAIRS and pairs:
                 g = issued
                 while g < total and g < limit:
-                    if LEAN:
-                        slot = umod(g, R_)
-                    else:
-                        slot = g % R_
+                    slot = rmod(g, R_)
                     if bars[FUSED] != 0:  # its bytes come with the previous page's copy
                         bars[FUSED] = 0
                         tma.mbar_expect(bars, slot, 0)
@@ -512,11 +522,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     d1, d2, d3, d4 = next_desc(g, total, b, pb, table)
                 return g, d1, d2, d3, d4
             tma.fence_proxy_async()  # the threads' reads of the slot before the copy engine's writes
-            if LEAN:
-                islot = umod(issued, R_)
-            else:
-                islot = issued % R_
-            issue(islot, d1, d2, d3, d4, Ww, ring, bars)
+            issue(rmod(issued, R_), d1, d2, d3, d4, Ww, ring, bars)
             d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
         return issued + 1, d1, d2, d3, d4
 
@@ -722,12 +728,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             lane = cuda.threadIdx.x % WARP
             warp = cuda.threadIdx.x // WARP
         rpp = PW // (kw * 2) if kind == K_SWIGLU else PW // kw
-        if LEAN:
-            first = udiv(rows * b, nb)
-            end = udiv(rows * (b + 1), nb)
-        else:
-            first = rows * b // nb
-            end = rows * (b + 1) // nb
+        first = qdiv(rows * b, nb)
+        end = qdiv(rows * (b + 1), nb)
         if FD and kind == K_SWIGLU:
             first, end = mlp_rows(rows, b, nb)
         last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
@@ -736,8 +738,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         use_x = XREG and k == D_  # a constant at each (inlined) call site
         if use_x:
             load_x(xr, xs, nv, lane)
-        slot = cursor % R_  # (lean: carried from page to page, below)
-        par = (cursor // R_) & 1
+        slot, par = ring_pos(cursor)  # (lean: carried from page to page, below)
         row0 = first
         while row0 < end:
             nrows = min(rpp, end - row0)
@@ -758,8 +759,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 row0 += 2 * rpp
                 continue
             if not LEAN:
-                slot = cursor % R_
-                par = (cursor // R_) & 1
+                slot, par = ring_pos(cursor)
             if WREL:  # the copy descriptor of the page this slot gets next, in case this warp frees it last
                 nd1, nd2, nd3, nd4 = next_desc(cursor + R_, total, b, pb, table)
             page_wait(bars, slot, par)
@@ -782,10 +782,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                                                         d1, d2, d3, d4, PAIR_ALL or kind == K_LMHEAD)
             cursor += 1
             if LEAN:
-                slot += 1
-                if slot == R_:
-                    slot = 0
-                    par ^= 1
+                slot, par = next_pos(slot, par)
             row0 += rpp
         if POOL > 0 and kind == K_LMHEAD:  # the placeholders: pool pages (their rows from the copy thread), or none
             for _ in range((SLACK * POOL + nb - 1) // nb):
@@ -806,9 +803,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         """``fused_down``: block b's MLP rows [first, end), in whole chunks of ``fd_chunk`` (``split_down
         .aligned_rows``, as the page table has them)."""
         n = (rows + CH - 1) // CH
-        if LEAN:
-            return min(rows, CH * udiv(n * b, nb)), min(rows, CH * udiv(n * (b + 1), nb))
-        return min(rows, CH * (n * b // nb)), min(rows, CH * (n * (b + 1) // nb))
+        return min(rows, CH * qdiv(n * b, nb)), min(rows, CH * qdiv(n * (b + 1), nb))
 
     @cuda.jit(device=True)
     def down_phase(rows, act, hacc, stage, cursor, issued, total, pb, b, nb, table, Ww, ring, bars, d1, d2, d3,
@@ -822,24 +817,19 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         sums = cuda.local.array(NSUMS, int64)
         parts = cuda.local.array(NSUMS, float32)
         down_start(sums, parts)
-        slot = cursor % R_  # (lean: carried from page to page)
-        par = (cursor // R_) & 1
+        slot, par = ring_pos(cursor)  # (lean: carried from page to page)
         row0 = first
         while row0 < end:
             nrows = min(rpp, end - row0)
             if not LEAN:
-                slot = cursor % R_
-                par = (cursor // R_) & 1
+                slot, par = ring_pos(cursor)
             page_wait(bars, slot, par)
             if COMPUTE and FD_PROBE != 1:
                 down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)
             cursor, issued, d1, d2, d3, d4 = free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2,
                                                        d3, d4)
             if LEAN:
-                slot += 1
-                if slot == R_:
-                    slot = 0
-                    par ^= 1
+                slot, par = next_pos(slot, par)
             row0 += rpp
         if FD_PROBE != 2:
             if BULK:
