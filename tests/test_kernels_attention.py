@@ -46,6 +46,7 @@ CONFIGS = {
     "gqa4_dh32_r8": (8, 2, 32, 8, 1e7),  # the 0.8B ratios (GQA 4:1, R = Dh/4) at a tiny head dim
     "mha_dh24_r12": (2, 2, 24, 12, 1e4),  # GQA 1:1, head dim not a multiple of 32
     "gqa3_dh16_full_rope": (3, 1, 16, 16, 1e6),  # GQA 3:1, every dim rotated
+    "gqa2_dh320_r32": (2, 1, 320, 32, 1e4),  # a head wider than a combine block (256 threads): two dims a thread
 }
 
 
@@ -205,6 +206,8 @@ DECODE_CASES = [
     ("mha_dh24_r12", 3, 5, 64),  # more splits than positions: empty splits weigh 0
     ("mha_dh24_r12", 70, None, 32),  # 5 splits, one warp
     ("gqa3_dh16_full_rope", 29, 2, 64),
+    ("gqa4_dh32_r8", 45, 37, 64),  # the combine's partials in three batches (16, 16, 5)
+    ("gqa2_dh320_r32", 20, 18, 32),  # two batches, and a combine thread with two dims (the second batch-loaded)
 ]
 
 
