@@ -554,7 +554,7 @@ if ladder6_path.exists():
 
 # %%
 if ladder6_path.exists():
-    v9_rows = [r for r in ladder6["rows"] if r["call"] >= 35 and "H100" in r["device"]]
+    v9_rows = [r for r in ladder6["rows"] if 35 <= r["call"] <= 40 and "H100" in r["device"]]
     print_ladder(v9_rows)
 v9_path = R.results_dir() / "timeline_v9_ctx512.npz"
 if v9_path.exists():
@@ -580,3 +580,26 @@ if v9_path.exists():
 # ~200 us per step, and the 110 grid barriers cost ~90 us. Without the weight stream at all the kernel takes ~790
 # us per step. The 60% target needs ~855 us in all, so the next version has to shorten that skeleton itself,
 # not only hide the stream behind it.
+
+# %% [markdown]
+# ## Version 10: what a function call costs inside a megakernel
+#
+# Versions 6-9 call the mixer bodies out of line, so that the DeltaNet recurrence and the attention's per-lane
+# arrays do not set the register count of the whole kernel. The machine code (`ptxas -v` and `nvdisasm` of a local
+# sm_90 build, no GPU needed) shows what such a call costs. Numba passes each array as its whole descriptor
+# (pointer, shape, strides and three fields the body never reads): ~60 parameters for a mixer body, most of them
+# stored to the stack by the caller and loaded back by the callee. The decode body also needs more registers than
+# the calling convention leaves it, so it stores 79 registers on entry and reloads them on return. All of this is
+# local memory, behind an L1 that the ring's shared memory leaves at ~28 KB.
+#
+# Version 10 compiles the decode body into the kernel. The kernel then uses 255 registers instead of 224, with a
+# few spills at the mixers' call sites and none in the page loops. The decode phase itself hardly changed, but the
+# DeltaNet layers' projections did (in_proj 144 -> 112 us per step, the MLPs 254 -> 229): one kernel of ~14,000
+# instructions has one register allocation and one code layout, and moving 34 KB of code moves both for every phase.
+# Every mixer body inline was slower, and passing arrays as an address and a shape (`lean_calls`) to the calls that
+# stay out of line bought nothing measurable: each choice has to be measured, not derived. Same bits as version 9.
+
+# %%
+if ladder6_path.exists():
+    v10_rows = [r for r in ladder6["rows"] if r["call"] >= 41]
+    print_ladder(v10_rows)

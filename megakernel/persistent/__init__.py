@@ -17,9 +17,12 @@
                   summed in fixed point by the copy engine's bulk reductions (``split_down``);
 * ``v8``       -- version 8: version 7 with the LM head's pages fetched 64 KB at a time (one copy for two
                   adjacent slots of the ring; ``pages.page_table(pairs=)``);
-* ``v9``       -- version 9 (the default): version 8 with the page loops' bookkeeping made cheap (the ring slot
-                  and parity carried from page to page, 32-bit remainders and quotients, no per-piece guard) and
-                  each block's copy descriptors in shared memory;
+* ``v9``       -- version 9: version 8 with the page loops' bookkeeping made cheap (the ring slot and parity
+                  carried from page to page, 32-bit remainders and quotients, no per-piece guard) and each block's
+                  copy descriptors in shared memory;
+* ``v10``      -- version 10 (the default): version 9 with the attention decode body compiled into the kernel
+                  instead of called out of line;
+* ``noinline`` -- the out-of-line calls of the mixer bodies (and ``lean_calls``: arrays as address and shape);
 * ``split_down`` -- version 7's split-K: fixed-point sums, the down rows' page consumer, the accumulator;
 * ``phases``   -- what the versions share: offsets, the barriers, the mixer phases, the L2 prefetchers;
 * ``profile``  -- the profiling build's timeline: per-phase critical paths and waits, the chart;

@@ -189,9 +189,19 @@ def make_splits(plan):
     return splits
 
 
+# the array arguments of the mixer bodies (``lean_calls``): deltanet_item(item, proj, conv_w, conv_state, A_log,
+# dt_bias, state, o, counters, ws, flag); prepare_item(item, proj, q_norm_w, k_norm_w, inv_freq, pos, k_cache,
+# v_cache, q_out, gate_out, scratch); combine_item(h, n_splits, partial_ml, partial_o, gate, out, ws);
+# decode_item(kvh, split, n_splits, length, q, k_cache, v_cache, partial_ml, partial_o, ws)
+DN_ARRAYS = tuple(range(1, 11))
+PREP_ARRAYS = (1, 2, 3, 4, 6, 7, 8, 9, 10)
+COMB_ARRAYS = (2, 3, 4, 5, 6)
+DEC_ARRAYS = (4, 5, 6, 7, 8, 9)
+
+
 def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False, fold_attention: bool = False,
                 deltanet_out_of_line: bool = False, inline_decode: bool = False, late_shift: bool = False,
-                twice: bool = False):
+                twice: bool = False, lean_calls: bool = False):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
@@ -222,13 +232,15 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
     comb_body = attn.combine_item(Hq, Dh, T) if o.HAS_ATT else None
+    lean = lean_calls  # the array arguments' positions, for calls that pass (address, shape) pairs
     if out_of_line:
-        dn_body, prep_body, comb_body = (_out_of_line(f) if f is not None else None
-                                         for f in (dn_body, prep_body, comb_body))
+        dn_body, prep_body, comb_body = (_out_of_line(f, arrays if lean else None) if f is not None else None
+                                         for f, arrays in ((dn_body, DN_ARRAYS), (prep_body, PREP_ARRAYS),
+                                                           (comb_body, COMB_ARRAYS)))
         if not inline_decode and dec_body is not None:
-            dec_body = _out_of_line(dec_body)
+            dec_body = _out_of_line(dec_body, DEC_ARRAYS if lean else None)
     elif deltanet_out_of_line and dn_body is not None:  # the attention bodies stay inline
-        dn_body = _out_of_line(dn_body)
+        dn_body = _out_of_line(dn_body, DN_ARRAYS if lean else None)
     folded = make_folded_attention(plan, barrier, prep_body, out_of_line) if fold_attention and o.HAS_ATT else None
     REPS = 2 if twice else 1
 
@@ -478,9 +490,17 @@ def make_prefetchers(plan):
 KV_PREFETCH_BYTES = 64 * 1024
 
 
-def _out_of_line(body):
-    """A ``noinline`` wrapper around a device body (the body itself stays inlinable for the layered kernels)."""
-    from .noinline import noinline
+def _out_of_line(body, arrays: tuple[int, ...] | None = None):
+    """A ``noinline`` wrapper around a device body (the body itself stays inlinable for the layered kernels).
+    ``arrays``: the positions of the body's array arguments, passed as (address, shape) pairs instead of Numba's
+    whole descriptors (``noinline.lean_wrapper``: fewer parameters through the stack)."""
+    from .noinline import lean_wrapper, noinline
+
+    import inspect
+
+    n = len(inspect.signature(body.py_func).parameters)
+    if arrays is not None:
+        return lean_wrapper(body, arrays, n)
 
     @cuda.jit(device=True)
     def call(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
@@ -494,9 +514,6 @@ def _out_of_line(body):
     def call10(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
         body(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9)
 
-    import inspect
-
-    n = len(inspect.signature(body.py_func).parameters)
     wrapper = {11: call, 7: call7, 10: call10}[n]
     return noinline(wrapper)
 

@@ -124,7 +124,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "inline_decode": False, "fused_down": False,
            "deltanet_late_shift": False, "fd_probe": 0, "fd_chunk": 1,
            "fd_reps": 1, "fd_stride": 1, "fd_bulk": False, "fused_out": False,
-           "lm_pool": 0, "lineinfo": False, "mixer_twice": False,
+           "lm_pool": 0, "lineinfo": False, "mixer_twice": False, "lean_calls": False,
            "pair_copies": 0, "lean": False, "smem_descs": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
@@ -166,7 +166,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            fd_probe: int = 0, fd_chunk: int = 1, fd_reps: int = 1,
            fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0,
            lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False,
-           smem_descs: bool = False):
+           smem_descs: bool = False, lean_calls: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -241,7 +241,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     descriptor from shared memory instead of global memory (where the load waits behind the weight stream's
     traffic, and every other warp waits for the copy thread at the page's block barrier); a block with more pages
     per step than there is room for (``DESC_PAGES``: grids below ~45 blocks at the 0.8B's size) reads them from
-    global memory as before."""
+    global memory as before. ``lean_calls``: the out-of-line mixer calls pass each array as its address and shape
+    (``noinline.lean_wrapper``) instead of Numba's whole descriptor (~60 parameters a call, most through the
+    stack)."""
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -298,7 +300,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
                                                 deltanet_out_of_line, inline_decode, deltanet_late_shift,
-                                                mixer_twice)
+                                                mixer_twice, lean_calls)
     ATT_BARRIERS = 1 if fold_attention else 3
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
