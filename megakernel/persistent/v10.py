@@ -19,9 +19,11 @@ the mixers' call sites, none in the page loops.
 
 Measured (H100, profiling builds at context 512, three calls; NOTES.md): version 9 1,044-1,046 us per step,
 version 10 1,019-1,022; 994 tok/s in the benchmark against version 9's 977 in the same call. The decode phase
-itself hardly moved (53 -> 51 us per step); the DeltaNet layers' projections did (in_proj 144 -> 112, the MLPs
-254 -> 229): one kernel of ~14,000 instructions has one register allocation and one code layout, and moving the
-decode body's 34 KB of code into it moves both for every phase. Two neighbours were slower or no better: every
+itself hardly moved (53 -> 51 us per step). The phases' critical paths summed 85 us less, and the time between the
+last arrival at a barrier and the first departure grew by 58 us: the new register allocation moved work across the
+profiling build's timer stamps, so between these two builds only the step time compares. One kernel of ~14,000
+instructions has one register allocation and one code layout, and moving the decode body's 34 KB of code into it
+moves both for every phase. Two neighbours were slower or no better: every
 mixer body inline (1,090 us), and the remaining calls passing each array as an address and a shape
 (``lean_calls``: 1,014 against 1,019, the DeltaNet phase unchanged), so the arguments are not what the calls
 cost. Each such choice has to be measured, not derived. The same arithmetic in the same order: the same bits as
