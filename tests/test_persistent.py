@@ -265,24 +265,28 @@ def test_lean_index_arithmetic_computes_the_same_bits(ref, blocks, options):
     _assert_same_bits(runs[0], runs[1], f"version 9 on {blocks} blocks against version 8")
 
 
-@pytest.mark.parametrize("version", [9, 10])
-def test_lean_calls_compute_the_same_bits(ref, version):
+@pytest.mark.parametrize("version,option", [(9, "lean_calls"), (10, "lean_calls"), (10, "count_smem")])
+def test_call_and_barrier_options_compute_the_same_bits(ref, version, option):
     """``lean_calls``: the out-of-line mixer bodies (DeltaNet, attention prepare and combine, and version 9's decode)
     receive each array as its address and shape, rebuilt on the other side as a C-contiguous array
-    (``noinline.lean_wrapper``; the simulator checks every such array's shape and contiguity): two decode steps on
-    3 blocks give the bits of the same version without it."""
+    (``noinline.lean_wrapper``; the simulator checks every such array's shape and contiguity). ``count_smem``: the
+    grid barriers count in shared memory (a count that went wrong would leave blocks waiting for a target nobody
+    reaches, or report a wrong total). Either way, two decode steps on 3 blocks give the bits of the same version
+    without it, through the same number of barriers."""
     from megakernel.persistent import PersistentDecoder
 
     runs = []
-    for opts in ({"lean_calls": False}, {"lean_calls": True}):
+    for on in (False, True):
         dec = PersistentDecoder(ref, max_context=32, version=version, blocks=3, prefill_mode="reference",
-                                options=opts)
+                                options={option: on})
         runs.append(_two_steps(dec, PROMPT))
-    assert dec.option_value("lean_calls", False) and dec.option_value("out_of_line", False)
-    _assert_same_bits(runs[0], runs[1], f"version {version} with lean calls against without")
+        assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
+    assert dec.option_value(option, False) and dec.option_value("out_of_line", False)
+    _assert_same_bits(runs[0], runs[1], f"version {version} with {option} against without")
 
 
-def test_the_profiling_build_records_every_barrier_and_the_page_waits(ref):
+@pytest.mark.parametrize("options", [{}, {"count_smem": True}], ids=["count", "count-in-smem"])
+def test_the_profiling_build_records_every_barrier_and_the_page_waits(ref, options):
     """``profile=True``: thread 0 of every block stamps the global timer at every grid barrier's arrival and
     departure and, per phase, adds up its time waiting for weight pages (``profile.read_timeline``). On 3 blocks
     and two steps in one launch: a stamp for every barrier the schedule has, no block leaving a barrier before the
@@ -291,7 +295,8 @@ def test_the_profiling_build_records_every_barrier_and_the_page_waits(ref):
     from megakernel.persistent import PersistentDecoder
     from megakernel.persistent.profile import format_table, phase_table, read_timeline
 
-    dec = PersistentDecoder(ref, max_context=32, version=9, blocks=3, prefill_mode="reference", profile=True)
+    dec = PersistentDecoder(ref, max_context=32, version=9, blocks=3, prefill_mode="reference", profile=True,
+                            options=options)
     logits, state = dec.prefill(PROMPT)
     dec.run(state, int(logits[-1].argmax()), 2)
     t = read_timeline(dec, 2, context=len(PROMPT))

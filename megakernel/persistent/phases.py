@@ -109,7 +109,8 @@ def make_counter_halves():
     return arrive, wait
 
 
-def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, monotonic: bool = False):
+def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, monotonic: bool = False,
+                 count_smem: bool = False):
     """``count = barrier(grid, count, prof)``: a grid barrier (counted, so the host can check the schedule), or
     with ``enabled=False`` only the count: the test-only switch that shows what the barriers are for.
 
@@ -128,8 +129,16 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     With ``profile``, thread 0 of every block records the GPU's global timer when it arrives at barrier ``k`` and
     when it leaves it, in ``prof[block, 2k]`` and ``prof[block, 2k + 1]`` (``prof``: int64 [blocks, 2 x barriers
     of the launch]): the phase a block worked on before barrier ``k`` took ``prof[b, 2k] - prof[b, 2k - 1]``, its
-    wait ``prof[b, 2k + 1] - prof[b, 2k]`` (``megakernel.persistent.profile`` turns that into a timeline)."""
+    wait ``prof[b, 2k + 1] - prof[b, 2k]`` (``megakernel.persistent.profile`` turns that into a timeline).
+
+    ``count_smem`` (with ``monotonic``): the barriers passed are counted in shared memory (``grid`` is then
+    ``(ctl, base, cnt)``, ``cnt`` an int64 shared array of one element, zeroed when the launch starts) instead of the
+    ``count`` the kernel carries from barrier to barrier, which then has no use left and is compiled away. Why:
+    a value carried through the whole kernel and read once per phase is what the register allocator spills first,
+    and version 10's ``count`` was reloaded from local memory (a miss in an L1 of ~28 KB) before every barrier's
+    arrival. ``barrier_count(grid, count)`` gives the count for the launch's end."""
     ENABLED = enabled
+    SMEM = count_smem and monotonic
     PROFILE = profile
     COUNTER = counter
     MONO = monotonic
@@ -138,9 +147,12 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
 
     @cuda.jit(device=True)
     def monotonic_sync(grid, count):
-        ctl, base = grid
+        ctl, base = grid[0], grid[1]
         cuda.syncthreads()  # the block's work is done
         if cuda.threadIdx.x == 0:
+            if SMEM:
+                count = grid[2][0]
+                grid[2][0] = count + 1  # read by the block after the syncthreads below
             target = (base + int64(cuda.gridDim.x) * (count + 1)) & _LOW32
             tma.red_release_add(ctl, ARR, 1)
             while ((int64(tma.ld_acquire(ctl, ARR)) & _LOW32) - target) & _LOW32 >= _HALF32:
@@ -158,7 +170,7 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     @cuda.jit(device=True)
     def barrier(grid, count, prof):
         if PROFILE:
-            stamp(prof, 2 * count)
+            stamp(prof, 2 * (grid[2][0] if SMEM else count))
         if ENABLED:
             if MONO:
                 monotonic_sync(grid, count)
@@ -167,10 +179,24 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
             else:
                 grid.sync()
         if PROFILE:
-            stamp(prof, 2 * count + 1)
+            stamp(prof, 2 * (grid[2][0] - 1 if SMEM else count) + 1)
         return count + 1
 
     return barrier
+
+
+def make_barrier_count(count_smem: bool = False, monotonic: bool = False):
+    """``n = barrier_count(grid, count)``: the barriers passed so far (``count``, or with ``count_smem`` the block's
+    shared counter, ``make_barrier``)."""
+    SMEM = count_smem and monotonic
+
+    @cuda.jit(device=True)
+    def barrier_count(grid, count):
+        if SMEM:
+            return int32(grid[2][0])
+        return count
+
+    return barrier_count
 
 
 def make_splits(plan):
@@ -414,7 +440,7 @@ def make_barrier_close(enabled: bool, monotonic: bool = False):
     def close(first, grid, count):
         if ACTIVE:
             if first:
-                ctl, base = grid
+                ctl, base = grid[0], grid[1]
                 v = (base + int64(cuda.gridDim.x) * count) & _LOW32
                 ctl[BASE] = int32(v - (_LOW32 + 1) if v >= _HALF32 else v)
 
@@ -518,6 +544,6 @@ def _out_of_line(body, arrays: tuple[int, ...] | None = None):
     return noinline(wrapper)
 
 
-__all__ = ["Offsets", "make_barrier", "make_barrier_close", "make_counter_halves", "stamp", "make_mixers",
+__all__ = ["Offsets", "make_barrier", "make_barrier_close", "make_barrier_count", "make_counter_halves", "stamp", "make_mixers",
            "make_deltanet_item",
            "make_folded_attention", "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]

@@ -142,7 +142,7 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "fold": "fold_attention", "ooldn": "deltanet_out_of_line", "indec": "inline_decode",
           "fd": "fused_down", "lshift": "deltanet_late_shift",
           "fdb": "fd_bulk", "fo": "fused_out", "li": "lineinfo", "twice": "mixer_twice", "lean": "lean",
-          "sd": "smem_descs", "lc": "lean_calls"}
+          "sd": "smem_descs", "lc": "lean_calls", "cs": "count_smem"}
 _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride",
            "lmp=": "lm_pool",
            "l2=": "l2_ahead",

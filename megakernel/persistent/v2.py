@@ -51,8 +51,8 @@ from . import pages as PG
 from . import plan as P
 from . import split_down as SD
 from . import tma
-from .phases import (Offsets, close_launch, make_barrier, make_barrier_close, make_barrier_handle,
-                     make_counter_halves, make_deltanet_item, make_mixers, make_prefetchers, seed_bits, stamp)
+from .phases import (Offsets, close_launch, make_barrier, make_barrier_close, make_barrier_count,
+                     make_barrier_handle, make_counter_halves, make_deltanet_item, make_mixers, make_prefetchers, seed_bits, stamp)
 
 VERSION = 2
 DESCRIPTION = "weights streamed through a shared-memory ring by the copy engine, ahead of the barriers"
@@ -124,7 +124,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "inline_decode": False, "fused_down": False,
            "deltanet_late_shift": False, "fd_probe": 0, "fd_chunk": 1,
            "fd_reps": 1, "fd_stride": 1, "fd_bulk": False, "fused_out": False,
-           "lm_pool": 0, "lineinfo": False, "mixer_twice": False, "lean_calls": False,
+           "lm_pool": 0, "lineinfo": False, "mixer_twice": False, "lean_calls": False, "count_smem": False,
            "pair_copies": 0, "lean": False, "smem_descs": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
@@ -166,7 +166,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            fd_probe: int = 0, fd_chunk: int = 1, fd_reps: int = 1,
            fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0,
            lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False,
-           smem_descs: bool = False, lean_calls: bool = False):
+           smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -243,7 +243,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     per step than there is room for (``DESC_PAGES``: grids below ~45 blocks at the 0.8B's size) reads them from
     global memory as before. ``lean_calls``: the out-of-line mixer calls pass each array as its address and shape
     (``noinline.lean_wrapper``) instead of Numba's whole descriptor (~60 parameters a call, most through the
-    stack)."""
+    stack). ``count_smem`` (with ``monotonic``): the grid barriers passed are counted in shared memory, not in a
+    value the kernel carries from barrier to barrier (``phases.make_barrier``: version 10's allocation spilled that
+    value and reloaded it from local memory before every barrier's arrival)."""
+    if count_smem and not monotonic:
+        raise ValueError("persistent kernel build option count_smem needs monotonic (its barrier)")
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -287,16 +291,20 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     F_IN, F_POST, NS_ = lay.input_norm, lay.post_norm, lay.norm_stride
     F_FINAL, F_GN, LSS = lay.final_norm, lay.gated_norm, lay.lin_small_stride
     R_ = plan.ring_pages
-    N_BARS = 2 * R_ + 2  # (an even count: the static shared arrays after it stay 16-byte aligned for the bulk copies)
+    # (an even count: the static shared arrays after it stay 16-byte aligned for the bulk copies)
+    N_BARS = 2 * R_ + (4 if count_smem else 2)
     FUSED = 2 * R_  # pair_copies: 1 while the next page to issue came with the last copy
     WAITED = 2 * R_ + 1  # profiling builds: thread 0's ns waiting for pages since the last barrier
+    CNT = 2 * R_ + 2  # count_smem: the grid barriers this launch has passed (the next word is padding)
+    CSMEM = count_smem
     PAIRS = pair_copies > 0
     PAIR_ALL = pair_copies == PG.PAIRS_ALL  # else the LM head's call site alone pairs (the only pages marked)
     PW = plan.page_words
     XS = plan.workspace
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
     NO_KEY = np.int64(lmh.INT64_MIN)
-    barrier = make_barrier(barriers, profile, counter, monotonic)
+    barrier = make_barrier(barriers, profile, counter, monotonic, count_smem)
+    barrier_count = make_barrier_count(count_smem, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
                                                 deltanet_out_of_line, inline_decode, deltanet_late_shift,
@@ -438,8 +446,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         records the phase's page waits in the buffer's last third (``profile.read_timeline``)."""
         if PROFILE and cuda.threadIdx.x == 0:
             e = prof.shape[1] // 3
-            if count < e:
-                prof[cuda.blockIdx.x, 2 * e + count] = bars[WAITED]
+            k = bars[CNT] if CSMEM else count
+            if k < e:
+                prof[cuda.blockIdx.x, 2 * e + k] = bars[WAITED]
             bars[WAITED] = 0
         if SPLIT_BAR:
             if PROFILE:
@@ -944,6 +953,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         descs = cuda.shared.array((1, DCAP, 4), int32)  # smem_descs: the block's copy descriptors
         acc_stage = cuda.shared.array(STAGE, int64)  # fd_bulk: a block's down sums for the copy engine
         grid = barrier_handle(ctl)
+        if CSMEM:  # the barriers' count in shared memory (zeroed below, before the first barrier)
+            grid = (grid[0], grid[1], bars[CNT:CNT + 1])
         b = cuda.blockIdx.x
         nb = cuda.gridDim.x
         tid = cuda.threadIdx.x
@@ -972,6 +983,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 bars[R_ + s] = 0
             bars[FUSED] = 0
             bars[WAITED] = 0
+            if CSMEM:
+                bars[CNT] = 0
             tma.fence_mbarrier_init()
         cuda.syncthreads()
         issued = min(R_, total)
@@ -1132,6 +1145,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             for g in range(cursor, issued):
                 tma.mbar_wait(bars, g % R_, (g // R_) & 1)
         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
+        count = barrier_count(grid, count)
         close_launch(first, position, pos0, done, ctl, token, count)
         close_barriers(first, grid, count)
 
