@@ -7,6 +7,7 @@ of spill stores, most of it around the attention arrays). Marking the heavy bodi
 call with its own allocation (``tools/profile_persistent.py`` and NOTES.md give the effect). Numba has no option
 for it, so ``noinline(fn)`` registers a device function and ``install()`` adds LLVM's ``noinline`` attribute to it
 when Numba lowers it (the same hook Numba itself uses to keep functions out of line for full debug info).
+``lean_wrapper`` (below) makes such a call pass each array as its address and shape.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ __all__ = ["noinline", "install"]
 # data pointer, shape and strides (7 words for a vector, 11 for a 3-D array). Inside one kernel that costs
 # nothing; across a real call it is ~60 parameters for a mixer body, most of them through the caller's stack
 # frame (local memory). ``lean_wrapper`` builds a call that passes each array as its data pointer and shape
-# instead (1 + ndim words) and rebuilds a C-contiguous array of that shape on the other side (``numba.carray``).
+# instead (1 + ndim words) and rebuilds a C-contiguous array of that shape on the other side (Numba's ``carray``).
+# Measured (NOTES.md "Persistent megakernel version 10"): the kernel's stack frame 664 -> 208 B, the step within
+# noise; the build option ``lean_calls`` keeps it for the record.
 
 from numba.core import types  # noqa: E402
 
@@ -76,8 +79,6 @@ if not SIMULATOR:
 
     view = _carray  # (ptr, shape) -> the C-contiguous array at ptr
 else:
-    import numpy as np
-
     def address(arr):
         """In the simulator the "pointer" is the array itself (``view`` checks what the GPU assumes)."""
         return arr

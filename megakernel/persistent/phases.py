@@ -136,7 +136,8 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     ``count`` the kernel carries from barrier to barrier, which then has no use left and is compiled away. Why:
     a value carried through the whole kernel and read once per phase is what the register allocator spills first,
     and version 10's ``count`` was reloaded from local memory (a miss in an L1 of ~28 KB) before every barrier's
-    arrival. ``barrier_count(grid, count)`` gives the count for the launch's end."""
+    arrival (measured: the step within noise; NOTES.md). ``barrier_count(grid, count)`` gives the count for the
+    launch's end."""
     ENABLED = enabled
     SMEM = count_smem and monotonic
     PROFILE = profile
@@ -258,7 +259,7 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
     comb_body = attn.combine_item(Hq, Dh, T) if o.HAS_ATT else None
-    lean = lean_calls  # the array arguments' positions, for calls that pass (address, shape) pairs
+    lean = lean_calls  # pass the bodies' arrays (at the positions *_ARRAYS) as (address, shape) pairs
     if out_of_line:
         dn_body, prep_body, comb_body = (_out_of_line(f, arrays if lean else None) if f is not None else None
                                          for f, arrays in ((dn_body, DN_ARRAYS), (prep_body, PREP_ARRAYS),
@@ -544,6 +545,7 @@ def _out_of_line(body, arrays: tuple[int, ...] | None = None):
     return noinline(wrapper)
 
 
-__all__ = ["Offsets", "make_barrier", "make_barrier_close", "make_barrier_count", "make_counter_halves", "stamp", "make_mixers",
+__all__ = ["Offsets", "make_barrier", "make_barrier_close", "make_barrier_count", "make_counter_halves", "stamp",
+           "make_mixers",
            "make_deltanet_item",
            "make_folded_attention", "make_prefetchers", "make_barrier_handle", "seed_bits", "close_launch"]

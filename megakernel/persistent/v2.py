@@ -52,7 +52,8 @@ from . import plan as P
 from . import split_down as SD
 from . import tma
 from .phases import (Offsets, close_launch, make_barrier, make_barrier_close, make_barrier_count,
-                     make_barrier_handle, make_counter_halves, make_deltanet_item, make_mixers, make_prefetchers, seed_bits, stamp)
+                     make_barrier_handle, make_counter_halves, make_deltanet_item, make_mixers, make_prefetchers,
+                     seed_bits, stamp)
 
 VERSION = 2
 DESCRIPTION = "weights streamed through a shared-memory ring by the copy engine, ahead of the barriers"
