@@ -235,6 +235,15 @@ MUTATIONS = [
              "megakernel/persistent/v2.py",
              (("descs[0, i >> 2, i & 3] = table_g[b, i >> 2, i & 3]", "descs[0, i >> 2, i & 3] = table_g[0, i >> 2, i & 3]"),),
              (PERSISTENT_LEAN,)),
+    Mutation("persistent count_smem: the barrier count in shared memory never advances (every later barrier's "
+             "target is already reached)", "megakernel/persistent/phases.py",
+             (("grid[2][0] = count + 1  # read by the block", "grid[2][0] = count  # read by the block"),),
+             ("tests/test_persistent.py::test_call_and_barrier_options_compute_the_same_bits[10-count_smem]",),
+             race=True),
+    Mutation("attention combine: a thread's second head dimension sums its first dimension's batch of partials",
+             "megakernel/kernels/attention.py",
+             (("                if i0 > 0 or d > tid:\n", "                if i0 > 0:\n"),),
+             (ATTN_DECODE + "[gqa2_dh320_r32-20-18-32]",)),
     Mutation("persistent counter barrier: no release fence before the arrival", "megakernel/persistent/phases.py",
              (("""        gen = cuda.atomic.add(ctl, GEN, 0)
         cuda.threadfence()
