@@ -139,7 +139,7 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     arrival (measured: the step within noise; NOTES.md). ``barrier_count(grid, count)`` gives the count for the
     launch's end."""
     ENABLED = enabled
-    SMEM = count_smem and monotonic
+    SMEM = count_smem and monotonic and enabled
     PROFILE = profile
     COUNTER = counter
     MONO = monotonic

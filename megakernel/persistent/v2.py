@@ -292,20 +292,20 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     F_IN, F_POST, NS_ = lay.input_norm, lay.post_norm, lay.norm_stride
     F_FINAL, F_GN, LSS = lay.final_norm, lay.gated_norm, lay.lin_small_stride
     R_ = plan.ring_pages
+    CSMEM = count_smem and barriers  # (without barriers, the test-only switch, there is nothing to count)
     # (an even count: the static shared arrays after it stay 16-byte aligned for the bulk copies)
-    N_BARS = 2 * R_ + (4 if count_smem else 2)
+    N_BARS = 2 * R_ + (4 if CSMEM else 2)
     FUSED = 2 * R_  # pair_copies: 1 while the next page to issue came with the last copy
     WAITED = 2 * R_ + 1  # profiling builds: thread 0's ns waiting for pages since the last barrier
     CNT = 2 * R_ + 2  # count_smem: the grid barriers this launch has passed (the next word is padding)
-    CSMEM = count_smem
     PAIRS = pair_copies > 0
     PAIR_ALL = pair_copies == PG.PAIRS_ALL  # else the LM head's call site alone pairs (the only pages marked)
     PW = plan.page_words
     XS = plan.workspace
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
     NO_KEY = np.int64(lmh.INT64_MIN)
-    barrier = make_barrier(barriers, profile, counter, monotonic, count_smem)
-    barrier_count = make_barrier_count(count_smem, monotonic)
+    barrier = make_barrier(barriers, profile, counter, monotonic, CSMEM)
+    barrier_count = make_barrier_count(CSMEM, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
                                                 deltanet_out_of_line, inline_decode, deltanet_late_shift,
