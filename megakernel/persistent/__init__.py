@@ -22,6 +22,8 @@
                   copy descriptors in shared memory;
 * ``v10``      -- version 10 (the default): version 9 with the attention decode body compiled into the kernel
                   instead of called out of line;
+* ``v11``      -- version 11: version 10 with the pages of hidden-size rows multiplied on the tensor cores;
+* ``mma``      -- version 11's ``ldmatrix`` / ``mma.sync`` intrinsics, their simulator models, its page consumer;
 * ``noinline`` -- the out-of-line calls of the mixer bodies (and ``lean_calls``: arrays as address and shape);
 * ``split_down`` -- version 7's split-K: fixed-point sums, the down rows' page consumer, the accumulator;
 * ``phases``   -- what the versions share: offsets, the barriers, the mixer phases, the L2 prefetchers;

@@ -50,6 +50,7 @@ from ..launch import SIMULATOR, as_kernel_array
 from . import pages as PG
 from . import plan as P
 from . import split_down as SD
+from . import mma as MM
 from . import tma
 from .phases import (Offsets, close_launch, make_barrier, make_barrier_close, make_barrier_count,
                      make_barrier_handle, make_counter_halves, make_deltanet_item, make_mixers, make_prefetchers,
@@ -126,7 +127,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "deltanet_late_shift": False, "fd_probe": 0, "fd_chunk": 1,
            "fd_reps": 1, "fd_stride": 1, "fd_bulk": False, "fused_out": False,
            "lm_pool": 0, "lineinfo": False, "mixer_twice": False, "lean_calls": False, "count_smem": False,
-           "pair_copies": 0, "lean": False, "smem_descs": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "pair_copies": 0, "lean": False, "smem_descs": False,
+           "mma_pages": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -167,7 +169,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            fd_probe: int = 0, fd_chunk: int = 1, fd_reps: int = 1,
            fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0,
            lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False,
-           smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False):
+           smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -246,7 +248,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (``noinline.lean_wrapper``) instead of Numba's whole descriptor (~60 parameters a call, most through the
     stack). ``count_smem`` (with ``monotonic``): the grid barriers passed are counted in shared memory, not in a
     value the kernel carries from barrier to barrier (``phases.make_barrier``: version 10's allocation spilled that
-    value and reloaded it from local memory before every barrier's arrival)."""
+    value and reloaded it from local memory before every barrier's arrival). ``mma_pages`` (with ``xregs``): the
+    pages of rows with the hidden size (the input projections, gate/up, the LM head) multiplied on the tensor cores
+    (``mma.page_mma``: the warps split k, each keeps its k-span of x as bf16 hi/lo fragments in registers, and after
+    the page's block barrier each warp finishes two rows from the warps' partials); other bits than without (the
+    tensor cores' fp32 sums), the same bits on any grid. Where the hidden size is not a multiple of 16 or exceeds
+    128 per warp, those pages keep ``xregs``' consumer."""
+    if mma_pages and (not xregs or warp_release or page_pairs or lm_pool):
+        raise ValueError("persistent kernel build option mma_pages needs xregs and does not combine with "
+                         "warp_release, page_pairs or lm_pool")
     if count_smem and not monotonic:
         raise ValueError("persistent kernel build option count_smem needs monotonic (its barrier)")
     if split_sums and not paired_rows or early_residual and not split_sums:
@@ -339,6 +349,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     DESC = smem_descs
     DCAP = max(1, plan.desc_pages)
     load_x, dot_row_x, dot2_row_x = xreg_dots(XE, full=lean and XE * WARP == D_ // 8)
+    MMA = mma_pages and XREG and MM.mma_supported(D_, NW)
+    XF, PART_N, load_fragments, mma_partials, mma_row_sum = MM.page_mma(
+        D_, NW, PW // (D_ // 2), full=(D_ // MM.TILE_K) % NW == 0)
+    if not MMA:
+        XF = PART_N = 1
     POOL, V_STATIC, RPL = PG.lm_pool(plan.config, PW, lm_pool)
     SLACK = PG.LM_POOL_SLACK
     W_LM = lay.lm_head
@@ -723,8 +738,31 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     issue(slot, nd1, nd2, nd3, nd4, Ww, ring, bars)
 
     @cuda.jit(device=True)
+    def mma_emit(kind, nrows, row0, part, buf, rstd, y, h, act, logits, hacc, mine, lane, warp):
+        """``mma_pages``: a page's rows finished from the warps' partials (after the page's block barrier): warp
+        w takes rows 2w and 2w + 1 (lanes 0-7 and 8-15; lanes 16-31 the same again), a gate/up page's pair w (the
+        gate sum on lanes 0-7, the up sum on 8-15); lanes 0 and 8 write."""
+        upper = (lane >> 3) & 1
+        if kind == K_SWIGLU:
+            r = warp
+            while r < nrows:
+                v = mma_row_sum(part, buf, 2 * r + upper, lane)
+                u = cuda.shfl_xor_sync(D.FULL_MASK, v, 8)
+                mine = emit(kind, row0 + r, v, u, rstd, y, h, act, logits, hacc, mine, lane)
+                r += NW
+            return mine
+        r = 2 * warp
+        while r < nrows:
+            row = r + upper
+            v = mma_row_sum(part, buf, min(row, nrows - 1), lane)
+            if row < nrows:
+                mine = emit(kind, row0 + row, v, v, rstd, y, h, act, logits, hacc, mine, lane & 0x17)
+            r += 2 * NW
+        return mine
+
+    @cuda.jit(device=True)
     def rows_body(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb, table, Ww,
-                  ring, bars, xs, d1, d2, d3, d4, hold):
+                  ring, bars, xs, part, d1, d2, d3, d4, hold):
         """Consume this block's pages of a rows phase (``rows`` rows of length ``k``; x staged in ``xs``),
         refilling each slot as it frees. The block's rows and their pages follow from (rows, b, nb) as in
         ``pages.page_table``, so the consumers read no table; thread 0 carries the next copy descriptor
@@ -747,8 +785,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
         nd1 = nd2 = nd3 = nd4 = int32(0)
         xr = cuda.local.array(XR, float32)
+        xf = cuda.local.array(XF, uint32)
         use_x = XREG and k == D_  # a constant at each (inlined) call site
-        if use_x:
+        use_mma = MMA and k == D_
+        if use_mma:
+            load_fragments(xf, xs, nv, lane, warp)
+        elif use_x:
             load_x(xr, xs, nv, lane)
         slot, par = ring_pos(cursor)  # (lean: carried from page to page, below)
         row0 = first
@@ -776,10 +818,14 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 nd1, nd2, nd3, nd4 = next_desc(cursor + R_, total, b, pb, table)
             page_wait(bars, slot, par)
             base = slot * PW
-            if PAIRED:
+            buf = (cursor & 1) * (PART_N // 2)  # (two pages' partials: a warp may start the next page's)
+            if use_mma:
+                if COMPUTE:
+                    mma_partials(ring, base, nrows, kw, kind == K_SWIGLU, xf, part, buf, lane, warp)
+            elif PAIRED:
                 mine = paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs,
                                         xr, use_x, lane, warp)
-            for r in range(warp, nrows if COMPUTE and not PAIRED else 0, NW):
+            for r in range(warp, nrows if COMPUTE and not PAIRED and not use_mma else 0, NW):
                 acc = D.warp_sum(dot1(ring, (base + r * kw) // 4, xs, xr, use_x, nv, lane))
                 up = acc
                 if kind == K_SWIGLU:
@@ -792,6 +838,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 if issued < total and (not hold or issued < last):
                     issued, d1, d2, d3, d4 = issue_next(issued, cursor + 1 + R_, total, b, pb, table, Ww, ring, bars,
                                                         d1, d2, d3, d4, PAIR_ALL or kind == K_LMHEAD)
+                if use_mma and COMPUTE:  # the slot is free again; its rows' partials are in part[buf]
+                    mine = mma_emit(kind, nrows, row0, part, buf, rstd, y, h, act, logits, hacc, mine, lane, warp)
             cursor += 1
             if LEAN:
                 slot, par = next_pos(slot, par)
@@ -927,18 +975,18 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
 
         @cuda.jit(device=True)
         def rows_call(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb, table, Ww,
-                      ring, bars, xs, d1, d2, d3, d4, hold):
+                      ring, bars, xs, part, d1, d2, d3, d4, hold):
             return rows_body(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb,
-                             table, Ww, ring, bars, xs, d1, d2, d3, d4, hold)
+                             table, Ww, ring, bars, xs, part, d1, d2, d3, d4, hold)
 
         noinline(rows_call)
 
         @cuda.jit(device=True)
         def rows_phase(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb, table, Ww,
-                       ring, bars, xs, d1, d2, d3, d4, hold):
+                       ring, bars, xs, part, d1, d2, d3, d4, hold):
             # the sizes as runtime values: literal arguments would make one out-of-line copy per call site
             return rows_call(int32(kind), int32(k), int32(rows), rstd, y, h, act, logits, hacc, mine, cursor, issued,
-                             total, pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, int32(hold))
+                             total, pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, int32(hold))
     else:
         rows_phase = rows_body
 
@@ -953,6 +1001,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         bars = cuda.shared.array(N_BARS, int64)  # the slots' mbarriers, then (warp_release) their release counts
         descs = cuda.shared.array((1, DCAP, 4), int32)  # smem_descs: the block's copy descriptors
         acc_stage = cuda.shared.array(STAGE, int64)  # fd_bulk: a block's down sums for the copy engine
+        part = cuda.shared.array(PART_N, float32)  # mma_pages: the warps' partial sums of two pages' rows
         grid = barrier_handle(ctl)
         if CSMEM:  # the barriers' count in shared memory (zeroed below, before the first barrier)
             grid = (grid[0], grid[1], bars[CNT:CNT + 1])
@@ -1027,7 +1076,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     if HAS_LIN:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, hacc, NO_KEY, cursor, issued, total,
-                            pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, DEFER)
+                            pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER)
                         if LATE:
                             prefetch_deltanet(j, b, nb, rec, conv, Wf)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
@@ -1052,13 +1101,13 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             cuda.syncthreads()
                             cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                                 K_GATED, HVDV, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
-                                table, Ww, ring, bars, xs, d1, d2, d3, d4, False)
+                                table, Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
                             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 else:
                     if HAS_ATT:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, hacc, NO_KEY, cursor, issued, total,
-                            pb, b, nb, table, Ww, ring, bars, xs, d1, d2, d3, d4, DEFER)
+                            pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER)
                         if LATE:
                             prefetch_kv(j, pos, b, nb, kc, vc)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
@@ -1077,7 +1126,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         cuda.syncthreads()
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                             K_PLAIN, HQDH, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
-                            Ww, ring, bars, xs, d1, d2, d3, d4, False)
+                            Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
                 if FO and NORM_ACC:  # h_out is not folded into h before the next attention layer
@@ -1092,7 +1141,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     act_rows = xs[XA:XA + F]
                     cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                         K_SWIGLU, D_, F, rstd, h, h, act_rows, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
-                        table, Ww, ring, bars, xs, d1, d2, d3, d4, False)
+                        table, Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
                     cuda.syncthreads()  # (the last page's barrier already published the block's rows of act)
                     cursor, issued, d1, d2, d3, d4 = down_phase(F, act_rows, hacc, acc_stage, cursor, issued, total,
                                                                 pb, b, nb, table, Ww, ring, bars, d1, d2, d3, d4)
@@ -1101,13 +1150,13 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     act = scr[ACT0:ACT0 + F]
                     cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                         K_SWIGLU, D_, F, rstd, h, h, act, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
-                        Ww, ring, bars, xs, d1, d2, d3, d4, False)
+                        Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
                     count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                     stage_split(act, xs, F // 8)
                     cuda.syncthreads()
                     cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                         K_PLAIN, F, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table, Ww,
-                        ring, bars, xs, d1, d2, d3, d4, False)
+                        ring, bars, xs, part, d1, d2, d3, d4, False)
                     count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 if ctl[P.CTL_TRACE] != 0:
                     for d in range(b * T + tid, D_, nb * T):
@@ -1122,7 +1171,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             logits = scr[LG0:LG0 + V]
             cursor, issued, mine, d1, d2, d3, d4 = rows_phase(
                 K_LMHEAD, D_, V_STATIC, rstd, h, h, h, logits, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
-                Ww, ring, bars, xs, d1, d2, d3, d4, False)
+                Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
             if SPLIT:
                 mine = warp_max_key(mine)
             lmh.publish_block_best(mine, best, nb, keys)

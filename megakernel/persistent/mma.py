@@ -1,0 +1,285 @@
+"""A weight page's matrix-vector product on the tensor cores (version 11): ``ldmatrix`` and ``mma.sync`` as Numba
+intrinsics, their simulator models, and the page consumer built on them.
+
+Why: the CUDA cores take ~300 instructions per warp to multiply a 32 KB page (16 rows x 1,024 bf16) by x: per
+weight a load share, a bf16 -> fp32 conversion and an FMA, then a shuffle reduction per row. Most of a block's
+time between pages that are already in shared memory goes there (NOTES.md, "Persistent megakernel version 11").
+One ``mma.sync.m16n8k16`` multiplies a 16 x 16 bf16 tile by a 16 x 8 one into fp32 in one instruction.
+
+How a matrix-vector product becomes a tile product (``D = A B``, A 16 x 16, B 16 x 8, D 16 x 8):
+
+* **B holds the weights**: column ``n`` of B is 16 consecutive k of page row ``n`` (8 rows per product, one
+  ``ldmatrix.x4`` loads two row groups x two 8-k halves). The sum over k can be taken in any order, so row ``n``
+  reads its k chunks (8 k, 16 bytes) **rotated by n chunks**: the rows lie 2 KB apart in the page (a bank
+  multiple), and unrotated the 8 rows of an ``ldmatrix`` phase would hit one bank group (8-way conflicts).
+* **A holds x, split in two bf16 terms** (x = hi + lo, 16 of fp32's 24 mantissa bits; the rest is below the
+  reference tolerance): A row ``m < 8`` carries hi rotated like weight row ``m``, row ``m + 8`` carries lo with
+  the same rotation. Then ``D[n][n] + D[n + 8][n]`` is row n's dot product over this tile's k, and the other 112
+  outputs are products of mismatched chunks, never read.
+* **The warps split k**: warp ``w`` takes a contiguous span of ``ceil(k / 16 / warps)`` k-steps, and holds its A
+  fragments (4 words a step) in registers for the whole phase, where version 10 held x as floats: 32 words a lane
+  at the 0.8B's hidden size 1,024. A page costs a warp 8 ``ldmatrix`` and 16 ``mma`` per 16 rows.
+* **The warps' partial sums** (16 per warp and page) go to shared memory; after the page's block barrier each warp
+  finishes two rows, summing the 8 warps' partials in a fixed tree order: the bits do not depend on the grid, the
+  run, or which block takes which rows.
+
+The tensor cores accumulate in fp32 in their own order: the bits differ from version 10's (which match versions
+7-9); version 11 is held to the reference's tolerance and to its own repeat-run and cross-grid bit identity.
+
+API (``arr``: a 1-D int32/uint32 shared array, ``i`` a word index, 16-byte aligned):
+
+================================================  ===================================================================
+``ldmatrix_x4(arr, i)``                           warp-collective: lane ``l`` gives the address of row ``l % 8`` of
+                                                  8 x 8 bf16 matrix ``l // 8``; returns the lane's 4 fragment words
+                                                  (matrix q: row ``l // 4``, columns ``2 (l % 4)`` and ``+ 1``)
+``mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1,``      warp-collective ``mma.sync.aligned.m16n8k16.row.col.f32.bf16``:
+``    c2, c3)``                                   the lane's A, B and C fragments in, its D fragment out (4 floats)
+================================================  ===================================================================
+
+In the CUDA simulator both are warp exchanges (``testing.simulator.warp_gather``): ``ldmatrix_x4`` hands each lane
+the words the GPU's fragment layout gives it (and tells the race detector which rows each lane's address names),
+``mma_bf16`` assembles A, B and C from the 32 lanes' fragments and computes ``A B + C`` in float64, rounded to
+fp32 once (the GPU's tensor cores round differently: the tests hold both to the reference's tolerance).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import config, cuda
+from numba.cuda import float32, int32, uint32
+
+from megakernel import device as D
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+WARP = 32
+TILE_K = 16        # k of one mma
+CHUNK = 8          # k of one ldmatrix row (16 bytes)
+MAX_FRAG_WORDS = 32  # A fragment words a lane keeps (8 k-steps: the 0.8B's 1,024 over 8 warps)
+
+if SIMULATOR:
+    from ..testing.simulator import lane_id as _lane_id
+    from ..testing.simulator import plain_array as _np
+    from ..testing.simulator import record_reads, warp_gather
+
+    _BF16 = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+
+    def _full_warp(kind, values):
+        if len(values) != WARP:
+            raise RuntimeError(f"{kind} is warp-collective: it needs all 32 lanes of a warp")
+        return values
+
+    def ldmatrix_x4(arr, i):
+        a = _np(arr)
+        if a.ndim != 1 or a.dtype.itemsize != 4:
+            raise TypeError(f"ldmatrix_x4 needs a 1-D 32-bit array, got {a.dtype} x {a.ndim}")
+        i = int(i)
+        if i % 4 or a.ctypes.data % 16:
+            raise ValueError(f"ldmatrix_x4: row address (word {i}) is not 16-byte aligned")
+        if i < 0 or i + 4 > a.shape[0]:
+            raise IndexError(f"ldmatrix_x4: row at word {i} is out of bounds for {a.shape[0]} words")
+        addrs = _full_warp("ldmatrix_x4", warp_gather("ldmatrix_x4", i))
+        record_reads(arr, i, 4)  # this lane's row: the 32 lanes' rows are what the collective reads
+        lane = _lane_id()
+        words = a.view(np.uint32)
+        return tuple(np.uint32(words[addrs[8 * q + lane // 4] + lane % 4]) for q in range(4))
+
+    def _bf16_pair(w):
+        w = int(w) & 0xFFFFFFFF
+        return _BF16[w & 0xFFFF], _BF16[w >> 16]
+
+    def mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        frags = _full_warp("mma_bf16", warp_gather("mma_bf16", (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)))
+        A = np.zeros((16, 16), np.float64)
+        B = np.zeros((16, 8), np.float64)
+        C = np.zeros((16, 8), np.float64)
+        for lane, f in enumerate(frags):
+            g, c = lane // 4, 2 * (lane % 4)
+            A[g, c:c + 2] = _bf16_pair(f[0])
+            A[g + 8, c:c + 2] = _bf16_pair(f[1])
+            A[g, c + 8:c + 10] = _bf16_pair(f[2])
+            A[g + 8, c + 8:c + 10] = _bf16_pair(f[3])
+            B[c:c + 2, g] = _bf16_pair(f[4])
+            B[c + 8:c + 10, g] = _bf16_pair(f[5])
+            C[g, c:c + 2] = f[6], f[7]
+            C[g + 8, c:c + 2] = f[8], f[9]
+        Dm = (A @ B + C).astype(np.float32)
+        lane = _lane_id()
+        g, c = lane // 4, 2 * (lane % 4)
+        return Dm[g, c], Dm[g, c + 1], Dm[g + 8, c], Dm[g + 8, c + 1]
+
+else:
+    from llvmlite import ir
+    from numba.cuda import types
+    from numba.cuda.extending import intrinsic
+
+    from .tma import _as_i32, _is_array, _smem32, _word_ptr
+
+    _i32, _f32 = ir.IntType(32), ir.FloatType()
+
+    @intrinsic
+    def ldmatrix_x4(typingctx, arr, i):
+        if not (_is_array(arr) and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            addr = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            out = builder.asm(ir.FunctionType(ir.LiteralStructType([_i32] * 4), [_i32]),
+                              "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {$0, $1, $2, $3}, [$4];",
+                              "=r,=r,=r,=r,r", [addr], side_effect=True)  # (ordered after the page's wait)
+            vals = [builder.extract_value(out, k) for k in range(4)]
+            return context.make_tuple(builder, sig.return_type, vals)
+
+        return types.UniTuple(types.uint32, 4)(arr, i), codegen
+
+    @intrinsic
+    def mma_bf16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        if not (all(isinstance(t, types.Integer) for t in (a0, a1, a2, a3, b0, b1))
+                and all(t == types.float32 for t in (c0, c1, c2, c3))):
+            return None
+
+        def codegen(context, builder, sig, args):
+            ints = [_as_i32(builder, v) for v in args[:6]]
+            out = builder.asm(ir.FunctionType(ir.LiteralStructType([_f32] * 4), [_i32] * 6 + [_f32] * 4),
+                              "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, "
+                              "{$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
+                              "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", ints + list(args[6:]), side_effect=False)
+            vals = [builder.extract_value(out, k) for k in range(4)]
+            return context.make_tuple(builder, sig.return_type, vals)
+
+        return types.UniTuple(types.float32, 4)(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3), codegen
+
+
+def mma_supported(hidden: int, warps: int) -> bool:
+    """Whether rows of ``hidden`` values fit the consumer: whole 16-k steps, at most ``MAX_FRAG_WORDS`` fragment
+    words a lane."""
+    steps = hidden // TILE_K
+    return hidden % TILE_K == 0 and 4 * -(-steps // warps) <= MAX_FRAG_WORDS
+
+
+def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
+    """The tensor-core consumer of pages whose rows have ``hidden`` values, for blocks of ``warps`` warps; a page
+    holds at most ``rows_cap`` partial rows (a gate/up page's gate and up rows both count). ``full``: every warp
+    has the same number of k-steps (the compiler drops the guards). Returns (FRAG, PART, load_fragments,
+    page_partials, page_rows):
+
+        FRAG                                          words of a lane's A fragments (a local uint32 array)
+        PART                                          floats of the partials buffer (two pages' worth)
+        load_fragments(xf, xs, nv, lane, warp)        xf <- this lane's hi/lo A fragments of x (split layout xs)
+        page_partials(ring, base, nrows, kw, gate_up, xf, part, buf, lane, warp)
+                                                      this warp's partial sums of the page's rows -> part[buf]
+        page_rows(nrows, gate_up, part, buf, lane, warp) -> (row, a, b) per warp pass (a generator is not
+                                                      possible in a device function: see ``row_sums``)
+    """
+    KS = hidden // TILE_K
+    TM = -(-KS // warps)          # k-steps of the widest warp
+    FRAG = 4 * TM
+    RP = rows_cap
+    PART = 2 * warps * RP
+    NW = warps
+
+    @cuda.jit(device=True)
+    def steps_of(warp):
+        return min(max(KS - warp * TM, 0), TM)
+
+    @cuda.jit(device=True)
+    def x_at(xs, e, nv):
+        """x[e] from the split layout (``fused_matvec.stage_norm``: the 8 values of piece v at 4v and 4(nv + v))."""
+        v = e >> 3
+        r = e & 7
+        return xs[4 * v + r] if r < 4 else xs[4 * (nv + v) + r - 4]
+
+    @cuda.jit(device=True)
+    def split_pair(x0, x1):
+        """Two values as (hi, lo) bf16x2 words: hi rounds x to bf16, lo rounds what hi left."""
+        h0 = D.f32_to_bf16_bits(x0)
+        h1 = D.f32_to_bf16_bits(x1)
+        l0 = D.f32_to_bf16_bits(x0 - D.bf16_lo(h0))
+        l1 = D.f32_to_bf16_bits(x1 - D.bf16_lo(h1))
+        return uint32(h0 | (h1 << uint32(16))), uint32(l0 | (l1 << uint32(16)))
+
+    @cuda.jit(device=True)
+    def load_fragments(xf, xs, nv, lane, warp):
+        """Lane ``l`` of warp ``w`` holds, for each of w's k-steps t, A's rows ``l // 4`` (hi) and ``l // 4 + 8``
+        (lo) at columns ``2 (l % 4)``, ``+1`` of both 8-k halves: x's chunk ``(l // 4 + half + 2t) mod`` the
+        span's chunks (the rotation its weight row reads with)."""
+        tw = steps_of(warp)
+        nch = max(2 * tw, 2)
+        m = lane >> 2
+        e2 = 2 * (lane & 3)
+        c0 = 2 * warp * TM
+        for t in range(TM):
+            if full or t < tw:
+                for half in range(2):
+                    c = (m + half + 2 * t) % nch
+                    e = (c0 + c) * CHUNK + e2
+                    hi, lo = split_pair(x_at(xs, e, nv), x_at(xs, e + 1, nv))
+                    xf[4 * t + 2 * half] = hi
+                    xf[4 * t + 2 * half + 1] = lo
+
+    @cuda.jit(device=True)
+    def page_partials(ring, base, nrows, kw, gate_up, xf, part, buf, lane, warp):
+        """This warp's share (its k-span) of every row of the page at word ``base`` (``nrows`` rows of ``kw``
+        words; a gate/up page: ``nrows`` gate rows then as many up rows), 16 rows (8 gate/up pairs) a pass, into
+        ``part[buf + warp * RP + p]``: p = row (a gate/up page: 2 row, 2 row + 1 for gate and up)."""
+        tw = steps_of(warp)
+        nch = max(2 * tw, 2)
+        q = lane >> 3
+        i = lane & 7
+        grp = q >> 1
+        span = 2 * warp * TM * 4  # word offset of the warp's first chunk in a row
+        step = 8 if gate_up else 16
+        g = lane >> 2
+        diag = (lane & 3) == (lane >> 3)  # the lane holding D[g][g] and D[g + 8][g]
+        p0 = 0
+        while p0 < nrows:
+            if gate_up:
+                r = min(p0 + i, nrows - 1)
+                row = base + grp * nrows * kw + r * kw
+            else:
+                r = min(p0 + grp * 8 + i, nrows - 1)
+                row = base + r * kw
+            cc = (i + (q & 1)) % nch
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = float32(0)
+            for t in range(TM):
+                if full or t < tw:
+                    w0, w1, w2, w3 = ldmatrix_x4(ring, row + span + 4 * cc)
+                    a0, a1, a2, a3 = mma_bf16(xf[4 * t], xf[4 * t + 1], xf[4 * t + 2], xf[4 * t + 3], w0, w1,
+                                              a0, a1, a2, a3)
+                    b0, b1, b2, b3 = mma_bf16(xf[4 * t], xf[4 * t + 1], xf[4 * t + 2], xf[4 * t + 3], w2, w3,
+                                              b0, b1, b2, b3)
+                    cc += 2
+                    if cc >= nch:
+                        cc -= nch
+            if g & 1:
+                va = a1 + a3
+                vb = b1 + b3
+            else:
+                va = a0 + a2
+                vb = b0 + b2
+            if diag:
+                if gate_up:
+                    if p0 + g < nrows:
+                        part[buf + warp * RP + 2 * (p0 + g)] = va
+                        part[buf + warp * RP + 2 * (p0 + g) + 1] = vb
+                else:
+                    if p0 + g < nrows:
+                        part[buf + warp * RP + p0 + g] = va
+                    if p0 + 8 + g < nrows:
+                        part[buf + warp * RP + p0 + 8 + g] = vb
+            p0 += step
+
+    @cuda.jit(device=True)
+    def row_sum(part, buf, p, lane):
+        """Partial ``p`` summed over the warps, in a fixed tree order, on each 8-lane group (lane ``l`` reads warp
+        ``l % 8``'s; every lane of the group ends with the sum)."""
+        src = lane & 7
+        v = part[buf + src * RP + p] if src < NW else float32(0)
+        v += cuda.shfl_xor_sync(D.FULL_MASK, v, 1)
+        v += cuda.shfl_xor_sync(D.FULL_MASK, v, 2)
+        v += cuda.shfl_xor_sync(D.FULL_MASK, v, 4)
+        return v
+
+    return FRAG, PART, load_fragments, page_partials, row_sum
+
+
+__all__ = ["ldmatrix_x4", "mma_bf16", "mma_supported", "page_mma", "SIMULATOR", "int32"]

@@ -1,0 +1,147 @@
+"""megakernel.persistent.mma: the tensor-core intrinsics (``ldmatrix_x4``, ``mma_bf16``) and version 11's page
+consumer, inside small kernels, against NumPy in float64.
+
+The same file checks the GPU's instructions on a machine with a GPU (``NUMBA_ENABLE_CUDASIM=0 pytest
+tests/test_mma.py``; ``tests/gpu/test_gpu_mma.py`` runs it with the GPU tests): the simulator's models are
+written from PTX's fragment layouts, and only the hardware can say they are the layouts it uses.
+
+Oracles: a single tile product is exact in float64 up to the fp32 accumulation (tolerance 1e-6 relative); a page
+row's sum takes x as bf16 hi + lo (16 of 24 mantissa bits: ~2^-17 relative per element), so it is held to 2e-5 of
+the row's sum of |w x|. Outputs start as NaN; sizes are awkward (a page of 11 rows, 5 gate/up pairs, a hidden size
+of 48 over two warps whose k-spans differ, 1,024 over 8 warps as in the 0.8B).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from numba import config, cuda
+from numba.cuda import float32, int32, uint32
+
+import megakernel  # noqa: F401  (installs the simulator layer when the simulator is on)
+from megakernel.persistent import mma as MM
+
+SIM = bool(config.ENABLE_CUDASIM)
+if not SIM and not cuda.is_available():  # pragma: no cover
+    pytest.skip("NUMBA_ENABLE_CUDASIM=0 but no GPU", allow_module_level=True)
+
+
+def bf16_words(values: np.ndarray) -> np.ndarray:
+    """float values -> their bf16 (round to nearest even) packed two per int32 word, low half first; and the
+    bf16 values back as float64."""
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(torch.bfloat16)
+    return t.view(torch.int32).numpy().copy(), t.double().numpy()
+
+
+@cuda.jit
+def tile_kernel(a_words, bt_words, c, out):
+    """One warp: A's fragments from global memory in PTX's m16n8k16 layout, B's by ``ldmatrix_x4`` from B^T (8 rows
+    of 16 k, twice: two products) in shared memory, D = A B + C."""
+    smem = cuda.shared.array(128, int32)
+    lane = cuda.threadIdx.x
+    for i in range(lane, 128, 32):
+        smem[i] = bt_words[i]
+    cuda.syncthreads()
+    g = lane >> 2
+    t = lane & 3
+    a0 = uint32(a_words[g * 8 + t])            # A[g][2t..2t+1]
+    a1 = uint32(a_words[(g + 8) * 8 + t])      # A[g+8][2t..]
+    a2 = uint32(a_words[g * 8 + 4 + t])        # A[g][2t+8..]
+    a3 = uint32(a_words[(g + 8) * 8 + 4 + t])  # A[g+8][2t+8..]
+    q = lane >> 3
+    r = lane & 7
+    w0, w1, w2, w3 = MM.ldmatrix_x4(smem, (q >> 1) * 64 + r * 8 + (q & 1) * 4)
+    d = MM.mma_bf16(a0, a1, a2, a3, w0, w1, c[g, 2 * t], c[g, 2 * t + 1], c[g + 8, 2 * t], c[g + 8, 2 * t + 1])
+    e = MM.mma_bf16(a0, a1, a2, a3, w2, w3, float32(0), float32(0), float32(0), float32(0))
+    out[0, g, 2 * t] = d[0]
+    out[0, g, 2 * t + 1] = d[1]
+    out[0, g + 8, 2 * t] = d[2]
+    out[0, g + 8, 2 * t + 1] = d[3]
+    out[1, g, 2 * t] = e[0]
+    out[1, g, 2 * t + 1] = e[1]
+    out[1, g + 8, 2 * t] = e[2]
+    out[1, g + 8, 2 * t + 1] = e[3]
+
+
+def test_a_tile_product_follows_ptx_fragment_layouts():
+    rng = np.random.default_rng(3)
+    a_words, A = bf16_words(rng.standard_normal((16, 16)))
+    bt_words, BT = bf16_words(rng.standard_normal((2, 8, 16)))  # two products' B^T: rows n, 16 k each
+    c = rng.standard_normal((16, 8)).astype(np.float32)
+    out = np.full((2, 16, 8), np.nan, np.float32)
+    tile_kernel[1, 32](a_words.reshape(-1), bt_words.reshape(-1), c, out)
+    want = [A @ BT[0].T + c, A @ BT[1].T]
+    for k in range(2):
+        np.testing.assert_allclose(out[k], want[k], rtol=1e-6, atol=1e-6 * np.abs(want[k]).max())
+
+
+def make_page_kernel(hidden: int, warps: int, rows_cap: int):
+    FRAG, PART, load_fragments, page_partials, row_sum = MM.page_mma(hidden, warps, rows_cap,
+                                                                     full=(hidden // 16) % warps == 0)
+    kw = hidden // 2
+    nv = hidden // 8
+
+    @cuda.jit
+    def page_kernel(page, nrows, gate_up, xs_g, out):
+        """Stage the page and x (split layout) in shared memory, the warps' partials, then each 8-lane group's
+        sum of one partial row over the warps: ``out[p]``."""
+        ring = cuda.shared.array(8192, int32)
+        xs = cuda.shared.array(1024, float32)
+        part = cuda.shared.array(PART, float32)
+        tid = cuda.threadIdx.x
+        lane = tid & 31
+        warp = tid >> 5
+        for i in range(tid, page.shape[0], warps * 32):
+            ring[i] = page[i]
+        for i in range(tid, hidden, warps * 32):
+            xs[i] = xs_g[i]
+        cuda.syncthreads()
+        xf = cuda.local.array(FRAG, uint32)
+        load_fragments(xf, xs, nv, lane, warp)
+        page_partials(ring, 0, nrows, kw, gate_up != 0, xf, part, PART // 2, lane, warp)
+        cuda.syncthreads()
+        n = 2 * nrows if gate_up != 0 else nrows
+        for r in range(warp * 2, n, 2 * warps):  # (the same trip count on every lane: the sum shuffles)
+            p = r + ((lane >> 3) & 1)
+            v = row_sum(part, PART // 2, min(p, n - 1), lane)
+            if lane & 0x17 == 0 and p < n:
+                out[p] = v
+
+    return page_kernel
+
+
+def split_layout(x: np.ndarray) -> np.ndarray:
+    """x in ``fused_matvec``'s split layout: piece v's first 4 values at 4v, its last 4 at 4(nv + v)."""
+    p = x.reshape(-1, 8)
+    return np.concatenate([p[:, :4].reshape(-1), p[:, 4:].reshape(-1)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("hidden,warps,nrows,gate_up", [(48, 2, 3, False), (48, 2, 2, True), (1024, 8, 16, False),
+                                                        (1024, 8, 11, False), (1024, 8, 5, True), (1024, 8, 8, True),
+                                                        (160, 3, 7, False)])
+def test_page_rows_match_float64(hidden, warps, nrows, gate_up):
+    """Every row of a page (``nrows`` rows, or ``nrows`` gate rows then as many up rows) against float64; x with
+    a wide dynamic range (the lo half matters) and one exact zero."""
+    rng = np.random.default_rng(hidden + nrows)
+    n = 2 * nrows if gate_up else nrows
+    words, W = bf16_words(rng.standard_normal((n, hidden)))
+    x = (rng.standard_normal(hidden) * np.exp(rng.uniform(-4, 4, hidden))).astype(np.float32)
+    x[5] = 0.0
+    kern = make_page_kernel(hidden, warps, max(16, n))
+    out = np.full(n, np.nan, np.float32)
+    kern[1, warps * 32](words.reshape(-1), nrows, int(gate_up), split_layout(x), out)
+    want = W @ x.astype(np.float64)
+    if gate_up:  # partial 2r is gate row r, 2r + 1 up row r
+        want = np.stack([want[:nrows], want[nrows:]], 1).reshape(-1)
+        scale = np.stack([np.abs(W[:nrows]) @ np.abs(x), np.abs(W[nrows:]) @ np.abs(x)], 1).reshape(-1)
+    else:
+        scale = np.abs(W) @ np.abs(x)
+    assert np.all(np.abs(out - want) <= 2e-5 * scale), (out, want)
+
+
+def test_support_limits():
+    assert MM.mma_supported(1024, 8) and MM.mma_supported(48, 2)
+    assert not MM.mma_supported(40, 2)      # not whole 16-k steps
+    assert not MM.mma_supported(2048, 8)    # 16 k-steps a warp: 64 fragment words
+    assert MM.mma_supported(2048, 16)
