@@ -83,7 +83,7 @@ def make_page_kernel(hidden: int, warps: int, rows_cap: int):
     nv = hidden // 8
 
     @cuda.jit
-    def page_kernel(page, nrows, gate_up, xs_g, out):
+    def page_kernel(page, nrows, gate_up, s, xs_g, out):
         """Stage the page and x (split layout) in shared memory, the warps' partials, then each 8-lane group's
         sum of one partial row over the warps: ``out[p]``."""
         ring = cuda.shared.array(8192, int32)
@@ -99,7 +99,7 @@ def make_page_kernel(hidden: int, warps: int, rows_cap: int):
         cuda.syncthreads()
         xf = cuda.local.array(FRAG, uint32)
         load_fragments(xf, xs, nv, lane, warp)
-        page_partials(ring, 0, nrows, kw, gate_up != 0, xf, part, PART // 2, lane, warp)
+        page_partials(ring, 0, nrows, kw, gate_up != 0, s, xf, part, PART // 2, lane, warp)
         cuda.syncthreads()
         n = 2 * nrows if gate_up != 0 else nrows
         for r in range(warp * 2, n, 2 * warps):  # (the same trip count on every lane: the sum shuffles)
@@ -130,7 +130,7 @@ def test_page_rows_match_float64(hidden, warps, nrows, gate_up):
     x[5] = 0.0
     kern = make_page_kernel(hidden, warps, max(16, n))
     out = np.full(n, np.nan, np.float32)
-    kern[1, warps * 32](words.reshape(-1), nrows, int(gate_up), split_layout(x), out)
+    kern[1, warps * 32](words.reshape(-1), nrows, int(gate_up), nrows % 8, split_layout(x), out)
     want = W @ x.astype(np.float64)
     if gate_up:  # partial 2r is gate row r, 2r + 1 up row r
         want = np.stack([want[:nrows], want[nrows:]], 1).reshape(-1)
@@ -145,3 +145,22 @@ def test_support_limits():
     assert not MM.mma_supported(40, 2)      # not whole 16-k steps
     assert not MM.mma_supported(2048, 8)    # 16 k-steps a warp: 64 fragment words
     assert MM.mma_supported(2048, 16)
+
+
+@pytest.mark.parametrize("gate_up", [False, True])
+def test_a_rows_bits_do_not_depend_on_its_place_in_the_page(gate_up):
+    """The same matrix rows in two pages that start 3 rows apart (another grid's split): the same bits for every
+    row both pages hold (a row's chunks are rotated by its index in the matrix, not its place in the page)."""
+    rng = np.random.default_rng(7)
+    hidden, warps = 1024, 8
+    _, W = bf16_words(rng.standard_normal((2, 19, hidden)))
+    x = (rng.standard_normal(hidden) * np.exp(rng.uniform(-4, 4, hidden))).astype(np.float32)
+    kern = make_page_kernel(hidden, warps, 32)
+    sums = []
+    for first, n in ((0, 8 if gate_up else 16), (3, 8 if gate_up else 16)):
+        rows = W[:, first:first + n] if gate_up else W[0, first:first + n]
+        words, _ = bf16_words(rows.reshape(-1, hidden))
+        out = np.full(2 * n if gate_up else n, np.nan, np.float32)
+        kern[1, warps * 32](words.reshape(-1), n, int(gate_up), first % 8, split_layout(x), out)
+        sums.append(out.reshape(n, 2) if gate_up else out)
+    np.testing.assert_array_equal(sums[0][3:], sums[1][:-3])

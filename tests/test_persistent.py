@@ -202,6 +202,23 @@ def test_fused_down_bits_do_not_depend_on_the_grid_or_the_run(ref, fused_out):
     assert dec.barriers_per_step() == v6.barriers_per_step() - fewer
 
 
+def test_tensor_core_pages_bits_do_not_depend_on_the_grid(ref):
+    """Version 11 multiplies the hidden-size pages on the tensor cores (``mma_pages``): a row's k chunks are summed
+    in an order set by its index in the matrix (not its place in a page) and the warps' partials in a fixed order,
+    so on 1 and 3 blocks (each grid cuts the rows into other pages) two decode steps give bit-identical logits and
+    states. It is the option that changes them: without it, version 10's bits."""
+    from megakernel.persistent import PersistentDecoder
+
+    runs = [_two_steps(PersistentDecoder(ref, max_context=32, version=11, blocks=blocks, prefill_mode="reference"),
+                       PROMPT) for blocks in (1, 3)]
+    _assert_same_bits(runs[0], runs[1], "version 11 on 3 blocks against 1 block")
+    off = _two_steps(PersistentDecoder(ref, max_context=32, version=11, blocks=2, prefill_mode="reference",
+                                       options={"mma_pages": False}), PROMPT)
+    v10 = _two_steps(PersistentDecoder(ref, max_context=32, version=10, blocks=2, prefill_mode="reference"), PROMPT)
+    _assert_same_bits(v10, off, "version 11 without mma_pages against version 10")
+    assert not torch.equal(runs[0][0][0], v10[0][0]), "mma_pages changed no bit"
+
+
 @pytest.mark.parametrize("blocks", [2, 3])
 def test_the_lm_head_pool_computes_the_same_bits(ref, blocks):
     """``lm_pool``: the LM head's last pages are claimed at run time by whichever block's copy thread gets there

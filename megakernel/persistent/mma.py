@@ -10,12 +10,15 @@ How a matrix-vector product becomes a tile product (``D = A B``, A 16 x 16, B 16
 
 * **B holds the weights**: column ``n`` of B is 16 consecutive k of page row ``n`` (8 rows per product, one
   ``ldmatrix.x4`` loads two row groups x two 8-k halves). The sum over k can be taken in any order, so row ``n``
-  reads its k chunks (8 k, 16 bytes) **rotated by n chunks**: the rows lie 2 KB apart in the page (a bank
-  multiple), and unrotated the 8 rows of an ``ldmatrix`` phase would hit one bank group (8-way conflicts).
+  reads its k chunks (8 k, 16 bytes) **rotated** by its index in the matrix modulo 8: the rows lie 2 KB apart in
+  the page (a bank multiple), and unrotated the 8 rows of an ``ldmatrix`` phase would hit one bank group (8-way
+  conflicts); rotated by 8 consecutive values they hit 8 different ones.
 * **A holds x, split in two bf16 terms** (x = hi + lo, 16 of fp32's 24 mantissa bits; the rest is below the
-  reference tolerance): A row ``m < 8`` carries hi rotated like weight row ``m``, row ``m + 8`` carries lo with
-  the same rotation. Then ``D[n][n] + D[n + 8][n]`` is row n's dot product over this tile's k, and the other 112
-  outputs are products of mismatched chunks, never read.
+  reference tolerance): A row ``m < 8`` carries hi rotated by ``m``, row ``m + 8`` carries lo with the same
+  rotation. Then ``D[m][n] + D[m + 8][n]``, ``m`` the rotation of the row in column ``n``, is that row's dot
+  product over this tile's k; the other 112 outputs are products of mismatched chunks, never read. A row's
+  rotation follows its index in the matrix, not its place in the page, so its chunks are summed in the same order
+  on any grid.
 * **The warps split k**: warp ``w`` takes a contiguous span of ``ceil(k / 16 / warps)`` k-steps, and holds its A
   fragments (4 words a step) in registers for the whole phase, where version 10 held x as floats: 32 words a lane
   at the 0.8B's hidden size 1,024. A page costs a warp 8 ``ldmatrix`` and 16 ``mma`` per 16 rows.
@@ -46,7 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import config, cuda
-from numba.cuda import float32, int32, uint32
+from numba.cuda import float32, uint32
 
 from megakernel import device as D
 
@@ -160,15 +163,14 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
     """The tensor-core consumer of pages whose rows have ``hidden`` values, for blocks of ``warps`` warps; a page
     holds at most ``rows_cap`` partial rows (a gate/up page's gate and up rows both count). ``full``: every warp
     has the same number of k-steps (the compiler drops the guards). Returns (FRAG, PART, load_fragments,
-    page_partials, page_rows):
+    page_partials, row_sum):
 
         FRAG                                          words of a lane's A fragments (a local uint32 array)
         PART                                          floats of the partials buffer (two pages' worth)
         load_fragments(xf, xs, nv, lane, warp)        xf <- this lane's hi/lo A fragments of x (split layout xs)
-        page_partials(ring, base, nrows, kw, gate_up, xf, part, buf, lane, warp)
+        page_partials(ring, base, nrows, kw, gate_up, s, xf, part, buf, lane, warp)
                                                       this warp's partial sums of the page's rows -> part[buf]
-        page_rows(nrows, gate_up, part, buf, lane, warp) -> (row, a, b) per warp pass (a generator is not
-                                                      possible in a device function: see ``row_sums``)
+        row_sum(part, buf, p, lane) -> v              partial row p summed over the warps (8-lane groups)
     """
     KS = hidden // TILE_K
     TM = -(-KS // warps)          # k-steps of the widest warp
@@ -217,10 +219,13 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
                     xf[4 * t + 2 * half + 1] = lo
 
     @cuda.jit(device=True)
-    def page_partials(ring, base, nrows, kw, gate_up, xf, part, buf, lane, warp):
+    def page_partials(ring, base, nrows, kw, gate_up, s, xf, part, buf, lane, warp):
         """This warp's share (its k-span) of every row of the page at word ``base`` (``nrows`` rows of ``kw``
         words; a gate/up page: ``nrows`` gate rows then as many up rows), 16 rows (8 gate/up pairs) a pass, into
-        ``part[buf + warp * RP + p]``: p = row (a gate/up page: 2 row, 2 row + 1 for gate and up)."""
+        ``part[buf + warp * RP + p]``: p = row (a gate/up page: 2 row, 2 row + 1 for gate and up). ``s``: the page's
+        first row modulo 8 in its matrix: a row's rotation is its index in the matrix modulo 8 (x's A row of that
+        rotation pairs with it), so its chunks are summed in the same order whichever page and position it has:
+        the bits do not depend on the grid."""
         tw = steps_of(warp)
         nch = max(2 * tw, 2)
         q = lane >> 3
@@ -229,7 +234,10 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
         span = 2 * warp * TM * 4  # word offset of the warp's first chunk in a row
         step = 8 if gate_up else 16
         g = lane >> 2
-        diag = (lane & 3) == (lane >> 3)  # the lane holding D[g][g] and D[g + 8][g]
+        n0 = 2 * (lane & 3)  # this lane's D columns n0, n0 + 1; the one whose row has rotation g is its output
+        first = g == ((s + n0) & 7)
+        mine = first or g == ((s + n0 + 1) & 7)
+        col = n0 if first else n0 + 1
         p0 = 0
         while p0 < nrows:
             if gate_up:
@@ -238,7 +246,7 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
             else:
                 r = min(p0 + grp * 8 + i, nrows - 1)
                 row = base + r * kw
-            cc = (i + (q & 1)) % nch
+            cc = (((s + i) & 7) + (q & 1)) % nch
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = float32(0)
             for t in range(TM):
                 if full or t < tw:
@@ -250,22 +258,22 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
                     cc += 2
                     if cc >= nch:
                         cc -= nch
-            if g & 1:
-                va = a1 + a3
-                vb = b1 + b3
-            else:
+            if first:  # D[g][col] (x's hi) + D[g + 8][col] (lo), both row groups
                 va = a0 + a2
                 vb = b0 + b2
-            if diag:
+            else:
+                va = a1 + a3
+                vb = b1 + b3
+            if mine:
                 if gate_up:
-                    if p0 + g < nrows:
-                        part[buf + warp * RP + 2 * (p0 + g)] = va
-                        part[buf + warp * RP + 2 * (p0 + g) + 1] = vb
+                    if p0 + col < nrows:
+                        part[buf + warp * RP + 2 * (p0 + col)] = va
+                        part[buf + warp * RP + 2 * (p0 + col) + 1] = vb
                 else:
-                    if p0 + g < nrows:
-                        part[buf + warp * RP + p0 + g] = va
-                    if p0 + 8 + g < nrows:
-                        part[buf + warp * RP + p0 + 8 + g] = vb
+                    if p0 + col < nrows:
+                        part[buf + warp * RP + p0 + col] = va
+                    if p0 + 8 + col < nrows:
+                        part[buf + warp * RP + p0 + 8 + col] = vb
             p0 += step
 
     @cuda.jit(device=True)
@@ -282,4 +290,4 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
     return FRAG, PART, load_fragments, page_partials, row_sum
 
 
-__all__ = ["ldmatrix_x4", "mma_bf16", "mma_supported", "page_mma", "SIMULATOR", "int32"]
+__all__ = ["ldmatrix_x4", "mma_bf16", "mma_supported", "page_mma", "SIMULATOR"]

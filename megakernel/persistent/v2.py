@@ -821,7 +821,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             buf = (cursor & 1) * (PART_N // 2)  # (two pages' partials: a warp may start the next page's)
             if use_mma:
                 if COMPUTE:
-                    mma_partials(ring, base, nrows, kw, kind == K_SWIGLU, xf, part, buf, lane, warp)
+                    mma_partials(ring, base, nrows, kw, kind == K_SWIGLU, row0 & 7, xf, part, buf, lane, warp)
             elif PAIRED:
                 mine = paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs,
                                         xr, use_x, lane, warp)
