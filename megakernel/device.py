@@ -32,6 +32,7 @@ API (``w``: a 32-bit word, any integer type; ``f``: float32)
 ``load_u32x4(a, i)``           words ``4i..4i+3`` of a 1-D int32/uint32 array, one 16-byte load
 ``load_u32x2(a, i)``           words ``2i, 2i+1``, one 8-byte load
 ``load_f32x4(a, i)``           elements ``4i..4i+3`` of a 1-D float32 array, one 16-byte load
+``load_f32x2(a, i)``           elements ``2i, 2i+1`` of a 1-D float32 array, one 8-byte load
 ``warp_sum(x)``                sum over the 32 lanes, every lane gets it (xor butterfly)
 ``warp_sum2(a, b)``            ``warp_sum(a)`` on lanes 0-15, ``warp_sum(b)`` on lanes 16-31 (five shuffles)
 ``warp_max(x)``                max over the 32 lanes (NaN propagates)
@@ -89,6 +90,7 @@ __all__ = [
     "load_u32x4",
     "load_u32x2",
     "load_f32x4",
+    "load_f32x2",
     "warp_sum",
     "warp_sum2",
     "warp_max",
@@ -213,6 +215,7 @@ if not SIMULATOR:
     load_u32x4 = _vector_load_intrinsic("load_u32x4", 4, _is_word, "int32/uint32")
     load_u32x2 = _vector_load_intrinsic("load_u32x2", 2, _is_word, "int32/uint32")
     load_f32x4 = _vector_load_intrinsic("load_f32x4", 4, lambda dt: dt == types.float32, "float32")
+    load_f32x2 = _vector_load_intrinsic("load_f32x2", 2, lambda dt: dt == types.float32, "float32")
 
     @cuda.jit(device=True)
     def fast_exp(x):
@@ -331,6 +334,7 @@ else:
     load_u32x4 = _vector_load("load_u32x4", 4, "iu")
     load_u32x2 = _vector_load("load_u32x2", 2, "iu")
     load_f32x4 = _vector_load("load_f32x4", 4, "f")
+    load_f32x2 = _vector_load("load_f32x2", 2, "f")
 
     def fast_exp(x):
         return np.exp(np.float32(x))

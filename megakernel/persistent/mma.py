@@ -37,6 +37,8 @@ API (``arr``: a 1-D int32/uint32 shared array, ``i`` a word index, 16-byte align
                                                   (matrix q: row ``l // 4``, columns ``2 (l % 4)`` and ``+ 1``)
 ``mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1,``      warp-collective ``mma.sync.aligned.m16n8k16.row.col.f32.bf16``:
 ``    c2, c3)``                                   the lane's A, B and C fragments in, its D fragment out (4 floats)
+``pack_bf16x2(lo, hi)``                           two float32 rounded to bf16 (nearest even) in one word, ``lo`` in
+                                                  the low half (``cvt.rn.bf16x2.f32``)
 ================================================  ===================================================================
 
 In the CUDA simulator both are warp exchanges (``testing.simulator.warp_gather``): ``ldmatrix_x4`` hands each lane
@@ -90,6 +92,9 @@ if SIMULATOR:
         w = int(w) & 0xFFFFFFFF
         return _BF16[w & 0xFFFF], _BF16[w >> 16]
 
+    def pack_bf16x2(lo, hi):
+        return np.uint32(int(D.f32_to_bf16_bits(np.float32(lo))) | (int(D.f32_to_bf16_bits(np.float32(hi))) << 16))
+
     def mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
         frags = _full_warp("mma_bf16", warp_gather("mma_bf16", (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)))
         A = np.zeros((16, 16), np.float64)
@@ -133,6 +138,17 @@ else:
             return context.make_tuple(builder, sig.return_type, vals)
 
         return types.UniTuple(types.uint32, 4)(arr, i), codegen
+
+    @intrinsic
+    def pack_bf16x2(typingctx, lo, hi):
+        if not (lo == types.float32 and hi == types.float32):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.asm(ir.FunctionType(_i32, [_f32, _f32]), "cvt.rn.bf16x2.f32 $0, $1, $2;", "=r,f,f",
+                               [args[1], args[0]], side_effect=False)
+
+        return types.uint32(lo, hi), codegen
 
     @intrinsic
     def mma_bf16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
@@ -183,40 +199,36 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
     def steps_of(warp):
         return min(max(KS - warp * TM, 0), TM)
 
-    @cuda.jit(device=True)
-    def x_at(xs, e, nv):
-        """x[e] from the split layout (``fused_matvec.stage_norm``: the 8 values of piece v at 4v and 4(nv + v))."""
-        v = e >> 3
-        r = e & 7
-        return xs[4 * v + r] if r < 4 else xs[4 * (nv + v) + r - 4]
+    NCH = 2 * TM                  # chunks of a full warp's span
+    POW2 = NCH & (NCH - 1) == 0
 
     @cuda.jit(device=True)
-    def split_pair(x0, x1):
-        """Two values as (hi, lo) bf16x2 words: hi rounds x to bf16, lo rounds what hi left."""
-        h0 = D.f32_to_bf16_bits(x0)
-        h1 = D.f32_to_bf16_bits(x1)
-        l0 = D.f32_to_bf16_bits(x0 - D.bf16_lo(h0))
-        l1 = D.f32_to_bf16_bits(x1 - D.bf16_lo(h1))
-        return uint32(h0 | (h1 << uint32(16))), uint32(l0 | (l1 << uint32(16)))
+    def wrap(c, nch):
+        """``c mod nch`` for 0 <= c < 2 nch + 8; a mask or a constant divisor where every warp's span is full."""
+        if full:
+            return c & (NCH - 1) if POW2 else c % NCH
+        return c % nch
 
     @cuda.jit(device=True)
     def load_fragments(xf, xs, nv, lane, warp):
         """Lane ``l`` of warp ``w`` holds, for each of w's k-steps t, A's rows ``l // 4`` (hi) and ``l // 4 + 8``
         (lo) at columns ``2 (l % 4)``, ``+1`` of both 8-k halves: x's chunk ``(l // 4 + half + 2t) mod`` the
-        span's chunks (the rotation its weight row reads with)."""
+        span's chunks (the rotation its weight row reads with). x comes from the split layout (``fused_matvec
+        .stage_norm``: piece v's values 0-3 at 4v, 4-7 at 4(nv + v)), a pair per 8-byte load."""
         tw = steps_of(warp)
         nch = max(2 * tw, 2)
         m = lane >> 2
         e2 = 2 * (lane & 3)
+        off = e2 if e2 < 4 else 4 * nv + e2 - 4  # the pair's place within its piece, split layout
         c0 = 2 * warp * TM
         for t in range(TM):
             if full or t < tw:
                 for half in range(2):
-                    c = (m + half + 2 * t) % nch
-                    e = (c0 + c) * CHUNK + e2
-                    hi, lo = split_pair(x_at(xs, e, nv), x_at(xs, e + 1, nv))
+                    v = c0 + wrap(m + half + 2 * t, nch)  # the piece (chunk) index in the row
+                    x0, x1 = D.load_f32x2(xs, (4 * v + off) >> 1)
+                    hi = pack_bf16x2(x0, x1)
                     xf[4 * t + 2 * half] = hi
-                    xf[4 * t + 2 * half + 1] = lo
+                    xf[4 * t + 2 * half + 1] = pack_bf16x2(x0 - D.bf16_lo(hi), x1 - D.bf16_hi(hi))
 
     @cuda.jit(device=True)
     def page_partials(ring, base, nrows, kw, gate_up, s, xf, part, buf, lane, warp):
@@ -246,7 +258,7 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
             else:
                 r = min(p0 + grp * 8 + i, nrows - 1)
                 row = base + r * kw
-            cc = (((s + i) & 7) + (q & 1)) % nch
+            cc = wrap(((s + i) & 7) + (q & 1), nch)
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = float32(0)
             for t in range(TM):
                 if full or t < tw:
@@ -255,9 +267,7 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
                                               a0, a1, a2, a3)
                     b0, b1, b2, b3 = mma_bf16(xf[4 * t], xf[4 * t + 1], xf[4 * t + 2], xf[4 * t + 3], w2, w3,
                                               b0, b1, b2, b3)
-                    cc += 2
-                    if cc >= nch:
-                        cc -= nch
+                    cc = wrap(cc + 2, nch)
             if first:  # D[g][col] (x's hi) + D[g + 8][col] (lo), both row groups
                 va = a0 + a2
                 vb = b0 + b2

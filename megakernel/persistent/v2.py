@@ -785,12 +785,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
         nd1 = nd2 = nd3 = nd4 = int32(0)
         xr = cuda.local.array(XR, float32)
-        xf = cuda.local.array(XF, uint32)
         use_x = XREG and k == D_  # a constant at each (inlined) call site
-        use_mma = MMA and k == D_
-        if use_mma:
-            load_fragments(xf, xs, nv, lane, warp)
-        elif use_x:
+        if use_x:
             load_x(xr, xs, nv, lane)
         slot, par = ring_pos(cursor)  # (lean: carried from page to page, below)
         row0 = first
@@ -818,14 +814,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 nd1, nd2, nd3, nd4 = next_desc(cursor + R_, total, b, pb, table)
             page_wait(bars, slot, par)
             base = slot * PW
-            buf = (cursor & 1) * (PART_N // 2)  # (two pages' partials: a warp may start the next page's)
-            if use_mma:
-                if COMPUTE:
-                    mma_partials(ring, base, nrows, kw, kind == K_SWIGLU, row0 & 7, xf, part, buf, lane, warp)
-            elif PAIRED:
+            if PAIRED:
                 mine = paired_rows_page(kind, nrows, row0, base, nv, kw, rstd, y, h, act, logits, hacc, mine, ring, xs,
                                         xr, use_x, lane, warp)
-            for r in range(warp, nrows if COMPUTE and not PAIRED and not use_mma else 0, NW):
+            for r in range(warp, nrows if COMPUTE and not PAIRED else 0, NW):
                 acc = D.warp_sum(dot1(ring, (base + r * kw) // 4, xs, xr, use_x, nv, lane))
                 up = acc
                 if kind == K_SWIGLU:
@@ -838,8 +830,6 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 if issued < total and (not hold or issued < last):
                     issued, d1, d2, d3, d4 = issue_next(issued, cursor + 1 + R_, total, b, pb, table, Ww, ring, bars,
                                                         d1, d2, d3, d4, PAIR_ALL or kind == K_LMHEAD)
-                if use_mma and COMPUTE:  # the slot is free again; its rows' partials are in part[buf]
-                    mine = mma_emit(kind, nrows, row0, part, buf, rstd, y, h, act, logits, hacc, mine, lane, warp)
             cursor += 1
             if LEAN:
                 slot, par = next_pos(slot, par)
@@ -856,6 +846,46 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                                                            d1, d2, d3, d4)
         if WREL:
             issued = min(cursor + R_, total)
+        return cursor, issued, mine, d1, d2, d3, d4
+
+    @cuda.jit(device=True)
+    def rows_mma(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb, table, Ww,
+                 ring, bars, xs, part, d1, d2, d3, d4, hold):
+        """``mma_pages``: ``rows_body`` for the phases whose rows have the hidden size (``k == D_``), on the tensor
+        cores: the same pages in the same order, each multiplied into the warps' partials (``mma.page_mma``), then
+        after the page's block barrier (and its refill) finished two rows a warp (``mma_emit``). Its own function,
+        so these call sites carry none of the CUDA-core consumer's code. Returns as ``rows_body``."""
+        lane = cuda.threadIdx.x & (WARP - 1)
+        warp = cuda.threadIdx.x >> 5
+        kw = D_ // 2
+        rpp = PW // (kw * 2) if kind == K_SWIGLU else PW // kw
+        first = qdiv(rows * b, nb)
+        end = qdiv(rows * (b + 1), nb)
+        if FD and kind == K_SWIGLU:
+            first, end = mlp_rows(rows, b, nb)
+        last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
+        xf = cuda.local.array(XF, uint32)
+        load_fragments(xf, xs, D_ // 8, lane, warp)
+        slot, par = ring_pos(cursor)
+        row0 = first
+        while row0 < end:
+            nrows = min(rpp, end - row0)
+            if not LEAN:
+                slot, par = ring_pos(cursor)
+            page_wait(bars, slot, par)
+            buf = (cursor & 1) * (PART_N // 2)  # (two pages' partials: a warp may start the next page's)
+            if COMPUTE:
+                mma_partials(ring, slot * PW, nrows, kw, kind == K_SWIGLU, row0 & 7, xf, part, buf, lane, warp)
+            cuda.syncthreads()  # every warp is done with the slot, and its partials are in part[buf]
+            if issued < total and (not hold or issued < last):
+                issued, d1, d2, d3, d4 = issue_next(issued, cursor + 1 + R_, total, b, pb, table, Ww, ring, bars,
+                                                    d1, d2, d3, d4, PAIR_ALL or kind == K_LMHEAD)
+            if COMPUTE:
+                mine = mma_emit(kind, nrows, row0, part, buf, rstd, y, h, act, logits, hacc, mine, lane, warp)
+            cursor += 1
+            if LEAN:
+                slot, par = next_pos(slot, par)
+            row0 += rpp
         return cursor, issued, mine, d1, d2, d3, d4
 
     @cuda.jit(device=True)
@@ -989,6 +1019,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                              total, pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, int32(hold))
     else:
         rows_phase = rows_body
+    rows_hidden = rows_mma if MMA else rows_phase  # the call sites whose rows have the hidden size
 
     @cuda.jit(max_registers=max_registers or None, lineinfo=lineinfo)
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
@@ -1074,7 +1105,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 rstd = D.rsqrt(ss / float32(D_) + EPS)
                 if KIND[i] == 0:
                     if HAS_LIN:
-                        cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                        cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
                             K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, hacc, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER)
                         if LATE:
@@ -1105,7 +1136,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 else:
                     if HAS_ATT:
-                        cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                        cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
                             K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, hacc, NO_KEY, cursor, issued, total,
                             pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER)
                         if LATE:
@@ -1139,7 +1170,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         counters[HC0 + hc] = 0
                 if FD:  # one phase: the block's act rows stay in its workspace, its down rows add into hacc
                     act_rows = xs[XA:XA + F]
-                    cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                    cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
                         K_SWIGLU, D_, F, rstd, h, h, act_rows, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
                         table, Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
                     cuda.syncthreads()  # (the last page's barrier already published the block's rows of act)
@@ -1148,7 +1179,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 else:
                     act = scr[ACT0:ACT0 + F]
-                    cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
+                    cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
                         K_SWIGLU, D_, F, rstd, h, h, act, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
                         Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
                     count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
@@ -1169,7 +1200,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 ss = stage_norm(h, final_norm, xs, D_ // 8, scratch)
             rstd = D.rsqrt(ss / float32(D_) + EPS)
             logits = scr[LG0:LG0 + V]
-            cursor, issued, mine, d1, d2, d3, d4 = rows_phase(
+            cursor, issued, mine, d1, d2, d3, d4 = rows_hidden(
                 K_LMHEAD, D_, V_STATIC, rstd, h, h, h, logits, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
                 Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
             if SPLIT:
