@@ -200,6 +200,7 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
         return min(max(KS - warp * TM, 0), TM)
 
     NCH = 2 * TM                  # chunks of a full warp's span
+    ONE = rows_cap <= 16          # every page in one pass (16 rows, or 8 gate/up pairs)
     POW2 = NCH & (NCH - 1) == 0
 
     @cuda.jit(device=True)
@@ -284,6 +285,8 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
                         part[buf + warp * RP + p0 + col] = va
                     if p0 + 8 + col < nrows:
                         part[buf + warp * RP + p0 + 8 + col] = vb
+            if ONE:  # (at most one pass: no loop, a smaller page loop body)
+                break
             p0 += step
 
     @cuda.jit(device=True)

@@ -354,6 +354,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         D_, NW, PW // (D_ // 2), full=(D_ // MM.TILE_K) % NW == 0)
     if not MMA:
         XF = PART_N = 1
+    ONE_PASS = PW // (D_ // 2) <= 2 * NW  # a page's rows (gate/up pairs) at most two (one) a warp
     POOL, V_STATIC, RPL = PG.lm_pool(plan.config, PW, lm_pool)
     SLACK = PG.LM_POOL_SLACK
     W_LM = lay.lm_head
@@ -749,6 +750,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 v = mma_row_sum(part, buf, 2 * r + upper, lane)
                 u = cuda.shfl_xor_sync(D.FULL_MASK, v, 8)
                 mine = emit(kind, row0 + r, v, u, rstd, y, h, act, logits, hacc, mine, lane)
+                if ONE_PASS:  # (a page has at most one pair a warp: no loop, a smaller page loop body)
+                    break
                 r += NW
             return mine
         r = 2 * warp
@@ -757,6 +760,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             v = mma_row_sum(part, buf, min(row, nrows - 1), lane)
             if row < nrows:
                 mine = emit(kind, row0 + row, v, v, rstd, y, h, act, logits, hacc, mine, lane & 0x17)
+            if ONE_PASS:
+                break
             r += 2 * NW
         return mine
 
