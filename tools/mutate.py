@@ -240,6 +240,18 @@ MUTATIONS = [
              (("grid[2][0] = count + 1  # read by the block", "grid[2][0] = count  # read by the block"),),
              ("tests/test_persistent.py::test_call_and_barrier_options_compute_the_same_bits[10-count_smem]",),
              race=True),
+    Mutation("persistent v11: a weight row's chunk rotation follows its place in the page, not its index in the "
+             "matrix (its bits then depend on the grid)", "megakernel/persistent/mma.py",
+             (("            cc = wrap(((s + i) & 7) + (q & 1), nch)", "            cc = wrap(i + (q & 1), nch)"),
+              ("        first = g == ((s + n0) & 7)\n        mine = first or g == ((s + n0 + 1) & 7)",
+               "        first = g == n0\n        mine = first or g == n0 + 1")),
+             ("tests/test_mma.py::test_a_rows_bits_do_not_depend_on_its_place_in_the_page",)),
+    Mutation("persistent v11: the warps' partials of a page and of the next share one buffer (a fast warp overwrites "
+             "them before the slow ones finished the rows)", "megakernel/persistent/v2.py",
+             (("            buf = (cursor & 1) * (PART_N // 2)  # (two pages' partials: a warp may start the next page's)\n"
+               "            if COMPUTE:\n                mma_partials(",
+               "            buf = 0\n            if COMPUTE:\n                mma_partials("),),
+             ("tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v11]",), race=True),
     Mutation("attention combine: a thread's second head dimension sums its first dimension's batch of partials",
              "megakernel/kernels/attention.py",
              (("                if i0 > 0 or d > tid:\n", "                if i0 > 0:\n"),),
