@@ -612,7 +612,7 @@ page_wait_chart("timeline_v9_ctx512.npz", "Version 9: only the LM head waits for
 
 # %%
 if ladder6_path.exists():
-    v10_rows = [r for r in ladder6["rows"] if r["call"] >= 41]
+    v10_rows = [r for r in ladder6["rows"] if 41 <= r["call"] <= 46]
     print_ladder(v10_rows)
 page_wait_chart("timeline_v10_ctx512.npz", "Version 10 (call 46): the same shape, 1,014 us per step")
 
@@ -621,3 +621,62 @@ page_wait_chart("timeline_v10_ctx512.npz", "Version 10 (call 46): the same shape
 # So version 10 did not shorten the skeleton. The stream now costs 1,014 - 831 = 183 us on top of it, against
 # ~230 for version 9: the gain is in how well the weight stream overlaps the work. The 60% target needs ~855 us
 # per step in all, barely more than version 10's skeleton alone: the skeleton has to get shorter.
+
+# %% [markdown]
+# ## Version 11: the pages on the tensor cores
+#
+# Without copies, a block of version 10 takes ~0.96 us to multiply a 32 KB page (16 rows x 1,024) by x on the CUDA
+# cores: a share of the loads, a bf16 -> fp32 conversion and an FMA per weight, a shuffle reduction per row. One
+# `mma.sync.m16n8k16` multiplies a 16 x 16 bf16 tile by a 16 x 8 one into fp32. Version 11 (`megakernel/persistent/
+# mma.py`) puts 8 weight rows in B (one `ldmatrix.x4` loads two groups) and x in A as two bf16 terms, hi in rows
+# 0-7 and lo in rows 8-15 (x = hi + lo keeps 16 of fp32's 24 mantissa bits). The rows of a page lie 2 KB apart,
+# one shared-memory bank group: weight row n reads its 16-byte chunks rotated by its index in the matrix mod 8, A's
+# row m carries x rotated by m, and only the matching outputs D[rot(n)][n] + D[rot(n) + 8][n] are used. The chart
+# shows which chunk each of 8 consecutive rows reads at each k-step of a warp's span: every column (one `ldmatrix`
+# phase) touches 8 different banks, and every row still sees every chunk once.
+
+# %%
+from megakernel.persistent import mma as MM  # noqa: E402
+
+span_chunks = 16  # a warp's k-span at the 0.8B's size: 128 k = 16 chunks of 8
+rot = np.array([[(n + t) % span_chunks for t in range(span_chunks)] for n in range(8)])
+fig, ax = plt.subplots(figsize=(7, 2.6))
+ax.imshow(rot % 8, cmap="tab10", aspect="auto")
+for n in range(8):
+    for t in range(span_chunks):
+        ax.text(t, n, str(rot[n, t]), ha="center", va="center", fontsize=7)
+ax.set_xlabel("chunk slot in the warp's k-span (two per mma k-step)")
+ax.set_ylabel("row index mod 8")
+ax.set_title("Chunk each weight row reads (colour: its bank group)")
+plt.show()
+
+# %% [markdown]
+# The consumer on its own (`mma.make_page_kernel`, the kernel `tests/test_mma.py` checks on the CPU and on the
+# GPU): a page of this notebook's tiny model (hidden 48 over 2 warps, so the warps' k-spans differ) against float64.
+
+# %%
+rng = np.random.default_rng(0)
+hidden, warps, nrows = 48, 2, 4
+w = torch.from_numpy(rng.standard_normal((nrows, hidden)).astype(np.float32)).to(torch.bfloat16)
+x = (rng.standard_normal(hidden) * np.exp(rng.uniform(-3, 3, hidden))).astype(np.float32)
+out = np.full(nrows, np.nan, np.float32)
+MM.make_page_kernel(hidden, warps, 16)[1, 32 * warps](w.view(torch.int32).numpy().reshape(-1).copy(), nrows, 0, 0,
+                                                      MM.split_layout(x), out)
+exact = w.double().numpy() @ x.astype(np.float64)
+print("tensor-core rows:", out)
+print("float64 rows:    ", exact.astype(np.float32))
+print(f"worst error / sum |w x|: {np.max(np.abs(out - exact) / (np.abs(w.double().numpy()) @ np.abs(x))):.1e}")
+
+# %% [markdown]
+# Alone, on one 32 KB page with 8 warps, the consumer takes ~0.32 us (`tools/mma_probe.py`: a dependent `mma` ~29
+# cycles, a dependent `ldmatrix` ~57), three times less than version 10's in the kernel. In the kernel version 11
+# is level with version 10 (998 against 1,005 tok/s at 512 in one call). The ladder below is the lesson: the
+# first build, which still compiled the CUDA-core consumer at the same call sites, took 1,492 us per step; the same
+# arithmetic with less code around it 1,146, then 1,040; with the rows finished by the warps that do not refill the
+# ring (the copy thread's warp no longer holds the others at the next page's barrier) 1,036, against version 10's
+# 1,018. What surrounds the pages costs as much as the arithmetic saved: more accumulator chains change nothing,
+# and one out-of-line copy of the page loop is slower.
+
+# %%
+if ladder6_path.exists():
+    print_ladder([r for r in ladder6["rows"] if r["call"] >= 47])

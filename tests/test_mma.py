@@ -76,59 +76,24 @@ def test_a_tile_product_follows_ptx_fragment_layouts():
         np.testing.assert_allclose(out[k], want[k], rtol=1e-6, atol=1e-6 * np.abs(want[k]).max())
 
 
-def make_page_kernel(hidden: int, warps: int, rows_cap: int):
-    FRAG, PART, load_fragments, page_partials, row_sum = MM.page_mma(hidden, warps, rows_cap,
-                                                                     full=(hidden // 16) % warps == 0)
-    kw = hidden // 2
-    nv = hidden // 8
-
-    @cuda.jit
-    def page_kernel(page, nrows, gate_up, s, xs_g, out):
-        """Stage the page and x (split layout) in shared memory, the warps' partials, then each 8-lane group's
-        sum of one partial row over the warps: ``out[p]``."""
-        ring = cuda.shared.array(8192, int32)
-        xs = cuda.shared.array(1024, float32)
-        part = cuda.shared.array(PART, float32)
-        tid = cuda.threadIdx.x
-        lane = tid & 31
-        warp = tid >> 5
-        for i in range(tid, page.shape[0], warps * 32):
-            ring[i] = page[i]
-        for i in range(tid, hidden, warps * 32):
-            xs[i] = xs_g[i]
-        cuda.syncthreads()
-        xf = cuda.local.array(FRAG, uint32)
-        load_fragments(xf, xs, nv, lane, warp)
-        page_partials(ring, 0, nrows, kw, gate_up != 0, s, xf, part, PART // 2, lane, warp)
-        cuda.syncthreads()
-        n = 2 * nrows if gate_up != 0 else nrows
-        for r in range(warp * 2, n, 2 * warps):  # (the same trip count on every lane: the sum shuffles)
-            p = r + ((lane >> 3) & 1)
-            v = row_sum(part, PART // 2, min(p, n - 1), lane)
-            if lane & 0x17 == 0 and p < n:
-                out[p] = v
-
-    return page_kernel
+make_page_kernel = MM.make_page_kernel
+split_layout = MM.split_layout
 
 
-def split_layout(x: np.ndarray) -> np.ndarray:
-    """x in ``fused_matvec``'s split layout: piece v's first 4 values at 4v, its last 4 at 4(nv + v)."""
-    p = x.reshape(-1, 8)
-    return np.concatenate([p[:, :4].reshape(-1), p[:, 4:].reshape(-1)]).astype(np.float32)
-
-
-@pytest.mark.parametrize("hidden,warps,nrows,gate_up", [(48, 2, 3, False), (48, 2, 2, True), (1024, 8, 16, False),
-                                                        (1024, 8, 11, False), (1024, 8, 5, True), (1024, 8, 8, True),
-                                                        (160, 3, 7, False)])
-def test_page_rows_match_float64(hidden, warps, nrows, gate_up):
+@pytest.mark.parametrize("hidden,warps,nrows,gate_up,chains", [
+    (48, 2, 3, False, 1), (48, 2, 2, True, 1), (1024, 8, 16, False, 1), (1024, 8, 11, False, 1),
+    (1024, 8, 5, True, 1), (1024, 8, 8, True, 1), (160, 3, 7, False, 1), (1024, 8, 13, False, 4),
+    (160, 3, 6, True, 3)])
+def test_page_rows_match_float64(hidden, warps, nrows, gate_up, chains):
     """Every row of a page (``nrows`` rows, or ``nrows`` gate rows then as many up rows) against float64; x with
-    a wide dynamic range (the lo half matters) and one exact zero."""
+    a wide dynamic range (the lo half matters) and one exact zero; with one accumulator chain per row group, or
+    several (3 over spans of 4 and 2 k-steps: chains left empty)."""
     rng = np.random.default_rng(hidden + nrows)
     n = 2 * nrows if gate_up else nrows
     words, W = bf16_words(rng.standard_normal((n, hidden)))
     x = (rng.standard_normal(hidden) * np.exp(rng.uniform(-4, 4, hidden))).astype(np.float32)
     x[5] = 0.0
-    kern = make_page_kernel(hidden, warps, max(16, n))
+    kern = make_page_kernel(hidden, warps, max(16, n), chains)
     out = np.full(n, np.nan, np.float32)
     kern[1, warps * 32](words.reshape(-1), nrows, int(gate_up), nrows % 8, split_layout(x), out)
     want = W @ x.astype(np.float64)
@@ -147,15 +112,15 @@ def test_support_limits():
     assert MM.mma_supported(2048, 16)
 
 
-@pytest.mark.parametrize("gate_up", [False, True])
-def test_a_rows_bits_do_not_depend_on_its_place_in_the_page(gate_up):
+@pytest.mark.parametrize("gate_up,chains", [(False, 1), (True, 1), (False, 2)])
+def test_a_rows_bits_do_not_depend_on_its_place_in_the_page(gate_up, chains):
     """The same matrix rows in two pages that start 3 rows apart (another grid's split): the same bits for every
     row both pages hold (a row's chunks are rotated by its index in the matrix, not its place in the page)."""
     rng = np.random.default_rng(7)
     hidden, warps = 1024, 8
     _, W = bf16_words(rng.standard_normal((2, 19, hidden)))
     x = (rng.standard_normal(hidden) * np.exp(rng.uniform(-4, 4, hidden))).astype(np.float32)
-    kern = make_page_kernel(hidden, warps, 32)
+    kern = make_page_kernel(hidden, warps, 16, chains)
     sums = []
     for first, n in ((0, 8 if gate_up else 16), (3, 8 if gate_up else 16)):
         rows = W[:, first:first + n] if gate_up else W[0, first:first + n]

@@ -23,7 +23,8 @@ How a matrix-vector product becomes a tile product (``D = A B``, A 16 x 16, B 16
   fragments (4 words a step) in registers for the whole phase, where version 10 held x as floats: 32 words a lane
   at the 0.8B's hidden size 1,024. A page costs a warp 8 ``ldmatrix`` and 16 ``mma`` per 16 rows.
 * **The warps' partial sums** (16 per warp and page) go to shared memory; after the page's block barrier each warp
-  finishes two rows, summing the 8 warps' partials in a fixed tree order: the bits do not depend on the grid, the
+  of the upper half finishes 4 rows (each 8-lane group one), summing the 8 warps' partials in a fixed tree order
+  (warp 0's thread 0 refills the slot meanwhile): the bits do not depend on the grid, the
   run, or which block takes which rows.
 
 The tensor cores accumulate in fp32 in their own order: the bits differ from version 10's (which match versions
@@ -175,10 +176,13 @@ def mma_supported(hidden: int, warps: int) -> bool:
     return hidden % TILE_K == 0 and 4 * -(-steps // warps) <= MAX_FRAG_WORDS
 
 
-def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
+def page_mma(hidden: int, warps: int, rows_cap: int, full: bool, chains: int = 1):
     """The tensor-core consumer of pages whose rows have ``hidden`` values, for blocks of ``warps`` warps; a page
     holds at most ``rows_cap`` partial rows (a gate/up page's gate and up rows both count). ``full``: every warp
-    has the same number of k-steps (the compiler drops the guards). Returns (FRAG, PART, load_fragments,
+    has the same number of k-steps (the compiler drops the guards). ``chains``: independent accumulators per row
+    group (k-step t adds into chain ``t % chains``; the chains summed in order at the end): a warp's products are
+    a chain of dependent ``mma`` (~29 cycles each on an H100), which with two warps per scheduler is the page's
+    latency. Returns (FRAG, PART, load_fragments,
     page_partials, row_sum):
 
         FRAG                                          words of a lane's A fragments (a local uint32 array)
@@ -201,6 +205,8 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
 
     NCH = 2 * TM                  # chunks of a full warp's span
     ONE = rows_cap <= 16          # every page in one pass (16 rows, or 8 gate/up pairs)
+    CH = max(1, min(chains, TM))
+    ACC = 8 * CH
     POW2 = NCH & (NCH - 1) == 0
 
     @cuda.jit(device=True)
@@ -260,15 +266,25 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
                 r = min(p0 + grp * 8 + i, nrows - 1)
                 row = base + r * kw
             cc = wrap(((s + i) & 7) + (q & 1), nch)
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = float32(0)
+            acc = cuda.local.array(ACC, float32)  # chain c: acc[8c .. 8c + 3] group 0, acc[8c + 4 ..] group 1
+            for k in range(ACC):
+                acc[k] = float32(0)
             for t in range(TM):
                 if full or t < tw:
                     w0, w1, w2, w3 = ldmatrix_x4(ring, row + span + 4 * cc)
-                    a0, a1, a2, a3 = mma_bf16(xf[4 * t], xf[4 * t + 1], xf[4 * t + 2], xf[4 * t + 3], w0, w1,
-                                              a0, a1, a2, a3)
-                    b0, b1, b2, b3 = mma_bf16(xf[4 * t], xf[4 * t + 1], xf[4 * t + 2], xf[4 * t + 3], w2, w3,
-                                              b0, b1, b2, b3)
+                    c = 8 * (t % CH)
+                    acc[c], acc[c + 1], acc[c + 2], acc[c + 3] = mma_bf16(
+                        xf[4 * t], xf[4 * t + 1], xf[4 * t + 2], xf[4 * t + 3], w0, w1,
+                        acc[c], acc[c + 1], acc[c + 2], acc[c + 3])
+                    acc[c + 4], acc[c + 5], acc[c + 6], acc[c + 7] = mma_bf16(
+                        xf[4 * t], xf[4 * t + 1], xf[4 * t + 2], xf[4 * t + 3], w2, w3,
+                        acc[c + 4], acc[c + 5], acc[c + 6], acc[c + 7])
                     cc = wrap(cc + 2, nch)
+            for c in range(8, ACC, 8):  # the chains in order
+                for k in range(8):
+                    acc[k] += acc[c + k]
+            a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+            b0, b1, b2, b3 = acc[4], acc[5], acc[6], acc[7]
             if first:  # D[g][col] (x's hi) + D[g + 8][col] (lo), both row groups
                 va = a0 + a2
                 vb = b0 + b2
@@ -303,4 +319,51 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool):
     return FRAG, PART, load_fragments, page_partials, row_sum
 
 
-__all__ = ["ldmatrix_x4", "mma_bf16", "mma_supported", "page_mma", "SIMULATOR"]
+def split_layout(x: np.ndarray) -> np.ndarray:
+    """x in ``fused_matvec``'s split layout (as the kernels stage it): piece v's first 4 values at 4v, its last 4
+    at 4(nv + v)."""
+    p = np.asarray(x, np.float32).reshape(-1, 8)
+    return np.concatenate([p[:, :4].reshape(-1), p[:, 4:].reshape(-1)]).astype(np.float32)
+
+
+def make_page_kernel(hidden: int, warps: int, rows_cap: int, chains: int = 1):
+    """The consumer on its own, for the tests, notebook 07 and checks by hand: a kernel of one block of ``warps``
+    warps, ``kern[1, 32 * warps](page, nrows, gate_up, s, xs, out)``, that stages one page (int32 words: ``nrows``
+    rows of ``hidden`` bf16, or ``nrows`` gate rows then as many up rows) and x (float32, ``split_layout``) in
+    shared memory, runs ``page_partials`` with the page's first row index mod 8 ``s``, and writes each partial
+    row's sum over the warps to ``out`` (a gate/up page: gate row r at 2r, up row r at 2r + 1)."""
+    FRAG, PART, load_fragments, page_partials, row_sum = page_mma(hidden, warps, rows_cap,
+                                                                  full=(hidden // TILE_K) % warps == 0, chains=chains)
+    kw = hidden // 2
+    nv = hidden // 8
+    RING = rows_cap * kw
+
+    @cuda.jit
+    def page_kernel(page, nrows, gate_up, s, xs_g, out):
+        ring = cuda.shared.array(RING, np.int32)
+        xs = cuda.shared.array(hidden, float32)
+        part = cuda.shared.array(PART, float32)
+        tid = cuda.threadIdx.x
+        lane = tid & 31
+        warp = tid >> 5
+        for i in range(tid, page.shape[0], warps * 32):
+            ring[i] = page[i]
+        for i in range(tid, hidden, warps * 32):
+            xs[i] = xs_g[i]
+        cuda.syncthreads()
+        xf = cuda.local.array(FRAG, uint32)
+        load_fragments(xf, xs, nv, lane, warp)
+        page_partials(ring, 0, nrows, kw, gate_up != 0, s, xf, part, PART // 2, lane, warp)
+        cuda.syncthreads()
+        n = 2 * nrows if gate_up != 0 else nrows
+        for r in range(warp * 2, n, 2 * warps):  # (the same trip count on every lane: the sum shuffles)
+            p = r + ((lane >> 3) & 1)
+            v = row_sum(part, PART // 2, min(p, n - 1), lane)
+            if lane & 0x17 == 0 and p < n:
+                out[p] = v
+
+    return page_kernel
+
+
+__all__ = ["ldmatrix_x4", "mma_bf16", "pack_bf16x2", "mma_supported", "page_mma", "make_page_kernel",
+           "split_layout", "SIMULATOR"]

@@ -14,7 +14,8 @@ floats in, and a page of 16 rows costs a warp 8 ``ldmatrix`` and 16 ``mma`` inst
 weight rows read their 16-byte chunks rotated row by row, so the 8 rows of an ``ldmatrix`` phase (2 KB apart, one
 bank group) hit 8 different bank groups; x's fragments carry the same rotation and only the diagonal of each tile
 product is read. The warps' partial sums meet in shared memory: after the page's block barrier (version 10 has it
-too) each warp finishes two rows, summing the 8 partials in a fixed order. The other pages (out_proj, o_proj, and
+too) the upper half of the warps finish the rows, 4 each, summing the 8 partials in a fixed order, while warp 0
+refills the slot. The other pages (out_proj, o_proj, and
 the MLP's down projection, read transposed) keep version 10's consumer.
 
 The bits change: the tensor cores accumulate in fp32 in their own order, and x enters as hi + lo (16 of its 24

@@ -128,7 +128,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "fd_reps": 1, "fd_stride": 1, "fd_bulk": False, "fused_out": False,
            "lm_pool": 0, "lineinfo": False, "mixer_twice": False, "lean_calls": False, "count_smem": False,
            "pair_copies": 0, "lean": False, "smem_descs": False,
-           "mma_pages": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "mma_pages": False, "mma_chains": 1}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -169,7 +169,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            fd_probe: int = 0, fd_chunk: int = 1, fd_reps: int = 1,
            fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0,
            lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False,
-           smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False):
+           smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False,
+           mma_chains: int = 1):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -183,7 +184,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (its HBM reads then do not queue behind those pages); ``state_first``: the DeltaNet body loads its state slab
     first (``deltanet.deltanet_item``); ``evict_first``: the pages' copies with an L2 evict-first policy (the
     weights pass L2 once per token; code, activations, states and KV then stay); ``rows_out_of_line``: one
-    out-of-line copy of the matvec consumer for all six call sites (the kernel's code shrinks); ``paired_rows``: a
+    out-of-line copy of the matvec consumer for all six call sites (the kernel's code shrinks; with
+    ``mma_pages`` one of the tensor-core page loop for its five); ``paired_rows``: a
     warp computes two rows of a page at once (gate with up; rows ``r`` and ``r + warps``: ``dot2_row_split``), the
     same sums in the same order. With ``l2_ahead`` and ``counter`` thread 0 issues the L2 prefetches after its
     block arrived at the barrier, while it waits (with ``grid.sync()`` it must issue them before arriving); they
@@ -251,9 +253,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     value and reloaded it from local memory before every barrier's arrival). ``mma_pages`` (with ``xregs``): the
     pages of rows with the hidden size (the input projections, gate/up, the LM head) multiplied on the tensor cores
     (``mma.page_mma``: the warps split k, each keeps its k-span of x as bf16 hi/lo fragments in registers, and after
-    the page's block barrier each warp finishes two rows from the warps' partials); other bits than without (the
-    tensor cores' fp32 sums), the same bits on any grid. Where the hidden size is not a multiple of 16 or exceeds
-    128 per warp, those pages keep ``xregs``' consumer."""
+    the page's block barrier the upper half of the warps finish the rows from the warps' partials); other bits than
+    without (the tensor cores' fp32 sums), the same bits on any grid. Where the hidden size is not a multiple of 16
+    or exceeds 128 per warp, those pages keep ``xregs``' consumer. ``mma_chains``: independent accumulator chains
+    per row group in a warp's products (``mma.page_mma(chains=)``: shorter dependent chains, other bits)."""
     if mma_pages and (not xregs or warp_release or page_pairs or lm_pool):
         raise ValueError("persistent kernel build option mma_pages needs xregs and does not combine with "
                          "warp_release, page_pairs or lm_pool")
@@ -351,10 +354,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     load_x, dot_row_x, dot2_row_x = xreg_dots(XE, full=lean and XE * WARP == D_ // 8)
     MMA = mma_pages and XREG and MM.mma_supported(D_, NW)
     XF, PART_N, load_fragments, mma_partials, mma_row_sum = MM.page_mma(
-        D_, NW, PW // (D_ // 2), full=(D_ // MM.TILE_K) % NW == 0)
+        D_, NW, PW // (D_ // 2), full=(D_ // MM.TILE_K) % NW == 0, chains=mma_chains)
     if not MMA:
         XF = PART_N = 1
-    ONE_PASS = PW // (D_ // 2) <= 2 * NW  # a page's rows (gate/up pairs) at most two (one) a warp
+    E0 = NW // 2  # mma_pages: the first warp that finishes rows (the lower half, with the copy thread, does not)
+    NE = NW - E0
+    ONE_PASS = PW // (D_ // 2) <= 4 * NE  # a page's rows (gate/up pairs) at most 4 (2) an emitting warp
     POOL, V_STATIC, RPL = PG.lm_pool(plan.config, PW, lm_pool)
     SLACK = PG.LM_POOL_SLACK
     W_LM = lay.lm_head
@@ -740,29 +745,36 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
 
     @cuda.jit(device=True)
     def mma_emit(kind, nrows, row0, part, buf, rstd, y, h, act, logits, hacc, mine, lane, warp):
-        """``mma_pages``: a page's rows finished from the warps' partials (after the page's block barrier): warp
-        w takes rows 2w and 2w + 1 (lanes 0-7 and 8-15; lanes 16-31 the same again), a gate/up page's pair w (the
-        gate sum on lanes 0-7, the up sum on 8-15); lanes 0 and 8 write."""
-        upper = (lane >> 3) & 1
-        if kind == K_SWIGLU:
-            r = warp
-            while r < nrows:
-                v = mma_row_sum(part, buf, 2 * r + upper, lane)
-                u = cuda.shfl_xor_sync(D.FULL_MASK, v, 8)
-                mine = emit(kind, row0 + r, v, u, rstd, y, h, act, logits, hacc, mine, lane)
-                if ONE_PASS:  # (a page has at most one pair a warp: no loop, a smaller page loop body)
-                    break
-                r += NW
+        """``mma_pages``: a page's rows finished from the warps' partials, after the page's block barrier, by the
+        upper half of the warps (warp 0's thread 0 refills the slot meanwhile, and the others do not wait for it at
+        the next page's barrier as long): each 8-lane group of an emitting warp sums one partial row over the warps
+        (``mma_row_sum``), so a warp finishes 4 rows or 2 gate/up pairs (gate on groups 0 and 2, up on 1 and 3);
+        lane 0 of a row's group writes it."""
+        if warp < E0:
             return mine
-        r = 2 * warp
-        while r < nrows:
-            row = r + upper
+        we = warp - E0
+        grp = lane >> 3
+        if kind == K_SWIGLU:
+            base_r = 2 * we
+            while base_r < nrows:
+                r = base_r + (grp >> 1)
+                v = mma_row_sum(part, buf, 2 * min(r, nrows - 1) + (grp & 1), lane)
+                u = cuda.shfl_xor_sync(D.FULL_MASK, v, 8)
+                if r < nrows:
+                    mine = emit(kind, row0 + r, v, u, rstd, y, h, act, logits, hacc, mine, lane & 15)
+                if ONE_PASS:  # (a page has at most 2 pairs an emitting warp: no loop, a smaller page loop body)
+                    break
+                base_r += 2 * NE
+            return mine
+        base_r = 4 * we
+        while base_r < nrows:
+            row = base_r + grp
             v = mma_row_sum(part, buf, min(row, nrows - 1), lane)
             if row < nrows:
-                mine = emit(kind, row0 + row, v, v, rstd, y, h, act, logits, hacc, mine, lane & 0x17)
+                mine = emit(kind, row0 + row, v, v, rstd, y, h, act, logits, hacc, mine, lane & 7)
             if ONE_PASS:
                 break
-            r += 2 * NW
+            base_r += 4 * NE
         return mine
 
     @cuda.jit(device=True)
@@ -858,8 +870,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                  ring, bars, xs, part, d1, d2, d3, d4, hold):
         """``mma_pages``: ``rows_body`` for the phases whose rows have the hidden size (``k == D_``), on the tensor
         cores: the same pages in the same order, each multiplied into the warps' partials (``mma.page_mma``), then
-        after the page's block barrier (and its refill) finished two rows a warp (``mma_emit``). Its own function,
-        so these call sites carry none of the CUDA-core consumer's code. Returns as ``rows_body``."""
+        after the page's block barrier (and its refill) finished by the upper half of the warps (``mma_emit``). Its
+        own function, so these call sites carry none of the CUDA-core consumer's code. Returns as ``rows_body``."""
         lane = cuda.threadIdx.x & (WARP - 1)
         warp = cuda.threadIdx.x >> 5
         kw = D_ // 2
@@ -1025,6 +1037,22 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     else:
         rows_phase = rows_body
     rows_hidden = rows_mma if MMA else rows_phase  # the call sites whose rows have the hidden size
+    if rows_out_of_line and MMA:  # one out-of-line copy of the tensor-core page loop for its five call sites
+        from .noinline import noinline
+
+        @cuda.jit(device=True)
+        def rows_mma_call(kind, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb, table,
+                          Ww, ring, bars, xs, part, d1, d2, d3, d4, hold):
+            return rows_mma(kind, D_, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb,
+                            table, Ww, ring, bars, xs, part, d1, d2, d3, d4, hold)
+
+        noinline(rows_mma_call)
+
+        @cuda.jit(device=True)
+        def rows_hidden(kind, k, rows, rstd, y, h, act, logits, hacc, mine, cursor, issued, total, pb, b, nb, table,
+                        Ww, ring, bars, xs, part, d1, d2, d3, d4, hold):
+            return rows_mma_call(int32(kind), int32(rows), rstd, y, h, act, logits, hacc, mine, cursor, issued,
+                                 total, pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, int32(hold))
 
     @cuda.jit(max_registers=max_registers or None, lineinfo=lineinfo)
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
