@@ -83,11 +83,12 @@ split_layout = MM.split_layout
 @pytest.mark.parametrize("hidden,warps,nrows,gate_up,chains", [
     (48, 2, 3, False, 1), (48, 2, 2, True, 1), (1024, 8, 16, False, 1), (1024, 8, 11, False, 1),
     (1024, 8, 5, True, 1), (1024, 8, 8, True, 1), (160, 3, 7, False, 1), (1024, 8, 13, False, 4),
-    (160, 3, 6, True, 3)])
+    (160, 3, 6, True, 3), (256, 16, 5, False, 1)])
 def test_page_rows_match_float64(hidden, warps, nrows, gate_up, chains):
     """Every row of a page (``nrows`` rows, or ``nrows`` gate rows then as many up rows) against float64; x with
     a wide dynamic range (the lo half matters) and one exact zero; with one accumulator chain per row group, or
-    several (3 over spans of 4 and 2 k-steps: chains left empty)."""
+    several (3 over spans of 4 and 2 k-steps: chains left empty); and 16 warps (each row's partials over more warps
+    than an 8-lane group has lanes)."""
     rng = np.random.default_rng(hidden + nrows)
     n = 2 * nrows if gate_up else nrows
     words, W = bf16_words(rng.standard_normal((n, hidden)))

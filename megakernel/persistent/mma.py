@@ -307,10 +307,13 @@ def page_mma(hidden: int, warps: int, rows_cap: int, full: bool, chains: int = 1
 
     @cuda.jit(device=True)
     def row_sum(part, buf, p, lane):
-        """Partial ``p`` summed over the warps, in a fixed tree order, on each 8-lane group (lane ``l`` reads warp
-        ``l % 8``'s; every lane of the group ends with the sum)."""
+        """Partial ``p`` summed over the warps, in a fixed order, on each 8-lane group (lane ``l`` adds warps
+        ``l % 8``, ``l % 8 + 8``, ... in turn, then a tree over the group's lanes; every lane of the group ends with
+        the sum)."""
         src = lane & 7
         v = part[buf + src * RP + p] if src < NW else float32(0)
+        for w in range(src + 8, NW, 8):  # (blocks of more than 8 warps)
+            v += part[buf + w * RP + p]
         v += cuda.shfl_xor_sync(D.FULL_MASK, v, 1)
         v += cuda.shfl_xor_sync(D.FULL_MASK, v, 2)
         v += cuda.shfl_xor_sync(D.FULL_MASK, v, 4)
