@@ -282,24 +282,42 @@ def test_lean_index_arithmetic_computes_the_same_bits(ref, blocks, options):
     _assert_same_bits(runs[0], runs[1], f"version 9 on {blocks} blocks against version 8")
 
 
-@pytest.mark.parametrize("version,option", [(9, "lean_calls"), (10, "lean_calls"), (10, "count_smem")])
-def test_call_and_barrier_options_compute_the_same_bits(ref, version, option):
+@pytest.mark.parametrize("version,option,value", [(9, "lean_calls", True), (10, "lean_calls", True),
+                                                  (10, "count_smem", True), (10, "bar_thread", 33),
+                                                  (10, "deferred_shift", True)])
+def test_call_and_barrier_options_compute_the_same_bits(ref, version, option, value):
     """``lean_calls``: the out-of-line mixer bodies (DeltaNet, attention prepare and combine, and version 9's decode)
     receive each array as its address and shape, rebuilt on the other side as a C-contiguous array
     (``noinline.lean_wrapper``; the simulator checks every such array's shape and contiguity). ``count_smem``: the
     grid barriers count in shared memory (a count that went wrong would leave blocks waiting for a target nobody
-    reaches, or report a wrong total). Either way, two decode steps on 3 blocks give the bits of the same version
-    without it, through the same number of barriers."""
+    reaches, or report a wrong total). ``bar_thread``: another thread than the copy thread arrives at the grid
+    barriers. ``deferred_shift``: the q/k conv state shifted by the out_proj phase instead of the DeltaNet items'
+    last reader (a shift too early is a race the simulator names; a missing one, other bits). Either way, two
+    decode steps on 3 blocks give the bits of the same version without it, through the same number of barriers,
+    and the same conv state."""
     from megakernel.persistent import PersistentDecoder
 
     runs = []
     for on in (False, True):
         dec = PersistentDecoder(ref, max_context=32, version=version, blocks=3, prefill_mode="reference",
-                                options={option: on})
+                                options={option: value if on else type(value)(0)})
         runs.append(_two_steps(dec, PROMPT))
         assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
-    assert dec.option_value(option, False) and dec.option_value("out_of_line", False)
-    _assert_same_bits(runs[0], runs[1], f"version {version} with {option} against without")
+    assert dec.option_value(option, False) == value and dec.option_value("out_of_line", False)
+    _assert_same_bits(runs[0], runs[1], f"version {version} with {option}={value} against without")
+
+
+def test_version_12_computes_version_10s_bits(ref):
+    """Version 12 moves the DeltaNet q/k conv-state shift from the items' last reader to the out_proj phase and
+    loads the state slabs first: no sum changes order. Two decode steps on 2 and 3 blocks give version 10's logits
+    and every state (conv, DeltaNet, KV) bit for bit; a shift that came too early would be a race the simulator
+    names, a missing or doubled one another conv state."""
+    from megakernel.persistent import PersistentDecoder
+
+    for blocks in (2, 3):
+        runs = [_two_steps(PersistentDecoder(ref, max_context=32, version=v, blocks=blocks,
+                                             prefill_mode="reference"), PROMPT) for v in (10, 12)]
+        _assert_same_bits(runs[0], runs[1], f"version 12 on {blocks} blocks against version 10")
 
 
 @pytest.mark.parametrize("options", [{}, {"count_smem": True}], ids=["count", "count-in-smem"])
@@ -667,8 +685,9 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     reductions through inline PTX) 247 / 316 B; v8 (v7 and the LM head's paired copies) 250 / 316 B; v9 (v8 with
     the page loops' index arithmetic made cheap) 240 / 316 B, 225 / 352 B after the attention combine's batched
     loads (2026-11-27, fifth round); v10 (v9 with the decode body inline) 255 / 124 B; v11 (v10 with the
-    tensor-core pages: ``ldmatrix``, ``mma.sync``, ``cvt.rn.bf16x2`` through inline PTX) 255 / 156 B. v8's paths are
-    v9's, and v9's are v10's with v6's out-of-line decode."""
+    tensor-core pages: ``ldmatrix``, ``mma.sync``, ``cvt.rn.bf16x2`` through inline PTX) 255 / 156 B; v12 (v10 with the
+    q/k conv shift in the out_proj phase, 2026-11-27, seventh round) 255 / 188 B. v8's paths are v9's, and v9's are
+    v10's with v6's out-of-line decode."""
     import re
     import subprocess
     import sys
@@ -677,11 +696,11 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,5,5+fold,6,10,11"],
+    proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"), "1,5,5+fold,6,10,11,12"],
                           capture_output=True, text=True, cwd=root, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # spill-store bytes allowed (about 2x what was measured)
-    budget = {"1": 2048, "5": 1024, "5+fold": 2048, "6": 640, "10": 640, "11": 640}
+    budget = {"1": 2048, "5": 1024, "5+fold": 2048, "6": 640, "10": 640, "11": 640, "12": 640}
     rows = re.findall(r"^(\S+)\s+(\d+) registers\s+spill stores\s+(\d+) B", proc.stdout, re.M)
     assert {v for v, _, _ in rows} == set(budget), proc.stdout
     for variant, registers, spills in rows:

@@ -533,27 +533,32 @@ def combine_workspace() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def combine_item(Hq: int, Dh: int, T: int, gate_stride: int = 0):
+def combine_item(Hq: int, Dh: int, T: int, gate_stride: int = 0, batch: int = 0):
     """``attn_combine`` for one query head as a device function (``T`` = the block size):
 
         body(h, n_splits, partial_ml, partial_o, gate, out, ws)
 
     ``ws``: a float32 shared array of >= ``combine_workspace()``. Returns with the block synchronised. Head ``h``'s
     gate is ``gate[h * gate_stride:][:Dh]`` (default ``Dh``: a packed gate; ``2 Dh`` reads it straight from the
-    q|gate projection, ``gate = proj[Dh:]``)."""
+    q|gate projection, ``gate = proj[Dh:]``). ``batch``: the partials a thread loads at once (default
+    ``COMBINE_BATCH``; with at least as many as there are splits, the body waits for one round trip of partials,
+    the first, loaded with the m/L pairs and the gate before the block's reductions). The same sums in the same
+    order whatever the batch."""
     NEG_INF = np.float32(-np.inf)
     GS = gate_stride or Dh
-    B = COMBINE_BATCH
+    B = batch or COMBINE_BATCH
 
     @cuda.jit(device=True)
     def attn_combine_body(h, n_splits, partial_ml, partial_o, gate, out, ws):
         wsh = ws[0:MAX_SPLITS]
         scratch = ws[MAX_SPLITS:MAX_SPLITS + 32]
         tid = cuda.threadIdx.x
-        # this thread's first batch of partials, loaded before the reductions (it does not depend on them)
+        # this thread's first batch of partials and its first gate value, loaded before the reductions (they do not
+        # depend on them)
         vals = cuda.local.array(B, float32)
         for k in range(B):
             vals[k] = partial_o[h, k, tid] if (k < n_splits and tid < Dh) else float32(0)
+        g0 = gate[h * GS + tid] if tid < Dh else float32(0)
         m = NEG_INF
         for i in range(tid, n_splits, T):
             mi = partial_ml[h, i, 0]
@@ -579,7 +584,8 @@ def combine_item(Hq: int, Dh: int, T: int, gate_stride: int = 0):
                     if i0 + k < n_splits:
                         o += vals[k] * wsh[i0 + k]
                 i0 += B
-            out[h * Dh + d] = o / lsum * D.sigmoid(gate[h * GS + d])
+            gd = g0 if d == tid else gate[h * GS + d]
+            out[h * Dh + d] = o / lsum * D.sigmoid(gd)
             d += T
         cuda.syncthreads()
 

@@ -163,7 +163,7 @@ def deltanet_workspace(Dk: int, CW: int, T: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, state_first: bool = False,
-                  late_shift: bool = False):
+                  late_shift: bool = False, deferred_shift: bool = False):
     """The decode step of one work item as a device function (one per size tuple):
 
         body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag)
@@ -180,7 +180,12 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
 
     ``late_shift``: the "last reader" count (a fence and an atomic: two memory round trips) is issued where it is
     now, after the norms, but its answer is awaited only after the state columns are done, and the last reader
-    shifts the q/k conv state at the very end: the same writes by the same block, off the item's critical path."""
+    shifts the q/k conv state at the very end: the same writes by the same block, off the item's critical path.
+
+    ``deferred_shift``: no "last reader" count at all: the q/k conv state is shifted after the phase, by whoever
+    runs ``qk_conv_shift`` once every item of the step has read it (the persistent kernel: in the next phase, past
+    a grid barrier). The item's fence and atomic (two memory round trips on its critical path) are gone; the
+    counters are neither read nor written."""
     G = Hv // Hk
     NS = Dv // CW
     QK = 2 * Dk
@@ -200,7 +205,8 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
     RED = VSH + CW
     SCR = RED + RG * CW
     EARLY = state_first
-    LATE = late_shift
+    DEFER = deferred_shift
+    LATE = late_shift and not deferred_shift
     ONE_QK = QK <= T  # one q/k channel per thread (the 0.8B shapes): its loads can be hoisted
 
     @cuda.jit(device=True)
@@ -309,7 +315,7 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
 
         # ---- 4. the last reader of this key head's q/k conv state shifts it in place
         prev = int32(0)
-        if tid == 0:
+        if tid == 0 and not DEFER:
             cuda.threadfence()
             prev = cuda.atomic.add(counters, hk, 1)
             if not LATE:
@@ -319,7 +325,7 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
                 else:
                     flag[0] = 0
         cuda.syncthreads()  # also publishes qk (step 3) and vsh (step 2)
-        if not LATE and flag[0] != 0:
+        if not DEFER and not LATE and flag[0] != 0:
             shift_qk(conv_state, proj, hk, tid)
 
         # ---- 5. the state columns: decay, S^T k, delta, rank-1 update, S^T q
@@ -371,6 +377,45 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
         cuda.syncthreads()  # the workspace and flag are free for the next item
 
     return deltanet_item_body
+
+
+@functools.lru_cache(maxsize=None)
+def qk_conv_shift(Hk: int, Dk: int, K: int, T: int):
+    """``deltanet_item(deferred_shift=True)``'s q/k conv-state shift, split over a grid of blocks of ``T`` threads,
+    in two halves so its loads' latency can hide behind other work (the persistent kernel: a phase's pages):
+
+        shift_load(conv_state, proj, b, nb, vals)    thread ``b T + tid``'s channel (if any): its last K - 2
+                                                     inputs and the new one into ``vals`` (a local array of K - 1)
+        shift_store(conv_state, proj, b, nb, vals)   that channel's shifted state written back; channels beyond
+                                                     the grid's threads (small grids) shifted in place here
+
+    The q/k channels are the conv's first ``2 Hk Dk``; every item of the step must have read them before
+    ``shift_store`` (and ``proj`` must still hold the step's input projection)."""
+    QKC = 2 * Hk * Dk
+    KM1 = K - 1
+
+    @cuda.jit(device=True)
+    def shift_load(conv_state, proj, b, nb, vals):
+        c = b * T + cuda.threadIdx.x
+        if c < QKC:
+            for t in range(KM1 - 1):
+                vals[t] = conv_state[c, t + 1]
+            vals[KM1 - 1] = proj[c]
+
+    @cuda.jit(device=True)
+    def shift_store(conv_state, proj, b, nb, vals):
+        c = b * T + cuda.threadIdx.x
+        if c < QKC:
+            for t in range(KM1):
+                conv_state[c, t] = vals[t]
+            c += nb * T
+            while c < QKC:
+                for t in range(KM1 - 1):
+                    conv_state[c, t] = conv_state[c, t + 1]
+                conv_state[c, KM1 - 1] = proj[c]
+                c += nb * T
+
+    return shift_load, shift_store
 
 
 @functools.lru_cache(maxsize=None)

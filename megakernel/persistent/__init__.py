@@ -20,9 +20,11 @@
 * ``v9``       -- version 9: version 8 with the page loops' bookkeeping made cheap (the ring slot and parity
                   carried from page to page, 32-bit remainders and quotients, no per-piece guard) and each block's
                   copy descriptors in shared memory;
-* ``v10``      -- version 10 (the default): version 9 with the attention decode body compiled into the kernel
-                  instead of called out of line;
+* ``v10``      -- version 10: version 9 with the attention decode body compiled into the kernel instead of called
+                  out of line;
 * ``v11``      -- version 11: version 10 with the pages of hidden-size rows multiplied on the tensor cores;
+* ``v12``      -- version 12 (the default): version 10 with the DeltaNet q/k conv-state shift done by the next
+                  phase (no reader count on the items' critical path) and the state slabs loaded first;
 * ``mma``      -- version 11's ``ldmatrix`` / ``mma.sync`` intrinsics, their simulator models, its page consumer;
 * ``noinline`` -- the out-of-line calls of the mixer bodies (and ``lean_calls``: arrays as address and shape);
 * ``split_down`` -- version 7's split-K: fixed-point sums, the down rows' page consumer, the accumulator;

@@ -110,7 +110,7 @@ def make_counter_halves():
 
 
 def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, monotonic: bool = False,
-                 count_smem: bool = False):
+                 count_smem: bool = False, arriver: int = 0):
     """``count = barrier(grid, count, prof)``: a grid barrier (counted, so the host can check the schedule), or
     with ``enabled=False`` only the count: the test-only switch that shows what the barriers are for.
 
@@ -137,8 +137,13 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     a value carried through the whole kernel and read once per phase is what the register allocator spills first,
     and version 10's ``count`` was reloaded from local memory (a miss in an L1 of ~28 KB) before every barrier's
     arrival (measured: the step within noise; NOTES.md). ``barrier_count(grid, count)`` gives the count for the
-    launch's end."""
+    launch's end.
+
+    ``arriver`` (with ``monotonic``): the thread that arrives and polls (default 0). Thread 0 is also the copy
+    thread of the weight ring: its release fence (``MEMBAR.GPU``) orders every memory operation it issued before,
+    so another thread's arrival may not wait behind the copies it started (a measured variant, NOTES.md)."""
     ENABLED = enabled
+    ARRIVER = arriver
     SMEM = count_smem and monotonic and enabled
     PROFILE = profile
     COUNTER = counter
@@ -150,7 +155,7 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     def monotonic_sync(grid, count):
         ctl, base = grid[0], grid[1]
         cuda.syncthreads()  # the block's work is done
-        if cuda.threadIdx.x == 0:
+        if cuda.threadIdx.x == ARRIVER:
             if SMEM:
                 count = grid[2][0]
                 grid[2][0] = count + 1  # read by the block after the syncthreads below
@@ -228,7 +233,8 @@ DEC_ARRAYS = (4, 5, 6, 7, 8, 9)
 
 def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False, fold_attention: bool = False,
                 deltanet_out_of_line: bool = False, inline_decode: bool = False, late_shift: bool = False,
-                twice: bool = False, lean_calls: bool = False):
+                twice: bool = False, lean_calls: bool = False, deferred_shift: bool = False,
+                combine_batch: int = 0):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
@@ -243,7 +249,9 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     one phase and one barrier (``make_folded_attention``; the same bits). ``late_shift``: the DeltaNet body awaits
     its "last reader" count only after the state columns (``deltanet.deltanet_item``; the same bits). ``twice``
     (timing only, wrong results): each item's body runs twice in a row (the second run finds its code and its
-    inputs on the SM: what a run costs cold and warm).
+    inputs on the SM: what a run costs cold and warm). ``deferred_shift``: the DeltaNet body leaves the q/k conv
+    state to the caller (``deltanet.qk_conv_shift`` after the phase's barrier; no "last reader" count).
+    ``combine_batch``: the partials an attention-combine thread loads at once (``attention.combine_item(batch=)``).
     """
     o = Offsets(plan)
     T, NW, EPS = o.T, o.NW, o.EPS
@@ -255,10 +263,11 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     F_ALOG, F_DT, LSS = lay.A_log, lay.dt_bias, lay.lin_small_stride
     F_QN, F_KN, ASS, F_FREQ = lay.q_norm, lay.k_norm, lay.att_small_stride, lay.inv_freq
     splits = make_splits(plan)
-    dn_body = dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T, state_first, late_shift) if o.HAS_LIN else None
+    dn_body = (dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T, state_first, late_shift, deferred_shift)
+               if o.HAS_LIN else None)
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
-    comb_body = attn.combine_item(Hq, Dh, T) if o.HAS_ATT else None
+    comb_body = attn.combine_item(Hq, Dh, T, batch=combine_batch) if o.HAS_ATT else None
     lean = lean_calls  # pass the bodies' arrays (at the positions *_ARRAYS) as (address, shape) pairs
     if out_of_line:
         dn_body, prep_body, comb_body = (_out_of_line(f, arrays if lean else None) if f is not None else None

@@ -142,12 +142,13 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "fold": "fold_attention", "ooldn": "deltanet_out_of_line", "indec": "inline_decode",
           "fd": "fused_down", "lshift": "deltanet_late_shift",
           "fdb": "fd_bulk", "fo": "fused_out", "li": "lineinfo", "twice": "mixer_twice", "lean": "lean",
-          "sd": "smem_descs", "lc": "lean_calls", "cs": "count_smem", "mma": "mma_pages"}
+          "sd": "smem_descs", "lc": "lean_calls", "cs": "count_smem", "mma": "mma_pages",
+          "dsh": "deferred_shift"}
 _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride",
            "lmp=": "lm_pool",
            "l2=": "l2_ahead",
            "l2m=": "l2_mixer", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers",
-           "ool=": "out_of_line", "mch=": "mma_chains"}
+           "ool=": "out_of_line", "mch=": "mma_chains", "bt=": "bar_thread", "cb=": "combine_batch"}
 
 
 def parse_variant(variant: str) -> tuple[int, dict]:

@@ -128,7 +128,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "fd_reps": 1, "fd_stride": 1, "fd_bulk": False, "fused_out": False,
            "lm_pool": 0, "lineinfo": False, "mixer_twice": False, "lean_calls": False, "count_smem": False,
            "pair_copies": 0, "lean": False, "smem_descs": False,
-           "mma_pages": False, "mma_chains": 1}  # measured variants (NOTES.md); the defaults are the kept ones
+           "mma_pages": False, "mma_chains": 1, "bar_thread": 0, "deferred_shift": False,
+           "combine_batch": 0}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -170,7 +171,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0,
            lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False,
            smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False,
-           mma_chains: int = 1):
+           mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -256,7 +257,20 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     the page's block barrier the upper half of the warps finish the rows from the warps' partials); other bits than
     without (the tensor cores' fp32 sums), the same bits on any grid. Where the hidden size is not a multiple of 16
     or exceeds 128 per warp, those pages keep ``xregs``' consumer. ``mma_chains``: independent accumulator chains
-    per row group in a warp's products (``mma.page_mma(chains=)``: shorter dependent chains, other bits)."""
+    per row group in a warp's products (``mma.page_mma(chains=)``: shorter dependent chains, other bits).
+    ``bar_thread`` (with ``monotonic``): the thread of each block that arrives at the grid barriers and polls them
+    (``phases.make_barrier(arriver=)``), not the ring's copy thread 0. ``deferred_shift``: the DeltaNet items do
+    not shift the q/k conv state (no "last reader" fence and atomic on their critical path,
+    ``deltanet.deltanet_item(deferred_shift=True)``); the out_proj phase after them does, its loads in flight with
+    those of the gated norm's staging, its stores right after it (``deltanet.qk_conv_shift``); the same bits.
+    ``combine_batch``: an attention-combine thread's partials loaded that many at a time (0: ``attention
+    .COMBINE_BATCH``); at least the splits in use, one round trip; the same bits."""
+    if bar_thread and (not monotonic or not 0 <= bar_thread < plan.threads):
+        raise ValueError(f"persistent kernel build option bar_thread={bar_thread} needs monotonic and a thread of "
+                         f"the block (0 to {plan.threads - 1})")
+    if deferred_shift and (fused_out or deltanet_late_shift):
+        raise ValueError("persistent kernel build option deferred_shift does not combine with fused_out or "
+                         "deltanet_late_shift")
     if mma_pages and (not xregs or warp_release or page_pairs or lm_pool):
         raise ValueError("persistent kernel build option mma_pages needs xregs and does not combine with "
                          "warp_release, page_pairs or lm_pool")
@@ -317,12 +331,16 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     XS = plan.workspace
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
     NO_KEY = np.int64(lmh.INT64_MIN)
-    barrier = make_barrier(barriers, profile, counter, monotonic, CSMEM)
+    barrier = make_barrier(barriers, profile, counter, monotonic, CSMEM, bar_thread)
     barrier_count = make_barrier_count(CSMEM, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
                                                 deltanet_out_of_line, inline_decode, deltanet_late_shift,
-                                                mixer_twice, lean_calls)
+                                                mixer_twice, lean_calls, deferred_shift, combine_batch)
+    DSHIFT = deferred_shift and HAS_LIN
+    KM1 = o.KC - 1
+    if DSHIFT:
+        shift_load, shift_store = dn.qk_conv_shift(o.Hk, o.Dk, o.KC, T)
     ATT_BARRIERS = 1 if fold_attention else 3
     prefetch_deltanet, prefetch_kv = make_prefetchers(plan)
     PREFETCH = prefetch
@@ -1157,11 +1175,17 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                                                       grid, count, prof)
                             else:
                                 count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
+                            if DSHIFT:  # every item has read the q/k conv state: shift it (loads now, stores after
+                                # the staging of out_proj's x, whose loads they wait with)
+                                shifted = cuda.local.array(KM1, float32)
+                                shift_load(conv[j], scr[PL0:PL0 + P_LIN], b, nb, shifted)
                             if DEFER:
                                 issued, d1, d2, d3, d4 = refill(cursor, issued, total, b, pb, table, Ww, ring, bars,
                                                                 d1, d2, d3, d4)
                             gn = Wf[F_GN + j * LSS:F_GN + j * LSS + Dv]
                             stage_gated(scr[OL0:OL0 + HVDV], scr[PL0 + C:PL0 + C + HVDV], gn, xs, Hv, Dv, EPS)
+                            if DSHIFT:  # (its loads were in flight with the staging's: no wait of its own)
+                                shift_store(conv[j], scr[PL0:PL0 + P_LIN], b, nb, shifted)
                             cuda.syncthreads()
                             cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
                                 K_GATED, HVDV, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
