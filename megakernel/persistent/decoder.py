@@ -35,7 +35,7 @@ from . import plan as P
 from . import v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12
 
 VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6, 7: v7, 8: v8, 9: v9, 10: v10, 11: v11, 12: v12}
-DEFAULT_VERSION = 10
+DEFAULT_VERSION = 12
 DEFAULT_THREADS = 256
 SIMULATOR_THREADS = 64
 SIMULATOR_BLOCKS = 3
