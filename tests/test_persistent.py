@@ -284,7 +284,7 @@ def test_lean_index_arithmetic_computes_the_same_bits(ref, blocks, options):
 
 @pytest.mark.parametrize("version,option,value", [(9, "lean_calls", True), (10, "lean_calls", True),
                                                   (10, "count_smem", True), (10, "bar_thread", 33),
-                                                  (10, "deferred_shift", True)])
+                                                  (10, "deferred_shift", True), (12, "packed_descs", True)])
 def test_call_and_barrier_options_compute_the_same_bits(ref, version, option, value):
     """``lean_calls``: the out-of-line mixer bodies (DeltaNet, attention prepare and combine, and version 9's decode)
     receive each array as its address and shape, rebuilt on the other side as a C-contiguous array
@@ -292,7 +292,9 @@ def test_call_and_barrier_options_compute_the_same_bits(ref, version, option, va
     grid barriers count in shared memory (a count that went wrong would leave blocks waiting for a target nobody
     reaches, or report a wrong total). ``bar_thread``: another thread than the copy thread arrives at the grid
     barriers. ``deferred_shift``: the q/k conv state shifted by the out_proj phase instead of the DeltaNet items'
-    last reader (a shift too early is a race the simulator names; a missing one, other bits). Either way, two
+    last reader (a shift too early is a race the simulator names; a missing one, other bits). ``packed_descs``:
+    the copy thread's descriptors packed in shared memory and walked by a carried index (a descriptor out of
+    step would copy another page: other bits, or a wait that never ends). Either way, two
     decode steps on 3 blocks give the bits of the same version without it, through the same number of barriers,
     and the same conv state."""
     from megakernel.persistent import PersistentDecoder

@@ -143,12 +143,13 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "fd": "fused_down", "lshift": "deltanet_late_shift",
           "fdb": "fd_bulk", "fo": "fused_out", "li": "lineinfo", "twice": "mixer_twice", "lean": "lean",
           "sd": "smem_descs", "lc": "lean_calls", "cs": "count_smem", "mma": "mma_pages",
-          "dsh": "deferred_shift"}
+          "dsh": "deferred_shift", "nfence": "_no_refill_fence",
+          "pd": "packed_descs"}
 _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride",
            "lmp=": "lm_pool",
            "l2=": "l2_ahead",
            "l2m=": "l2_mixer", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers",
-           "ool=": "out_of_line", "mch=": "mma_chains", "bt=": "bar_thread", "cb=": "combine_batch"}
+           "ool=": "out_of_line", "mch=": "mma_chains", "bt=": "bar_thread", "cb=": "combine_batch", "skel=": "skeleton"}
 
 
 def parse_variant(variant: str) -> tuple[int, dict]:
@@ -159,7 +160,11 @@ def parse_variant(variant: str) -> tuple[int, dict]:
     options = {}
     for o in opts:
         if o in _FLAGS:
-            options[_FLAGS[o]] = True
+            name = _FLAGS[o]
+            if name.startswith("_no_") and name != "_nobar":  # a switch that turns a default off
+                options[name[4:]] = False
+            else:
+                options[name] = True
             continue
         prefix = next((p for p in _VALUES if o.startswith(p)), None)
         if prefix is None:

@@ -129,7 +129,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "lm_pool": 0, "lineinfo": False, "mixer_twice": False, "lean_calls": False, "count_smem": False,
            "pair_copies": 0, "lean": False, "smem_descs": False,
            "mma_pages": False, "mma_chains": 1, "bar_thread": 0, "deferred_shift": False,
-           "combine_batch": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "combine_batch": 0, "skeleton": 0, "refill_fence": True,
+           "packed_descs": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -171,7 +172,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            fd_stride: int = 1, fd_bulk: bool = False, fused_out: bool = False, lm_pool: int = 0,
            lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False,
            smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False,
-           mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0):
+           mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0,
+           skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -264,7 +266,25 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     ``deltanet.deltanet_item(deferred_shift=True)``); the out_proj phase after them does, its loads in flight with
     those of the gated norm's staging, its stores right after it (``deltanet.qk_conv_shift``); the same bits.
     ``combine_batch``: an attention-combine thread's partials loaded that many at a time (0: ``attention
-    .COMBINE_BATCH``); at least the splits in use, one round trip; the same bits."""
+    .COMBINE_BATCH``); at least the splits in use, one round trip; the same bits. ``skeleton`` (timing only, with
+    ``nocopy`` and ``nocompute``: what each part of a page's bookkeeping costs): a bit mask of what the page loops
+    leave out, 1 the wait for the slot's mbarrier, 2 the block barrier after each page, 4 the slot's refill (needs
+    1), 8 the refill's load of the next copy descriptor, 16 the refill's mbarrier arrival (needs 1). ``refill_fence=False``: no ``fence.proxy.async`` between the block barrier after a page and the refill of
+    its slot (the threads' generic-proxy reads of the slot have returned their values before the barrier; the
+    copy engine's writes come after it, as in the mbarrier-ordered TMA pipelines of CUTLASS); the fence is
+    ``MEMBAR.ALL.CTA`` + ``FENCE.VIEW.ASYNC.S`` on the copy thread, on every page's critical path.
+    ``packed_descs`` (with ``smem_descs``): the copy thread's next descriptor in a few instructions: the block's
+    descriptors packed two words to an int64 next to the mbarriers, read with 32-bit shared addressing, and the
+    page's index within the step carried in shared memory (``+ 1``, wrapped at the block's pages) instead of a
+    32-bit remainder. The copy thread's work after each page's block barrier is a serial chain that every other
+    warp waits for at the next page's barrier; the descriptor's load took ~60 predicated 64-bit instructions
+    there (a shared and a global table behind one array, a division), ~0.24 us a page (NOTES.md)."""
+    if packed_descs and (not smem_descs or warp_release or lm_pool):
+        raise ValueError("persistent kernel build option packed_descs needs smem_descs and does not combine with "
+                         "warp_release or lm_pool")
+    if skeleton and (not nocopy or not nocompute or (skeleton & 20 and not skeleton & 1)):
+        raise ValueError("persistent kernel build option skeleton is a timing probe: it needs nocopy and nocompute, "
+                         "and leaving out the refills (4) or their arrivals (16) needs leaving out the waits (1)")
     if bar_thread and (not monotonic or not 0 <= bar_thread < plan.threads):
         raise ValueError(f"persistent kernel build option bar_thread={bar_thread} needs monotonic and a thread of "
                          f"the block (0 to {plan.threads - 1})")
@@ -321,7 +341,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     R_ = plan.ring_pages
     CSMEM = count_smem and barriers  # (without barriers, the test-only switch, there is nothing to count)
     # (an even count: the static shared arrays after it stay 16-byte aligned for the bulk copies)
-    N_BARS = 2 * R_ + (4 if CSMEM else 2)
+    N_BARS0 = 2 * R_ + (4 if CSMEM else 2)
+    PACKED = packed_descs
+    DIDX = N_BARS0  # packed_descs: the index (within a step) of the next descriptor to load; then padding
+    DB0 = N_BARS0 + 2  # packed_descs: page d's descriptor at DB0 + 2 d (src1 | n1 << 32), DB0 + 2 d + 1 (src2, n2)
+    N_BARS = DB0 + 2 * max(1, plan.desc_pages) if packed_descs else N_BARS0
     FUSED = 2 * R_  # pair_copies: 1 while the next page to issue came with the last copy
     WAITED = 2 * R_ + 1  # profiling builds: thread 0's ns waiting for pages since the last barrier
     CNT = 2 * R_ + 2  # count_smem: the grid barriers this launch has passed (the next word is padding)
@@ -352,6 +376,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     MIXERS = not nomixer
     CLAMP = nocompute or nomixer or nocopy or not barriers or fd_probe
     NOCOPY = nocopy
+    RFENCE = refill_fence
+    SK_WAIT, SK_BAR, SK_FILL = not skeleton & 1, not skeleton & 2, not skeleton & 4
+    SK_DESC, SK_ISSUE = not skeleton & 8, not skeleton & 16
     WREL = warp_release
     QUAD = page_pairs
     PROFILE = profile
@@ -472,6 +499,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     def page_wait(bars, slot, par):
         """Wait for the page in ``slot`` (its mbarrier's phase of parity ``par``); a profiling build adds thread
         0's wait to ``bars[WAITED]`` (``bar`` records it per phase)."""
+        if not SK_WAIT:
+            return
         if PROFILE and cuda.threadIdx.x == 0:
             t0 = tma.globaltimer()
             tma.mbar_wait(bars, slot, par)
@@ -508,11 +537,23 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return barrier(grid, count, prof), prefetched
 
     @cuda.jit(device=True)
-    def next_desc(g, total, b, pb, table):
+    def lo32(w):
+        """The low 32 bits of an int64, as the int32 they were packed from."""
+        v = w & 0xFFFFFFFF
+        return int32(v - 0x100000000 if v >= 0x80000000 else v)
+
+    @cuda.jit(device=True)
+    def next_desc(g, total, b, pb, table, bars):
         """Thread 0: the copy descriptor (src1, n1, src2, n2) of page ``g``, loaded one page ahead of its issue so
         the load's latency never stands between a freed slot and its refill."""
         if g >= total:
             return int32(0), int32(0), int32(0), int32(0)
+        if PACKED and pb <= DCAP:  # the pages in order: page g's index is the last one's + 1, wrapped at pb
+            d = int32(bars[DIDX])
+            bars[DIDX] = d + 1 if d + 1 < pb else 0
+            w0 = bars[DB0 + 2 * d]
+            w1 = bars[DB0 + 2 * d + 1]
+            return lo32(w0), int32(w0 >> 32), lo32(w1), int32(w1 >> 32)
         d = rmod(g, pb)
         if DESC and pb <= DCAP:  # ``table`` is the block's copy in shared memory: one row
             return table[0, d, 0], table[0, d, 1], table[0, d, 2], table[0, d, 3]
@@ -566,23 +607,30 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             if g + 1 >= limit:
                                 break  # the pair's second slot still has readers: wait for the next free slot
                             d2 -= d4  # one copy of both pages' words (-d4: the next page's)
-                        tma.fence_proxy_async()
-                        issue(slot, d1, d2, d3, d4, Ww, ring, bars)
+                        if RFENCE:
+                            tma.fence_proxy_async()
+                        if SK_ISSUE:
+                            issue(slot, d1, d2, d3, d4, Ww, ring, bars)
                         bars[FUSED] = 1 if pair else 0
                     g += 1
-                    d1, d2, d3, d4 = next_desc(g, total, b, pb, table)
+                    if SK_DESC:
+                        d1, d2, d3, d4 = next_desc(g, total, b, pb, table, bars)
                 return g, d1, d2, d3, d4
-            tma.fence_proxy_async()  # the threads' reads of the slot before the copy engine's writes
-            issue(rmod(issued, R_), d1, d2, d3, d4, Ww, ring, bars)
-            d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table)
+            if RFENCE:
+                tma.fence_proxy_async()  # the threads' reads of the slot before the copy engine's writes
+            if SK_ISSUE:
+                issue(rmod(issued, R_), d1, d2, d3, d4, Ww, ring, bars)
+            if SK_DESC:
+                d1, d2, d3, d4 = next_desc(issued + 1, total, b, pb, table, bars)
         return issued + 1, d1, d2, d3, d4
 
     @cuda.jit(device=True)
     def free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2, d3, d4):
         """The block is done with page ``cursor``: once every thread has left its slot, refill the slot with the
         next page to issue, if any. Returns (cursor + 1, issued, d1, d2, d3, d4)."""
-        cuda.syncthreads()  # every thread is done with the slot
-        if issued < total:
+        if SK_BAR:
+            cuda.syncthreads()  # every thread is done with the slot
+        if SK_FILL and issued < total:
             issued, d1, d2, d3, d4 = issue_next(issued, cursor + 1 + R_, total, b, pb, table, Ww, ring, bars, d1,
                                                 d2, d3, d4, PAIR_ALL)
         return cursor + 1, issued, d1, d2, d3, d4
@@ -846,7 +894,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             if not LEAN:
                 slot, par = ring_pos(cursor)
             if WREL:  # the copy descriptor of the page this slot gets next, in case this warp frees it last
-                nd1, nd2, nd3, nd4 = next_desc(cursor + R_, total, b, pb, table)
+                nd1, nd2, nd3, nd4 = next_desc(cursor + R_, total, b, pb, table, bars)
             page_wait(bars, slot, par)
             base = slot * PW
             if PAIRED:
@@ -861,8 +909,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             if WREL:
                 release_slot(cursor, slot, total, b, pb, table, Ww, ring, bars, lane, nd1, nd2, nd3, nd4)
             else:
-                cuda.syncthreads()  # every warp is done with the slot
-                if issued < total and (not hold or issued < last):
+                if SK_BAR:
+                    cuda.syncthreads()  # every warp is done with the slot
+                if SK_FILL and issued < total and (not hold or issued < last):
                     issued, d1, d2, d3, d4 = issue_next(issued, cursor + 1 + R_, total, b, pb, table, Ww, ring, bars,
                                                         d1, d2, d3, d4, PAIR_ALL or kind == K_LMHEAD)
             cursor += 1
@@ -911,8 +960,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             buf = (cursor & 1) * (PART_N // 2)  # (two pages' partials: a warp may start the next page's)
             if COMPUTE:
                 mma_partials(ring, slot * PW, nrows, kw, kind == K_SWIGLU, row0 & 7, xf, part, buf, lane, warp)
-            cuda.syncthreads()  # every warp is done with the slot, and its partials are in part[buf]
-            if issued < total and (not hold or issued < last):
+            if SK_BAR:
+                cuda.syncthreads()  # every warp is done with the slot, and its partials are in part[buf]
+            if SK_FILL and issued < total and (not hold or issued < last):
                 issued, d1, d2, d3, d4 = issue_next(issued, cursor + 1 + R_, total, b, pb, table, Ww, ring, bars,
                                                     d1, d2, d3, d4, PAIR_ALL or kind == K_LMHEAD)
             if COMPUTE:
@@ -1081,7 +1131,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         flag = cuda.shared.array(1, int32)
         keys = cuda.shared.array(WARP, int64)
         bars = cuda.shared.array(N_BARS, int64)  # the slots' mbarriers, then (warp_release) their release counts
-        descs = cuda.shared.array((1, DCAP, 4), int32)  # smem_descs: the block's copy descriptors
+        descs = cuda.shared.array((1, 1 if PACKED else DCAP, 4), int32)  # smem_descs: the block's copy descriptors
         acc_stage = cuda.shared.array(STAGE, int64)  # fd_bulk: a block's down sums for the copy engine
         part = cuda.shared.array(PART_N, float32)  # mma_pages: the warps' partial sums of two pages' rows
         grid = barrier_handle(ctl)
@@ -1103,7 +1153,14 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         pb = npages[b]
         total = pb * n_steps
         in_smem = DESC and pb <= DCAP  # (a grid so small that a block's pages do not fit reads global memory)
-        if in_smem:  # the block's copy descriptors into shared memory
+        if in_smem and PACKED:  # the block's copy descriptors into shared memory, two words to an int64
+            i = tid
+            while i < 2 * pb:
+                lo = table_g[b, i >> 1, 2 * (i & 1)]
+                hi = table_g[b, i >> 1, 2 * (i & 1) + 1]
+                bars[DB0 + i] = (int64(lo) & 0xFFFFFFFF) | (int64(hi) << 32)
+                i += T
+        elif in_smem:  # the block's copy descriptors into shared memory
             i = tid
             while i < 4 * pb:
                 descs[0, i >> 2, i & 3] = table_g[b, i >> 2, i & 3]
@@ -1115,6 +1172,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 bars[R_ + s] = 0
             bars[FUSED] = 0
             bars[WAITED] = 0
+            if PACKED:
+                bars[DIDX] = 0
             if CSMEM:
                 bars[CNT] = 0
             tma.fence_mbarrier_init()
@@ -1123,9 +1182,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         d1 = d2 = d3 = d4 = int32(0)
         if tid == 0:
             for g in range(issued):
-                d1, d2, d3, d4 = next_desc(g, total, b, pb, table)
+                d1, d2, d3, d4 = next_desc(g, total, b, pb, table, bars)
                 issue(g % R_, d1, d2, d3, d4, Ww, ring, bars)
-            d1, d2, d3, d4 = next_desc(issued, total, b, pb, table)
+            d1, d2, d3, d4 = next_desc(issued, total, b, pb, table, bars)
         cursor = 0
         pf = 0  # thread 0: pages prefetched into L2 so far
         count = 0
