@@ -679,4 +679,52 @@ print(f"worst error / sum |w x|: {np.max(np.abs(out - exact) / (np.abs(w.double(
 
 # %%
 if ladder6_path.exists():
-    print_ladder([r for r in ladder6["rows"] if r["call"] >= 47])
+    print_ladder([r for r in ladder6["rows"] if 47 <= r["call"] <= 53])
+
+# %% [markdown]
+# ## Version 12: a hand-off taken off the critical path
+#
+# Each DeltaNet layer keeps the last three inputs of every q/k channel (the causal conv's state). Every item of a
+# key head reads them, so in versions 1-11 the item that shifts them in place must be the last reader: each item
+# fences and adds 1 to its key head's counter, and the one that completes the count shifts. That fence and that
+# atomic are two dependent memory round trips in the middle of every item. Version 12 leaves the shift to the next
+# phase: past the DeltaNet phase's grid barrier every item has read the state, so the out_proj phase shifts it with
+# plain loads and stores, no count (`deltanet.qk_conv_shift`, one channel per thread of the grid, its loads in
+# flight with the gated norm's staging, which the phase waits for anyway). With the round trips gone, the item loads
+# its state slab first, with its other inputs. The DeltaNet phase went from ~105 to 82 us per step and the step from
+# 1,028 to 1,000 us; in the benchmark 1,025 tok/s at context 512 against version 10's 1,007 in the same call. The
+# same bits as version 10 (the tests compare logits and every state exactly).
+
+# %%
+if ladder6_path.exists():
+    print_ladder([r for r in ladder6["rows"] if 54 <= r["call"] <= 55])
+
+# %% [markdown]
+# ### What a page's bookkeeping costs
+#
+# Without copies and without products (`nocopy`, `nocompute`: timing only, wrong results) version 12's LM head still
+# takes ~74 us for its 118 pages a block: 0.63 us a page for the loop alone. The `skeleton` probe leaves out one
+# piece at a time. The mbarrier waits cost little and the block barrier nothing; the copy thread's refill after
+# each page's barrier costs ~0.4 us a page, and most of that was loading the next copy descriptor: a serial chain
+# of ~60 predicated 64-bit instructions on one thread (a shared and a global table behind one array, a division),
+# which the seven other warps wait for at the next page's barrier. `packed_descs` (the descriptors packed next to
+# the mbarriers, the index carried instead of divided) halves it. Without copies the step got 16 us shorter; with
+# products and copies it moved by 5 us, within noise: in the real kernel the other warps' products and the weight
+# stream cover most of this chain.
+
+# %%
+if ladder6_path.exists():
+    lm_rows = {(r["call"], r["variant"]): r["lm_head_us"] for r in ladder6["rows"] if "lm_head_us" in r}
+    base = "12+nocopy+nocompute"
+    lm_head = {"all of it": lm_rows[57, base], "no waits (1)": lm_rows[57, base + "+skel=1"],
+               "no block barrier (2)": lm_rows[57, base + "+skel=2"],
+               "no waits, no descriptor\nload (9)": lm_rows[59, base + "+skel=9"],
+               "no waits, packed\ndescriptors (pd)": lm_rows[60, base + "+skel=1+pd"],
+               "no waits, no refill (5)": lm_rows[57, base + "+skel=5"]}
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    ax.barh(list(lm_head), [v / 118 for v in lm_head.values()], color="tab:gray")
+    ax.invert_yaxis()
+    ax.set_xlabel("us per page (LM head, 118 pages a block)")
+    ax.set_title("Version 12 without copies or products: what each piece of a page's bookkeeping costs")
+    plt.show()
+    print_ladder([r for r in ladder6["rows"] if 56 <= r["call"] <= 60])

@@ -284,7 +284,9 @@ def test_lean_index_arithmetic_computes_the_same_bits(ref, blocks, options):
 
 @pytest.mark.parametrize("version,option,value", [(9, "lean_calls", True), (10, "lean_calls", True),
                                                   (10, "count_smem", True), (10, "bar_thread", 33),
-                                                  (10, "deferred_shift", True), (12, "packed_descs", True)])
+                                                  (10, "deferred_shift", True), (12, "packed_descs", True)],
+                         ids=["9-lean_calls", "10-lean_calls", "10-count_smem", "10-bar_thread", "10-deferred_shift",
+                              "12-packed_descs"])
 def test_call_and_barrier_options_compute_the_same_bits(ref, version, option, value):
     """``lean_calls``: the out-of-line mixer bodies (DeltaNet, attention prepare and combine, and version 9's decode)
     receive each array as its address and shape, rebuilt on the other side as a C-contiguous array
@@ -299,14 +301,18 @@ def test_call_and_barrier_options_compute_the_same_bits(ref, version, option, va
     and the same conv state."""
     from megakernel.persistent import PersistentDecoder
 
-    runs = []
+    runs, tokens = [], []
     for on in (False, True):
         dec = PersistentDecoder(ref, max_context=32, version=version, blocks=3, prefill_mode="reference",
                                 options={option: value if on else type(value)(0)})
         runs.append(_two_steps(dec, PROMPT))
         assert dec.last_run["barriers"] == dec.barriers_per_step() + 1
+        if option == "packed_descs":  # several steps in one launch: the carried index wraps at each step's end
+            tokens.append(dec.greedy_tokens(PROMPT, 4))
+            assert dec.last_run["steps"] == 3
     assert dec.option_value(option, False) == value and dec.option_value("out_of_line", False)
     _assert_same_bits(runs[0], runs[1], f"version {version} with {option}={value} against without")
+    assert len(set(map(tuple, tokens))) <= 1, f"{option}: tokens {tokens}"
 
 
 def test_version_12_computes_version_10s_bits(ref):

@@ -197,8 +197,9 @@ MUTATIONS = [
              (PERSISTENT_V7,)),
     Mutation("persistent v7: a down page's slot refilled before every thread has read it",
              "megakernel/persistent/v2.py",
-             (("""        cuda.syncthreads()  # every thread is done with the slot
-        if issued < total:""", """        if issued < total:"""),),
+             (("""        if SK_BAR:
+            cuda.syncthreads()  # every thread is done with the slot
+        if SK_FILL""", """        if SK_FILL"""),),
              (PERSISTENT_V7, PERSISTENT_V7_GRIDS), race=True),
     Mutation("persistent v7: a chunk's fp32 sum closes at a page's end instead of the block's (grid-dependent bits)",
              "megakernel/persistent/split_down.py",
@@ -252,6 +253,20 @@ MUTATIONS = [
                "            if COMPUTE:\n                mma_partials(",
                "            buf = 0\n            if COMPUTE:\n                mma_partials("),),
              ("tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v11]",), race=True),
+    Mutation("persistent v12: the DeltaNet q/k conv state never shifted (the deferred shift's stores dropped)",
+             "megakernel/persistent/v2.py",
+             (("                                shift_store(conv[j], scr[PL0:PL0 + P_LIN], b, nb, shifted)\n",
+               "                                pass\n"),),
+             ("tests/test_persistent.py::test_version_12_computes_version_10s_bits",)),
+    Mutation("persistent v12: the DeltaNet items shift the q/k conv state themselves, unsynchronised, while other "
+             "items of the key head still read it", KERNELS + "deltanet.py",
+             (("        if not DEFER and not LATE and flag[0] != 0:\n",
+               "        if (not LATE and flag[0] != 0) or (DEFER and s == 0 and h % G == 0):\n"),),
+             ("tests/test_persistent.py::test_version_12_computes_version_10s_bits",), race=True),
+    Mutation("persistent packed_descs: the carried descriptor index not wrapped at the end of a step",
+             "megakernel/persistent/v2.py",
+             (("            bars[DIDX] = d + 1 if d + 1 < pb else 0\n", "            bars[DIDX] = d + 1\n"),),
+             ("tests/test_persistent.py::test_call_and_barrier_options_compute_the_same_bits[12-packed_descs]",)),
     Mutation("attention combine: a thread's second head dimension sums its first dimension's batch of partials",
              "megakernel/kernels/attention.py",
              (("                if i0 > 0 or d > tid:\n", "                if i0 > 0:\n"),),
