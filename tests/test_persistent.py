@@ -284,17 +284,15 @@ def test_lean_index_arithmetic_computes_the_same_bits(ref, blocks, options):
 
 @pytest.mark.parametrize("version,option,value", [(9, "lean_calls", True), (10, "lean_calls", True),
                                                   (10, "count_smem", True), (10, "bar_thread", 33),
-                                                  (10, "deferred_shift", True), (12, "packed_descs", True)],
-                         ids=["9-lean_calls", "10-lean_calls", "10-count_smem", "10-bar_thread", "10-deferred_shift",
-                              "12-packed_descs"])
+                                                  (12, "packed_descs", True)],
+                         ids=["9-lean_calls", "10-lean_calls", "10-count_smem", "10-bar_thread", "12-packed_descs"])
 def test_call_and_barrier_options_compute_the_same_bits(ref, version, option, value):
     """``lean_calls``: the out-of-line mixer bodies (DeltaNet, attention prepare and combine, and version 9's decode)
     receive each array as its address and shape, rebuilt on the other side as a C-contiguous array
     (``noinline.lean_wrapper``; the simulator checks every such array's shape and contiguity). ``count_smem``: the
     grid barriers count in shared memory (a count that went wrong would leave blocks waiting for a target nobody
     reaches, or report a wrong total). ``bar_thread``: another thread than the copy thread arrives at the grid
-    barriers. ``deferred_shift``: the q/k conv state shifted by the out_proj phase instead of the DeltaNet items'
-    last reader (a shift too early is a race the simulator names; a missing one, other bits). ``packed_descs``:
+    barriers (version 12's ``deferred_shift`` has its own test against version 10). ``packed_descs``:
     the copy thread's descriptors packed in shared memory and walked by a carried index (a descriptor out of
     step would copy another page: other bits, or a wait that never ends). Either way, two
     decode steps on 3 blocks give the bits of the same version without it, through the same number of barriers,
@@ -326,6 +324,20 @@ def test_version_12_computes_version_10s_bits(ref):
         runs = [_two_steps(PersistentDecoder(ref, max_context=32, version=v, blocks=blocks,
                                              prefill_mode="reference"), PROMPT) for v in (10, 12)]
         _assert_same_bits(runs[0], runs[1], f"version 12 on {blocks} blocks against version 10")
+
+
+def test_version_12_shifts_more_q_k_channels_than_the_grid_has_threads(checkpoint_factory):
+    """128 q/k channels (2 key heads of 32) on one block of 64 threads: the shift's threads take a second channel
+    each (``qk_conv_shift``'s loop), and the bits stay version 10's."""
+    import megakernel
+    from megakernel.persistent import PersistentDecoder
+
+    config = Qwen35Config.tiny(vocab_size=200, num_hidden_layers=2, layer_types=(LINEAR, FULL), linear_key_head_dim=32)
+    ref = megakernel.load(checkpoint_factory("persistent_wide_qk", config=config), "reference")
+    runs = [_two_steps(PersistentDecoder(ref, max_context=16, version=v, blocks=1, prefill_mode="reference"), PROMPT)
+            for v in (10, 12)]
+    assert 2 * config.linear_num_key_heads * config.linear_key_head_dim > 64
+    _assert_same_bits(runs[0], runs[1], "version 12 on one block against version 10")
 
 
 @pytest.mark.parametrize("options", [{}, {"count_smem": True}], ids=["count", "count-in-smem"])

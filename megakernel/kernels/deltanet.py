@@ -214,14 +214,13 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
         """Channel of key head ``hk``'s q (c < Dk) or k (c >= Dk) value ``c``."""
         return hk * Dk + c if c < Dk else KD + hk * Dk + (c - Dk)
 
+    shift_channel = channel_shift(K)
+
     @cuda.jit(device=True)
     def shift_qk(conv_state, proj, hk, tid):
         """The last reader's in-place shift of key head ``hk``'s q/k conv state (the new input appended)."""
         for c in range(tid, QK, T):
-            ch = qk_channel(hk, c)
-            for t in range(KM1 - 1):
-                conv_state[ch, t] = conv_state[ch, t + 1]
-            conv_state[ch, KM1 - 1] = proj[ch]
+            shift_channel(conv_state, proj, qk_channel(hk, c))
 
     @cuda.jit(device=True)
     def load_channel(conv_w, conv_state, proj, ch, cw, cs):
@@ -380,9 +379,25 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
 
 
 @functools.lru_cache(maxsize=None)
+def channel_shift(K: int):
+    """``shift_channel(conv_state, proj, ch)``: channel ``ch``'s conv state shifted in place by one step, the step's
+    input ``proj[ch]`` appended (the reference's order: oldest input first)."""
+    KM1 = K - 1
+
+    @cuda.jit(device=True)
+    def shift_channel(conv_state, proj, ch):
+        for t in range(KM1 - 1):
+            conv_state[ch, t] = conv_state[ch, t + 1]
+        conv_state[ch, KM1 - 1] = proj[ch]
+
+    return shift_channel
+
+
+@functools.lru_cache(maxsize=None)
 def qk_conv_shift(Hk: int, Dk: int, K: int, T: int):
     """``deltanet_item(deferred_shift=True)``'s q/k conv-state shift, split over a grid of blocks of ``T`` threads,
-    in two halves so its loads' latency can hide behind other work (the persistent kernel: a phase's pages):
+    in two halves so its loads can be in flight with other loads the caller waits for anyway (the persistent
+    kernel: the gated norm's staging at the start of the out_proj phase):
 
         shift_load(conv_state, proj, b, nb, vals)    thread ``b T + tid``'s channel (if any): its last K - 2
                                                      inputs and the new one into ``vals`` (a local array of K - 1)
@@ -393,6 +408,7 @@ def qk_conv_shift(Hk: int, Dk: int, K: int, T: int):
     ``shift_store`` (and ``proj`` must still hold the step's input projection)."""
     QKC = 2 * Hk * Dk
     KM1 = K - 1
+    shift_channel = channel_shift(K)
 
     @cuda.jit(device=True)
     def shift_load(conv_state, proj, b, nb, vals):
@@ -410,9 +426,7 @@ def qk_conv_shift(Hk: int, Dk: int, K: int, T: int):
                 conv_state[c, t] = vals[t]
             c += nb * T
             while c < QKC:
-                for t in range(KM1 - 1):
-                    conv_state[c, t] = conv_state[c, t + 1]
-                conv_state[c, KM1 - 1] = proj[c]
+                shift_channel(conv_state, proj, c)
                 c += nb * T
 
     return shift_load, shift_store

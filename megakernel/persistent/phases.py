@@ -141,7 +141,7 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
 
     ``arriver`` (with ``monotonic``): the thread that arrives and polls (default 0). Thread 0 is also the copy
     thread of the weight ring: its release fence (``MEMBAR.GPU``) orders every memory operation it issued before,
-    so another thread's arrival may not wait behind the copies it started (a measured variant, NOTES.md)."""
+    so another thread's arrival might not wait behind the copies it started (measured: no difference, NOTES.md)."""
     ENABLED = enabled
     ARRIVER = arriver
     SMEM = count_smem and monotonic and enabled

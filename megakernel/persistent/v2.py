@@ -269,8 +269,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     .COMBINE_BATCH``); at least the splits in use, one round trip; the same bits. ``skeleton`` (timing only, with
     ``nocopy`` and ``nocompute``: what each part of a page's bookkeeping costs): a bit mask of what the page loops
     leave out, 1 the wait for the slot's mbarrier, 2 the block barrier after each page, 4 the slot's refill (needs
-    1), 8 the refill's load of the next copy descriptor, 16 the refill's mbarrier arrival (needs 1). ``refill_fence=False``: no ``fence.proxy.async`` between the block barrier after a page and the refill of
-    its slot (the threads' generic-proxy reads of the slot have returned their values before the barrier; the
+    1), 8 the refill's load of the next copy descriptor, 16 the refill's mbarrier arrival (needs 1).
+    ``refill_fence=False``: no ``fence.proxy.async`` between the block barrier after a page and the refill of its
+    slot (the threads' generic-proxy reads of the slot have returned their values before the barrier; the
     copy engine's writes come after it, as in the mbarrier-ordered TMA pipelines of CUTLASS); the fence is
     ``MEMBAR.ALL.CTA`` + ``FENCE.VIEW.ASYNC.S`` on the copy thread, on every page's critical path.
     ``packed_descs`` (with ``smem_descs``): the copy thread's next descriptor in a few instructions: the block's
