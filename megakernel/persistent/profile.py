@@ -161,7 +161,7 @@ def parse_variant(variant: str) -> tuple[int, dict]:
     for o in opts:
         if o in _FLAGS:
             name = _FLAGS[o]
-            if name.startswith("_no_") and name != "_nobar":  # a switch that turns a default off
+            if name.startswith("_no_"):  # a switch that turns a default off ("_nobar" is not one)
                 options[name[4:]] = False
             else:
                 options[name] = True
