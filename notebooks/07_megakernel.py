@@ -728,3 +728,26 @@ if ladder6_path.exists():
     ax.set_title("Version 12 without copies or products: what each piece of a page's bookkeeping costs")
     plt.show()
     print_ladder([r for r in ladder6["rows"] if 56 <= r["call"] <= 60])
+
+# %% [markdown]
+# ### A producer warp: measured, not kept
+#
+# The copy thread's chain sits between every page's block barrier and the next page, and the consumers are slower
+# than the stream, so the ring is full whenever a phase ends. Hopper's TMA pipelines split the roles: one warp
+# only streams, waiting for a slot's "empty" mbarrier (every consumer warp has left the page it held) before the
+# copy, and the consumer warps leave each slot on their own, with no block barrier per page. The `producer` build
+# option does that with a ninth warp (`v2.produce`, `v2.leave_slot`). The kernel's device functions stay the
+# layered kernels' ones; their `syncthreads` and `blockDim` are narrowed to the eight consumer warps in the PTX
+# (`warp_roles`: `bar.sync 0` becomes `bar.sync 1, 256`, `%ntid.x` becomes 256), and
+# `megakernel.testing.warp_roles_probe` checks that mechanism on its own. The same bits as version 12.
+#
+# It costs registers: an SM hands out its 64 K registers in groups of four warps, so nine warps get twelve warps'
+# worth, 168 registers a thread against 255. At that cap and without copies, the page loop gets much cheaper (the
+# LM head 0.80 us a page against 1.32). In_proj, out_proj, qkv and o_proj get faster with copies too. But every
+# mixer phase got ~1.6x slower with the producer warp present, with or without copies, and the step as a whole
+# went 1,000 -> 1,148 us at best. The control at the same cap without a producer is 1,216, so the warp saves ~70 us
+# there. The ladder (one H100, context 512, each call with its own baseline):
+
+# %%
+if ladder6_path.exists():
+    print_ladder([r for r in ladder6["rows"] if 61 <= r["call"] <= 63])

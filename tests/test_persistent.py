@@ -340,6 +340,42 @@ def test_version_12_shifts_more_q_k_channels_than_the_grid_has_threads(checkpoin
     _assert_same_bits(runs[0], runs[1], "version 12 on one block against version 10")
 
 
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_the_producer_warp_computes_version_12s_bits(ref, blocks):
+    """``producer``: a ninth warp streams the pages and the eight consumer warps release each slot through an
+    "empty" mbarrier, with no block barrier per page. The same pages in the same order, consumed by the same warps
+    with the same sums: two decode steps give version 12's logits and every state bit for bit. The launch has one
+    warp more; the consumers' ``syncthreads`` count them alone (a producer thread calling one fails), a slot
+    refilled before every consumer warp left it is a race the simulator names, and a wrong empty-phase parity
+    deadlocks (reported)."""
+    from megakernel.persistent import PersistentDecoder
+
+    decs = [PersistentDecoder(ref, max_context=32, version=12, blocks=blocks, prefill_mode="reference",
+                              options=options) for options in ({}, {"producer": True})]
+    runs = [_two_steps(d, PROMPT) for d in decs]
+    assert decs[1].plan.producer_threads == 32 and decs[1].last_run["threads"] == decs[0].last_run["threads"] + 32
+    _assert_same_bits(runs[0], runs[1], f"version 12 with a producer warp on {blocks} blocks against without")
+
+
+def test_the_producer_warp_stops_when_a_launch_ends_early(ref):
+    """A launch of 6 steps that meets its end-of-sequence token after the first: the producer has issued pages of
+    the steps that will not run; the consumers stop it (``bars[STOP]``) and wait for what it issued before the
+    block exits. The tokens are version 12's, and the next launch starts clean."""
+    from megakernel.persistent import PersistentDecoder
+
+    outs = []
+    for options in ({}, {"producer": True}):
+        dec = PersistentDecoder(ref, max_context=32, version=12, blocks=2, prefill_mode="reference", options=options)
+        logits, state = dec.prefill(PROMPT)
+        first = int(logits[-1].argmax())
+        probe = dec.run(state, first, 1)  # the token the first step makes: the end-of-sequence token below
+        logits, state = dec.prefill(PROMPT)
+        tokens = dec.run(state, first, 6, eos=probe[0])
+        again = dec.run(state, tokens[-1], 2)
+        outs.append((tokens, again, dec.last_run["steps"]))
+    assert outs[0] == outs[1] and len(outs[1][0]) == 1, outs
+
+
 @pytest.mark.parametrize("options", [{}, {"count_smem": True}], ids=["count", "count-in-smem"])
 def test_the_profiling_build_records_every_barrier_and_the_page_waits(ref, options):
     """``profile=True``: thread 0 of every block stamps the global timer at every grid barrier's arrival and

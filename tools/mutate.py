@@ -56,6 +56,7 @@ DECODER_SPLIT = "tests/test_layered.py::test_split_launches_match_reference"
 PERSISTENT_V1 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v1]"
 PERSISTENT_V2 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v2]"
 PERSISTENT_COUNTER = "tests/test_persistent.py::test_measured_build_variants_stay_correct[counter-barrier]"
+PRODUCER = "tests/test_persistent.py::test_the_producer_warp_computes_version_12s_bits[3]"
 PERSISTENT_V4 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v4]"
 PERSISTENT_MONOTONIC = ("tests/test_persistent.py::test_measured_build_variants_stay_correct"
                         "[monotonic-barrier-warp-release]")
@@ -272,6 +273,26 @@ MUTATIONS = [
              "megakernel/persistent/v2.py",
              (("            bars[DIDX] = d + 1 if d + 1 < pb else 0\n", "            bars[DIDX] = d + 1\n"),),
              ("tests/test_persistent.py::test_call_and_barrier_options_compute_the_same_bits[12-packed_descs]",)),
+    Mutation("persistent producer: the producer refills a slot without waiting for its empty mbarrier (the "
+             "consumer warps may still read it)", "megakernel/persistent/v2.py",
+             (("            if g >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot, epar, STOP) == 0:\n",
+               "            if g < 0 and tma.mbar_wait_or_stop(bars, EMPTY0 + slot, epar, STOP) == 0:\n"),),
+             (PRODUCER,), race=True),
+    Mutation("persistent producer: a consumer warp leaves its slot before all its lanes are done with it (no "
+             "syncwarp before lane 0's arrival)", "megakernel/persistent/v2.py",
+             (("        cuda.syncwarp()\n        if lane == 0:\n            tma.mbar_arrive(bars, EMPTY0 + slot)\n",
+               "        if lane == 0:\n            tma.mbar_arrive(bars, EMPTY0 + slot)\n"),),
+             (PRODUCER,), race=True),
+    Mutation("persistent producer: the empty mbarrier expects one consumer warp, not all of them",
+             "megakernel/persistent/v2.py",
+             (("                    tma.mbar_init(bars, EMPTY0 + s, NW)\n",
+               "                    tma.mbar_init(bars, EMPTY0 + s, 1)\n"),),
+             (PRODUCER,), race=True),
+    Mutation("warp roles: the consumers' block barrier still counts the producer warp (bar.sync 0 left as it is)",
+             "megakernel/persistent/warp_roles.py",
+             (("    out = _BAR0_RE.sub(f\"bar.sync {NAMED_BARRIER}, {threads};\", ptx)\n",
+               "    out = ptx\n"),),
+             ("tests/test_warp_roles.py::test_narrow_ptx_rewrites_the_block_barriers_and_block_size",)),
     Mutation("attention combine: a thread's second head dimension sums its first dimension's batch of partials",
              "megakernel/kernels/attention.py",
              (("                if i0 > 0 or d > tid:\n", "                if i0 > 0:\n"),),

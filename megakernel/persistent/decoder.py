@@ -118,7 +118,7 @@ class PersistentDecoder(PrefillModes):
             if SIMULATOR:
                 from ..testing.simulator import MAX_SIM_THREADS
 
-                limit = MAX_SIM_THREADS // plan.threads
+                limit = MAX_SIM_THREADS // plan.launch_threads
                 want = self.requested_blocks or min(SIMULATOR_BLOCKS, limit)
             else:
                 self.blocks = 1  # only the argument types matter here
@@ -127,13 +127,13 @@ class PersistentDecoder(PrefillModes):
                 del probe
                 compiled = kern.compile(types)
                 allow_dynamic_shared(compiled, plan.shared_bytes)
-                limit = compiled.max_cooperative_grid_blocks(plan.threads, plan.shared_bytes)
+                limit = compiled.max_cooperative_grid_blocks(plan.launch_threads, plan.shared_bytes)
                 want = self.requested_blocks or limit
                 self.registers = compiled.regs_per_thread
             if limit < 1 or want > limit:
                 raise GridNotCoResidentError(
-                    f"grid not co-resident: {want} blocks of {plan.threads} threads ({plan.shared_bytes} B of shared "
-                    f"memory each) requested, but only {limit} fit on this device at once; a grid barrier would "
+                    f"grid not co-resident: {want} blocks of {plan.launch_threads} threads ({plan.shared_bytes} B of "
+                    f"shared memory each) requested, but only {limit} fit on this device at once; a grid barrier would "
                     "hang, so the kernel is not launched (ask for fewer blocks or threads)")
             self.blocks = want
             self._kernel = kern
@@ -197,7 +197,7 @@ class PersistentDecoder(PrefillModes):
         # otherwise leave the next launch's counts off); back-to-back launches (``relaunch``) carry them over
         self.ctl[P.CTL_BAR_COUNT:P.CTL_BAR_BASE + 1].zero_()
         _, stream = current_stream()
-        kern[self.blocks, self.plan.threads, stream, self.plan.shared_bytes](*self._args(state))
+        kern[self.blocks, self.plan.launch_threads, stream, self.plan.shared_bytes](*self._args(state))
         self._pending = (state, state.length)
 
     def relaunch(self, n: int) -> None:
@@ -213,7 +213,7 @@ class PersistentDecoder(PrefillModes):
         self.ctl[P.CTL_SAMPLE] = 0
         self.ctl[P.CTL_TRACE] = 0
         _, stream = current_stream()
-        launch = self._kernel[self.blocks, self.plan.threads, stream, self.plan.shared_bytes]
+        launch = self._kernel[self.blocks, self.plan.launch_threads, stream, self.plan.shared_bytes]
         args = self._args(state)
         for _ in range(n):
             launch(*args)
@@ -231,7 +231,7 @@ class PersistentDecoder(PrefillModes):
         self._relaunched = 0
         state.length = start + done
         self.last_run = {"steps": done, "barriers": int(ctl[P.CTL_BARRIERS]), "blocks": self.blocks,
-                         "threads": self.plan.threads}
+                         "threads": self.plan.launch_threads}
         return self.tokens[start : start + done].tolist()
 
     def barriers_per_step(self) -> int:

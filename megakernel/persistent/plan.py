@@ -84,6 +84,12 @@ class Plan:
     positions_per_split: int = attn.POSITIONS_PER_SPLIT  # attention: cached positions per decode work item
     splits_fit_grid: bool = False  # attention: at most one decode item per block (fewer splits on long contexts)
     desc_pages: int = 0      # ``smem_descs``: a block's page copy descriptors held in (static) shared memory
+    producer_threads: int = 0  # ``producer``: a warp beside the ``threads`` consumers that only streams pages
+
+    @property
+    def launch_threads(self) -> int:
+        """The block size a launch asks for: the consumers, and the producer warp if there is one."""
+        return self.threads + self.producer_threads
 
     @property
     def warps(self) -> int:

@@ -17,6 +17,10 @@ shared array of mbarriers, ``slot`` an index into it):
 ``    slot)``                           of 4); completion counts against mbarrier ``slot``
 ``bulk_copy_evict_first(...)``          the same, with an L2 evict-first cache policy (data read once per token)
 ``mbar_wait(bars, slot, parity)``       wait until the mbarrier's phase of that parity has completed
+``mbar_arrive(bars, slot)``             one of the phase's expected arrivals (a release: a consumer leaving a slot)
+``mbar_wait_or_stop(bars, slot,``       ``mbar_wait`` that gives up (returns 0) once ``bars[stop]`` is non-zero
+``    parity, stop)``                     (sleeping between checks)
+``flag_value(bars, i)``                 a shared int64 flag, read afresh (volatile)
 ``fence_proxy_async()``                 order this thread's earlier shared-memory accesses before later bulk copies
                                         (the copy engine is another "proxy" than the threads' loads and stores)
 ``fence_mbarrier_init()``               make initialised mbarriers visible to the copy engine
@@ -47,6 +51,7 @@ import numpy as np
 from numba import config
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
+SUSPEND_NS = 20000  # ``mbar_wait_or_stop``: how long a waiting thread may sleep before it checks its stop flag
 
 if SIMULATOR:
     import time
@@ -56,23 +61,41 @@ if SIMULATOR:
                                      waiting_on_mbarrier)
 
     # An mbarrier in the simulator: its int64 word counts the completed phases (so the current phase's parity is
-    # the count's low bit), and the bytes the current phase still expects live here, per (array, slot).
+    # the count's low bit); per (array, slot) here: [arrivals per phase, arrivals still expected this phase, bytes
+    # still expected this phase]. A phase completes when both of the latter reach 0.
     _PENDING: dict = {}
 
     def _complete(bars, slot):
         sync_release(bars, slot)  # the copies that completed the phase happen before the waiters' reads
         _np(bars)[slot] += 1
 
+    def _state(bars, slot):
+        return _PENDING.setdefault((id(_np(bars)), int(slot)), [1, 1, 0])
+
+    def _maybe_complete(bars, slot, st):
+        if st[1] == 0 and st[2] == 0:
+            st[1] = st[0]
+            _complete(bars, int(slot))
+
     def mbar_init(bars, slot, count):
         slot = int(slot)
         _np(bars)[slot] = 0
-        _PENDING[(id(_np(bars)), slot)] = 0
+        _PENDING[(id(_np(bars)), slot)] = [int(count), int(count), 0]
 
     def mbar_expect(bars, slot, nbytes):
-        key = (id(_np(bars)), int(slot))
-        _PENDING[key] = _PENDING.get(key, 0) + int(nbytes)
-        if _PENDING[key] == 0:  # nothing to wait for: the arrival completes the phase
-            _complete(bars, int(slot))
+        st = _state(bars, slot)
+        st[1] -= 1
+        st[2] += int(nbytes)
+        _maybe_complete(bars, slot, st)
+
+    def mbar_arrive(bars, slot):
+        st = _state(bars, slot)
+        if st[1] <= 0:
+            raise ValueError(f"mbar_arrive: mbarrier {int(slot)} got more arrivals than its count ({st[0]})")
+        sync_release(bars, int(slot))  # every arrival releases (what this thread did before it)
+        st[1] -= 1
+        _maybe_complete(bars, slot, st)
+        time.sleep(0)
 
     def bulk_copy(dst, d, src, s, n, bars, slot):
         d, s, n = int(d), int(s), int(n)
@@ -85,14 +108,12 @@ if SIMULATOR:
         record_reads(src, s, n)
         for i in range(n):  # element by element, so the race detector sees the copy's writes (by this thread)
             dst[d + i] = inp[s + i]
-        key = (id(_np(bars)), int(slot))
-        left = _PENDING.get(key, 0) - 4 * n
-        if left < 0:
-            raise ValueError(f"bulk_copy: mbarrier {int(slot)} was told to expect {_PENDING.get(key, 0)} more bytes, "
+        st = _state(bars, slot)
+        if st[2] - 4 * n < 0:
+            raise ValueError(f"bulk_copy: mbarrier {int(slot)} was told to expect {st[2]} more bytes, "
                              f"this copy brings {4 * n}")
-        _PENDING[key] = left
-        if left == 0:
-            _complete(bars, int(slot))
+        st[2] -= 4 * n
+        _maybe_complete(bars, slot, st)
 
     def bulk_copy_evict_first(dst, d, src, s, n, bars, slot):
         bulk_copy(dst, d, src, s, n, bars, slot)
@@ -105,6 +126,22 @@ if SIMULATOR:
         with waiting_on_mbarrier(bars, slot):  # the deadlock watchdog sees this spin
             while (int(sync_acquire(bars, slot)) & 1) == int(parity):
                 time.sleep(0)
+
+    def flag_value(bars, i):
+        """The shared int64 flag ``bars[i]``, read afresh (an acquire here, for the race detector)."""
+        time.sleep(0)
+        return np.int64(sync_acquire(bars, int(i)))
+
+    def mbar_wait_or_stop(bars, slot, parity, stop):
+        """``mbar_wait``, unless ``bars[stop]`` (read atomically) becomes non-zero first: returns 1 once the phase
+        completed, 0 if stopped."""
+        slot = int(slot)
+        with waiting_on_mbarrier(bars, slot):
+            while (int(sync_acquire(bars, slot)) & 1) == int(parity):
+                if int(sync_acquire(bars, int(stop))) != 0:
+                    return 0
+                time.sleep(0)
+        return 1
 
     def red_release_add(arr, i, v):
         sync_release(arr, int(i), block_scope=False)
@@ -251,6 +288,52 @@ else:
         return types.uint32(bars, slot, parity), codegen
 
     @intrinsic
+    def _mbar_try_wait_suspend(typingctx, bars, slot, parity):
+        """``try_wait.parity`` with a suspend-time hint: the thread sleeps in the hardware until the phase completes
+        or ~``SUSPEND_NS`` pass (a waiting producer takes no issue slots from the consumers beside it)."""
+        if not (_is_array(bars) and isinstance(slot, types.Integer) and isinstance(parity, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            addr = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            fnty = ir.FunctionType(_i32, [_i32, _i32])
+            return builder.asm(
+                fnty,
+                "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2, " + str(SUSPEND_NS) + "; "
+                "selp.u32 $0, 1, 0, p; }",
+                "=r,r,r", [addr, _as_i32(builder, args[2])], side_effect=True)
+
+        return types.uint32(bars, slot, parity), codegen
+
+    @intrinsic
+    def _load_volatile(typingctx, arr, i):
+        """``ld.volatile.shared.u64`` of int64 ``arr[i]`` (shared): a flag another thread of the block sets."""
+        if not (_is_array(arr) and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            return builder.asm(ir.FunctionType(_i64, [_i32]), "ld.volatile.shared.u64 $0, [$1];", "=l,r", [a],
+                               side_effect=True)
+
+        return types.int64(arr, i), codegen
+
+    @intrinsic
+    def mbar_arrive(typingctx, bars, slot):
+        """``mbarrier.arrive`` (release, CTA scope): one of the phase's expected arrivals, ordered after what this
+        thread (and, through an earlier ``syncwarp``, its warp) did before."""
+        if not (_is_array(bars) and isinstance(slot, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            addr = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            builder.asm(ir.FunctionType(ir.VoidType(), [_i32]), "mbarrier.arrive.shared::cta.b64 _, [$0];", "r",
+                        [addr], side_effect=True)
+            return context.get_dummy_value()
+
+        return types.void(bars, slot), codegen
+
+    @intrinsic
     def red_release_add(typingctx, arr, i, v):
         """``red.release.gpu.global.add.u32``: add ``v`` to int32 ``arr[i]``, ordered after everything this thread
         did (and, through an earlier ``syncthreads``, its block did) before: one instruction, no fence."""
@@ -381,7 +464,24 @@ else:
         while _mbar_try_wait(bars, slot, parity) == 0:
             pass
 
+    @cuda.jit(device=True)
+    def mbar_wait_or_stop(bars, slot, parity, stop):
+        """``mbar_wait``, unless the shared flag ``bars[stop]`` becomes non-zero first: returns 1 once the phase
+        completed, 0 if stopped. The wait sleeps (a suspend-time hint) and the flag is a plain volatile load: a
+        spin of atomics (a compare-and-swap loop for int64 in shared memory) took issue slots and shared-memory
+        bandwidth from the warps beside it (NOTES.md)."""
+        while _mbar_try_wait_suspend(bars, slot, parity) == 0:
+            if _load_volatile(bars, stop) != 0:
+                return 0
+        return 1
 
-__all__ = ["mbar_init", "mbar_expect", "bulk_copy", "mbar_wait", "fence_proxy_async", "fence_mbarrier_init",
-           "shared_address", "globaltimer", "prefetch_l2", "prefetch_l2_evict_first", "prefetch_line",
-           "bulk_copy_evict_first", "red_release_add", "ld_acquire", "bulk_reduce_add_u64"]
+    @cuda.jit(device=True)
+    def flag_value(bars, i):
+        """The shared int64 flag ``bars[i]``, read afresh (volatile)."""
+        return _load_volatile(bars, i)
+
+
+__all__ = ["mbar_init", "mbar_expect", "mbar_arrive", "bulk_copy", "mbar_wait", "mbar_wait_or_stop", "flag_value",
+           "fence_proxy_async", "fence_mbarrier_init", "shared_address", "globaltimer", "prefetch_l2",
+           "prefetch_l2_evict_first", "prefetch_line", "bulk_copy_evict_first", "red_release_add", "ld_acquire",
+           "bulk_reduce_add_u64"]

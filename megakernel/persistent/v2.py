@@ -51,7 +51,7 @@ from . import pages as PG
 from . import plan as P
 from . import split_down as SD
 from . import mma as MM
-from . import tma
+from . import tma, warp_roles
 from .phases import (Offsets, close_launch, make_barrier, make_barrier_close, make_barrier_count,
                      make_barrier_handle, make_counter_halves, make_deltanet_item, make_mixers, make_prefetchers,
                      seed_bits, stamp)
@@ -70,14 +70,16 @@ DESC_PAGES = 1024            # ``smem_descs``: copy descriptors a block keeps in
 
 
 def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_down: bool = False,
-              fused_out: bool = False, smem_descs: bool = False, **_options):
+              fused_out: bool = False, smem_descs: bool = False, producer: bool = False, **_options):
     """The plan with the ring's size: as many 32 KB pages as fit next to the workspace (at most ``RING_PAGES``);
     in the simulator 3 small pages (two rows of the widest phase each), so rows, pages and ring wrap-around are
     all exercised on a tiny model. ``ring`` / ``page_kb``: another ring (measured variants, NOTES.md).
     ``fused_down``: a workspace with room for the block's rows of act after x (``D + F`` floats); ``fused_out``:
     room for the gated values of out_proj's input there too (``D + value_dim``); ``smem_descs``: room for
-    ``DESC_PAGES`` copy descriptors in static shared memory (``desc_pages``)."""
+    ``DESC_PAGES`` copy descriptors in static shared memory (``desc_pages``); ``producer``: a producer warp beside
+    the block's threads (``producer_threads``)."""
     c = plan.config
+    plan = dataclasses.replace(plan, producer_threads=WARP if producer else 0)
     if fused_down:
         plan = dataclasses.replace(plan, workspace=max(plan.workspace, c.hidden_size + c.intermediate_size))
     if fused_out:
@@ -91,7 +93,9 @@ def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_d
         return dataclasses.replace(plan, ring_pages=SIM_RING_PAGES, page_words=words)
     words = max(page_kb * 256 if page_kb else PAGE_WORDS, -(-widest // 4) * 4)
     static = 2048 + (8 * c.hidden_size if fused_down else 0) + 16 * plan.desc_pages  # parts, scratch, keys,
-    # flag, mbarriers (rounded up), with fused_down the stage of fd_bulk, with smem_descs the descriptors
+    # flag, mbarriers (rounded up), with fused_down the stage of fd_bulk, with smem_descs the descriptors, with
+    # producer the empty mbarriers
+    static += 8 * (RING_PAGES + 4) if producer else 0
     pages = (SMEM_PER_BLOCK - static - 4 * plan.workspace - 128) // (4 * words)
     pages = min(ring or RING_PAGES, pages)
     if pages < 2:
@@ -110,7 +114,7 @@ def out_gate_offset(plan) -> int:
 
 def kernel_key(plan) -> tuple:
     return (plan.config, plan.capacity, plan.threads, plan.ring_pages, plan.page_words, plan.positions_per_split,
-            plan.splits_fit_grid, plan.workspace, plan.desc_pages)
+            plan.splits_fit_grid, plan.workspace, plan.desc_pages, plan.producer_threads)
 
 
 _BUILT: dict = {}
@@ -130,7 +134,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "pair_copies": 0, "lean": False, "smem_descs": False,
            "mma_pages": False, "mma_chains": 1, "bar_thread": 0, "deferred_shift": False,
            "combine_batch": 0, "skeleton": 0, "refill_fence": True,
-           "packed_descs": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "packed_descs": False, "producer": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -173,7 +177,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False,
            smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False,
            mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0,
-           skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False):
+           skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -279,7 +283,22 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     page's index within the step carried in shared memory (``+ 1``, wrapped at the block's pages) instead of a
     32-bit remainder. The copy thread's work after each page's block barrier is a serial chain that every other
     warp waits for at the next page's barrier; the descriptor's load took ~60 predicated 64-bit instructions
-    there (a shared and a global table behind one array, a division), ~0.24 us a page (NOTES.md)."""
+    there (a shared and a global table behind one array, a division), ~0.24 us a page (NOTES.md). ``producer``
+    (needs a plan configured with it and ``lean``): warp specialisation, the block's ``T`` threads only consume
+    and one more warp only streams. Lane 0 of the producer warp issues every page of the launch in order
+    (``produce``), each into its slot once the slot's "empty" mbarrier says all ``NW`` consumer warps have left
+    the page before it, and the consumer warps leave a slot each on its own (``leave_slot``: ``syncwarp``, then
+    lane 0 arrives on the empty mbarrier, a release), with no block barrier per page and no copy work on any
+    consumer's path. The consumers' ``syncthreads`` and ``blockDim`` are narrowed to the ``T`` of them
+    (``warp_roles``); a launch ended early (end of sequence) stops the producer through a shared word and waits
+    for what it issued. The same pages in the same order, the same sums: the same bits."""
+    if producer and (not lean or plan.producer_threads != WARP or warp_release or page_pairs or defer or l2_ahead
+                     or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
+        raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
+                         "does not combine with warp_release, page_pairs, defer, l2_ahead, l2_mixer, lm_pool, "
+                         "mma_pages, fused_out or skeleton")
+    if plan.producer_threads and not producer:
+        raise ValueError("a plan configured with a producer warp needs the build option producer")
     if packed_descs and (not smem_descs or warp_release or lm_pool):
         raise ValueError("persistent kernel build option packed_descs needs smem_descs and does not combine with "
                          "warp_release or lm_pool")
@@ -343,10 +362,20 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     CSMEM = count_smem and barriers  # (without barriers, the test-only switch, there is nothing to count)
     # (an even count: the static shared arrays after it stay 16-byte aligned for the bulk copies)
     N_BARS0 = 2 * R_ + (4 if CSMEM else 2)
+    PRODUCER = producer
+    EMPTY0 = N_BARS0  # producer: the slots' "empty" mbarriers (NW consumer warps leave each page)
+    STOP = EMPTY0 + R_  # producer: non-zero once the consumers end the launch (the producer issues no more)
+    PDONE = STOP + 1  # producer: the pages it issued, once it has stopped (-1 until then)
+    N_BARS1 = N_BARS0 + ((R_ + 3) // 2 * 2 if producer else 0)  # (even: 16-byte alignment after it)
     PACKED = packed_descs
-    DIDX = N_BARS0  # packed_descs: the index (within a step) of the next descriptor to load; then padding
-    DB0 = N_BARS0 + 2  # packed_descs: page d's descriptor at DB0 + 2 d (src1 | n1 << 32), DB0 + 2 d + 1 (src2, n2)
-    N_BARS = DB0 + 2 * max(1, plan.desc_pages) if packed_descs else N_BARS0
+    DIDX = N_BARS1  # packed_descs: the index (within a step) of the next descriptor to load; then padding
+    DB0 = N_BARS1 + 2  # packed_descs: page d's descriptor at DB0 + 2 d (src1 | n1 << 32), DB0 + 2 d + 1 (src2, n2)
+    N_BARS = DB0 + 2 * max(1, plan.desc_pages) if packed_descs else N_BARS1
+    if producer and not max_registers:  # the consumers and the producer warp in one SM's 64 K registers, which
+        # an SM hands out to warps in groups of 4 (9 warps take 12 warps' worth: 168 registers a thread)
+        max_registers = 65536 // (-(-plan.launch_threads // (4 * WARP)) * 4 * WARP) // 8 * 8
+    if producer:
+        warp_roles.install()
     FUSED = 2 * R_  # pair_copies: 1 while the next page to issue came with the last copy
     WAITED = 2 * R_ + 1  # profiling builds: thread 0's ns waiting for pages since the last barrier
     CNT = 2 * R_ + 2  # count_smem: the grid barriers this launch has passed (the next word is padding)
@@ -645,6 +674,45 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         return issued, d1, d2, d3, d4
 
     @cuda.jit(device=True)
+    def leave_slot(bars, slot, lane):
+        """``producer``: this warp is done reading ``slot``: once all its lanes are (``syncwarp``), lane 0 counts
+        the warp out on the slot's empty mbarrier (a release: the producer's copy into the slot comes after it)."""
+        cuda.syncwarp()
+        if lane == 0:
+            tma.mbar_arrive(bars, EMPTY0 + slot)
+
+    @cuda.jit(device=True)
+    def produce(total, b, pb, table, Ww, ring, bars):
+        """``producer``: lane 0 of the producer warp. Every page of the launch in order, each into its slot once
+        every consumer warp has left the page the slot held (its empty mbarrier's phase; the first ``R_`` pages
+        go at once); with ``pair_copies`` a marked page and the next in one copy when both of an even slot pair
+        are free. Stops early when the consumers set ``bars[STOP]``; then publishes how many pages it issued."""
+        g = 0
+        slot = 0
+        epar = 1  # the parity of the empty phase page g waits for, (g // R_ - 1) & 1: flipped at every wrap
+        fused = False
+        d1, d2, d3, d4 = next_desc(0, total, b, pb, table, bars)
+        while g < total:
+            if tma.flag_value(bars, STOP) != 0:
+                break
+            if g >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot, epar, STOP) == 0:
+                break
+            if fused:  # its bytes come with the previous page's copy
+                tma.mbar_expect(bars, slot, 0)
+                fused = False
+            else:
+                pair = PAIRS and d4 < 0 and (slot & 1) == 0 and slot + 1 < R_ and g + 1 < total
+                if pair and g + 1 >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot + 1, epar, STOP) == 0:
+                    break
+                tma.fence_proxy_async()  # the consumers' reads of the slot before the copy engine's writes
+                issue(slot, d1, d2 - d4 if pair else d2, d3, d4, Ww, ring, bars)
+                fused = pair
+            g += 1
+            d1, d2, d3, d4 = next_desc(g, total, b, pb, table, bars)
+            slot, epar = next_pos(slot, epar)
+        cuda.atomic.exch(bars, PDONE, g)
+
+    @cuda.jit(device=True)
     def emit(kind, row, acc, up, rstd, y, h, act, logits, hacc, mine, lane):
         """A finished row's epilogue (``acc``, ``up``: its warp-summed dot products)."""
         if kind == K_SWIGLU:
@@ -909,6 +977,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 mine = emit(kind, row0 + r, acc, up, rstd, y, h, act, logits, hacc, mine, lane)
             if WREL:
                 release_slot(cursor, slot, total, b, pb, table, Ww, ring, bars, lane, nd1, nd2, nd3, nd4)
+            elif PRODUCER:
+                leave_slot(bars, slot, lane)
             else:
                 if SK_BAR:
                     cuda.syncthreads()  # every warp is done with the slot
@@ -1002,8 +1072,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             page_wait(bars, slot, par)
             if COMPUTE and FD_PROBE != 1:
                 down_page(ring, slot * PW, nrows, row0, end, act, sums, parts)
-            cursor, issued, d1, d2, d3, d4 = free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars, d1, d2,
-                                                       d3, d4)
+            if PRODUCER:
+                leave_slot(bars, slot, cuda.threadIdx.x & (WARP - 1))
+                cursor += 1
+            else:
+                cursor, issued, d1, d2, d3, d4 = free_slot(cursor, issued, total, b, pb, table, Ww, ring, bars, d1,
+                                                           d2, d3, d4)
             if LEAN:
                 slot, par = next_pos(slot, par)
             row0 += rpp
@@ -1123,7 +1197,6 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             return rows_mma_call(int32(kind), int32(rows), rstd, y, h, act, logits, hacc, mine, cursor, issued,
                                  total, pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, int32(hold))
 
-    @cuda.jit(max_registers=max_registers or None, lineinfo=lineinfo)
     def persistent_v2(Ww, Wf, conv_ws, conv, rec, kc, vc, position, scr, q, pml, po, ctl, best, best_s, tokens,
                       counters, trace, prof, table_g, npages, hacc):
         smem_w = cuda.shared.array(0, int32)
@@ -1154,14 +1227,14 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         pb = npages[b]
         total = pb * n_steps
         in_smem = DESC and pb <= DCAP  # (a grid so small that a block's pages do not fit reads global memory)
-        if in_smem and PACKED:  # the block's copy descriptors into shared memory, two words to an int64
+        if in_smem and PACKED and tid < T:  # the block's copy descriptors into shared memory, two words to an int64
             i = tid
             while i < 2 * pb:
                 lo = table_g[b, i >> 1, 2 * (i & 1)]
                 hi = table_g[b, i >> 1, 2 * (i & 1) + 1]
                 bars[DB0 + i] = (int64(lo) & 0xFFFFFFFF) | (int64(hi) << 32)
                 i += T
-        elif in_smem:  # the block's copy descriptors into shared memory
+        elif in_smem and tid < T:  # the block's copy descriptors into shared memory
             i = tid
             while i < 4 * pb:
                 descs[0, i >> 2, i & 3] = table_g[b, i >> 2, i & 3]
@@ -1177,11 +1250,23 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 bars[DIDX] = 0
             if CSMEM:
                 bars[CNT] = 0
+            if PRODUCER:
+                for s in range(R_):
+                    tma.mbar_init(bars, EMPTY0 + s, NW)
+                bars[STOP] = 0
+                bars[PDONE] = -1
             tma.fence_mbarrier_init()
-        cuda.syncthreads()
+        if PRODUCER:
+            warp_roles.sync_all()  # (the only barrier the producer warp takes part in)
+            if tid >= T:
+                if tid == T:
+                    produce(total, b, pb, table, Ww, ring, bars)
+                return
+        else:
+            cuda.syncthreads()
         issued = min(R_, total)
         d1 = d2 = d3 = d4 = int32(0)
-        if tid == 0:
+        if tid == 0 and not PRODUCER:
             for g in range(issued):
                 d1, d2, d3, d4 = next_desc(g, total, b, pb, table, bars)
                 issue(g % R_, d1, d2, d3, d4, Ww, ring, bars)
@@ -1339,7 +1424,13 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             done = step + 1
             if token == ctl[P.CTL_EOS]:
                 break
-        if tid == 0:  # pages already requested for steps that will not run: wait for them before exiting
+        if tid == 0 and PRODUCER:  # stop the producer; wait for the pages it issued for steps that will not run
+            cuda.atomic.add(bars, STOP, 1)
+            while tma.flag_value(bars, PDONE) < 0:
+                pass
+            for g in range(cursor, bars[PDONE]):
+                tma.mbar_wait(bars, g % R_, (g // R_) & 1)
+        elif tid == 0:  # pages already requested for steps that will not run: wait for them before exiting
             for g in range(cursor, issued):
                 tma.mbar_wait(bars, g % R_, (g // R_) & 1)
         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
@@ -1347,7 +1438,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         close_launch(first, position, pos0, done, ctl, token, count)
         close_barriers(first, grid, count)
 
-    return persistent_v2
+    if producer:  # the name tells the compiler hook (and the simulator) how many threads are consumers
+        persistent_v2.__name__ = persistent_v2.__qualname__ = warp_roles.consumer_name("persistent_v2", T)
+    jit_options = warp_roles.JIT_OPTIONS if producer else {}
+    return cuda.jit(persistent_v2, max_registers=max_registers or None, lineinfo=lineinfo, **jit_options)
 
 
 

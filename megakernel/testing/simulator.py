@@ -401,9 +401,11 @@ def _poisoned(shape, dtype):
 
 
 class _Block:
-    __slots__ = ("idx", "linear", "barrier", "shared", "state", "live", "warps", "exited")
+    __slots__ = ("idx", "linear", "barrier", "barrier_all", "consumers", "shared", "state", "live", "warps",
+                 "exited")
 
-    def __init__(self, idx, linear: int, nthreads: int, dynshared_size: int, races=None):
+    def __init__(self, idx, linear: int, nthreads: int, dynshared_size: int, races=None,
+                 consumers: int | None = None):
         self.idx = idx
         self.linear = linear
         self.exited: list = []  # finished threads: their last clocks join every later syncthreads
@@ -411,7 +413,11 @@ class _Block:
         if races is not None:
             def on_release(arrived):
                 races.join(arrived, self.exited)
-        self.barrier = _Barrier(nthreads, f"syncthreads of block {idx}", on_release)
+        # a kernel with a producer warp (``megakernel.persistent.warp_roles``): syncthreads is the first
+        # ``consumers`` threads' barrier; ``barrier_all`` (``sync_all``) is every thread's
+        self.consumers = nthreads if consumers is None else consumers
+        self.barrier = _Barrier(self.consumers, f"syncthreads of block {idx}", on_release)
+        self.barrier_all = _Barrier(nthreads, f"sync_all of block {idx}", on_release)
         self.shared = _BlockShared(dynshared_size, races)
         # syncthreads_count/and/or votes: 0/1 per thread, -1 once a thread has exited
         self.state = np.zeros(nthreads, dtype=np.int8)
@@ -464,6 +470,9 @@ class _SimThread(threading.Thread):
 
     # -- block level ------------------------------------------------------------------
     def syncthreads(self):
+        if self.thread_id >= self.block.consumers:
+            raise RuntimeError(f"thread {self.thread_id} of a producer warp called syncthreads (the consumers' "
+                               f"barrier: threads 0-{self.block.consumers - 1})")
         self.block.barrier.wait(self)
 
     def _syncthreads_reduce(self, value, op):
@@ -751,7 +760,17 @@ class _Launch:
             def on_release(arrived):
                 self.races.join(arrived, self.races.exited)
         self.grid_barrier = _GridBarrier(self.nthreads, "this_grid().sync()", on_release)
-        self.module = _module_class()(self, grid_dim, block_dim, dynshared_size)
+        # a kernel marked with its consumer threads (``warp_roles.consumer_name``): its code sees a block of that
+        # many threads (blockDim, syncthreads); the extra warp is its producer
+        from megakernel.persistent.warp_roles import consumers_of
+
+        self.consumers = consumers_of(self.name)
+        if self.consumers is not None and not (0 < self.consumers < self.block_threads and block_dim[1] == 1
+                                               and block_dim[2] == 1):
+            raise SimulatorLimitError(f"{self.name}: {self.consumers} consumer threads in a block of "
+                                      f"{tuple(block_dim)} (a 1-D block with more threads is needed)")
+        seen = block_dim if self.consumers is None else (self.consumers, 1, 1)
+        self.module = _module_class()(self, grid_dim, seen, dynshared_size)
         self.dynshared_size = dynshared_size
         self.lock = threading.Lock()
         self.error: tuple | None = None  # (thread, exception) of the first failure
@@ -804,6 +823,7 @@ class _Launch:
         yield self.grid_barrier
         for b in self.blocks:
             yield b.barrier
+            yield b.barrier_all
             for w in b.warps:
                 yield w.barrier
 
@@ -816,7 +836,9 @@ class _Launch:
             block.live -= 1
             finished = block.live == 0
         block.state[th.thread_id] = -1  # no longer takes part in syncthreads_count/and/or
-        block.barrier.leave()
+        if th.thread_id < block.consumers:
+            block.barrier.leave()
+        block.barrier_all.leave()
         for err in (
             th.warp.lane_exited(th.lane),
             self.grid_barrier.leave_thread(finished, tuple(block.idx)),
@@ -840,7 +862,7 @@ class _Launch:
                 for i in range(gx):
                     bidx = Dim3(i, j, k)
                     block = _Block(bidx, len(self.blocks), self.block_threads, self.dynshared_size,
-                                   self.races)
+                                   self.races, self.consumers)
                     self.blocks.append(block)
                     for z in range(bz):
                         for y in range(by):
@@ -1064,6 +1086,13 @@ def sync_acquire(arr, index: int):
         if races is not None:
             races.atomic(th, arr, index)
         return a[index]
+
+
+def sync_all_threads() -> None:
+    """Every thread of the running simulated thread's block, producer warps included
+    (``megakernel.persistent.warp_roles.sync_all``)."""
+    th = threading.current_thread()
+    th.block.barrier_all.wait(th)
 
 
 class MbarrierWait:

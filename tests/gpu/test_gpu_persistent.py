@@ -186,3 +186,42 @@ def test_version_6_computes_version_5s_bits_on_the_gpu(ref):
         for layer in getattr(s5, name):
             assert torch.equal(getattr(s5, name)[layer], getattr(s6, name)[layer]), f"v6 {name}[{layer}] differs"
 
+
+
+def test_the_producer_warp_computes_version_12s_bits_on_the_gpu(ref):
+    """``producer`` (a ninth warp streams the pages, the consumer warps release slots through mbarriers; their
+    block barriers and ``blockDim`` narrowed to 256 threads in the PTX): the same sums in the same order, so on the
+    full grid two decode steps give version 12's logits and states bit for bit, and a 6-step launch gives its
+    tokens."""
+    from megakernel.persistent import PersistentDecoder
+
+    runs = []
+    for options in ({}, {"producer": True}):
+        dec = PersistentDecoder(ref, max_context=1024, version=12, prefill_mode="reference", options=options)
+        _, state = dec.prefill(PROMPTS[1])
+        token, logits = 7, []
+        for _ in range(2):
+            logits.append(dec.decode_step(token, state).clone())
+            token = int(logits[-1].argmax())
+        tokens = dec.run(state, token, 6)
+        runs.append((logits, state.to_reference(), tokens, dec.last_run["threads"]))
+    (l0, s0, t0, n0), (l1, s1, t1, n1) = runs
+    assert n1 == n0 + 32 and t0 == t1, (n0, n1, t0, t1)
+    for a, b in zip(l0, l1):
+        assert torch.equal(a, b), f"producer logits differ from v12's: max abs {float((a - b).abs().max()):.3e}"
+    for name in ("conv", "recurrent", "k_cache", "v_cache"):
+        for layer in getattr(s0, name):
+            assert torch.equal(getattr(s0, name)[layer], getattr(s1, name)[layer]), f"producer {name}[{layer}]"
+
+
+@pytest.mark.parametrize("blocks", [1, 132])
+def test_the_warp_roles_probe_on_the_gpu(blocks):
+    """The producer/consumer hand-off and the narrowed barriers in a small kernel (``warp_roles_probe``): 8
+    consumer warps sum 64 pages a producer warp streams through a 4-slot ring, meeting at ``syncthreads`` after
+    every page; every sum right and ``blockDim`` 256 (a kernel compiled through LTO-IR skips the narrowing and
+    hangs: the probe was how that was found)."""
+    from numba import cuda
+
+    from megakernel.testing import warp_roles_probe
+
+    warp_roles_probe.run(threads=256, ring=4, page_words=1024, pages=64, blocks=blocks, device_array=cuda.to_device)

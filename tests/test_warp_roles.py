@@ -1,0 +1,91 @@
+"""The producer warp's mechanism (``megakernel.persistent.warp_roles``): the PTX rewrite that narrows a kernel's
+block barriers and block size to its consumer warps, the simulator's model of it, and the small probe kernel
+(``megakernel.testing.warp_roles_probe``) that hands pages from a producer warp to consumer warps."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numba import cuda
+
+from megakernel.persistent import warp_roles
+
+PTX = """.visible .entry k_consumers_64(
+\tbar.sync \t0;
+\tmov.u32 \t%r7, %ntid.x;
+\tbarrier.sync.aligned 0;
+\tbar.sync 2;
+\tbar.warp.sync \t-1;
+\tmov.u32 \t%r8, %nctaid.x;
+"""
+
+
+def test_narrow_ptx_rewrites_the_block_barriers_and_block_size():
+    out = warp_roles.narrow_ptx(PTX, 64)
+    body = out.split("\n", 1)[1]
+    assert body.count("bar.sync 1, 64;") == 2 and "bar.sync \t0" not in body and "sync.aligned 0" not in body
+    assert "mov.u32 \t%r7, 64;" in body and "%ntid.x" not in body
+    assert "bar.sync 2;" in body and "bar.warp.sync \t-1;" in body and "%nctaid.x" in body  # left as they are
+    assert out.startswith("// megakernel.persistent.warp_roles")  # how the compiler hook knows it is done
+    with pytest.raises(ValueError, match="named barrier 1"):  # (so narrowing twice is refused)
+        warp_roles.narrow_ptx(out, 64)
+
+
+def test_narrow_ptx_refuses_what_it_cannot_narrow():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        warp_roles.narrow_ptx(PTX, 48)
+    with pytest.raises(ValueError, match="named barrier 1"):
+        warp_roles.narrow_ptx(PTX + "\tbar.sync 1, 128;\n", 64)
+    with pytest.raises(ValueError, match="bar.red"):
+        warp_roles.narrow_ptx(PTX + "\tbar.red.popc.u32 %r1, 0, %p1;\n", 64)
+
+
+def test_the_kernel_name_carries_the_consumer_count():
+    name = warp_roles.consumer_name("persistent_v2", 256)
+    assert warp_roles.consumers_of(name) == 256
+    assert warp_roles.consumers_of(f"_ZN10megakernel10persistent2v227{name}B2v1E") == 256
+    assert warp_roles.consumers_of("_ZN10megakernel10persistent2v213persistent_v2B2v1E") is None
+
+
+@pytest.mark.parametrize("leave_out", [0, 1, 2])
+def test_the_probe_hands_pages_from_the_producer_to_the_consumers(leave_out):
+    """Two consumer warps sum 10 pages that the producer warp streams through 3 slots (with and without their
+    per-page block barrier, with the producer's plain wait): every sum right, the consumers see a block of 64
+    threads, and the race detector sees every refill ordered after the slot's last read."""
+    from megakernel.testing import warp_roles_probe
+
+    warp_roles_probe.run(threads=64, ring=3, page_words=128, pages=10, blocks=2, leave_out=leave_out)
+
+
+def _every_thread_syncs(out):
+    cuda.syncthreads()
+    out[cuda.threadIdx.x] = cuda.blockDim.x
+
+
+def test_a_producer_thread_may_not_call_syncthreads():
+    """In the simulator a marked kernel's ``syncthreads`` belongs to its consumers: a producer thread calling it is
+    an error (on the GPU it would wait for a barrier the consumers never fill)."""
+    _every_thread_syncs.__name__ = _every_thread_syncs.__qualname__ = warp_roles.consumer_name("bad", 32)
+    out = np.zeros(64, dtype=np.int32)
+    with pytest.raises(RuntimeError, match="producer warp called syncthreads"):
+        cuda.jit(_every_thread_syncs)[1, 64](out)
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="checks the simulator's build")
+def test_the_probe_compiles_to_ptx_with_narrowed_barriers():
+    """For sm_90, without a GPU: the probe's PTX has the consumers' barrier (``bar.sync 1, 256``) and the block
+    barrier of every thread (``bar.sync 2``), no ``bar.sync 0`` and no read of ``%ntid.x``."""
+    code = (
+        "from megakernel.testing import warp_roles_probe as w\n"
+        "from megakernel.testing.ptx_check import compile_ptx_sm90\n"
+        "ptx = compile_ptx_sm90(w.build(256, 4, 1024), 'void(int32[::1], int32[:, ::1])')\n"
+        "import re\n"
+        "print(sorted(set(re.findall(r'bar\\.sync[^;]*;', ptx))), ptx.count('%ntid.x'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "['bar.sync 1, 256;', 'bar.sync 2;'] 0", r.stdout
