@@ -340,8 +340,8 @@ def test_version_12_shifts_more_q_k_channels_than_the_grid_has_threads(checkpoin
     _assert_same_bits(runs[0], runs[1], "version 12 on one block against version 10")
 
 
-@pytest.mark.parametrize("blocks", [1, 3])
-def test_the_producer_warp_computes_version_12s_bits(ref, blocks):
+@pytest.mark.parametrize("blocks, backoff", [(1, 500), (3, 0)], ids=["1-backoff", "3"])
+def test_the_producer_warp_computes_version_12s_bits(ref, blocks, backoff):
     """``producer``: a ninth warp streams the pages and the eight consumer warps release each slot through an
     "empty" mbarrier, with no block barrier per page. The same pages in the same order, consumed by the same warps
     with the same sums: two decode steps give version 12's logits and every state bit for bit. The launch has one
@@ -351,7 +351,7 @@ def test_the_producer_warp_computes_version_12s_bits(ref, blocks):
     from megakernel.persistent import PersistentDecoder
 
     decs = [PersistentDecoder(ref, max_context=32, version=12, blocks=blocks, prefill_mode="reference",
-                              options=options) for options in ({}, {"producer": True})]
+                              options=options) for options in ({}, {"producer": True, "producer_backoff": backoff})]
     runs = [_two_steps(d, PROMPT) for d in decs]
     assert decs[1].plan.producer_threads == 32 and decs[1].last_run["threads"] == decs[0].last_run["threads"] + 32
     _assert_same_bits(runs[0], runs[1], f"version 12 with a producer warp on {blocks} blocks against without")

@@ -275,8 +275,8 @@ MUTATIONS = [
              ("tests/test_persistent.py::test_call_and_barrier_options_compute_the_same_bits[12-packed_descs]",)),
     Mutation("persistent producer: the producer refills a slot without waiting for its empty mbarrier (the "
              "consumer warps may still read it)", "megakernel/persistent/v2.py",
-             (("            if g >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot, epar, STOP) == 0:\n",
-               "            if g < 0 and tma.mbar_wait_or_stop(bars, EMPTY0 + slot, epar, STOP) == 0:\n"),),
+             (("            if g >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot, epar, STOP, BACKOFF) == 0:\n",
+               "            if g < 0 and tma.mbar_wait_or_stop(bars, EMPTY0 + slot, epar, STOP, BACKOFF) == 0:\n"),),
              (PRODUCER,), race=True),
     Mutation("persistent producer: a consumer warp leaves its slot before all its lanes are done with it (no "
              "syncwarp before lane 0's arrival)", "megakernel/persistent/v2.py",

@@ -132,9 +132,9 @@ if SIMULATOR:
         time.sleep(0)
         return np.int64(sync_acquire(bars, int(i)))
 
-    def mbar_wait_or_stop(bars, slot, parity, stop):
+    def mbar_wait_or_stop(bars, slot, parity, stop, backoff=0):
         """``mbar_wait``, unless ``bars[stop]`` (read atomically) becomes non-zero first: returns 1 once the phase
-        completed, 0 if stopped."""
+        completed, 0 if stopped (``backoff``: the GPU's sleep between retries)."""
         slot = int(slot)
         with waiting_on_mbarrier(bars, slot):
             while (int(sync_acquire(bars, slot)) & 1) == int(parity):
@@ -465,14 +465,16 @@ else:
             pass
 
     @cuda.jit(device=True)
-    def mbar_wait_or_stop(bars, slot, parity, stop):
+    def mbar_wait_or_stop(bars, slot, parity, stop, backoff=0):
         """``mbar_wait``, unless the shared flag ``bars[stop]`` becomes non-zero first: returns 1 once the phase
-        completed, 0 if stopped. The wait sleeps (a suspend-time hint) and the flag is a plain volatile load: a
-        spin of atomics (a compare-and-swap loop for int64 in shared memory) took issue slots and shared-memory
-        bandwidth from the warps beside it (NOTES.md)."""
+        completed, 0 if stopped. The wait sleeps (a suspend-time hint), then ``backoff`` ns more (``nanosleep``)
+        before each retry, and the flag is a plain volatile load, not an atomic (an int64 atomic in shared memory
+        is a compare-and-swap loop)."""
         while _mbar_try_wait_suspend(bars, slot, parity) == 0:
             if _load_volatile(bars, stop) != 0:
                 return 0
+            if backoff > 0:
+                cuda.nanosleep(backoff)
         return 1
 
     @cuda.jit(device=True)

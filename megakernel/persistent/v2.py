@@ -134,7 +134,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "pair_copies": 0, "lean": False, "smem_descs": False,
            "mma_pages": False, "mma_chains": 1, "bar_thread": 0, "deferred_shift": False,
            "combine_batch": 0, "skeleton": 0, "refill_fence": True,
-           "packed_descs": False, "producer": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "packed_descs": False, "producer": False, "producer_backoff": 0}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -177,7 +177,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            lineinfo: bool = False, mixer_twice: bool = False, pair_copies: int = 0, lean: bool = False,
            smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False,
            mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0,
-           skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False):
+           skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False,
+           producer_backoff: int = 0):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -291,12 +292,16 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     lane 0 arrives on the empty mbarrier, a release), with no block barrier per page and no copy work on any
     consumer's path. The consumers' ``syncthreads`` and ``blockDim`` are narrowed to the ``T`` of them
     (``warp_roles``); a launch ended early (end of sequence) stops the producer through a shared word and waits
-    for what it issued. The same pages in the same order, the same sums: the same bits."""
+    for what it issued. The same pages in the same order, the same sums: the same bits. ``producer_backoff``: the
+    producer sleeps that many ns (``nanosleep``) between the retries of a wait for an empty slot (measuring whether
+    its waiting takes issue slots from the consumer warps that share its SM sub-partition)."""
     if producer and (not lean or plan.producer_threads != WARP or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
                          "does not combine with warp_release, page_pairs, defer, l2_ahead, l2_mixer, lm_pool, "
                          "mma_pages, fused_out or skeleton")
+    if producer_backoff and not producer:
+        raise ValueError("persistent kernel build option producer_backoff needs producer")
     if plan.producer_threads and not producer:
         raise ValueError("a plan configured with a producer warp needs the build option producer")
     if packed_descs and (not smem_descs or warp_release or lm_pool):
@@ -363,6 +368,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     # (an even count: the static shared arrays after it stay 16-byte aligned for the bulk copies)
     N_BARS0 = 2 * R_ + (4 if CSMEM else 2)
     PRODUCER = producer
+    BACKOFF = producer_backoff
     EMPTY0 = N_BARS0  # producer: the slots' "empty" mbarriers (NW consumer warps leave each page)
     STOP = EMPTY0 + R_  # producer: non-zero once the consumers end the launch (the producer issues no more)
     PDONE = STOP + 1  # producer: the pages it issued, once it has stopped (-1 until then)
@@ -695,14 +701,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         while g < total:
             if tma.flag_value(bars, STOP) != 0:
                 break
-            if g >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot, epar, STOP) == 0:
+            if g >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot, epar, STOP, BACKOFF) == 0:
                 break
             if fused:  # its bytes come with the previous page's copy
                 tma.mbar_expect(bars, slot, 0)
                 fused = False
             else:
                 pair = PAIRS and d4 < 0 and (slot & 1) == 0 and slot + 1 < R_ and g + 1 < total
-                if pair and g + 1 >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot + 1, epar, STOP) == 0:
+                if pair and g + 1 >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot + 1, epar, STOP,
+                                                                  BACKOFF) == 0:
                     break
                 tma.fence_proxy_async()  # the consumers' reads of the slot before the copy engine's writes
                 issue(slot, d1, d2 - d4 if pair else d2, d3, d4, Ww, ring, bars)
