@@ -134,7 +134,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "pair_copies": 0, "lean": False, "smem_descs": False,
            "mma_pages": False, "mma_chains": 1, "bar_thread": 0, "deferred_shift": False,
            "combine_batch": 0, "skeleton": 0, "refill_fence": True,
-           "packed_descs": False, "producer": False, "producer_backoff": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "packed_descs": False, "producer": False,
+           "producer_backoff": 0}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)

@@ -17,11 +17,11 @@ machine-level meaning of two things in a kernel whose name carries the mark ``_c
 
 ``install()`` hooks Numba's PTX generation (``CUDACodeLibrary.get_asm_strs``) to apply ``narrow_ptx`` to such
 kernels, which must be compiled through PTX (``JIT_OPTIONS``: numba-cuda links through LTO-IR by default where
-nvJitLink is installed, and refusing that is the hook's other half); the out-of-line mixer bodies sit in the same PTX module and are narrowed with it (only consumers call
-them). ``sync_all()`` is the one barrier over every thread of the block (``bar.sync 2``: the mbarriers'
-initialisation, before the roles split). In the simulator (``megakernel.testing.simulator``) a launch of a marked
-kernel gives ``syncthreads`` the first ``T`` threads as parties, ``blockDim`` the consumers' size, and refuses a
-``syncthreads`` from a producer thread.
+nvJitLink is installed, and refusing that is the hook's other half); the out-of-line mixer bodies sit in the same
+PTX module and are narrowed with it (only consumers call them). ``sync_all()`` is the one barrier over every
+thread of the block (``bar.sync 2``: the mbarriers' initialisation, before the roles split). In the simulator
+(``megakernel.testing.simulator``) a launch of a marked kernel gives ``syncthreads`` the first ``T`` threads as
+parties, ``blockDim`` the consumers' size, and refuses a ``syncthreads`` from a producer thread.
 """
 
 from __future__ import annotations
