@@ -49,6 +49,9 @@ but the stock simulator has gaps that make some tests pass for the wrong reason:
   so host code can launch the same way it does on the GPU with CUDA tensors; NumPy arrays are not
   copied either (the stock simulator copies each one), so arguments that overlap in memory
   overlap in the kernel, as device arrays do on the GPU;
+* a kernel whose name carries ``_consumers_<T>`` (``megakernel.persistent.warp_roles``: a producer warp beside
+  ``T`` consumer threads) sees a block of ``T`` threads: ``syncthreads`` waits for those ``T`` alone and refuses
+  a producer thread, ``blockDim`` is ``T``, and ``warp_roles.sync_all`` is the barrier of every thread;
 * one lock serialises all atomics (the stock simulator has one per kind of atomic);
 * ``install()`` refuses numba-cuda releases outside ``SUPPORTED_NUMBA_CUDA``: the layer replaces
   methods of the simulator's private classes;
