@@ -25,9 +25,10 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m megakernel.demo
 
-# Kernels run on the CPU through Numba's CUDA simulator (with megakernel.testing.simulator's fixes).
+# Kernels run on the CPU through Numba's CUDA simulator (with megakernel.testing.simulator's fixes). The 25 slowest
+# tests are listed at the end (the suite's time budget: CI runs it on 2 cores).
 test: $(VENV)/.installed
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 # Each notebook's source is notebooks/NN_name.py: regenerate the paired .ipynb files from it (cell ids kept,
 # outputs cleared). tests/test_notebooks.py checks that every pair is in sync.
