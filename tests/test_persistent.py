@@ -340,20 +340,24 @@ def test_version_12_shifts_more_q_k_channels_than_the_grid_has_threads(checkpoin
     _assert_same_bits(runs[0], runs[1], "version 12 on one block against version 10")
 
 
-@pytest.mark.parametrize("blocks, backoff", [(1, 500), (3, 0)], ids=["1-backoff", "3"])
-def test_the_producer_warp_computes_version_12s_bits(ref, blocks, backoff):
+@pytest.mark.parametrize("blocks, more", [(1, {"producer_backoff": 500, "producer_regs": 40}), (3, {})],
+                         ids=["1-backoff-warpgroup", "3"])
+def test_the_producer_warp_computes_version_12s_bits(ref, blocks, more):
     """``producer``: a ninth warp streams the pages and the eight consumer warps release each slot through an
     "empty" mbarrier, with no block barrier per page. The same pages in the same order, consumed by the same warps
     with the same sums: two decode steps give version 12's logits and every state bit for bit. The launch has one
     warp more; the consumers' ``syncthreads`` count them alone (a producer thread calling one fails), a slot
     refilled before every consumer warp left it is a race the simulator names, and a wrong empty-phase parity
-    deadlocks (reported)."""
+    deadlocks (reported). On one block with ``producer_backoff`` and ``producer_regs`` (a producer warpgroup that
+    gives its registers to the consumers: no-ops in the simulator, the roles and the counts are what is checked)."""
     from megakernel.persistent import PersistentDecoder
 
     decs = [PersistentDecoder(ref, max_context=32, version=12, blocks=blocks, prefill_mode="reference",
-                              options=options) for options in ({}, {"producer": True, "producer_backoff": backoff})]
+                              options=options) for options in ({}, {"producer": True, **more})]
     runs = [_two_steps(d, PROMPT) for d in decs]
-    assert decs[1].plan.producer_threads == 32 and decs[1].last_run["threads"] == decs[0].last_run["threads"] + 32
+    extra = 128 if more else 32  # (``producer_regs``: a producer warpgroup, one warp of which streams)
+    assert decs[1].plan.producer_threads == extra
+    assert decs[1].last_run["threads"] == decs[0].last_run["threads"] + extra
     _assert_same_bits(runs[0], runs[1], f"version 12 with a producer warp on {blocks} blocks against without")
 
 

@@ -150,7 +150,7 @@ _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=":
            "l2=": "l2_ahead",
            "l2m=": "l2_mixer", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers",
            "ool=": "out_of_line", "mch=": "mma_chains", "bt=": "bar_thread", "cb=": "combine_batch", "skel=": "skeleton",
-           "pbo=": "producer_backoff"}
+           "pbo=": "producer_backoff", "preg=": "producer_regs"}
 
 
 def parse_variant(variant: str) -> tuple[int, dict]:

@@ -70,16 +70,17 @@ DESC_PAGES = 1024            # ``smem_descs``: copy descriptors a block keeps in
 
 
 def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_down: bool = False,
-              fused_out: bool = False, smem_descs: bool = False, producer: bool = False, **_options):
+              fused_out: bool = False, smem_descs: bool = False, producer: bool = False, producer_regs: int = 0,
+              **_options):
     """The plan with the ring's size: as many 32 KB pages as fit next to the workspace (at most ``RING_PAGES``);
     in the simulator 3 small pages (two rows of the widest phase each), so rows, pages and ring wrap-around are
     all exercised on a tiny model. ``ring`` / ``page_kb``: another ring (measured variants, NOTES.md).
     ``fused_down``: a workspace with room for the block's rows of act after x (``D + F`` floats); ``fused_out``:
     room for the gated values of out_proj's input there too (``D + value_dim``); ``smem_descs``: room for
     ``DESC_PAGES`` copy descriptors in static shared memory (``desc_pages``); ``producer``: a producer warp beside
-    the block's threads (``producer_threads``)."""
+    the block's threads (``producer_threads``; with ``producer_regs`` a warpgroup of 4 warps)."""
     c = plan.config
-    plan = dataclasses.replace(plan, producer_threads=WARP if producer else 0)
+    plan = dataclasses.replace(plan, producer_threads=(4 * WARP if producer_regs else WARP) if producer else 0)
     if fused_down:
         plan = dataclasses.replace(plan, workspace=max(plan.workspace, c.hidden_size + c.intermediate_size))
     if fused_out:
@@ -135,7 +136,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "mma_pages": False, "mma_chains": 1, "bar_thread": 0, "deferred_shift": False,
            "combine_batch": 0, "skeleton": 0, "refill_fence": True,
            "packed_descs": False, "producer": False,
-           "producer_backoff": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "producer_backoff": 0, "producer_regs": 0}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -179,7 +180,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False,
            mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0,
            skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False,
-           producer_backoff: int = 0):
+           producer_backoff: int = 0, producer_regs: int = 0):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -295,14 +296,21 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (``warp_roles``); a launch ended early (end of sequence) stops the producer through a shared word and waits
     for what it issued. The same pages in the same order, the same sums: the same bits. ``producer_backoff``: the
     producer sleeps that many ns (``nanosleep``) between the retries of a wait for an empty slot (measuring whether
-    its waiting takes issue slots from the consumer warps that share its SM sub-partition)."""
-    if producer and (not lean or plan.producer_threads != WARP or warp_release or page_pairs or defer or l2_ahead
+    its waiting takes issue slots from the consumer warps that share its SM sub-partition). ``producer_regs`` (needs
+    a plan configured with it): a producer warpgroup (4 warps, one of which streams) that gives its registers back
+    with ``setmaxnreg.dec`` to that many a thread, and consumers that take them with ``setmaxnreg.inc``
+    (``warp_roles.register_split``: 40 for the producers leaves 232 for 256 consumers, in a kernel compiled for the
+    block's 168); the way Hopper's warp-specialised kernels keep their consumers' registers."""
+    if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
                          "does not combine with warp_release, page_pairs, defer, l2_ahead, l2_mixer, lm_pool, "
                          "mma_pages, fused_out or skeleton")
-    if producer_backoff and not producer:
-        raise ValueError("persistent kernel build option producer_backoff needs producer")
+    if (producer_backoff or producer_regs) and not producer:
+        raise ValueError("persistent kernel build options producer_backoff and producer_regs need producer")
+    if producer and plan.producer_threads != (4 * WARP if producer_regs else WARP):
+        raise ValueError("persistent kernel build option producer_regs needs a plan configured with it (a producer "
+                         "warpgroup): pass it to configure too")
     if plan.producer_threads and not producer:
         raise ValueError("a plan configured with a producer warp needs the build option producer")
     if packed_descs and (not smem_descs or warp_release or lm_pool):
@@ -379,8 +387,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     DB0 = N_BARS1 + 2  # packed_descs: page d's descriptor at DB0 + 2 d (src1 | n1 << 32), DB0 + 2 d + 1 (src2, n2)
     N_BARS = DB0 + 2 * max(1, plan.desc_pages) if packed_descs else N_BARS1
     if producer and not max_registers:  # the consumers and the producer warp in one SM's 64 K registers, which
-        # an SM hands out to warps in groups of 4 (9 warps take 12 warps' worth: 168 registers a thread)
+        # an SM hands out in groups of 4 warps (9 warps take 12 warps' worth: 168 registers a thread)
         max_registers = 65536 // (-(-plan.launch_threads // (4 * WARP)) * 4 * WARP) // 8 * 8
+    SETMAXNREG = producer and producer_regs > 0
+    if SETMAXNREG:
+        max_registers, consumer_regs = warp_roles.register_split(plan.threads, plan.producer_threads, producer_regs)
+        give_registers = warp_roles.set_max_registers(False, producer_regs)
+        take_registers = warp_roles.set_max_registers(True, consumer_regs)
+    else:
+        give_registers = take_registers = warp_roles.set_max_registers(True, 0)  # (never called)
     if producer:
         warp_roles.install()
     FUSED = 2 * R_  # pair_copies: 1 while the next page to issue came with the last copy
@@ -1267,9 +1282,13 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         if PRODUCER:
             warp_roles.sync_all()  # (the only barrier the producer warp takes part in)
             if tid >= T:
+                if SETMAXNREG:
+                    give_registers()
                 if tid == T:
                     produce(total, b, pb, table, Ww, ring, bars)
                 return
+            if SETMAXNREG:
+                take_registers()
         else:
             cuda.syncthreads()
         issued = min(R_, total)

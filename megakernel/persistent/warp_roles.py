@@ -105,7 +105,28 @@ def install() -> None:
 JIT_OPTIONS = {} if SIMULATOR else {"lto": False}
 
 
+def register_split(consumers: int, producers: int, producer_regs: int) -> tuple[int, int]:
+    """``setmaxnreg``'s budget: (the registers a thread the kernel is compiled for, the consumers' share once the
+    producer warps gave theirs back). An SM's 64 K registers are handed out in groups of 4 warps; a launch gets
+    what its whole block fits in, and ``setmaxnreg`` moves registers between warpgroups (4 warps) within it."""
+    total = consumers + producers
+    if not SIMULATOR and (producers % 128 or consumers % 128):  # (the simulator moves no registers)
+        raise ValueError(f"setmaxnreg moves registers between whole warpgroups: {consumers} consumer and "
+                         f"{producers} producer threads are not multiples of 128")
+    if producer_regs % 8 or not 24 <= producer_regs <= 256:
+        raise ValueError(f"producer registers {producer_regs}: a multiple of 8 from 24 to 256")
+    launch = 65536 // total // 8 * 8
+    return launch, min(256, (65536 - producers * producer_regs) // consumers // 8 * 8)
+
+
 if SIMULATOR:
+    def set_max_registers(increase: bool, n: int):
+        """``setmaxnreg`` (no registers to move in the simulator)."""
+        def no_op():
+            pass
+
+        return no_op
+
     def sync_all():
         """Every thread of the block, producer included."""
         from megakernel.testing.simulator import sync_all_threads
@@ -126,5 +147,20 @@ else:
 
         return types.void(), codegen
 
+    def set_max_registers(increase: bool, n: int):
+        """An intrinsic ``f()``: ``setmaxnreg.inc`` (or ``.dec``) ``.sync.aligned.u32 n``: this warpgroup's
+        registers a thread raised (lowered) to ``n`` (sm_90a; every thread of the warpgroup executes it)."""
+        asm = f"setmaxnreg.{'inc' if increase else 'dec'}.sync.aligned.u32 {int(n)};"
 
-__all__ = ["MARK", "JIT_OPTIONS", "consumer_name", "consumers_of", "narrow_ptx", "install", "sync_all"]
+        def typer(typingctx):
+            def codegen(context, builder, sig, args):
+                builder.asm(ir.FunctionType(ir.VoidType(), []), asm, "", [], side_effect=True)
+                return context.get_dummy_value()
+
+            return types.void(), codegen
+
+        return intrinsic(typer)
+
+
+__all__ = ["MARK", "JIT_OPTIONS", "consumer_name", "consumers_of", "narrow_ptx", "install", "sync_all",
+           "register_split", "set_max_registers"]
