@@ -272,38 +272,31 @@ else:
         "{ .reg .b64 pol; createpolicy.fractional.L2::evict_first.b64 pol, 1.0; "
         + _COPY + ".L2::cache_hint [$0], [$1], $2, [$3], pol; }"))
 
-    @intrinsic
-    def _mbar_try_wait(typingctx, bars, slot, parity):
-        if not (_is_array(bars) and isinstance(slot, types.Integer) and isinstance(parity, types.Integer)):
-            return None
+    def _try_wait_typer(suspend_ns: int = 0):
+        """The typer of ``f(bars, slot, parity)`` -> 1 if the mbarrier's phase of that parity has completed, else 0
+        (``try_wait.parity``; with ``suspend_ns`` a suspend-time hint: the thread may sleep in the hardware until the
+        phase completes or that many ns pass, so a waiting producer takes no issue slots from the warps beside it)."""
+        hint = f", {int(suspend_ns)}" if suspend_ns else ""
 
-        def codegen(context, builder, sig, args):
-            addr = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
-            fnty = ir.FunctionType(_i32, [_i32, _i32])
-            return builder.asm(
-                fnty,
-                "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2; selp.u32 $0, 1, 0, p; }",
-                "=r,r,r", [addr, _as_i32(builder, args[2])], side_effect=True)
+        def typer(typingctx, bars, slot, parity):
+            if not (_is_array(bars) and isinstance(slot, types.Integer) and isinstance(parity, types.Integer)):
+                return None
 
-        return types.uint32(bars, slot, parity), codegen
+            def codegen(context, builder, sig, args):
+                addr = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+                fnty = ir.FunctionType(_i32, [_i32, _i32])
+                return builder.asm(
+                    fnty,
+                    "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2" + hint + "; "
+                    "selp.u32 $0, 1, 0, p; }",
+                    "=r,r,r", [addr, _as_i32(builder, args[2])], side_effect=True)
 
-    @intrinsic
-    def _mbar_try_wait_suspend(typingctx, bars, slot, parity):
-        """``try_wait.parity`` with a suspend-time hint: the thread sleeps in the hardware until the phase completes
-        or ~``SUSPEND_NS`` pass (a waiting producer takes no issue slots from the consumers beside it)."""
-        if not (_is_array(bars) and isinstance(slot, types.Integer) and isinstance(parity, types.Integer)):
-            return None
+            return types.uint32(bars, slot, parity), codegen
 
-        def codegen(context, builder, sig, args):
-            addr = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
-            fnty = ir.FunctionType(_i32, [_i32, _i32])
-            return builder.asm(
-                fnty,
-                "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2, " + str(SUSPEND_NS) + "; "
-                "selp.u32 $0, 1, 0, p; }",
-                "=r,r,r", [addr, _as_i32(builder, args[2])], side_effect=True)
+        return typer
 
-        return types.uint32(bars, slot, parity), codegen
+    _mbar_try_wait = intrinsic(_try_wait_typer())
+    _mbar_try_wait_suspend = intrinsic(_try_wait_typer(SUSPEND_NS))
 
     @intrinsic
     def _load_volatile(typingctx, arr, i):
@@ -383,7 +376,7 @@ else:
 
         return types.void(dst, d, src, s, n), codegen
 
-    def _no_operand(asm):
+    def no_operand(asm):
         """An intrinsic ``f()`` emitting the operand-less instruction ``asm``."""
 
         def typer(typingctx):
@@ -395,8 +388,8 @@ else:
 
         return intrinsic(typer)
 
-    fence_proxy_async = _no_operand("fence.proxy.async.shared::cta;")
-    fence_mbarrier_init = _no_operand("fence.mbarrier_init.release.cluster;")
+    fence_proxy_async = no_operand("fence.proxy.async.shared::cta;")
+    fence_mbarrier_init = no_operand("fence.mbarrier_init.release.cluster;")
 
     def _prefetch_typer(asm):
         """The typer of a ``(src, s, n)`` L2 prefetch emitting ``asm`` ($0 src, $1 bytes)."""

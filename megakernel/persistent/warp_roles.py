@@ -133,33 +133,14 @@ if SIMULATOR:
 
         sync_all_threads()
 else:
-    from llvmlite import ir
-    from numba.core import types
-    from numba.cuda.extending import intrinsic
+    from .tma import no_operand
 
-    @intrinsic
-    def sync_all(typingctx):
-        """``bar.sync 2``: every thread of the block, producer included (``narrow_ptx`` leaves it alone)."""
-
-        def codegen(context, builder, sig, args):
-            builder.asm(ir.FunctionType(ir.VoidType(), []), f"bar.sync {ALL_BARRIER};", "", [], side_effect=True)
-            return context.get_dummy_value()
-
-        return types.void(), codegen
+    sync_all = no_operand(f"bar.sync {ALL_BARRIER};")  # every thread of the block (``narrow_ptx`` leaves it alone)
 
     def set_max_registers(increase: bool, n: int):
         """An intrinsic ``f()``: ``setmaxnreg.inc`` (or ``.dec``) ``.sync.aligned.u32 n``: this warpgroup's
         registers a thread raised (lowered) to ``n`` (sm_90a; every thread of the warpgroup executes it)."""
-        asm = f"setmaxnreg.{'inc' if increase else 'dec'}.sync.aligned.u32 {int(n)};"
-
-        def typer(typingctx):
-            def codegen(context, builder, sig, args):
-                builder.asm(ir.FunctionType(ir.VoidType(), []), asm, "", [], side_effect=True)
-                return context.get_dummy_value()
-
-            return types.void(), codegen
-
-        return intrinsic(typer)
+        return no_operand(f"setmaxnreg.{'inc' if increase else 'dec'}.sync.aligned.u32 {int(n)};")
 
 
 __all__ = ["MARK", "JIT_OPTIONS", "consumer_name", "consumers_of", "narrow_ptx", "install", "sync_all",
