@@ -89,3 +89,11 @@ def test_the_probe_compiles_to_ptx_with_narrowed_barriers():
                        cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "['bar.sync 1, 256;', 'bar.sync 2;'] 0", r.stdout
+
+
+def test_the_register_budgets_of_a_block_with_a_producer():
+    """An SM hands out its 64 K registers in groups of 4 warps: 8 warps keep 255, 9 (8 consumers and a producer)
+    get 168 like 12; with a producer warpgroup at 40 registers (``setmaxnreg``) 256 consumers can take 232."""
+    assert warp_roles.block_registers(256) == 256 and warp_roles.block_registers(288) == 168
+    assert warp_roles.block_registers(384) == 168
+    assert warp_roles.register_split(256, 128, 40) == (168, 232)

@@ -386,9 +386,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     DIDX = N_BARS1  # packed_descs: the index (within a step) of the next descriptor to load; then padding
     DB0 = N_BARS1 + 2  # packed_descs: page d's descriptor at DB0 + 2 d (src1 | n1 << 32), DB0 + 2 d + 1 (src2, n2)
     N_BARS = DB0 + 2 * max(1, plan.desc_pages) if packed_descs else N_BARS1
-    if producer and not max_registers:  # the consumers and the producer warp in one SM's 64 K registers, which
-        # an SM hands out in groups of 4 warps (9 warps take 12 warps' worth: 168 registers a thread)
-        max_registers = 65536 // (-(-plan.launch_threads // (4 * WARP)) * 4 * WARP) // 8 * 8
+    if producer and not max_registers:  # the consumers and the producer warp(s) in one SM's registers
+        max_registers = warp_roles.block_registers(plan.launch_threads)
     SETMAXNREG = producer and producer_regs > 0
     if SETMAXNREG:
         max_registers, consumer_regs = warp_roles.register_split(plan.threads, plan.producer_threads, producer_regs)

@@ -105,6 +105,12 @@ def install() -> None:
 JIT_OPTIONS = {} if SIMULATOR else {"lto": False}
 
 
+def block_registers(threads: int) -> int:
+    """The registers a thread a block of ``threads`` can have when it alone fills an SM: the SM's 64 K registers
+    are handed out in groups of 4 warps (9 warps take 12 warps' worth: 168), in steps of 8."""
+    return 65536 // (-(-threads // 128) * 128) // 8 * 8
+
+
 def register_split(consumers: int, producers: int, producer_regs: int) -> tuple[int, int]:
     """``setmaxnreg``'s budget: (the registers a thread the kernel is compiled for, the consumers' share once the
     producer warps gave theirs back). An SM's 64 K registers are handed out in groups of 4 warps; a launch gets
@@ -115,8 +121,7 @@ def register_split(consumers: int, producers: int, producer_regs: int) -> tuple[
                          f"{producers} producer threads are not multiples of 128")
     if producer_regs % 8 or not 24 <= producer_regs <= 256:
         raise ValueError(f"producer registers {producer_regs}: a multiple of 8 from 24 to 256")
-    launch = 65536 // total // 8 * 8
-    return launch, min(256, (65536 - producers * producer_regs) // consumers // 8 * 8)
+    return block_registers(total), min(256, (65536 - producers * producer_regs) // consumers // 8 * 8)
 
 
 if SIMULATOR:
@@ -144,4 +149,4 @@ else:
 
 
 __all__ = ["MARK", "JIT_OPTIONS", "consumer_name", "consumers_of", "narrow_ptx", "install", "sync_all",
-           "register_split", "set_max_registers"]
+           "block_registers", "register_split", "set_max_registers"]
