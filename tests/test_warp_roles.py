@@ -1,4 +1,4 @@
-"""The producer warp's mechanism (``megakernel.persistent.warp_roles``): the PTX rewrite that narrows a kernel's
+"""The producer warp's mechanism (``megakernel.persistent.warp_roles``): the IR rewrite that narrows a kernel's
 block barriers and block size to its consumer warps, the simulator's model of it, and the small probe kernel
 (``megakernel.testing.warp_roles_probe``) that hands pages from a producer warp to consumer warps."""
 
@@ -12,34 +12,40 @@ from numba import cuda
 
 from megakernel.persistent import warp_roles
 
-PTX = """.visible .entry k_consumers_64(
-\tbar.sync \t0;
-\tmov.u32 \t%r7, %ntid.x;
-\tbarrier.sync.aligned 0;
-\tbar.sync 2;
-\tbar.warp.sync \t-1;
-\tmov.u32 \t%r8, %nctaid.x;
+IR = """define void @k_consumers_64(i32* %a) {
+  call void @"llvm.nvvm.barrier0"()
+  %".7" = call i32 @"llvm.nvvm.read.ptx.sreg.ntid.x"(), !range !0
+  call void @llvm.nvvm.barrier0()
+  call void asm sideeffect "bar.sync 2;", ""()
+  call void asm sideeffect "mbarrier.arrive.shared::cta.b64 _, [$0];", "r"(i32 %".7")
+  %".8" = call i32 @"llvm.nvvm.read.ptx.sreg.nctaid.x"()
+  ret void
+}
+declare void @"llvm.nvvm.barrier0"()
 """
 
 
-def test_narrow_ptx_rewrites_the_block_barriers_and_block_size():
-    out = warp_roles.narrow_ptx(PTX, 64)
+def test_narrow_ir_rewrites_the_block_barriers_and_block_size():
+    out = warp_roles.narrow_ir(IR, 64)
     body = out.split("\n", 1)[1]
-    assert body.count("bar.sync 1, 64;") == 2 and "bar.sync \t0" not in body and "sync.aligned 0" not in body
-    assert "mov.u32 \t%r7, 64;" in body and "%ntid.x" not in body
-    assert "bar.sync 2;" in body and "bar.warp.sync \t-1;" in body and "%nctaid.x" in body  # left as they are
-    assert out.startswith("// megakernel.persistent.warp_roles")  # how the compiler hook knows it is done
-    with pytest.raises(ValueError, match="named barrier 1"):  # (so narrowing twice is refused)
-        warp_roles.narrow_ptx(out, 64)
+    assert body.count('call void asm sideeffect "bar.sync 1, 64;", "~{memory}"() convergent nounwind') == 2
+    assert "call void @" not in body.split("declare")[0]  # both spellings of the intrinsic's call
+    assert '%".7" = add i32 64, 0' in body and "ntid.x" not in body
+    assert '"bar.sync 2;"' in body and "mbarrier.arrive" in body and "nctaid.x" in body  # left as they are
+    assert out.startswith("; megakernel.persistent.warp_roles")  # how the compiler hook knows it is done
+    with pytest.raises(ValueError, match="does not narrow"):  # (so narrowing twice is refused)
+        warp_roles.narrow_ir(out, 64)
 
 
-def test_narrow_ptx_refuses_what_it_cannot_narrow():
+def test_narrow_ir_refuses_what_it_cannot_narrow():
     with pytest.raises(ValueError, match="multiple of 32"):
-        warp_roles.narrow_ptx(PTX, 48)
-    with pytest.raises(ValueError, match="named barrier 1"):
-        warp_roles.narrow_ptx(PTX + "\tbar.sync 1, 128;\n", 64)
-    with pytest.raises(ValueError, match="bar.red"):
-        warp_roles.narrow_ptx(PTX + "\tbar.red.popc.u32 %r1, 0, %p1;\n", 64)
+        warp_roles.narrow_ir(IR, 48)
+    with pytest.raises(ValueError, match="does not narrow"):
+        warp_roles.narrow_ir(IR + '  call void asm sideeffect "bar.sync 1, 128;", ""()\n', 64)
+    with pytest.raises(ValueError, match="does not narrow"):
+        warp_roles.narrow_ir(IR + '  %".9" = call i32 @"llvm.nvvm.barrier0.popc"(i32 1)\n', 64)
+    with pytest.raises(ValueError, match="does not narrow"):
+        warp_roles.narrow_ir(IR + '  call void asm sideeffect "bar.arrive 0, 64;", ""()\n', 64)
 
 
 def test_the_kernel_name_carries_the_consumer_count():
@@ -81,6 +87,28 @@ def test_the_probe_compiles_to_ptx_with_narrowed_barriers():
         "from megakernel.testing import warp_roles_probe as w\n"
         "from megakernel.testing.ptx_check import compile_ptx_sm90\n"
         "ptx = compile_ptx_sm90(w.build(256, 4, 1024), 'void(int32[::1], int32[:, ::1])')\n"
+        "import re\n"
+        "print(sorted(set(re.findall(r'bar\\.sync[^;]*;', ptx))), ptx.count('%ntid.x'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "['bar.sync 1, 256;', 'bar.sync 2;'] 0", r.stdout
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="checks the simulator's build")
+def test_the_lto_build_is_narrowed():
+    """numba-cuda links through LTO-IR where nvJitLink is installed, so the narrowing has to be in the IR both
+    paths start from. For sm_90a, without a GPU: the probe's library links to a cubin through LTO, and the PTX
+    link-time optimisation produces has the consumers' barrier and no ``%ntid.x``."""
+    code = (
+        "from megakernel.persistent import warp_roles\n"
+        "from megakernel.testing import warp_roles_probe as w\n"
+        "from megakernel.testing.ptx_check import compile_library_sm90a, CC_90A\n"
+        "lib = compile_library_sm90a(w.build(256, 4, 1024), 'void(int32[::1], int32[:, ::1])')\n"
+        "assert lib._lto and len(bytes(lib.get_cubin(CC_90A).code)) > 0\n"
+        "ptx = lib.get_lto_ptx(CC_90A)\n"
         "import re\n"
         "print(sorted(set(re.findall(r'bar\\.sync[^;]*;', ptx))), ptx.count('%ntid.x'))\n"
     )

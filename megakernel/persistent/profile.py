@@ -41,6 +41,14 @@ class Timeline:
     def wait(self) -> np.ndarray:
         return self.leave - self.arrive
 
+    def barrier_costs(self) -> tuple[float, float]:
+        """Per step, in microseconds, summed over the barriers: the latency (the last block's arrival to the first
+        block's departure) and the departure spread (the first block's departure to the last's), the two parts of
+        a step that no phase's critical path contains."""
+        latency = (self.leave.min(axis=0) - self.arrive.max(axis=0)).sum() / 1e3 / self.steps
+        spread = (self.leave.max(axis=0) - self.leave.min(axis=0)).sum() / 1e3 / self.steps
+        return float(latency), float(spread)
+
     @property
     def total_ns(self) -> int:
         return int(self.leave[:, -1].max() - self.start)
@@ -103,6 +111,8 @@ def format_table(t: Timeline) -> str:
         lines.append(line)
     total = t.total_ns / 1e3 / t.steps
     crit = sum(r["critical_us"] for r in rows)
+    latency, spread = t.barrier_costs()
+    lines.append(f"barrier latency {latency:.1f} us, departure spread {spread:.1f} us per step")
     lines.append(f"per step: {total:.1f} us; sum of critical paths {crit:.1f} us; barriers "
                  f"{len(t.labels) / t.steps:.0f}")
     return "\n".join(lines)
@@ -144,7 +154,8 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "fdb": "fd_bulk", "fo": "fused_out", "li": "lineinfo", "twice": "mixer_twice", "lean": "lean",
           "sd": "smem_descs", "lc": "lean_calls", "cs": "count_smem", "mma": "mma_pages",
           "dsh": "deferred_shift", "nfence": "_no_refill_fence",
-          "pd": "packed_descs", "prod": "producer", "noindec": "_no_inline_decode"}
+          "pd": "packed_descs", "prod": "producer", "noindec": "_no_inline_decode",
+          "nolto": "_no_lto"}
 _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride",
            "lmp=": "lm_pool",
            "l2=": "l2_ahead",

@@ -136,7 +136,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "mma_pages": False, "mma_chains": 1, "bar_thread": 0, "deferred_shift": False,
            "combine_batch": 0, "skeleton": 0, "refill_fence": True,
            "packed_descs": False, "producer": False,
-           "producer_backoff": 0, "producer_regs": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "producer_backoff": 0, "producer_regs": 0, "lto": True}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -180,7 +180,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False,
            mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0,
            skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False,
-           producer_backoff: int = 0, producer_regs: int = 0):
+           producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -300,7 +300,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     a plan configured with it): a producer warpgroup (4 warps, one of which streams) that gives its registers back
     with ``setmaxnreg.dec`` to that many a thread, and consumers that take them with ``setmaxnreg.inc``
     (``warp_roles.register_split``: 40 for the producers leaves 232 for 256 consumers, in a kernel compiled for the
-    block's 168); the way Hopper's warp-specialised kernels keep their consumers' registers."""
+    block's 168); the way Hopper's warp-specialised kernels keep their consumers' registers. ``lto`` (on): link through
+    LTO-IR, numba-cuda's default where nvJitLink is installed; off, through Numba's PTX and ``ptxas``, where the
+    out-of-line mixer bodies are called with whole array descriptors (every mixer ~1.6x slower on the H100)."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
@@ -1466,7 +1468,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
 
     if producer:  # the name tells the compiler hook (and the simulator) how many threads are consumers
         persistent_v2.__name__ = persistent_v2.__qualname__ = warp_roles.consumer_name("persistent_v2", T)
-    jit_options = warp_roles.JIT_OPTIONS if producer else {}
+    jit_options = {} if lto else warp_roles.NO_LTO
     return cuda.jit(persistent_v2, max_registers=max_registers or None, lineinfo=lineinfo, **jit_options)
 
 

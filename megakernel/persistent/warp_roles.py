@@ -9,19 +9,23 @@ sums, the argmax over warps) must see ``T`` threads, not ``T + 32``.
 
 The kernel's source stays the layered kernels' source (one implementation of each op). What changes is the
 machine-level meaning of two things in a kernel whose name carries the mark ``_consumers_<T>``
-(``consumer_name``):
+(``consumer_name``), rewritten in the LLVM IR Numba hands to NVVM (``narrow_ir``):
 
-* every ``bar.sync 0`` (``cuda.syncthreads()``: all threads of the block) becomes ``bar.sync 1, T`` (a named
-  barrier for the first ``T`` threads; warps arrive in order, so those are the consumer warps);
-* every read of ``%ntid.x`` (``cuda.blockDim.x``) becomes the constant ``T``.
+* every ``cuda.syncthreads()`` (``llvm.nvvm.barrier0``, PTX ``bar.sync 0``: all threads of the block) becomes
+  ``bar.sync 1, T`` (a named barrier for the first ``T`` threads; warps arrive in order, so those are the
+  consumer warps), a convergent call as the intrinsic is;
+* every read of ``cuda.blockDim.x`` (``llvm.nvvm.read.ptx.sreg.ntid.x``) becomes the constant ``T``.
 
-``install()`` hooks Numba's PTX generation (``CUDACodeLibrary.get_asm_strs``) to apply ``narrow_ptx`` to such
-kernels, which must be compiled through PTX (``JIT_OPTIONS``: numba-cuda links through LTO-IR by default where
-nvJitLink is installed, and refusing that is the hook's other half); the out-of-line mixer bodies sit in the same
-PTX module and are narrowed with it (only consumers call them). ``sync_all()`` is the one barrier over every
-thread of the block (``bar.sync 2``: the mbarriers' initialisation, before the roles split). In the simulator
-(``megakernel.testing.simulator``) a launch of a marked kernel gives ``syncthreads`` the first ``T`` threads as
-parties, ``blockDim`` the consumers' size, and refuses a ``syncthreads`` from a producer thread.
+``install()`` hooks the IR's one way out of Numba (``CUDACodeLibrary.llvm_strs``), so both of numba-cuda's
+paths to a cubin see it: through LTO-IR and nvJitLink (the default where nvJitLink is installed) and through PTX
+(``NO_LTO``). The out-of-line mixer bodies are modules of the same library and are narrowed with it (only
+consumers call them). The first hook rewrote the PTX instead, and so forced a build without LTO, or a link of
+the PTX that LTO emits: both compile the PTX in ``ptxas``'s separate-compilation mode, each out-of-line body on
+its own with the full call ABI (the kernel's stack frame 720 or 264 B instead of 160), and on the H100 every
+mixer phase ran ~1.6x slower that way, with a producer warp or without. ``sync_all()`` is the one barrier over
+every thread of the block (``bar.sync 2``: the mbarriers' initialisation, before the roles split). In the
+simulator (``megakernel.testing.simulator``) a launch of a marked kernel gives ``syncthreads`` the first ``T``
+threads as parties, ``blockDim`` the consumers' size, and refuses a ``syncthreads`` from a producer thread.
 """
 
 from __future__ import annotations
@@ -35,9 +39,13 @@ NAMED_BARRIER = 1  # the consumers' block barrier
 ALL_BARRIER = 2    # every thread of the block (``sync_all``)
 
 _MARK_RE = re.compile(MARK + r"(\d+)")
-_DONE = "// megakernel.persistent.warp_roles: block barriers and blockDim narrowed to"
-_BAR0_RE = re.compile(r"\b(bar|barrier)\.sync(\.aligned)?\s+0\s*;")
-_NTID_RE = re.compile(r"(mov\.u32\s+%r\d+,\s*)%ntid\.x\s*;")
+_DONE = "; megakernel.persistent.warp_roles: block barriers and blockDim narrowed to"
+_BAR0_RE = re.compile(r'call void @"?llvm\.nvvm\.barrier0"?\(\)')
+_NTID_RE = re.compile(r'call i32 @"?llvm\.nvvm\.read\.ptx\.sreg\.ntid\.x"?\(\)[^\n]*')
+# block-wide barriers it does not rewrite: the reducing forms of barrier 0, the numbered intrinsics, named
+# barrier 1 or a bar.red / bar.arrive in inline assembly
+_OTHER_BARRIERS_RE = re.compile(r'llvm\.nvvm\.barrier(0\.|\.)|"[^"\n]*\bbar(rier)?\.(sync|arrive|red)[^"\n]*\s1\s*,'
+                                r'|"[^"\n]*\bbar(rier)?\.(red|arrive)')
 
 
 def consumer_name(name: str, threads: int) -> str:
@@ -51,58 +59,47 @@ def consumers_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def narrow_ptx(ptx: str, threads: int) -> str:
-    """``ptx`` with the block as ``threads`` consumer threads see it (see the module's docstring), its first line
-    a comment that says so. Refuses PTX that uses named barrier 1 already (narrowed before, say) or a block-wide
-    barrier form it does not rewrite (``bar.red`` / ``bar.arrive`` on barrier 0)."""
+def narrow_ir(ir: str, threads: int) -> str:
+    """One LLVM IR module with the block as ``threads`` consumer threads see it (see the module's docstring),
+    its first line a comment that says so. Refuses IR with a block-wide barrier it does not rewrite (named
+    barrier 1 already, a reducing ``__syncthreads_count``-like barrier, ``bar.arrive``)."""
     if threads % 32 or threads <= 0:
         raise ValueError(f"consumer threads must be a positive multiple of 32, got {threads}")
-    if re.search(r"\b(bar|barrier)(\.sync|\.arrive|\.red)[^;]*\s1\s*,", ptx):
-        raise ValueError("the kernel's PTX already uses named barrier 1")
-    out = _BAR0_RE.sub(f"bar.sync {NAMED_BARRIER}, {threads};", ptx)
-    if re.search(r"\bbar(rier)?\.(red|arrive)[^;]*\s0\s*[;,]", out):
-        raise ValueError("narrow_ptx: a block-wide barrier form it does not narrow (bar.red / bar.arrive 0)")
-    return f"{_DONE} {threads} consumer threads\n" + _NTID_RE.sub(lambda m: f"{m.group(1)}{threads};", out)
+    bad = _OTHER_BARRIERS_RE.search(_BAR0_RE.sub("", ir).replace('"llvm.nvvm.barrier0"', ""))
+    if bad:
+        raise ValueError(f"narrow_ir: a block-wide barrier it does not narrow: {bad.group(0)!r}")
+    out = _BAR0_RE.sub(f'call void asm sideeffect "bar.sync {NAMED_BARRIER}, {threads};", "~{{memory}}"() '
+                       f'convergent nounwind', ir)
+    return f"{_DONE} {threads} consumer threads\n" + _NTID_RE.sub(f"add i32 {threads}, 0", out)
 
 
 _installed = False
 
 
 def install() -> None:
-    """Narrow the PTX of every marked kernel Numba compiles from now on (GPU builds; a no-op in the simulator)."""
+    """Narrow the IR of every marked kernel Numba compiles from now on (GPU builds; a no-op in the simulator)."""
     global _installed
     if _installed or SIMULATOR:
         return
     from numba.cuda.codegen import CUDACodeLibrary
 
-    original = CUDACodeLibrary.get_asm_strs
+    original = CUDACodeLibrary.llvm_strs  # a property: each module of the library (the kernel and what it calls)
 
-    def get_asm_strs(self, cc=None):
-        ptxes = original(self, cc=cc)
+    def llvm_strs(self):
+        irs = original.fget(self)
         threads = consumers_of(str(getattr(self, "_entry_name", None) or getattr(self, "name", "")))
-        if threads is None:
-            return ptxes
-        narrowed = [narrow_ptx(p, threads) if consumers_of(p) and _DONE not in p else p for p in ptxes]
-        if narrowed != ptxes:  # cached narrowed, so the cubin is linked from what was checked
-            self._ptx_cache[self._ensure_cc(cc)] = narrowed
-        return narrowed
+        if threads is None or all(ir.startswith(_DONE) for ir in irs):
+            return irs
+        self._llvm_strs = [ir if ir.startswith(_DONE) else narrow_ir(ir, threads) for ir in irs]
+        return self._llvm_strs
 
-    original_ltoir = CUDACodeLibrary.get_ltoir
-
-    def get_ltoir(self, cc=None):  # link-time optimisation never makes PTX: nothing to narrow
-        if consumers_of(str(getattr(self, "_entry_name", None) or getattr(self, "name", ""))) is not None:
-            raise ValueError("a kernel with a producer warp must be compiled without LTO (cuda.jit(lto=False)): "
-                             "its barriers are narrowed in its PTX")
-        return original_ltoir(self, cc=cc)
-
-    CUDACodeLibrary.get_asm_strs = get_asm_strs
-    CUDACodeLibrary.get_ltoir = get_ltoir
+    CUDACodeLibrary.llvm_strs = property(llvm_strs)
     _installed = True
 
 
-# ``cuda.jit(fn, **JIT_OPTIONS)`` for a marked kernel: through PTX, no LTO-IR (pass the function as the first
-# argument: numba-cuda 0.30's ``cuda.jit(lto=False)(fn)`` drops the option)
-JIT_OPTIONS = {} if SIMULATOR else {"lto": False}
+# ``cuda.jit(fn, **NO_LTO)``: a kernel built through Numba's PTX and ``ptxas`` instead of LTO-IR (pass the
+# function as the first argument: numba-cuda 0.30's ``cuda.jit(lto=False)(fn)`` drops the option)
+NO_LTO = {} if SIMULATOR else {"lto": False}
 
 
 def block_registers(threads: int) -> int:
@@ -140,7 +137,7 @@ if SIMULATOR:
 else:
     from .tma import no_operand
 
-    sync_all = no_operand(f"bar.sync {ALL_BARRIER};")  # every thread of the block (``narrow_ptx`` leaves it alone)
+    sync_all = no_operand(f"bar.sync {ALL_BARRIER};")  # every thread of the block (``narrow_ir`` leaves it alone)
 
     def set_max_registers(increase: bool, n: int):
         """An intrinsic ``f()``: ``setmaxnreg.inc`` (or ``.dec``) ``.sync.aligned.u32 n``: this warpgroup's
@@ -148,5 +145,5 @@ else:
         return no_operand(f"setmaxnreg.{'inc' if increase else 'dec'}.sync.aligned.u32 {int(n)};")
 
 
-__all__ = ["MARK", "JIT_OPTIONS", "consumer_name", "consumers_of", "narrow_ptx", "install", "sync_all",
+__all__ = ["MARK", "NO_LTO", "consumer_name", "consumers_of", "narrow_ir", "install", "sync_all",
            "block_registers", "register_split", "set_max_registers"]

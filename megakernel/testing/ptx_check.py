@@ -69,6 +69,7 @@ from pathlib import Path
 
 ARCH = "sm_90"
 CC = (9, 0)
+CC_90A = (9, 0, "a")  # what numba-cuda targets on an H100 (``_ensure_cc``): sm_90a
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _F64 = re.compile(r"\.f64\b|%fd\d")
@@ -154,6 +155,28 @@ def compile_ptx_sm90(pyfunc, signature, *, fastmath=False, lineinfo=False, launc
     with _compiling_for(CC):
         ptx, _ = cuda.compile_ptx(pyfunc, signature, **kwargs)
     return ptx
+
+
+def compile_library_sm90a(pyfunc, signature, *, lto=True):
+    """The code library Numba builds for a kernel on an H100 (sm_90a; through LTO-IR by default, as numba-cuda
+    does where nvJitLink is installed), for what happens after code generation: ``library.get_cubin(CC_90A)``
+    links it as a launch would (with the project's compiler hooks)."""
+    _require_gpu_target()
+    from numba.cuda import compiler
+
+    from numba.core import sigutils, types
+    from numba.cuda import nvvmutils  # noqa: F401 (numba-cuda's kernel fix-up lives beside the compiler)
+    from numba.cuda.compiler import compile_cuda, kernel_fixup
+
+    pyfunc = getattr(pyfunc, "py_func", pyfunc)
+    args, _ = sigutils.normalize_signature(signature)
+    with _compiling_for(CC):  # what ``cuda.jit``'s kernel does before it links (numba-cuda's ``_Kernel``)
+        cres = compile_cuda(pyfunc, types.void, args, nvvm_options={"fastmath": False, "opt": 3}, cc=CC_90A,
+                            lto=lto)
+    library = cres.library
+    library._entry_name = cres.fndesc.llvm_func_name
+    kernel_fixup(library.get_function(cres.fndesc.llvm_func_name), False)
+    return library
 
 
 # --------------------------------------------------------------------------------------

@@ -20,11 +20,12 @@ from megakernel.persistent import tma, warp_roles
 WARP = 32
 
 
-def build(threads: int, ring: int, page_words: int, leave_out: int = 0):
+def build(threads: int, ring: int, page_words: int, leave_out: int = 0, lto: bool = True):
     """The probe kernel ``(src int32[pages * page_words], out int32[blocks, threads + 1])``: every block sums every
     page; ``out[b, t]`` is consumer thread t's sum of its words of every page, ``out[b, threads]`` the block size
     consumer thread 0 saw. ``leave_out`` (bisection): 1 the consumers' ``syncthreads``, 2 the producer's stop
-    check (a plain ``mbar_wait``)."""
+    check (a plain ``mbar_wait``). ``lto``: linked through LTO-IR (numba-cuda's default; the narrowing hook links
+    the PTX LTO makes) or through Numba's PTX."""
     T, R, PW, NW = threads, ring, page_words, threads // WARP
     EMPTY0, STOP, PDONE = R, 2 * R, 2 * R + 1
     RING_WORDS, N_BARS = R * PW, 2 * R + 2  # (constants for the shared arrays' sizes)
@@ -79,18 +80,18 @@ def build(threads: int, ring: int, page_words: int, leave_out: int = 0):
                 pass
 
     probe.__name__ = probe.__qualname__ = warp_roles.consumer_name("warp_roles_probe", T)
-    return cuda.jit(probe, **warp_roles.JIT_OPTIONS)
+    return cuda.jit(probe, **({} if lto else warp_roles.NO_LTO))
 
 
 def run(threads: int = 256, ring: int = 4, page_words: int = 1024, pages: int = 64, blocks: int = 2,
-        device_array=None, leave_out: int = 0) -> None:
+        device_array=None, leave_out: int = 0, lto: bool = True) -> None:
     """Launch the probe with ``threads`` consumers and check every sum and the block size the consumers saw;
     raises AssertionError on a mismatch. ``device_array``: how to move the input to the kernel (GPU: a torch or
     Numba device array; the simulator takes NumPy)."""
     rng = np.random.default_rng(7)
     src = rng.integers(-1000, 1000, size=pages * page_words, dtype=np.int32)
     out = np.zeros((blocks, threads + 1), dtype=np.int32)
-    kernel = build(threads, ring, page_words, leave_out)
+    kernel = build(threads, ring, page_words, leave_out, lto)
     if device_array is None:
         d_src, d_out = src, out
     else:

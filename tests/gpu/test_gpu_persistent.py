@@ -214,14 +214,15 @@ def test_the_producer_warp_computes_version_12s_bits_on_the_gpu(ref):
             assert torch.equal(getattr(s0, name)[layer], getattr(s1, name)[layer]), f"producer {name}[{layer}]"
 
 
-@pytest.mark.parametrize("blocks", [1, 132])
-def test_the_warp_roles_probe_on_the_gpu(blocks):
+@pytest.mark.parametrize("blocks,lto", [(1, True), (132, True), (132, False)])
+def test_the_warp_roles_probe_on_the_gpu(blocks, lto):
     """The producer/consumer hand-off and the narrowed barriers in a small kernel (``warp_roles_probe``): 8
     consumer warps sum 64 pages a producer warp streams through a 4-slot ring, meeting at ``syncthreads`` after
-    every page; every sum right and ``blockDim`` 256 (a kernel compiled through LTO-IR skips the narrowing and
-    hangs: the probe was how that was found)."""
+    every page; every sum right and ``blockDim`` 256, linked through LTO-IR (the PTX LTO makes, narrowed) and
+    through Numba's PTX (a kernel whose narrowing is skipped hangs: the probe was how that was found)."""
     from numba import cuda
 
     from megakernel.testing import warp_roles_probe
 
-    warp_roles_probe.run(threads=256, ring=4, page_words=1024, pages=64, blocks=blocks, device_array=cuda.to_device)
+    warp_roles_probe.run(threads=256, ring=4, page_words=1024, pages=64, blocks=blocks, device_array=cuda.to_device,
+                         lto=lto)
