@@ -68,18 +68,21 @@ def default_max_context(config) -> int:
 
 
 def load(path: str | Path, stage: str = "layered", *, max_context: int | None = None, version: int | None = None,
-         keep_fp32: bool = True, prefill_mode: str | None = None):
+         keep_fp32: bool = True, prefill_mode: str | None = None, options: dict | None = None):
     """Load a checkpoint directory for one stage (see the module docstring). ``max_context``: KV-cache capacity
     of the kernel stages (default: ``default_max_context(config)``); ``version``: the persistent kernel's version
     (default: the fastest that passes its tests); ``keep_fp32``: keep the checkpoint's fp32 ``A_log`` and DeltaNet
     norm weight exact (transformers rounds them to bf16); ``prefill_mode``: how a kernel stage prefills ("bf16",
     the default: ``megakernel.prefill``; "fp32": the same in fp32; "reference": the reference model's prefill
-    copied into the kernel layout)."""
+    copied into the kernel layout); ``options``: the persistent kernel's build options on top of its version's
+    (the measured variants, ``megakernel.persistent.v2.OPTIONS``; e.g. ``{"producer": True}``)."""
     from reference.model import load_model
 
     check_stage(stage)
     if version is not None and stage != "persistent":
         raise ValueError(f"version= applies to stage 'persistent' only, not {stage!r}")
+    if options and stage != "persistent":
+        raise ValueError(f"options= applies to stage 'persistent' only, not {stage!r}")
     if prefill_mode is not None and stage == "reference":
         raise ValueError("prefill_mode= applies to the kernel stages (layered, persistent), not 'reference'")
     kernel_options = {} if prefill_mode is None else {"prefill_mode": prefill_mode}
@@ -105,6 +108,8 @@ def load(path: str | Path, stage: str = "layered", *, max_context: int | None = 
         return LayeredDecoder(ref, max_context=max_context, **kernel_options)
     from .persistent import PersistentDecoder
 
+    if options:
+        kernel_options["options"] = dict(options)
     return PersistentDecoder(ref, max_context=max_context, version=version, **kernel_options)
 
 

@@ -408,6 +408,28 @@ def _run_cli(*args):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_systems_take_persistent_build_variants():
+    """``--systems``: the named systems and persistent build variants (version + options, as the profiling tools
+    spell them), in the order given; a variant's options are checked before anything runs."""
+    import argparse
+
+    from megakernel.bench.systems import BenchContext, KernelStage, make_system, parse_system_names
+
+    names = parse_system_names("persistent-v12,persistent-v12+prod+noindec+preg=40-step,layered-graph")
+    assert names == ["persistent-v12", "persistent-v12+prod+noindec+preg=40-step", "layered-graph"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown option 'bogus'"):
+        parse_system_names("persistent-v12+bogus")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown system 'nope'"):
+        parse_system_names("layered,nope")
+    ctx = BenchContext.__new__(BenchContext)
+    ctx.device = torch.device("cpu")
+    system = make_system("persistent-v12+prod+noindec+preg=40-step", ctx)
+    assert isinstance(system, KernelStage) and system.version == 12 and system.step_mode
+    assert system.options == {"producer": True, "inline_decode": False, "producer_regs": 40}
+    with pytest.raises(ValueError, match="no \\+nobar"):
+        make_system("persistent-v12+nobar", ctx)
+
+
 def test_cli_without_gpu_exits_with_a_clear_message():
     p = _run_cli("--quick")
     assert p.returncode == 2

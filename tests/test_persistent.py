@@ -340,8 +340,8 @@ def test_version_12_shifts_more_q_k_channels_than_the_grid_has_threads(checkpoin
     _assert_same_bits(runs[0], runs[1], "version 12 on one block against version 10")
 
 
-@pytest.mark.parametrize("blocks, more", [(1, {"producer_backoff": 500, "producer_regs": 40}), (3, {})],
-                         ids=["1-backoff-warpgroup", "3"])
+@pytest.mark.parametrize("blocks, more", [(1, {"producer_backoff": 500, "producer_regs": 40}), (3, {"producer_hold": True})],
+                         ids=["1-backoff-warpgroup", "3-hold"])
 def test_the_producer_warp_computes_version_12s_bits(ref, blocks, more):
     """``producer``: a ninth warp streams the pages and the eight consumer warps release each slot through an
     "empty" mbarrier, with no block barrier per page. The same pages in the same order, consumed by the same warps
@@ -349,16 +349,28 @@ def test_the_producer_warp_computes_version_12s_bits(ref, blocks, more):
     warp more; the consumers' ``syncthreads`` count them alone (a producer thread calling one fails), a slot
     refilled before every consumer warp left it is a race the simulator names, and a wrong empty-phase parity
     deadlocks (reported). On one block with ``producer_backoff`` and ``producer_regs`` (a producer warpgroup that
-    gives its registers to the consumers: no-ops in the simulator, the roles and the counts are what is checked)."""
+    gives its registers to the consumers: no-ops in the simulator, the roles and the counts are what is checked);
+    on three with ``producer_hold`` (no copy issued while the block is at a grid barrier)."""
     from megakernel.persistent import PersistentDecoder
 
     decs = [PersistentDecoder(ref, max_context=32, version=12, blocks=blocks, prefill_mode="reference",
                               options=options) for options in ({}, {"producer": True, **more})]
     runs = [_two_steps(d, PROMPT) for d in decs]
-    extra = 128 if more else 32  # (``producer_regs``: a producer warpgroup, one warp of which streams)
+    extra = 128 if more.get("producer_regs") else 32  # (``producer_regs``: a producer warpgroup, one warp of which streams)
     assert decs[1].plan.producer_threads == extra
     assert decs[1].last_run["threads"] == decs[0].last_run["threads"] + extra
     _assert_same_bits(runs[0], runs[1], f"version 12 with a producer warp on {blocks} blocks against without")
+
+
+def test_load_takes_build_options_for_the_persistent_stage_only(tiny_checkpoint):
+    """``megakernel.load(..., options=)``: a persistent version with build options on top (what the benchmark's
+    build variants load); the other stages refuse them, naming the argument."""
+    import megakernel
+
+    dec = megakernel.load(tiny_checkpoint, "persistent", version=12, options={"producer": True})
+    assert dec.version == 12 and dec.option_value("producer") and dec.plan.producer_threads == 32
+    with pytest.raises(ValueError, match="options= applies to stage 'persistent' only"):
+        megakernel.load(tiny_checkpoint, "layered", options={"producer": True})
 
 
 def test_the_producer_warp_stops_when_a_launch_ends_early(ref):

@@ -55,6 +55,7 @@ from . import run_info
 from . import results as results_mod
 from .systems import (
     DESCRIPTIONS, SYSTEM_NAMES, BenchContext, Unavailable, check_system, free_memory, llama_cpp_rows,
+    parse_system_names,
     make_system, read_llama_bench_json, short_error,
 )
 
@@ -499,9 +500,11 @@ parser = cli.parser("megakernel.bench", __doc__)
 parser.add_argument("--model", metavar="DIR",
                     help="checkpoint directory (default: the synthetic 0.8B checkpoint, generated on first use)")
 parser.add_argument("--out", default=str(PROJECT_ROOT / "data" / "results"), help="results directory (%(default)s)")
-parser.add_argument("--systems", type=cli.name_list(SYSTEM_NAMES, "system", allow_all=True),
+parser.add_argument("--systems", type=parse_system_names,
                     default=list(SYSTEM_NAMES),
-                    help="comma-separated systems to run, in that order, or all (default): " + ", ".join(SYSTEM_NAMES))
+                    help="comma-separated systems to run, in that order, or all (default): " + ", ".join(SYSTEM_NAMES)
+                    + "; or a persistent build variant as the profiling tools spell it, e.g. "
+                    "persistent-v12+prod+noindec+preg=40")
 parser.add_argument("--contexts", type=cli.positive_int_list,
                     help="decode contexts, comma-separated (default: 16,512,4096)")
 parser.add_argument("--gen", type=cli.positive_int, help="decode steps per run, >= 1 (default: 128)")

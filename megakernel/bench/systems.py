@@ -683,9 +683,10 @@ class KernelStage(DecoderSystem):
     oracle_name = "reference fp32 compute, bf16 weights/KV"
 
     def __init__(self, name, ctx, stage: str, graph: bool = False, version: int | None = None,
-                 step_mode: bool = False):
+                 step_mode: bool = False, options: dict | None = None):
         super().__init__(name, ctx)
         self.stage, self.graph, self.version, self.step_mode = stage, graph, version, step_mode
+        self.options = options or {}
         self._oracle_model = None
 
     def load(self):
@@ -695,7 +696,7 @@ class KernelStage(DecoderSystem):
             import megakernel
         except Exception as e:  # noqa: BLE001 (numba missing, ...)
             raise Unavailable(f"megakernel cannot be imported: {short_error(e)}") from e
-        kwargs = {"version": self.version} if self.stage == "persistent" else {}
+        kwargs = {"version": self.version, "options": self.options} if self.stage == "persistent" else {}
         try:
             self.model = megakernel.load(self.ctx.path, self.stage, max_context=self.ctx.max_context, **kwargs)
         except Exception as e:  # noqa: BLE001
@@ -706,7 +707,8 @@ class KernelStage(DecoderSystem):
             raise
         if self.stage == "persistent":
             self.model.kernel()  # compile and size the grid up front
-            self.notes.append(f"persistent kernel v{self.version}: {self.model.blocks} blocks x "
+            build = self.name.removeprefix("persistent-").removesuffix("-step")  # v12, or v12+prod+preg=40
+            self.notes.append(f"persistent kernel {build}: {self.model.blocks} blocks x "
                               f"{self.model.plan.threads} threads, {self.model.barriers_per_step()} grid barriers "
                               "per token")
             if self.step_mode:
@@ -1000,6 +1002,32 @@ class LlamaCpp(System):
             raise Unavailable(f"--llama-json {self.ctx.llama_json} does not exist")
 
 
+def is_build_variant(name: str) -> bool:
+    """``persistent-v12+prod+preg=40`` (or with ``-step``): a persistent version with build options on top, spelled
+    as the profiling tools spell them (``megakernel.persistent.profile.parse_variant``)."""
+    return name.startswith("persistent-v") and "+" in name
+
+
+def parse_system_names(text: str) -> list[str]:
+    """``--systems``: names from ``SYSTEM_NAMES`` (or ``all``) and persistent build variants, each checked."""
+    import argparse
+
+    from reference import cli
+
+    from ..persistent.profile import parse_variant
+
+    variants = [x.strip() for x in text.split(",") if is_build_variant(x.strip())]
+    rest = ",".join(x for x in text.split(",") if x.strip() and not is_build_variant(x.strip()))
+    names = cli.name_list(SYSTEM_NAMES, "system", allow_all=True)(rest) if rest else []
+    for v in variants:
+        try:
+            parse_variant(v[len("persistent-v"):].removesuffix("-step"))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"system {v!r}: {e}") from None
+    order = [x.strip() for x in text.split(",") if x.strip()]
+    return names if text.strip() == "all" else [x for x in order if x in names or x in variants]
+
+
 def make_system(name: str, ctx: BenchContext) -> System:
     if name == "reference-eager":
         return ReferenceEager(name, ctx)
@@ -1020,6 +1048,13 @@ def make_system(name: str, ctx: BenchContext) -> System:
         version = rest[: -len("-step")] if step else rest
         if version.isdigit():
             return KernelStage(name, ctx, "persistent", version=int(version), step_mode=step)
+        if "+" in version:  # a build variant, spelled as the profiling tools spell it: persistent-v12+prod+preg=40
+            from ..persistent.profile import parse_variant
+
+            v, options = parse_variant(version)
+            if "_nobar" in options:
+                raise ValueError(f"{name!r}: a benchmark runs with its grid barriers (no +nobar)")
+            return KernelStage(name, ctx, "persistent", version=v, step_mode=step, options=options)
     if name == "llama.cpp":
         return LlamaCpp(name, ctx)
     raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEM_NAMES)}")

@@ -126,7 +126,8 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     first, no reset, no last-arriver's extra round trips: a block leaves one L2 round trip after the last
     arrival. ``make_barrier_close`` (block 0, after the launch's last barrier) stores the next launch's base.
 
-    With ``profile``, thread 0 of every block records the GPU's global timer when it arrives at barrier ``k`` and
+    With ``profile``, thread 0 of every block records the GPU's global timer when it arrives at barrier ``k`` (after
+    a block barrier: when the block's last warp arrives) and
     when it leaves it, in ``prof[block, 2k]`` and ``prof[block, 2k + 1]`` (``prof``: int64 [blocks, 2 x barriers
     of the launch]): the phase a block worked on before barrier ``k`` took ``prof[b, 2k] - prof[b, 2k - 1]``, its
     wait ``prof[b, 2k + 1] - prof[b, 2k]`` (``megakernel.persistent.profile`` turns that into a timeline).
@@ -176,6 +177,7 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     @cuda.jit(device=True)
     def barrier(grid, count, prof):
         if PROFILE:
+            cuda.syncthreads()  # (a producer build's consumer warps meet at no barrier per page: not in step)
             stamp(prof, 2 * (grid[2][0] if SMEM else count))
         if ENABLED:
             if MONO:

@@ -136,7 +136,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "mma_pages": False, "mma_chains": 1, "bar_thread": 0, "deferred_shift": False,
            "combine_batch": 0, "skeleton": 0, "refill_fence": True,
            "packed_descs": False, "producer": False,
-           "producer_backoff": 0, "producer_regs": 0, "lto": True}  # measured variants (NOTES.md); the defaults are the kept ones
+           "producer_backoff": 0, "producer_regs": 0, "lto": True,
+           "producer_hold": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -180,7 +181,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            smem_descs: bool = False, lean_calls: bool = False, count_smem: bool = False, mma_pages: bool = False,
            mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0,
            skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False,
-           producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True):
+           producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True,
+           producer_hold: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -300,7 +302,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     a plan configured with it): a producer warpgroup (4 warps, one of which streams) that gives its registers back
     with ``setmaxnreg.dec`` to that many a thread, and consumers that take them with ``setmaxnreg.inc``
     (``warp_roles.register_split``: 40 for the producers leaves 232 for 256 consumers, in a kernel compiled for the
-    block's 168); the way Hopper's warp-specialised kernels keep their consumers' registers. ``lto`` (on): link through
+    block's 168); the way Hopper's warp-specialised kernels keep their consumers' registers. ``producer_hold``
+    (timing only): the producer issues no copy while its block is at a grid barrier (a shared flag thread 0 raises
+    before it arrives and lowers when it leaves), as the copy thread of versions 2-12 does not. ``lto`` (on): link through
     LTO-IR, numba-cuda's default where nvJitLink is installed; off, through Numba's PTX and ``ptxas``, where the
     out-of-line mixer bodies are called with whole array descriptors (every mixer ~1.6x slower on the H100)."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
@@ -308,8 +312,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
                          "does not combine with warp_release, page_pairs, defer, l2_ahead, l2_mixer, lm_pool, "
                          "mma_pages, fused_out or skeleton")
-    if (producer_backoff or producer_regs) and not producer:
-        raise ValueError("persistent kernel build options producer_backoff and producer_regs need producer")
+    if (producer_backoff or producer_regs or producer_hold) and not producer:
+        raise ValueError("persistent kernel build options producer_backoff, producer_regs and producer_hold need "
+                         "producer")
     if producer and plan.producer_threads != (4 * WARP if producer_regs else WARP):
         raise ValueError("persistent kernel build option producer_regs needs a plan configured with it (a producer "
                          "warpgroup): pass it to configure too")
@@ -383,7 +388,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     EMPTY0 = N_BARS0  # producer: the slots' "empty" mbarriers (NW consumer warps leave each page)
     STOP = EMPTY0 + R_  # producer: non-zero once the consumers end the launch (the producer issues no more)
     PDONE = STOP + 1  # producer: the pages it issued, once it has stopped (-1 until then)
-    N_BARS1 = N_BARS0 + ((R_ + 3) // 2 * 2 if producer else 0)  # (even: 16-byte alignment after it)
+    HOLD = PDONE + 1  # producer_hold: non-zero while the block is at a grid barrier (the producer issues nothing)
+    HOLDING = producer_hold
+    N_BARS1 = N_BARS0 + ((R_ + 4) // 2 * 2 if producer else 0)  # (even: 16-byte alignment after it)
     PACKED = packed_descs
     DIDX = N_BARS1  # packed_descs: the index (within a step) of the next descriptor to load; then padding
     DB0 = N_BARS1 + 2  # packed_descs: page d's descriptor at DB0 + 2 d (src1 | n1 << 32), DB0 + 2 d + 1 (src2, n2)
@@ -587,7 +594,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         if L2_AHEAD > 0:
             if cuda.threadIdx.x == 0:
                 prefetched = l2_top_up(issued, prefetched, total, b, pb, table, Ww)
-        return barrier(grid, count, prof), prefetched
+        if HOLDING and cuda.threadIdx.x == 0:
+            bars[HOLD] = 1  # (every page of this phase was issued: thread 0's warp has consumed them all)
+        count = barrier(grid, count, prof)
+        if HOLDING and cuda.threadIdx.x == 0:
+            bars[HOLD] = 0
+        return count, prefetched
 
     @cuda.jit(device=True)
     def lo32(w):
@@ -724,6 +736,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 tma.mbar_expect(bars, slot, 0)
                 fused = False
             else:
+                if HOLDING:  # not while the block is at a grid barrier
+                    while tma.flag_value(bars, HOLD) != 0 and tma.flag_value(bars, STOP) == 0:
+                        pass
                 pair = PAIRS and d4 < 0 and (slot & 1) == 0 and slot + 1 < R_ and g + 1 < total
                 if pair and g + 1 >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot + 1, epar, STOP,
                                                                   BACKOFF) == 0:
@@ -1279,6 +1294,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     tma.mbar_init(bars, EMPTY0 + s, NW)
                 bars[STOP] = 0
                 bars[PDONE] = -1
+                bars[HOLD] = 0
             tma.fence_mbarrier_init()
         if PRODUCER:
             warp_roles.sync_all()  # (the only barrier the producer warp takes part in)
