@@ -730,24 +730,56 @@ if ladder6_path.exists():
     print_ladder([r for r in ladder6["rows"] if 56 <= r["call"] <= 60])
 
 # %% [markdown]
-# ### A producer warp: measured, not kept
+# ### A producer warp: measured, level with version 12, not kept
 #
 # The copy thread's chain sits between every page's block barrier and the next page, and the consumers are slower
 # than the stream, so the ring is full whenever a phase ends. Hopper's TMA pipelines split the roles: one warp
 # only streams, waiting for a slot's "empty" mbarrier (every consumer warp has left the page it held) before the
 # copy, and the consumer warps leave each slot on their own, with no block barrier per page. The `producer` build
 # option does that with a ninth warp (`v2.produce`, `v2.leave_slot`). The kernel's device functions stay the
-# layered kernels' ones; their `syncthreads` and `blockDim` are narrowed to the eight consumer warps in the PTX
-# (`warp_roles`: `bar.sync 0` becomes `bar.sync 1, 256`, `%ntid.x` becomes 256), and
-# `megakernel.testing.warp_roles_probe` checks that mechanism on its own. The same bits as version 12.
+# layered kernels' ones; their `syncthreads` and `blockDim` are narrowed to the eight consumer warps in the LLVM IR
+# Numba hands to the CUDA compiler (`warp_roles.narrow_ir`: `llvm.nvvm.barrier0` becomes `bar.sync 1, 256`, a
+# read of `ntid.x` the constant 256), and `megakernel.testing.warp_roles_probe` checks that mechanism on its own.
+# The same bits as version 12.
 #
 # It costs registers: an SM hands out its 64 K registers in groups of four warps, so nine warps get twelve warps'
-# worth, 168 registers a thread against 255. At that cap and without copies, the page loop gets much cheaper (the
-# LM head 0.80 us a page against 1.32). In_proj, out_proj, qkv and o_proj get faster with copies too. But every
-# mixer phase got ~1.6x slower with the producer warp present, with or without copies, and the step as a whole
-# went 1,000 -> 1,148 us at best. The control at the same cap without a producer is 1,216, so the warp saves ~70 us
-# there. The ladder (one H100, context 512, each call with its own baseline):
+# worth, 168 registers a thread against 255. `producer_regs` makes the producer a warpgroup of four warps that
+# gives its registers to the consumers (`setmaxnreg`: 40 for the producers, 232 for the consumers).
+#
+# The first build of it made every mixer phase ~1.6x slower. The producer was not the cause; the compiler path
+# was. The narrowing first rewrote the PTX, so the kernel had to be built through Numba's PTX and `ptxas` instead
+# of numba-cuda's default, LTO-IR linked by nvJitLink. Version 12 built that way (`12+nolto`) is as slow. Linked
+# PTX is compiled one function at a time: each out-of-line mixer body gets the full call ABI, every array passed
+# as a whole descriptor through the stack. Link-time optimisation compiles the whole program and drops what the
+# bodies never read (the kernel's stack frame 160 B against 720). With the narrowing in the IR, the producer build
+# is built exactly as version 12 is.
+#
+# Then it is level with version 12: 990 against 1,002 us per profiled step, and in the benchmark 1,020 tok/s at
+# context 512 for both (975 against 962 at 4096). Its phases are ~75 us shorter, its grid barriers ~60 us slower.
+# A barrier's latency (the last block's arrival to the first block's departure) grows with the copies in flight:
+# version 12 111 -> 145 us per step, the producer build 96 -> 204. Having warp 1 arrive instead of thread 0, a
+# sleeping producer, or no copy issued during a barrier changed nothing. The ladder (one H100, context 512, each
+# call with its own baseline):
 
 # %%
-if ladder6_path.exists():
-    print_ladder([r for r in ladder6["rows"] if 61 <= r["call"] <= 63])
+ladder7_path = R.results_dir() / "profile_ladder_nvidia-h100_2026-11-28.json"
+if ladder7_path.exists():
+    ladder7 = json.loads(ladder7_path.read_text())
+    parts = {(r["call"], r["variant"]): r for r in ladder7["rows"]}
+    shown = {"version 12": (69, "12"), "version 12,\nno copies": (69, "12+nocopy"),
+             "producer": (69, "12+prod+noindec+preg=40"), "producer,\nno copies": (68, "12+prod+noindec+preg=40+nocopy")}
+    crit = [parts[k]["sum_of_critical_paths_us"] for k in shown.values()]
+    lat = [parts[k]["barrier_latency_us"] for k in shown.values()]
+    rest = [parts[k]["us_per_step"] - c - b for k, c, b in zip(shown.values(), crit, lat)]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.barh(list(shown), crit, color="tab:blue", label="phases (critical paths)")
+    ax.barh(list(shown), lat, left=crit, color="tab:red", label="barrier latency")
+    ax.barh(list(shown), rest, left=np.add(crit, lat), color="tab:gray", label="departure spread, other")
+    ax.invert_yaxis()
+    ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Where a step goes: the producer's phases are shorter, its barriers longer")
+    plt.show()
+    print_ladder(ladder7["rows"])
+else:
+    print(f"{ladder7_path.name} not found")
