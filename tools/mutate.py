@@ -56,7 +56,7 @@ DECODER_SPLIT = "tests/test_layered.py::test_split_launches_match_reference"
 PERSISTENT_V1 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v1]"
 PERSISTENT_V2 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v2]"
 PERSISTENT_COUNTER = "tests/test_persistent.py::test_measured_build_variants_stay_correct[counter-barrier]"
-PRODUCER = "tests/test_persistent.py::test_the_producer_warp_computes_version_12s_bits[3]"
+PRODUCER = "tests/test_persistent.py::test_the_producer_warp_computes_version_12s_bits[3-hold]"
 PERSISTENT_V4 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v4]"
 PERSISTENT_MONOTONIC = ("tests/test_persistent.py::test_measured_build_variants_stay_correct"
                         "[monotonic-barrier-warp-release]")
@@ -288,11 +288,19 @@ MUTATIONS = [
              (("                    tma.mbar_init(bars, EMPTY0 + s, NW)\n",
                "                    tma.mbar_init(bars, EMPTY0 + s, 1)\n"),),
              (PRODUCER,), race=True),
-    Mutation("warp roles: the consumers' block barrier still counts the producer warp (bar.sync 0 left as it is)",
+    Mutation("warp roles: the consumers' block barrier still counts the producer warp (barrier0 left as it is)",
              "megakernel/persistent/warp_roles.py",
-             (("    out = _BAR0_RE.sub(f\"bar.sync {NAMED_BARRIER}, {threads};\", ptx)\n",
-               "    out = ptx\n"),),
-             ("tests/test_warp_roles.py::test_narrow_ptx_rewrites_the_block_barriers_and_block_size",)),
+             (("    out = _BAR0_RE.sub(f'call void asm sideeffect \"bar.sync {NAMED_BARRIER}, {threads};\", "
+               "\"~{{memory}}\"() '\n",
+               "    out = ir if True else _BAR0_RE.sub(f'call void asm sideeffect \"bar.sync {NAMED_BARRIER}, "
+               "{threads};\", \"~{{memory}}\"() '\n"),),
+             ("tests/test_warp_roles.py::test_narrow_ir_rewrites_the_block_barriers_and_block_size",)),
+    Mutation("warp roles: the compiler hook leaves a marked kernel's IR as it is (the consumers' barriers count "
+             "the producer: a hang on the GPU)", "megakernel/persistent/warp_roles.py",
+             (("        if threads is None or all(ir.startswith(_DONE) for ir in irs):\n",
+               "        if True or threads is None or all(ir.startswith(_DONE) for ir in irs):\n"),),
+             ("tests/test_warp_roles.py::test_the_lto_build_is_narrowed",
+              "tests/test_warp_roles.py::test_the_probe_compiles_to_ptx_with_narrowed_barriers")),
     Mutation("attention combine: a thread's second head dimension sums its first dimension's batch of partials",
              "megakernel/kernels/attention.py",
              (("                if i0 > 0 or d > tid:\n", "                if i0 > 0:\n"),),

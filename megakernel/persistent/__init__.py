@@ -27,7 +27,7 @@
                   phase (no reader count on the items' critical path) and the state slabs loaded first;
 * ``mma``      -- version 11's ``ldmatrix`` / ``mma.sync`` intrinsics, their simulator models, its page consumer;
 * ``warp_roles`` -- the ``producer`` build option's machinery: a kernel's block barriers and block size narrowed to
-                  its consumer warps in its PTX, so one more warp can stream the pages beside them;
+                  its consumer warps in its LLVM IR, so one more warp can stream the pages beside them;
 * ``noinline`` -- the out-of-line calls of the mixer bodies (and ``lean_calls``: arrays as address and shape);
 * ``split_down`` -- version 7's split-K: fixed-point sums, the down rows' page consumer, the accumulator;
 * ``phases``   -- what the versions share: offsets, the barriers, the mixer phases, the L2 prefetchers;

@@ -190,7 +190,7 @@ def test_version_6_computes_version_5s_bits_on_the_gpu(ref):
 
 def test_the_producer_warp_computes_version_12s_bits_on_the_gpu(ref):
     """``producer`` (a ninth warp streams the pages, the consumer warps release slots through mbarriers; their
-    block barriers and ``blockDim`` narrowed to 256 threads in the PTX): the same sums in the same order, so on the
+    block barriers and ``blockDim`` narrowed to 256 threads in the IR): the same sums in the same order, so on the
     full grid two decode steps give version 12's logits and states bit for bit, and a 6-step launch gives its
     tokens."""
     from megakernel.persistent import PersistentDecoder
@@ -218,8 +218,8 @@ def test_the_producer_warp_computes_version_12s_bits_on_the_gpu(ref):
 def test_the_warp_roles_probe_on_the_gpu(blocks, lto):
     """The producer/consumer hand-off and the narrowed barriers in a small kernel (``warp_roles_probe``): 8
     consumer warps sum 64 pages a producer warp streams through a 4-slot ring, meeting at ``syncthreads`` after
-    every page; every sum right and ``blockDim`` 256, linked through LTO-IR (the PTX LTO makes, narrowed) and
-    through Numba's PTX (a kernel whose narrowing is skipped hangs: the probe was how that was found)."""
+    every page; every sum right and ``blockDim`` 256, linked through LTO-IR (numba-cuda's default) and through
+    Numba's PTX (a kernel whose narrowing is skipped hangs: the probe was how that was found)."""
     from numba import cuda
 
     from megakernel.testing import warp_roles_probe
