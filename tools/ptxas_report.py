@@ -1,9 +1,12 @@
-"""Registers, spills and stack of persistent kernel builds, without a GPU: the kernel is compiled to PTX for sm_90
-and assembled (``megakernel.testing.ptx_check``: nvJitLink, or ptxas), and the assembler's report is read. The
+"""Registers, spills and stack of persistent kernel builds, without a GPU: the kernel is compiled and linked for the
+H100 as a launch there does (LTO-IR through nvJitLink for sm_90a, the whole program at once;
+``megakernel.testing.ptx_check``), and the assembler's report is read. ``--ptx`` (or a ``+nolto`` variant): Numba's
+PTX assembled on its own instead, each out-of-line function compiled separately with the full call ABI (larger
+stack frames; NOTES.md, "the producer warp built through LTO"). The
 register count sets how many warps an SM holds; a spill turns registers into local-memory traffic through an L1
 that the kernel's shared-memory ring leaves small (NOTES.md, "Persistent megakernel").
 
-Usage: python tools/ptxas_report.py [VARIANTS]
+Usage: python tools/ptxas_report.py [VARIANTS] [--ptx]
   VARIANTS  comma-separated, as tools/profile_persistent.py spells them ("4", "3+ef", "4+ool+oolrows"; default "4"),
             at the real 0.8B shapes. Run with the simulator off (NUMBA_ENABLE_CUDASIM unset)."""
 
@@ -37,9 +40,10 @@ def arg_types(version: int) -> tuple:
     return tuple(args)
 
 
-def report(variant: str) -> dict:
+def report(variant: str, lto: bool = True) -> dict:
     """The assembler's figures for the kernel (the largest register count and frame over its functions, the
-    summed spills)."""
+    summed spills), linked through LTO-IR as the GPU links it, or (``lto=False``) from Numba's PTX assembled on its
+    own, as ``nolto`` builds it."""
     version, options = parse_variant(variant)
     nobar = options.pop("_nobar", False)
     module = VERSIONS[version]
@@ -47,8 +51,13 @@ def report(variant: str) -> dict:
     if hasattr(module, "configure"):
         plan = module.configure(plan, **options)
     kernel = module.build(module.kernel_key(plan), plan, not nobar, False, **options)
-    ptx = ptx_check.compile_ptx_sm90(kernel, arg_types(version))
-    _, log = ptx_check.assemble(ptx, max_registers=options.get("max_registers") or None)
+    regs = options.get("max_registers") or kernel.targetoptions.get("max_registers") or None  # (producer: 168)
+    if lto:  # as the GPU links it (numba-cuda's default where nvJitLink is installed)
+        library = ptx_check.compile_library_sm90a(kernel, arg_types(version))
+        _, log = ptx_check.assemble_lto(library, max_registers=regs)
+    else:
+        ptx = ptx_check.compile_ptx_sm90(kernel, arg_types(version))
+        _, log = ptx_check.assemble(ptx, max_registers=regs)
     functions = ptx_check.parse_ptxas_log(log).values()
     return {"variant": variant, "registers": max(f.get("registers", 0) for f in functions),
             "spill_stores": sum(f.get("spill_store_bytes", 0) for f in functions),
@@ -57,7 +66,8 @@ def report(variant: str) -> dict:
 
 
 if __name__ == "__main__":
-    for v in (sys.argv[1] if len(sys.argv) > 1 else "4").split(","):
-        r = report(v)
+    argv = [a for a in sys.argv[1:] if a != "--ptx"]
+    for v in (argv[0] if argv else "4").split(","):
+        r = report(v, lto="--ptx" not in sys.argv and "+nolto" not in v)
         print(f"{v:24s} {r['registers']:4d} registers  spill stores {r['spill_stores']:6d} B  spill loads "
               f"{r['spill_loads']:6d} B  stack {r['stack']:6d} B")

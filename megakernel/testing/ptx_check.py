@@ -189,14 +189,19 @@ def _needs_cudadevrt(ptx: str) -> bool:
     return bool(re.search(r"\.extern\s+\.func[^\n]*\bcudaCG", ptx))
 
 
-def _assemble_nvjitlink(ptx: str, arch: str, max_registers: int | None = None) -> tuple[str, str]:
+def _assemble_nvjitlink(ptx: str, arch: str, max_registers: int | None = None, ltoir: bytes | None = None
+                        ) -> tuple[str, str]:
     from cuda.bindings import nvjitlink
 
     options = [f"-arch={arch}", "-verbose"] + ([f"-maxrregcount={max_registers}"] if max_registers else [])
+    options += ["-lto"] if ltoir is not None else []
     handle = nvjitlink.create(len(options), options)
     try:
-        data = ptx.encode()
-        nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel.ptx")
+        if ltoir is not None:
+            nvjitlink.add_data(handle, nvjitlink.InputType.LTOIR, ltoir, len(ltoir), "kernel.ltoir")
+        else:
+            data = ptx.encode()
+            nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel.ptx")
         if _needs_cudadevrt(ptx):
             from numba.cuda.cudadrv.libs import get_cudalib
 
@@ -260,6 +265,16 @@ def assemble(ptx: str, arch: str = ARCH, max_registers: int | None = None) -> tu
         return _assemble_ptxas(ptx, arch, max_registers)
     except RuntimeError as exc:
         raise RuntimeError(f"cannot assemble: nvJitLink: {nvjitlink_error}; ptxas: {exc}") from exc
+
+
+def assemble_lto(library, max_registers: int | None = None) -> tuple[str, str]:
+    """Link a code library (``compile_library_sm90a``) as a launch on an H100 does: its LTO-IR through nvJitLink
+    for sm_90a, the whole program compiled at once. Returns (tool used, the assembler's verbose log). This is the
+    cubin that runs: Numba's own PTX assembled alone (``assemble``) compiles each out-of-line function in
+    separate-compilation mode, with the full call ABI, and reports other stack frames and spills."""
+    ltoir = library.get_ltoir(CC_90A)
+    needs_devrt = "cudaCG" in library.get_llvm_str()
+    return _assemble_nvjitlink(".extern .func cudaCG" if needs_devrt else "", "sm_90a", max_registers, ltoir)
 
 
 _RE_ENTRY = re.compile(r"^ptxas.*Compiling entry function '([^']+)'")
