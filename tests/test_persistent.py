@@ -417,7 +417,25 @@ def test_the_profiling_build_records_every_barrier_and_the_page_waits(ref, optio
     assert t.page_wait[:, t.kinds.index("lm_head")].min() > 0  # every block's copy thread timed its LM head pages
     rows = {r["phase"]: r for r in phase_table(t)}
     assert rows["mlp"]["count"] == CONFIG.num_hidden_layers and rows["lm_head"]["critical_us"] > 0
-    assert "crit. page wait" in format_table(t)
+    assert "crit. page wait" in format_table(t) and "barrier latency" in format_table(t)
+    latency, spread = t.barrier_costs()
+    first_out = t.leave.min(axis=0)
+    assert latency == pytest.approx((first_out - t.arrive.max(axis=0)).sum() / 1e3 / 2) and latency >= 0
+    assert spread == pytest.approx((t.leave.max(axis=0) - first_out).sum() / 1e3 / 2) and spread >= 0
+
+
+def test_the_release_stamp_splits_a_barriers_latency(ref):
+    """``release_stamp`` (timing only): the page-wait column holds each block's time from its arrival stamp to its
+    release-add, which comes before it leaves the barrier, at every barrier, the mixers' too."""
+    from megakernel.persistent import PersistentDecoder
+    from megakernel.persistent.profile import read_timeline
+
+    dec = PersistentDecoder(ref, max_context=32, version=12, blocks=2, prefill_mode="reference", profile=True,
+                            options={"release_stamp": True})
+    logits, state = dec.prefill(PROMPT)
+    dec.run(state, int(logits[-1].argmax()), 1)
+    t = read_timeline(dec, 1, context=len(PROMPT))
+    assert (t.page_wait > 0).all() and (t.arrive + t.page_wait <= t.leave).all()
 
 
 def test_fixed_point_sums_are_exact_and_order_free():

@@ -110,7 +110,7 @@ def make_counter_halves():
 
 
 def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, monotonic: bool = False,
-                 count_smem: bool = False, arriver: int = 0):
+                 count_smem: bool = False, arriver: int = 0, release_stamp: bool = False):
     """``count = barrier(grid, count, prof)``: a grid barrier (counted, so the host can check the schedule), or
     with ``enabled=False`` only the count: the test-only switch that shows what the barriers are for.
 
@@ -142,7 +142,12 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
 
     ``arriver`` (with ``monotonic``): the thread that arrives and polls (default 0). Thread 0 is also the copy
     thread of the weight ring: its release fence (``MEMBAR.GPU``) orders every memory operation it issued before,
-    so another thread's arrival might not wait behind the copies it started (measured: no difference, NOTES.md)."""
+    so another thread's arrival might not wait behind the copies it started (measured: no difference, NOTES.md).
+
+    ``release_stamp`` (profiling builds with ``monotonic``, timing only): the arriving thread records, in the
+    buffer's last third where page waits go, the time from the block's arrival stamp to the moment its release-add
+    has issued (the release's ``MEMBAR.ALL.GPU`` drained): a barrier's latency split into the last block's release
+    and the polls (``profile.Timeline.page_wait`` then holds these, not page waits)."""
     ENABLED = enabled
     ARRIVER = arriver
     SMEM = count_smem and monotonic and enabled
@@ -150,10 +155,11 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
     COUNTER = counter
     MONO = monotonic
     ARR = P.CTL_ARRIVALS
+    RELEASE_STAMP = release_stamp and profile and monotonic
     counter_arrive, counter_wait = make_counter_halves()
 
     @cuda.jit(device=True)
-    def monotonic_sync(grid, count):
+    def monotonic_sync(grid, count, prof):
         ctl, base = grid[0], grid[1]
         cuda.syncthreads()  # the block's work is done
         if cuda.threadIdx.x == ARRIVER:
@@ -162,6 +168,10 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
                 grid[2][0] = count + 1  # read by the block after the syncthreads below
             target = (base + int64(cuda.gridDim.x) * (count + 1)) & _LOW32
             tma.red_release_add(ctl, ARR, 1)
+            if RELEASE_STAMP:
+                e = prof.shape[1] // 3  # (``count``: the barriers passed, also with ``count_smem``)
+                if count < e:
+                    prof[cuda.blockIdx.x, 2 * e + count] = tma.globaltimer() - prof[cuda.blockIdx.x, 2 * count]
             while ((int64(tma.ld_acquire(ctl, ARR)) & _LOW32) - target) & _LOW32 >= _HALF32:
                 pass
         cuda.syncthreads()
@@ -181,7 +191,7 @@ def make_barrier(enabled: bool, profile: bool = False, counter: bool = False, mo
             stamp(prof, 2 * (grid[2][0] if SMEM else count))
         if ENABLED:
             if MONO:
-                monotonic_sync(grid, count)
+                monotonic_sync(grid, count, prof)
             elif COUNTER:
                 counter_sync(grid)
             else:

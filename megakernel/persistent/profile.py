@@ -155,7 +155,8 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "sd": "smem_descs", "lc": "lean_calls", "cs": "count_smem", "mma": "mma_pages",
           "dsh": "deferred_shift", "nfence": "_no_refill_fence",
           "pd": "packed_descs", "prod": "producer", "noindec": "_no_inline_decode",
-          "nolto": "_no_lto", "hold": "producer_hold"}
+          "nolto": "_no_lto", "hold": "producer_hold",
+          "rst": "release_stamp"}
 _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride",
            "lmp=": "lm_pool",
            "l2=": "l2_ahead",

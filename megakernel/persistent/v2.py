@@ -137,7 +137,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "combine_batch": 0, "skeleton": 0, "refill_fence": True,
            "packed_descs": False, "producer": False,
            "producer_backoff": 0, "producer_regs": 0, "lto": True,
-           "producer_hold": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "producer_hold": False, "release_stamp": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -182,7 +182,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0,
            skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False,
            producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True,
-           producer_hold: bool = False):
+           producer_hold: bool = False, release_stamp: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -304,9 +304,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (``warp_roles.register_split``: 40 for the producers leaves 232 for 256 consumers, in a kernel compiled for the
     block's 168); the way Hopper's warp-specialised kernels keep their consumers' registers. ``producer_hold``
     (timing only): the producer issues no copy while its block is at a grid barrier (a shared flag thread 0 raises
-    before it arrives and lowers when it leaves), as the copy thread of versions 2-12 does not. ``lto`` (on): link through
-    LTO-IR, numba-cuda's default where nvJitLink is installed; off, through Numba's PTX and ``ptxas``, where the
-    out-of-line mixer bodies are called with whole array descriptors (every mixer ~1.6x slower on the H100)."""
+    before it arrives and lowers when it leaves), as the copy thread of versions 2-12 does not. ``release_stamp``
+    (profiling builds, timing only): the page-wait column holds each block's time from its barrier arrival to its
+    release-add instead (``phases.make_barrier``). ``lto`` (on): link through LTO-IR, numba-cuda's default where
+    nvJitLink is installed; off, through Numba's PTX and ``ptxas``, where the out-of-line mixer bodies are called
+    with whole array descriptors (every mixer ~1.6x slower on the H100)."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
@@ -415,7 +417,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     XS = plan.workspace
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
     NO_KEY = np.int64(lmh.INT64_MIN)
-    barrier = make_barrier(barriers, profile, counter, monotonic, CSMEM, bar_thread)
+    barrier = make_barrier(barriers, profile, counter, monotonic, CSMEM, bar_thread, release_stamp)
     barrier_count = make_barrier_count(CSMEM, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
