@@ -340,8 +340,9 @@ def test_version_12_shifts_more_q_k_channels_than_the_grid_has_threads(checkpoin
     _assert_same_bits(runs[0], runs[1], "version 12 on one block against version 10")
 
 
-@pytest.mark.parametrize("blocks, more", [(1, {"producer_backoff": 500, "producer_regs": 40}), (3, {"producer_hold": True})],
-                         ids=["1-backoff-warpgroup", "3-hold"])
+@pytest.mark.parametrize("blocks, more", [(1, {"producer_backoff": 500, "producer_regs": 40}),
+                                          (3, {"producer_hold": True, "producer_throttle": True})],
+                         ids=["1-backoff-warpgroup", "3-hold-throttle"])
 def test_the_producer_warp_computes_version_12s_bits(ref, blocks, more):
     """``producer``: a ninth warp streams the pages and the eight consumer warps release each slot through an
     "empty" mbarrier, with no block barrier per page. The same pages in the same order, consumed by the same warps
@@ -350,7 +351,8 @@ def test_the_producer_warp_computes_version_12s_bits(ref, blocks, more):
     refilled before every consumer warp left it is a race the simulator names, and a wrong empty-phase parity
     deadlocks (reported). On one block with ``producer_backoff`` and ``producer_regs`` (a producer warpgroup that
     gives its registers to the consumers: no-ops in the simulator, the roles and the counts are what is checked);
-    on three with ``producer_hold`` (no copy issued while the block is at a grid barrier)."""
+    on three with ``producer_hold`` (no copy issued while the block is at a grid barrier) and ``producer_throttle``
+    (no later phase's page issued before an input projection's barrier)."""
     from megakernel.persistent import PersistentDecoder
 
     decs = [PersistentDecoder(ref, max_context=32, version=12, blocks=blocks, prefill_mode="reference",

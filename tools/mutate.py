@@ -56,7 +56,7 @@ DECODER_SPLIT = "tests/test_layered.py::test_split_launches_match_reference"
 PERSISTENT_V1 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v1]"
 PERSISTENT_V2 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v2]"
 PERSISTENT_COUNTER = "tests/test_persistent.py::test_measured_build_variants_stay_correct[counter-barrier]"
-PRODUCER = "tests/test_persistent.py::test_the_producer_warp_computes_version_12s_bits[3-hold]"
+PRODUCER = "tests/test_persistent.py::test_the_producer_warp_computes_version_12s_bits[3-hold-throttle]"
 PERSISTENT_V4 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v4]"
 PERSISTENT_MONOTONIC = ("tests/test_persistent.py::test_measured_build_variants_stay_correct"
                         "[monotonic-barrier-warp-release]")

@@ -137,7 +137,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "combine_batch": 0, "skeleton": 0, "refill_fence": True,
            "packed_descs": False, "producer": False,
            "producer_backoff": 0, "producer_regs": 0, "lto": True,
-           "producer_hold": False, "release_stamp": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "producer_hold": False, "release_stamp": False, "producer_throttle": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -182,7 +182,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0,
            skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False,
            producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True,
-           producer_hold: bool = False, release_stamp: bool = False):
+           producer_hold: bool = False, release_stamp: bool = False, producer_throttle: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -306,7 +306,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (timing only): the producer issues no copy while its block is at a grid barrier (a shared flag thread 0 raises
     before it arrives and lowers when it leaves), as the copy thread of versions 2-12 does not. ``release_stamp``
     (profiling builds, timing only): the page-wait column holds each block's time from its barrier arrival to its
-    release-add instead (``phases.make_barrier``). ``lto`` (on): link through LTO-IR, numba-cuda's default where
+    release-add instead (``phases.make_barrier``). ``producer_throttle``: in the phases before a mixer (the input
+    projections: in_proj, qkv), the producer issues none of the later phases' pages until the block has passed the
+    phase's grid barrier (thread 0 sets a limit when the phase starts and lifts it when the block leaves the
+    barrier): a block's release at a grid barrier (``MEMBAR.ALL.GPU``) waits for its own stores, whose
+    acknowledgements come back behind the pages in flight to its SM; those pages are only needed after the mixer.
+    ``lto`` (on): link through LTO-IR, numba-cuda's default where
     nvJitLink is installed; off, through Numba's PTX and ``ptxas``, where the out-of-line mixer bodies are called
     with whole array descriptors (every mixer ~1.6x slower on the H100)."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
@@ -314,9 +319,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
                          "does not combine with warp_release, page_pairs, defer, l2_ahead, l2_mixer, lm_pool, "
                          "mma_pages, fused_out or skeleton")
-    if (producer_backoff or producer_regs or producer_hold) and not producer:
-        raise ValueError("persistent kernel build options producer_backoff, producer_regs and producer_hold need "
-                         "producer")
+    if (producer_backoff or producer_regs or producer_hold or producer_throttle) and not producer:
+        raise ValueError("persistent kernel build options producer_backoff, producer_regs, producer_hold and "
+                         "producer_throttle need producer")
     if producer and plan.producer_threads != (4 * WARP if producer_regs else WARP):
         raise ValueError("persistent kernel build option producer_regs needs a plan configured with it (a producer "
                          "warpgroup): pass it to configure too")
@@ -392,7 +397,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     PDONE = STOP + 1  # producer: the pages it issued, once it has stopped (-1 until then)
     HOLD = PDONE + 1  # producer_hold: non-zero while the block is at a grid barrier (the producer issues nothing)
     HOLDING = producer_hold
-    N_BARS1 = N_BARS0 + ((R_ + 4) // 2 * 2 if producer else 0)  # (even: 16-byte alignment after it)
+    NO_LIMIT = 1 << 62
+    LIMIT = HOLD + 1  # producer_throttle: the producer issues no page from this one on (thread 0 moves it)
+    THROTTLE = producer_throttle
+    N_BARS1 = N_BARS0 + ((R_ + 5) // 2 * 2 if producer else 0)  # (even: 16-byte alignment after it)
     PACKED = packed_descs
     DIDX = N_BARS1  # packed_descs: the index (within a step) of the next descriptor to load; then padding
     DB0 = N_BARS1 + 2  # packed_descs: page d's descriptor at DB0 + 2 d (src1 | n1 << 32), DB0 + 2 d + 1 (src2, n2)
@@ -599,8 +607,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         if HOLDING and cuda.threadIdx.x == 0:
             bars[HOLD] = 1  # (every page of this phase was issued: thread 0's warp has consumed them all)
         count = barrier(grid, count, prof)
-        if HOLDING and cuda.threadIdx.x == 0:
+        if (HOLDING or THROTTLE) and cuda.threadIdx.x == 0:
             bars[HOLD] = 0
+            if THROTTLE:
+                bars[LIMIT] = NO_LIMIT  # (the block has released what it wrote: the next phases' pages may come)
         return count, prefetched
 
     @cuda.jit(device=True)
@@ -740,6 +750,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             else:
                 if HOLDING:  # not while the block is at a grid barrier
                     while tma.flag_value(bars, HOLD) != 0 and tma.flag_value(bars, STOP) == 0:
+                        pass
+                if THROTTLE:  # not past the limit thread 0 set (a phase before a mixer: until its barrier)
+                    while g >= tma.flag_value(bars, LIMIT) and tma.flag_value(bars, STOP) == 0:
                         pass
                 pair = PAIRS and d4 < 0 and (slot & 1) == 0 and slot + 1 < R_ and g + 1 < total
                 if pair and g + 1 >= R_ and tma.mbar_wait_or_stop(bars, EMPTY0 + slot + 1, epar, STOP,
@@ -976,6 +989,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         if FD and kind == K_SWIGLU:
             first, end = mlp_rows(rows, b, nb)
         last = cursor + (end - first + rpp - 1) // rpp  # the cursor after this phase's pages
+        if THROTTLE and hold and cuda.threadIdx.x == 0:  # no later page in flight at this phase's barrier
+            bars[LIMIT] = last
         nd1 = nd2 = nd3 = nd4 = int32(0)
         xr = cuda.local.array(XR, float32)
         use_x = XREG and k == D_  # a constant at each (inlined) call site
@@ -1297,6 +1312,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 bars[STOP] = 0
                 bars[PDONE] = -1
                 bars[HOLD] = 0
+                bars[LIMIT] = NO_LIMIT
             tma.fence_mbarrier_init()
         if PRODUCER:
             warp_roles.sync_all()  # (the only barrier the producer warp takes part in)
@@ -1349,7 +1365,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     if HAS_LIN:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
                             K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, hacc, NO_KEY, cursor, issued, total,
-                            pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER)
+                            pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER or THROTTLE)
                         if LATE:
                             prefetch_deltanet(j, b, nb, rec, conv, Wf)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
@@ -1386,7 +1402,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     if HAS_ATT:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
                             K_NORM, D_, P_ATT, rstd, scr[PA0:PA0 + P_ATT], h, h, h, hacc, NO_KEY, cursor, issued, total,
-                            pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER)
+                            pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER or THROTTLE)
                         if LATE:
                             prefetch_kv(j, pos, b, nb, kc, vc)
                         count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
