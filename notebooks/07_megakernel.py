@@ -758,8 +758,12 @@ if ladder6_path.exists():
 # context 512 for both (975 against 962 at 4096). Its phases are ~75 us shorter, its grid barriers ~60 us slower.
 # A barrier's latency (the last block's arrival to the first block's departure) grows with the copies in flight:
 # version 12 111 -> 145 us per step, the producer build 96 -> 204. Having warp 1 arrive instead of thread 0, a
-# sleeping producer, or no copy issued during a barrier changed nothing. The ladder (one H100, context 512, each
-# call with its own baseline):
+# sleeping producer, or no copy issued during a barrier changed nothing. Stamping the arrival's release
+# (`release_stamp`) found the wait: the last block's `MEMBAR.ALL.GPU` (the `red.release.gpu` that arrives) waits
+# for the block's own stores, and their acknowledgements come back to the SM behind the pages in flight to it,
+# 2.8 of the 3.4 us of a barrier after in_proj. Holding those pages back until the barrier is passed
+# (`producer_throttle`) makes the barriers 47 us per step faster and the mixers 100 us slower, since the mixers'
+# reads then queue behind the refills. The ladder (one H100, context 512, each call with its own baseline):
 
 # %%
 ladder7_path = R.results_dir() / "profile_ladder_nvidia-h100_2026-11-28.json"
