@@ -781,7 +781,7 @@ if ladder7_path.exists():
     ax.barh(list(shown), rest, left=np.add(crit, lat), color="tab:gray", label="departure spread, other")
     ax.invert_yaxis()
     ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)
     ax.set_title("Where a step goes: the producer's phases are shorter, its barriers longer")
     plt.show()
     print_ladder(ladder7["rows"])
