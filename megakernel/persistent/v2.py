@@ -137,7 +137,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "combine_batch": 0, "skeleton": 0, "refill_fence": True,
            "packed_descs": False, "producer": False,
            "producer_backoff": 0, "producer_regs": 0, "lto": True,
-           "producer_hold": False, "release_stamp": False, "producer_throttle": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "producer_hold": False, "release_stamp": False,
+           "producer_throttle": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -310,10 +311,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     projections: in_proj, qkv), the producer issues none of the later phases' pages until the block has passed the
     phase's grid barrier (thread 0 sets a limit when the phase starts and lifts it when the block leaves the
     barrier): a block's release at a grid barrier (``MEMBAR.ALL.GPU``) waits for its own stores, whose
-    acknowledgements come back behind the pages in flight to its SM; those pages are only needed after the mixer.
-    ``lto`` (on): link through LTO-IR, numba-cuda's default where
-    nvJitLink is installed; off, through Numba's PTX and ``ptxas``, where the out-of-line mixer bodies are called
-    with whole array descriptors (every mixer ~1.6x slower on the H100)."""
+    acknowledgements come back behind the pages in flight to its SM; those pages are only needed after the mixer
+    (measured: the barriers faster, the mixers slower, whose reads then queue behind the refills). ``lto`` (on):
+    link through LTO-IR, numba-cuda's default where nvJitLink is installed; off, through Numba's PTX and
+    ``ptxas``, where the out-of-line mixer bodies are called with whole array descriptors (every mixer ~1.6x
+    slower on the H100)."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
@@ -607,8 +609,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         if HOLDING and cuda.threadIdx.x == 0:
             bars[HOLD] = 1  # (every page of this phase was issued: thread 0's warp has consumed them all)
         count = barrier(grid, count, prof)
-        if (HOLDING or THROTTLE) and cuda.threadIdx.x == 0:
-            bars[HOLD] = 0
+        if cuda.threadIdx.x == 0:
+            if HOLDING:
+                bars[HOLD] = 0
             if THROTTLE:
                 bars[LIMIT] = NO_LIMIT  # (the block has released what it wrote: the next phases' pages may come)
         return count, prefetched
