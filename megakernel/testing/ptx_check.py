@@ -162,10 +162,7 @@ def compile_library_sm90a(pyfunc, signature, *, lto=True):
     does where nvJitLink is installed), for what happens after code generation: ``library.get_cubin(CC_90A)``
     links it as a launch would (with the project's compiler hooks)."""
     _require_gpu_target()
-    from numba.cuda import compiler
-
     from numba.core import sigutils, types
-    from numba.cuda import nvvmutils  # noqa: F401 (numba-cuda's kernel fix-up lives beside the compiler)
     from numba.cuda.compiler import compile_cuda, kernel_fixup
 
     pyfunc = getattr(pyfunc, "py_func", pyfunc)
@@ -189,8 +186,9 @@ def _needs_cudadevrt(ptx: str) -> bool:
     return bool(re.search(r"\.extern\s+\.func[^\n]*\bcudaCG", ptx))
 
 
-def _assemble_nvjitlink(ptx: str, arch: str, max_registers: int | None = None, ltoir: bytes | None = None
-                        ) -> tuple[str, str]:
+def _assemble_nvjitlink(ptx: str, arch: str, max_registers: int | None = None, ltoir: bytes | None = None,
+                        cudadevrt: bool | None = None) -> tuple[str, str]:
+    """``cudadevrt``: link the device runtime (``this_grid().sync()``); None: if the PTX calls it."""
     from cuda.bindings import nvjitlink
 
     options = [f"-arch={arch}", "-verbose"] + ([f"-maxrregcount={max_registers}"] if max_registers else [])
@@ -202,7 +200,7 @@ def _assemble_nvjitlink(ptx: str, arch: str, max_registers: int | None = None, l
         else:
             data = ptx.encode()
             nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel.ptx")
-        if _needs_cudadevrt(ptx):
+        if _needs_cudadevrt(ptx) if cudadevrt is None else cudadevrt:
             from numba.cuda.cudadrv.libs import get_cudalib
 
             lib = get_cudalib("cudadevrt", static=True)
@@ -272,9 +270,8 @@ def assemble_lto(library, max_registers: int | None = None) -> tuple[str, str]:
     for sm_90a, the whole program compiled at once. Returns (tool used, the assembler's verbose log). This is the
     cubin that runs: Numba's own PTX assembled alone (``assemble``) compiles each out-of-line function in
     separate-compilation mode, with the full call ABI, and reports other stack frames and spills."""
-    ltoir = library.get_ltoir(CC_90A)
-    needs_devrt = "cudaCG" in library.get_llvm_str()
-    return _assemble_nvjitlink(".extern .func cudaCG" if needs_devrt else "", "sm_90a", max_registers, ltoir)
+    return _assemble_nvjitlink("", "sm_90a", max_registers, library.get_ltoir(CC_90A),
+                               cudadevrt="cudaCG" in library.get_llvm_str())  # (v1: grid.sync)
 
 
 _RE_ENTRY = re.compile(r"^ptxas.*Compiling entry function '([^']+)'")
