@@ -1,6 +1,6 @@
 """A producer warp beside the consumer warps: the block as the consumers see it.
 
-Warp specialisation (``producer`` build option, version 13): a block runs ``T`` consumer threads (the kernel's
+Warp specialisation (the ``producer`` build option): a block runs ``T`` consumer threads (the kernel's
 phases, exactly as before) and one more warp whose lane 0 only streams weight pages into the ring. The producer
 never takes part in a block barrier: it hands pages over through mbarriers ("full": the copy landed, "empty":
 every consumer warp has left the slot). So the consumers' block barriers must count the consumers alone, and the

@@ -1,4 +1,4 @@
-"""A small kernel with version 13's warp roles, checkable on its own (simulator and GPU).
+"""A small kernel with the producer build's warp roles, checkable on its own (simulator and GPU).
 
 Consumer warps (``threads`` of them) sum the pages of a global array that one producer warp streams through a ring
 of ``ring`` shared-memory slots: the producer waits for a slot's "empty" mbarrier and issues a bulk copy that
@@ -6,7 +6,8 @@ completes on its "full" mbarrier; each consumer warp waits for "full", reads the
 at ``syncthreads`` (the narrowed block barrier: a producer counted in would hang it) and leaves the slot through
 "empty". Every consumer thread also records ``cuda.blockDim.x`` (narrowed to the consumers). The mechanism of
 ``megakernel.persistent.warp_roles`` and the producer/consumer hand-off of ``v2.produce`` / ``v2.leave_slot``,
-without the rest of the megakernel: when version 13 misbehaves on a GPU, this tells whether the mechanism does.
+without the rest of the megakernel: when the producer build misbehaves on a GPU, this tells whether the mechanism
+does.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def build(threads: int, ring: int, page_words: int, leave_out: int = 0, lto: boo
     """The probe kernel ``(src int32[pages * page_words], out int32[blocks, threads + 1])``: every block sums every
     page; ``out[b, t]`` is consumer thread t's sum of its words of every page, ``out[b, threads]`` the block size
     consumer thread 0 saw. ``leave_out`` (bisection): 1 the consumers' ``syncthreads``, 2 the producer's stop
-    check (a plain ``mbar_wait``). ``lto``: linked through LTO-IR (numba-cuda's default; the narrowing hook links
-    the PTX LTO makes) or through Numba's PTX."""
+    check (a plain ``mbar_wait``). ``lto``: linked through LTO-IR (numba-cuda's default) or through Numba's PTX;
+    both start from the IR the narrowing hook rewrote."""
     T, R, PW, NW = threads, ring, page_words, threads // WARP
     EMPTY0, STOP, PDONE = R, 2 * R, 2 * R + 1
     RING_WORDS, N_BARS = R * PW, 2 * R + 2  # (constants for the shared arrays' sizes)
