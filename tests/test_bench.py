@@ -444,3 +444,13 @@ def test_cli_list_needs_no_gpu(capsys):
 
     assert main(["--list"]) == 0
     assert "reference-graph" in capsys.readouterr().out
+
+
+def test_the_results_table_orders_every_persistent_version():
+    """The README table sorts its rows by ``SYSTEM_ORDER``: every persistent version (and its one-launch-per-token
+    twin) has a place there, so a new version is not sorted among the unknown systems at the end."""
+    from megakernel.bench.results import SYSTEM_ORDER
+    from megakernel.persistent import VERSIONS
+
+    missing = [n for v in VERSIONS for n in (f"persistent-v{v}", f"persistent-v{v}-step") if n not in SYSTEM_ORDER]
+    assert not missing, missing

@@ -364,6 +364,27 @@ def test_the_producer_warp_computes_version_12s_bits(ref, blocks, more):
     _assert_same_bits(runs[0], runs[1], f"version 12 with a producer warp on {blocks} blocks against without")
 
 
+@pytest.mark.parametrize("blocks, more", [(1, {}), (3, {}), (3, {"producer": True})],
+                         ids=["1", "3", "3-producer"])
+def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
+    """``ll_inproj``: no grid barrier between a DeltaNet layer's in_proj and its items, which spin on the rows they
+    read, written as flag-in-data words (value and tag in one 64-bit store, ``handoff``). The same sums: two decode
+    steps give version 12's logits and every state bit for bit, through one barrier fewer per DeltaNet layer (the
+    kernel's own count against the schedule's). An item reading a word before its writer stored it would read the
+    last layer's tag and wait; one reading the floats instead of the words is a race the simulator names; a tag
+    that did not change from layer to layer would let it take the last layer's values (other bits). Several steps
+    in one launch give the same tokens."""
+    from megakernel.persistent import PersistentDecoder
+
+    decs = [PersistentDecoder(ref, max_context=32, version=12, blocks=blocks, prefill_mode="reference",
+                              options={**more, **options}) for options in ({}, {"ll_inproj": True})]
+    runs = [_two_steps(d, PROMPT) for d in decs]
+    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - len(CONFIG.linear_layers)
+    assert decs[1].last_run["barriers"] == decs[1].barriers_per_step() + 1
+    _assert_same_bits(runs[0], runs[1], f"version 12 with ll_inproj on {blocks} blocks against without")
+    assert decs[1].greedy_tokens(PROMPT, 4) == decs[0].greedy_tokens(PROMPT, 4)
+
+
 def test_load_takes_build_options_for_the_persistent_stage_only(tiny_checkpoint):
     """``megakernel.load(..., options=)``: a persistent version with build options on top (what the benchmark's
     build variants load); the other stages refuse them, naming the argument."""
@@ -774,7 +795,7 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     the inline PTX, ``setmaxnreg``) and a register regression. Measured through LTO (2026-11-28): v1 255 registers
     / 1,004 B of spill stores, v5 255 / 376 B, v5 with ``fold_attention`` 255 / 412 B, v6 255 / 192 B, v10 255 /
     152 B, v11 255 / 184 B, v12 255 / 168 B, v12 with the producer warp (``producer_regs``: compiled for 168, the
-    consumers raised to 232 by ``setmaxnreg``) 168 / 64 B. (Numba's PTX assembled on its own, which the reports
+    consumers raised to 232 by ``setmaxnreg``) 168 / 64 B, v13 255 / 260 B. (Numba's PTX assembled on its own, which the reports
     used until then, compiles each out-of-line body separately: v12 200 B and a 720 B stack frame against 160.)"""
     import re
     import subprocess
@@ -785,12 +806,12 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"),
-                           "1,5,5+fold,6,10,11,12,12+prod+noindec+preg=40"],
+                           "1,5,5+fold,6,10,11,12,12+prod+noindec+preg=40,13"],
                           capture_output=True, text=True, cwd=root, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # spill-store bytes allowed (about 2x what was measured)
     budget = {"1": 2048, "5": 768, "5+fold": 1024, "6": 384, "10": 320, "11": 384, "12": 384,
-              "12+prod+noindec+preg=40": 256}
+              "12+prod+noindec+preg=40": 256, "13": 512}
     rows = re.findall(r"^(\S+)\s+(\d+) registers\s+spill stores\s+(\d+) B", proc.stdout, re.M)
     assert {v for v, _, _ in rows} == set(budget), proc.stdout
     for variant, registers, spills in rows:

@@ -65,7 +65,7 @@ import math
 
 import numpy as np
 from numba import cuda
-from numba.cuda import float32, int32
+from numba.cuda import float32, int32, int64
 
 from megakernel import device as D
 from megakernel import launch
@@ -163,7 +163,7 @@ def deltanet_workspace(Dk: int, CW: int, T: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, state_first: bool = False,
-                  late_shift: bool = False, deferred_shift: bool = False):
+                  late_shift: bool = False, deferred_shift: bool = False, ll_inputs: bool = False):
     """The decode step of one work item as a device function (one per size tuple):
 
         body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag)
@@ -185,7 +185,13 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
     ``deferred_shift``: no "last reader" count at all: the q/k conv state is shifted after the phase, by whoever
     runs ``qk_conv_shift`` once every item of the step has read it (the persistent kernel: in the next phase, past
     a grid barrier). The item's fence and atomic (two memory round trips on its critical path) are gone; the
-    counters are neither read nor written."""
+    counters are neither read nor written.
+
+    ``ll_inputs`` (needs ``deferred_shift``): the body takes one more argument, ``tag``, and ``proj`` is the input
+    projection as flag-in-data words (``megakernel.persistent.handoff``: int64, the value's bits and the writing
+    phase's tag): the item spins on the words it reads until they carry ``tag``, so it needs no grid barrier
+    after the projection that writes them. Its reads are issued together (the conv taps and state, then the first
+    read of every word) before it waits on any. The same arithmetic: the same bits."""
     G = Hv // Hk
     NS = Dv // CW
     QK = 2 * Dk
@@ -206,6 +212,13 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
     SCR = RED + RG * CW
     EARLY = state_first
     DEFER = deferred_shift
+    LL = ll_inputs
+    if LL and not deferred_shift:
+        raise ValueError("deltanet_item: ll_inputs needs deferred_shift (the in-place q/k shift reads proj as floats)")
+    if LL:
+        from ..persistent.handoff import ll_first, ll_value
+    else:  # (never called: the plain body reads proj as floats)
+        ll_first = ll_value = None
     LATE = late_shift and not deferred_shift
     ONE_QK = QK <= T  # one q/k channel per thread (the 0.8B shapes): its loads can be hoisted
 
@@ -223,12 +236,19 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
             shift_channel(conv_state, proj, qk_channel(hk, c))
 
     @cuda.jit(device=True)
-    def load_channel(conv_w, conv_state, proj, ch, cw, cs):
-        """Channel ``ch``'s conv taps and conv state into ``cw``, ``cs``; returns its new input."""
+    def load_taps(conv_w, conv_state, ch, cw, cs):
+        """Channel ``ch``'s conv taps and conv state into ``cw``, ``cs``."""
         for j in range(K):
             cw[j] = conv_w[ch, j]
         for j in range(KM1):
             cs[j] = conv_state[ch, j]
+
+    @cuda.jit(device=True)
+    def load_channel(conv_w, conv_state, proj, ch, cw, cs, tag):
+        """Channel ``ch``'s conv taps and conv state into ``cw``, ``cs``; returns its new input."""
+        load_taps(conv_w, conv_state, ch, cw, cs)
+        if LL:
+            return ll_value(proj, ch, ll_first(proj, ch), tag)
         return proj[ch]
 
     @cuda.jit(device=True)
@@ -240,7 +260,7 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
         return acc + cw[KM1] * x
 
     @cuda.jit(device=True)
-    def deltanet_item_body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag):
+    def deltanet_item_tagged(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag, tag):
         qk = ws[0:QK]  # conv+silu, then normalised: q [0, Dk) | k [Dk, 2 Dk)
         vsh = ws[VSH:RED]  # this item's v values
         red = ws[RED:SCR]  # per-row-group partial column sums, [RG, CW] row-major
@@ -262,8 +282,6 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
                     sreg[m] = state[h, i, col]
         # ---- 0. the inputs from global memory, loaded before any is used (one round trip, not three): the head's
         # scalars, this thread's q/k channel (conv taps, conv state, new input) and v channel
-        bx = proj[B_OFF + h]
-        ax = proj[A_OFF + h]
         alog = A_log[h]
         dtb = dt_bias[h]
         cw_qk = cuda.local.array(K, float32)
@@ -272,11 +290,31 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
         cw_v = cuda.local.array(K, float32)
         cs_v = cuda.local.array(KM1, float32)
         x_v = float32(0)
-        if ONE_QK and tid < QK:
-            x_qk = load_channel(conv_w, conv_state, proj, qk_channel(hk, tid), cw_qk, cs_qk)
         ch = V_OFF + h * Dv + s * CW + tid  # this thread's v channel (threads tid < CW)
-        if tid < CW:
-            x_v = load_channel(conv_w, conv_state, proj, ch, cw_v, cs_v)
+        if LL:  # every read issued (taps, state, each word's first read) before waiting on any word's tag
+            iq = qk_channel(hk, tid) if ONE_QK and tid < QK else B_OFF + h
+            iv = ch if tid < CW else B_OFF + h
+            if ONE_QK and tid < QK:
+                load_taps(conv_w, conv_state, iq, cw_qk, cs_qk)
+            if tid < CW:
+                load_taps(conv_w, conv_state, iv, cw_v, cs_v)
+            wb = ll_first(proj, B_OFF + h)
+            wa = ll_first(proj, A_OFF + h)
+            wq = ll_first(proj, iq)
+            wv = ll_first(proj, iv)
+            bx = ll_value(proj, B_OFF + h, wb, tag)
+            ax = ll_value(proj, A_OFF + h, wa, tag)
+            if ONE_QK and tid < QK:
+                x_qk = ll_value(proj, iq, wq, tag)
+            if tid < CW:
+                x_v = ll_value(proj, iv, wv, tag)
+        else:
+            bx = proj[B_OFF + h]
+            ax = proj[A_OFF + h]
+            if ONE_QK and tid < QK:
+                x_qk = load_channel(conv_w, conv_state, proj, qk_channel(hk, tid), cw_qk, cs_qk, tag)
+            if tid < CW:
+                x_v = load_channel(conv_w, conv_state, proj, ch, cw_v, cs_v, tag)
         beta = D.sigmoid(bx)
         g = -float32(math.exp(alog)) * D.softplus(ax + dtb)
         decay = float32(math.exp(g))
@@ -286,7 +324,7 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
         ssk = float32(0)
         for c in range(tid, QK, T):  # (one channel per thread, its inputs loaded in step 0, where QK <= T)
             if not ONE_QK:
-                x_qk = load_channel(conv_w, conv_state, proj, qk_channel(hk, c), cw_qk, cs_qk)
+                x_qk = load_channel(conv_w, conv_state, proj, qk_channel(hk, c), cw_qk, cs_qk, tag)
             y = D.silu(conv_step(cw_qk, cs_qk, x_qk))
             qk[c] = y
             if c < Dk:
@@ -374,6 +412,13 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
             if flag[0] != 0:
                 shift_qk(conv_state, proj, hk, tid)
         cuda.syncthreads()  # the workspace and flag are free for the next item
+
+    if LL:
+        return deltanet_item_tagged
+
+    @cuda.jit(device=True)
+    def deltanet_item_body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag):
+        deltanet_item_tagged(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag, int64(0))
 
     return deltanet_item_body
 

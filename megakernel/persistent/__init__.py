@@ -23,8 +23,11 @@
 * ``v10``      -- version 10: version 9 with the attention decode body compiled into the kernel instead of called
                   out of line;
 * ``v11``      -- version 11: version 10 with the pages of hidden-size rows multiplied on the tensor cores;
-* ``v12``      -- version 12 (the default): version 10 with the DeltaNet q/k conv-state shift done by the next
+* ``v12``      -- version 12: version 10 with the DeltaNet q/k conv-state shift done by the next
                   phase (no reader count on the items' critical path) and the state slabs loaded first;
+* ``v13``      -- version 13 (the default): version 12 with each DeltaNet layer's in_proj handed to its items as
+                  flag-in-data words (``handoff``: value and tag in one 64-bit store), with no grid barrier between;
+* ``handoff``  -- the flag-in-data words (NCCL's "LL" protocol): a reader spins on the words it reads, no fence;
 * ``mma``      -- version 11's ``ldmatrix`` / ``mma.sync`` intrinsics, their simulator models, its page consumer;
 * ``warp_roles`` -- the ``producer`` build option's machinery: a kernel's block barriers and block size narrowed to
                   its consumer warps in its LLVM IR, so one more warp can stream the pages beside them;

@@ -32,10 +32,10 @@ from ..launch import SIMULATOR, allow_dynamic_shared, as_kernel_array, current_s
 from ..layout import DeviceState, DeviceWeights, check_supported
 from ..prefill.modes import PrefillModes
 from . import plan as P
-from . import v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12
+from . import v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13
 
-VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6, 7: v7, 8: v8, 9: v9, 10: v10, 11: v11, 12: v12}
-DEFAULT_VERSION = 12
+VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6, 7: v7, 8: v8, 9: v9, 10: v10, 11: v11, 12: v12, 13: v13}
+DEFAULT_VERSION = 13
 DEFAULT_THREADS = 256
 SIMULATOR_THREADS = 64
 SIMULATOR_BLOCKS = 3
@@ -85,6 +85,10 @@ class PersistentDecoder(PrefillModes):
         # ``fused_down``: the residual stream's fixed-point accumulator (the kernel clears it before use)
         reps = self.option_value("fd_reps", 1)
         words = c.hidden_size * (reps + int(self.fuses_out)) * self.option_value("fd_stride", 1)
+        if self.hands_off_inproj:  # and after it, the input projection's flag-in-data words (``v2.ll_offset``)
+            from .v2 import ll_words
+
+            words += ll_words(c)
         self.h_acc = torch.zeros(words if self.fuses_down else 1, dtype=torch.int64, device=dev)
         off, n = self.plan.scratch["logits"]
         self.logits = self.scratch[off : off + n]
@@ -239,7 +243,8 @@ class PersistentDecoder(PrefillModes):
         from .schedule import barriers_per_token
 
         return barriers_per_token(self.config, version=self.version, fold_attention=self.folds_attention,
-                                  fused_down=self.fuses_down, fused_out=self.fuses_out)
+                                  fused_down=self.fuses_down, fused_out=self.fuses_out,
+                                  ll_inproj=self.hands_off_inproj)
 
     def option_value(self, name: str, default=None):
         """A build option as this decoder's kernel has it (passed, else the version's default)."""
@@ -258,6 +263,12 @@ class PersistentDecoder(PrefillModes):
     def fuses_out(self) -> bool:
         """Whether each DeltaNet layer's out_proj runs in its DeltaNet phase (``fused_out``)."""
         return self._option("fused_out") and LINEAR in self.config.layer_types
+
+    @property
+    def hands_off_inproj(self) -> bool:
+        """Whether a DeltaNet layer's items read its in_proj as flag-in-data words, with no grid barrier between
+        (``ll_inproj``)."""
+        return self._option("ll_inproj") and LINEAR in self.config.layer_types
 
     @property
     def fuses_down(self) -> bool:

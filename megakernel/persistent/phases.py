@@ -246,7 +246,7 @@ DEC_ARRAYS = (4, 5, 6, 7, 8, 9)
 def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False, fold_attention: bool = False,
                 deltanet_out_of_line: bool = False, inline_decode: bool = False, late_shift: bool = False,
                 twice: bool = False, lean_calls: bool = False, deferred_shift: bool = False,
-                combine_batch: int = 0):
+                combine_batch: int = 0, ll_inproj: bool = False):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
@@ -264,7 +264,12 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     inputs on the SM: what a run costs cold and warm). ``deferred_shift``: the DeltaNet body leaves the q/k conv
     state to the caller (``deltanet.qk_conv_shift`` after the phase's barrier; no "last reader" count).
     ``combine_batch``: the partials an attention-combine thread loads at once (``attention.combine_item(batch=)``).
+    ``ll_inproj`` (with ``deferred_shift``): the DeltaNet items read the input projection as flag-in-data words
+    (``handoff``), with no grid barrier between the projection and them; ``deltanet_core`` then takes two more
+    arguments, the words and their tag: ``deltanet_core(..., grid, count, prof, words, tag)``.
     """
+    if ll_inproj and (not deferred_shift or lean_calls):
+        raise ValueError("make_mixers: ll_inproj needs deferred_shift and does not combine with lean_calls")
     o = Offsets(plan)
     T, NW, EPS = o.T, o.NW, o.EPS
     Hk, Hv, Dk, Dv, KC = o.Hk, o.Hv, o.Dk, o.Dv, o.KC
@@ -275,8 +280,9 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     F_ALOG, F_DT, LSS = lay.A_log, lay.dt_bias, lay.lin_small_stride
     F_QN, F_KN, ASS, F_FREQ = lay.q_norm, lay.k_norm, lay.att_small_stride, lay.inv_freq
     splits = make_splits(plan)
-    dn_body = (dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T, state_first, late_shift, deferred_shift)
-               if o.HAS_LIN else None)
+    dn_body = (dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T, state_first, late_shift, deferred_shift,
+                                ll_inproj) if o.HAS_LIN else None)
+    LL = ll_inproj
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
     comb_body = attn.combine_item(Hq, Dh, T, batch=combine_batch) if o.HAS_ATT else None
@@ -292,18 +298,37 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     folded = make_folded_attention(plan, barrier, prep_body, out_of_line) if fold_attention and o.HAS_ATT else None
     REPS = 2 if twice else 1
 
+    if LL:  # the items read the projection's flag-in-data words
+        @cuda.jit(device=True)
+        def run_item(item, scr, words, conv_w, conv_state, a_log, dt_bias, state, o_lin, counters, ws, flag, tag):
+            dn_body(item, words, conv_w, conv_state, a_log, dt_bias, state, o_lin, counters, ws, flag, tag)
+    else:
+        @cuda.jit(device=True)
+        def run_item(item, scr, words, conv_w, conv_state, a_log, dt_bias, state, o_lin, counters, ws, flag, tag):
+            dn_body(item, scr[PL0:PL0 + P_LIN], conv_w, conv_state, a_log, dt_bias, state, o_lin, counters, ws, flag)
+
     @cuda.jit(device=True)
-    def deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof):
-        proj_lin = scr[PL0:PL0 + P_LIN]
+    def deltanet_items(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, words, tag):
         o_lin = scr[OL0:OL0 + HVDV]
         a_log = Wf[F_ALOG + j * LSS:F_ALOG + j * LSS + Hv]
         dt_bias = Wf[F_DT + j * LSS:F_DT + j * LSS + Hv]
         item = b
         while item < N_DN:  # (while loops: a range() stepping by the grid size divides out its trip count)
             for _ in range(REPS):
-                dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
+                run_item(item, scr, words, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag,
+                         tag)
             item += nb
-        return barrier(grid, count, prof)
+
+    if LL:
+        @cuda.jit(device=True)
+        def deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof, words, tag):
+            deltanet_items(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, words, tag)
+            return barrier(grid, count, prof)
+    else:
+        @cuda.jit(device=True)
+        def deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof):
+            deltanet_items(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, scr, 0)
+            return barrier(grid, count, prof)
 
     @cuda.jit(device=True)
     def attention_phases(j, Wf, kc, vc, pos, scr, q, pml, po, counters, b, nb, ws, scratch, flag, grid, count,
@@ -562,7 +587,11 @@ def _out_of_line(body, arrays: tuple[int, ...] | None = None):
     def call10(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
         body(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9)
 
-    wrapper = {11: call, 7: call7, 10: call10}[n]
+    @cuda.jit(device=True)
+    def call12(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11):
+        body(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)
+
+    wrapper = {11: call, 7: call7, 10: call10, 12: call12}[n]
     return noinline(wrapper)
 
 

@@ -54,12 +54,26 @@ class Timeline:
         return int(self.leave[:, -1].max() - self.start)
 
 
+def barrier_labels(phases) -> list[str]:
+    """One label per grid barrier of a step: the phase before it, prefixed by those with no barrier of their own
+    since the last one (``ll_inproj``: ``"in_proj+deltanet[3]"``)."""
+    out, pending = [], []
+    for p in phases:
+        if not p.barrier_after:
+            pending.append(p.name)
+            continue
+        out.append("+".join(pending + [p.name]) + ("" if p.layer is None else f"[{p.layer}]"))
+        pending = []
+    return out
+
+
 def read_timeline(decoder, steps: int, context: int, sample: bool = False) -> Timeline:
     """The profile buffer of ``decoder``'s last launch (``steps`` steps at ``context``), labelled by the schedule."""
     phases = step_phases(decoder.config, context=context, sample=sample, version=decoder.version,
                          blocks=decoder.blocks, fold_attention=decoder.folds_attention,
-                         fused_down=decoder.fuses_down, fused_out=decoder.fuses_out)
-    labels = [p.label for _ in range(steps) for p in phases if p.barrier_after] + ["end"]
+                         fused_down=decoder.fuses_down, fused_out=decoder.fuses_out,
+                         ll_inproj=decoder.hands_off_inproj)
+    labels = [lab for _ in range(steps) for lab in barrier_labels(phases)] + ["end"]
     kinds = [lab.split("[")[0] for lab in labels]
     prof = decoder.prof.cpu().numpy()
     n = len(labels)
@@ -156,7 +170,7 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "dsh": "deferred_shift", "nfence": "_no_refill_fence",
           "pd": "packed_descs", "prod": "producer", "noindec": "_no_inline_decode",
           "nolto": "_no_lto", "hold": "producer_hold",
-          "rst": "release_stamp", "thr": "producer_throttle"}
+          "rst": "release_stamp", "thr": "producer_throttle", "ll": "ll_inproj"}
 _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride",
            "lmp=": "lm_pool",
            "l2=": "l2_ahead",

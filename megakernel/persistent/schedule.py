@@ -48,7 +48,7 @@ class Phase:
 
 def step_phases(config, context: int = 1, sample: bool = False, version: int = 1,
                 blocks: int | None = None, fold_attention: bool = False, fused_down: bool = False,
-                fused_out: bool = False) -> list[Phase]:
+                fused_out: bool = False, ll_inproj: bool = False) -> list[Phase]:
     """The phases of one decode step at a context of ``context`` cached positions (the new token included).
     ``blocks``: the grid, for versions that cap the attention splits at one item per block (versions 3, 4).
     ``fold_attention``: the build option of versions 2+ (``phases.make_folded_attention``). ``fused_down``
@@ -57,7 +57,9 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
     with it, and the next residual phase folds into h (and clears). ``fused_out`` (with ``fused_down``; measured,
     not kept): each DeltaNet item adds its columns' share of out_proj into the accumulator ``h_out`` (after a hand-off per
     value head for the gated norm's sum of squares, within the phase), and the same phase folds the last MLP's
-    ``h_acc`` into h (no phase reads h then): one phase and one barrier fewer per DeltaNet layer."""
+    ``h_acc`` into h (no phase reads h then): one phase and one barrier fewer per DeltaNet layer. ``ll_inproj``:
+    in_proj also writes its rows as flag-in-data words (``proj_ll~``: a reader waits for each word's tag, so it
+    needs no barrier after the write, ``handoff``), which the DeltaNet items read; no barrier between them."""
     c = config
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
     Hv, Dk, Dv = c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim
@@ -82,15 +84,18 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
         if kind == LINEAR:
             small = c.conv_dim * c.linear_conv_kernel_dim + 2 * Hv  # conv taps, A_log, dt_bias
             state = 2 * Hv * Dk * Dv * 4 + 2 * c.conv_dim * (c.linear_conv_kernel_dim - 1) * 2
-            phases.append(Phase("in_proj", i, "rows", rows_in, ("h",) + acc, ("proj_lin",), (rows_in + 1) * D * 2))
+            phases.append(Phase("in_proj", i, "rows", rows_in, ("h",) + acc,
+                                ("proj_lin",) + (("proj_ll~",) if ll_inproj else ()), (rows_in + 1) * D * 2,
+                                barrier_after=not ll_inproj))
             if fused_out:  # o_lin and the sums of squares pass between the items of a head within the phase
                 phases.append(Phase("deltanet", i, "items", Hv * Dv // item_columns(c),
                                     ("proj_lin", "conv", "rec", "h_acc"), ("conv", "rec", "h_out", "h+", "h_acc"),
                                     small * 2 + (D * c.value_dim + Dv) * 2, state_bytes=state))
             else:
                 phases += [
-                    Phase("deltanet", i, "items", Hv * Dv // item_columns(c), ("proj_lin", "conv", "rec"),
-                          ("o_lin", "conv", "rec"), small * 2, state_bytes=state),
+                    Phase("deltanet", i, "items", Hv * Dv // item_columns(c),
+                          ("proj_ll~" if ll_inproj else "proj_lin", "conv", "rec"), ("o_lin", "conv", "rec"), small * 2,
+                          state_bytes=state),
                     Phase("out_proj", i, "rows", D, ("o_lin", "proj_lin") + acc, ("h+",) + acc,
                           (D * c.value_dim + Dv) * 2),
                 ]
@@ -128,13 +133,13 @@ def _attention_phases(i, Hq, Hkv, Dh, splits, context, fold: bool) -> list[Phase
 
 
 def barriers_per_token(config, sample: bool = False, version: int = 1, fold_attention: bool = False,
-                       fused_down: bool = False, fused_out: bool = False) -> int:
+                       fused_down: bool = False, fused_out: bool = False, ll_inproj: bool = False) -> int:
     """Grid barriers one decode step costs (the kernel adds one per launch, after its last step); with
     ``fold_attention`` one per attention layer instead of three, with ``fused_down`` one per MLP instead of two,
-    with ``fused_out`` one per DeltaNet layer fewer."""
+    with ``fused_out`` or ``ll_inproj`` one per DeltaNet layer fewer."""
     return sum(p.barrier_after for p in step_phases(config, sample=sample, version=version,
                                                     fold_attention=fold_attention, fused_down=fused_down,
-                                                    fused_out=fused_out))
+                                                    fused_out=fused_out, ll_inproj=ll_inproj))
 
 
 def barrier_bound(config, context: int, barrier_seconds: float, barriers: int | None = None,
@@ -159,7 +164,10 @@ class ScheduleError(AssertionError):
 def check_dependencies(phases: list[Phase], steps: int = 2) -> None:
     """Raise ``ScheduleError`` unless every cross-phase hand-off is ordered by a barrier, over ``steps`` steps
     (the last phase of a step hands the token to the next step's first). Within one phase, the work is disjoint
-    by construction (each row, item and split has one owner; "h+" rows are read and written by their owner)."""
+    by construction (each row, item and split has one owner; "h+" rows are read and written by their owner).
+    A buffer named with a trailing "~" holds flag-in-data words (``handoff``): its readers wait for the words'
+    tags, so a read needs no barrier after the write; a write still needs one after the buffer's last read (a
+    slow reader would spin forever on words already overwritten with a later tag) and after its last write."""
     seq = [p for _ in range(steps) for p in phases]
     last_write: dict[str, int] = {}
     reads_since: dict[str, list[int]] = {}
@@ -171,7 +179,7 @@ def check_dependencies(phases: list[Phase], steps: int = 2) -> None:
         writes = {w.rstrip("+") for w in p.writes}
         for buf in reads:
             w = last_write.get(buf)
-            if w is not None and w != idx and epoch_of[w] == epoch:
+            if w is not None and w != idx and epoch_of[w] == epoch and not buf.endswith("~"):
                 raise ScheduleError(f"{p.label} reads {buf!r} written by {seq[w].label} with no barrier between")
         for buf in writes:
             for r in reads_since.get(buf, []):

@@ -32,6 +32,8 @@ shared array of mbarriers, ``slot`` an index into it):
 ``globaltimer()``                       nanoseconds on the GPU's global timer (the same clock on every SM)
 ``red_release_add(arr, i, v)``          int32 ``arr[i] += v`` in global memory with release semantics (GPU scope)
 ``ld_acquire(arr, i)``                  int32 ``arr[i]`` read with acquire semantics (GPU scope)
+``st_relaxed_u64(arr, i, v)``           int64 ``arr[i] = v`` in global memory, one 64-bit write (relaxed, GPU scope)
+``ld_relaxed_u64(arr, i)``              int64 ``arr[i]`` in one 64-bit read from L2 (relaxed, GPU scope)
 ``bulk_reduce_add_u64(dst, d, src, s,``  the copy engine adds int64 ``src[s:s+n]`` (shared) into ``dst[d:d+n]``
 ``    n)``                              (global) element by element, atomically; returns once it is done
                                         (``cp.reduce.async.bulk ... add.u64``, then ``wait_group 0``)
@@ -57,8 +59,8 @@ if SIMULATOR:
     import time
 
     from ..testing.simulator import plain_array as _np
-    from ..testing.simulator import (atomic_add_plain, record_reads, sync_acquire, sync_release,
-                                     waiting_on_mbarrier)
+    from ..testing.simulator import (atomic_add_plain, record_reads, store_atomic_plain, sync_acquire,
+                                     sync_release, waiting_on_mbarrier)
 
     # An mbarrier in the simulator: its int64 word counts the completed phases (so the current phase's parity is
     # the count's low bit); per (array, slot) here: [arrivals per phase, arrivals still expected this phase, bytes
@@ -151,6 +153,13 @@ if SIMULATOR:
     def ld_acquire(arr, i):
         time.sleep(0)  # what spin loops poll: let the other threads run
         return np.int32(sync_acquire(arr, int(i)))
+
+    def ld_relaxed_u64(arr, i):
+        time.sleep(0)  # (spins poll it)
+        return np.int64(sync_acquire(arr, int(i)))
+
+    def st_relaxed_u64(arr, i, v):
+        store_atomic_plain(arr, int(i), int(v))
 
     def fence_proxy_async():
         pass
@@ -298,18 +307,50 @@ else:
     _mbar_try_wait = intrinsic(_try_wait_typer())
     _mbar_try_wait_suspend = intrinsic(_try_wait_typer(SUSPEND_NS))
 
+    def _one_word_load(asm, width, space, doc):
+        """An intrinsic ``f(arr, i)`` loading word ``i`` of a 1-D array with the one instruction ``asm`` ($0 the
+        value, $1 the address: 32-bit shared or 64-bit global), typed int32 or int64 by ``width``."""
+        rty, ity = (types.int64, _i64) if width == 64 else (types.int32, _i32)
+
+        def typer(typingctx, arr, i):
+            if not (_is_array(arr) and isinstance(i, types.Integer)):
+                return None
+
+            def codegen(context, builder, sig, args):
+                a = _word_ptr(context, builder, sig.args[0], args[0], args[1])
+                a, aty, con = (_smem32(builder, a), _i32, "r") if space == "shared" else (_gmem(builder, a), _i64, "l")
+                return builder.asm(ir.FunctionType(ity, [aty]), asm, f"={'l' if width == 64 else 'r'},{con}", [a],
+                                   side_effect=True)
+
+            return rty(arr, i), codegen
+
+        typer.__doc__ = doc
+        return intrinsic(typer)
+
+    _load_volatile = _one_word_load("ld.volatile.shared.u64 $0, [$1];", 64, "shared",
+                                    "int64 ``arr[i]`` (shared), volatile: a flag another thread of the block sets.")
+    ld_acquire = _one_word_load("ld.acquire.gpu.global.u32 $0, [$1];", 32, "global",
+                                "int32 ``arr[i]`` with acquire semantics (GPU scope): what a spin polls; the "
+                                "accesses after it are ordered after the releases it read from.")
+    ld_relaxed_u64 = _one_word_load("ld.relaxed.gpu.global.b64 $0, [$1];", 64, "global",
+                                    "int64 ``arr[i]``, relaxed at GPU scope: one single-copy-atomic 64-bit read from "
+                                    "L2 (never a stale L1 line), with no ordering of other accesses.")
+
     @intrinsic
-    def _load_volatile(typingctx, arr, i):
-        """``ld.volatile.shared.u64`` of int64 ``arr[i]`` (shared): a flag another thread of the block sets."""
-        if not (_is_array(arr) and isinstance(i, types.Integer)):
+    def st_relaxed_u64(typingctx, arr, i, v):
+        """``st.relaxed.gpu.global.b64``: int64 ``arr[i] = v`` as one single-copy-atomic 64-bit write (a reader
+        sees the old word or the new one, never half of each); no ordering of this thread's other accesses."""
+        if not (_is_array(arr) and isinstance(i, types.Integer) and isinstance(v, types.Integer)):
             return None
 
         def codegen(context, builder, sig, args):
-            a = _smem32(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
-            return builder.asm(ir.FunctionType(_i64, [_i32]), "ld.volatile.shared.u64 $0, [$1];", "=l,r", [a],
-                               side_effect=True)
+            a = _gmem(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
+            val = args[2] if args[2].type.width == 64 else builder.sext(args[2], _i64)
+            builder.asm(ir.FunctionType(ir.VoidType(), [_i64, _i64]), "st.relaxed.gpu.global.b64 [$0], $1;", "l,l",
+                        [a, val], side_effect=True)
+            return context.get_dummy_value()
 
-        return types.int64(arr, i), codegen
+        return types.void(arr, i, v), codegen
 
     @intrinsic
     def mbar_arrive(typingctx, bars, slot):
@@ -340,20 +381,6 @@ else:
             return context.get_dummy_value()
 
         return types.void(arr, i, v), codegen
-
-    @intrinsic
-    def ld_acquire(typingctx, arr, i):
-        """``ld.acquire.gpu.global.u32`` of int32 ``arr[i]``: what a spin polls; the accesses after it are ordered
-        after the releases it read from."""
-        if not (_is_array(arr) and isinstance(i, types.Integer)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            a = _gmem(builder, _word_ptr(context, builder, sig.args[0], args[0], args[1]))
-            return builder.asm(ir.FunctionType(_i32, [_i64]), "ld.acquire.gpu.global.u32 $0, [$1];", "=r,l", [a],
-                               side_effect=True)
-
-        return types.int32(arr, i), codegen
 
     @intrinsic
     def bulk_reduce_add_u64(typingctx, dst, d, src, s, n):
@@ -479,4 +506,4 @@ else:
 __all__ = ["mbar_init", "mbar_expect", "mbar_arrive", "bulk_copy", "mbar_wait", "mbar_wait_or_stop", "flag_value",
            "fence_proxy_async", "fence_mbarrier_init", "shared_address", "globaltimer", "prefetch_l2",
            "prefetch_l2_evict_first", "prefetch_line", "bulk_copy_evict_first", "red_release_add", "ld_acquire",
-           "bulk_reduce_add_u64"]
+           "bulk_reduce_add_u64", "st_relaxed_u64", "ld_relaxed_u64"]

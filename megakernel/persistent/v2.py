@@ -51,6 +51,7 @@ from . import pages as PG
 from . import plan as P
 from . import split_down as SD
 from . import mma as MM
+from . import handoff as HO
 from . import tma, warp_roles
 from .phases import (Offsets, close_launch, make_barrier, make_barrier_close, make_barrier_count,
                      make_barrier_handle, make_counter_halves, make_deltanet_item, make_mixers, make_prefetchers,
@@ -113,6 +114,17 @@ def out_gate_offset(plan) -> int:
     return max(c.hidden_size, ws_dn)
 
 
+def ll_offset(config, fd_reps: int = 1, fd_stride: int = 1, fused_out: bool = False) -> int:
+    """``ll_inproj``: where in ``hacc`` (int64) the input projection's flag-in-data words start, after the residual
+    accumulator's words (``decoder``'s allocation adds ``ll_words`` there)."""
+    return config.hidden_size * (fd_reps + int(fused_out)) * fd_stride
+
+
+def ll_words(config) -> int:
+    """``ll_inproj``: one flag-in-data word per row of a DeltaNet input projection."""
+    return config.conv_dim + config.value_dim + 2 * config.linear_num_value_heads
+
+
 def kernel_key(plan) -> tuple:
     return (plan.config, plan.capacity, plan.threads, plan.ring_pages, plan.page_words, plan.positions_per_split,
             plan.splits_fit_grid, plan.workspace, plan.desc_pages, plan.producer_threads)
@@ -138,7 +150,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "packed_descs": False, "producer": False,
            "producer_backoff": 0, "producer_regs": 0, "lto": True,
            "producer_hold": False, "release_stamp": False,
-           "producer_throttle": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "producer_throttle": False, "ll_inproj": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -183,7 +195,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            mma_chains: int = 1, bar_thread: int = 0, deferred_shift: bool = False, combine_batch: int = 0,
            skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False,
            producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True,
-           producer_hold: bool = False, release_stamp: bool = False, producer_throttle: bool = False):
+           producer_hold: bool = False, release_stamp: bool = False, producer_throttle: bool = False,
+           ll_inproj: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -315,7 +328,13 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (measured: the barriers faster, the mixers slower, whose reads then queue behind the refills). ``lto`` (on):
     link through LTO-IR, numba-cuda's default where nvJitLink is installed; off, through Numba's PTX and
     ``ptxas``, where the out-of-line mixer bodies are called with whole array descriptors (every mixer ~1.6x
-    slower on the H100)."""
+    slower on the H100). ``ll_inproj`` (with ``monotonic``, ``fused_down`` and ``deferred_shift``): no grid barrier
+    between a DeltaNet layer's in_proj and its items. The in_proj rows are written twice, as floats (for the
+    out_proj phase, two barriers later: z and the q/k shift) and as flag-in-data words (``handoff``: value and
+    tag in one 64-bit store, after the residual accumulator in ``hacc``), which the items spin on
+    (``deltanet.deltanet_item(ll_inputs=True)``): a block goes from its last in_proj page to its items, and an item
+    waits only for the rows it reads, with no release (``MEMBAR.ALL.GPU``) on anyone's path. The tag is the
+    target of the grid barrier after the items, unique over launches. The same bits."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
@@ -346,6 +365,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                          "warp_release, page_pairs or lm_pool")
     if count_smem and not monotonic:
         raise ValueError("persistent kernel build option count_smem needs monotonic (its barrier)")
+    if ll_inproj and (not monotonic or not fused_down or not deferred_shift or fused_out or mma_pages or lean_calls
+                      or fold_attention or not barriers):
+        raise ValueError("persistent kernel build option ll_inproj needs monotonic (its tags), fused_down (its words "
+                         "follow the accumulator) and deferred_shift, and does not combine with fused_out, mma_pages, "
+                         "lean_calls, fold_attention or a build without barriers")
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -426,13 +450,15 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     PW = plan.page_words
     XS = plan.workspace
     K_NORM, K_GATED, K_PLAIN, K_SWIGLU, K_LMHEAD = PG.K_NORM, PG.K_GATED, PG.K_PLAIN, PG.K_SWIGLU, PG.K_LMHEAD
+    K_NORM_LL = 16  # ``ll_inproj``: in_proj's rows, also stored as flag-in-data words (``mine`` carries the tag)
+    LL = ll_inproj and o.HAS_LIN
     NO_KEY = np.int64(lmh.INT64_MIN)
     barrier = make_barrier(barriers, profile, counter, monotonic, CSMEM, bar_thread, release_stamp)
     barrier_count = make_barrier_count(CSMEM, monotonic)
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
                                                 deltanet_out_of_line, inline_decode, deltanet_late_shift,
-                                                mixer_twice, lean_calls, deferred_shift, combine_batch)
+                                                mixer_twice, lean_calls, deferred_shift, combine_batch, LL)
     DSHIFT = deferred_shift and HAS_LIN
     KM1 = o.KC - 1
     if DSHIFT:
@@ -513,6 +539,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         raise ValueError("persistent kernel build option fused_out needs a plan configured with it (room for the "
                          "gated values in the workspace): pass it to configure too")
     norm_acc, fold_acc, clear_acc, fold_mlp, clear_mlp = SD.accumulator(D_, fd_reps, fd_stride, FO)
+    LL0 = ll_offset(plan.config, fd_reps, fd_stride, FO)  # ``ll_inproj``: in_proj's words in hacc from here
     if FD and XA + F > XS:
         raise ValueError("persistent kernel build option fused_down needs a plan configured with it (room for act "
                          "in the workspace): pass it to configure too")
@@ -778,6 +805,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         elif kind == K_NORM:
             if lane == 0:
                 y[row] = acc * rstd
+        elif kind == K_NORM_LL:
+            if lane == 0:
+                value = acc * rstd
+                y[row] = value
+                HO.ll_store(hacc, LL0 + row, value, mine)
         elif kind == K_LMHEAD:
             value = acc * rstd
             if lane == 0:
@@ -1341,6 +1373,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         count = 0
         done = 0
         h = scr[H0:H0 + D_]
+        tag = int64(0)  # ``ll_inproj``: the tag of this layer's in_proj words
         for step in range(n_steps):
             pos = pos0 + step
             embed_rows(Ww[W_EMB:W_EMB + V * D_ // 2], token, h, D_ // 2, b, nb)
@@ -1366,12 +1399,19 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 rstd = D.rsqrt(ss / float32(D_) + EPS)
                 if KIND[i] == 0:
                     if HAS_LIN:
-                        cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
-                            K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, hacc, NO_KEY, cursor, issued, total,
-                            pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER or THROTTLE)
+                        if LL:  # the rows as words tagged for the items; no barrier before them
+                            tag = HO.ll_tag(grid[1], nb, barrier_count(grid, count))
+                            cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
+                                K_NORM_LL, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, hacc, tag, cursor, issued,
+                                total, pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER or THROTTLE)
+                        else:
+                            cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
+                                K_NORM, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, hacc, NO_KEY, cursor, issued,
+                                total, pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER or THROTTLE)
                         if LATE:
                             prefetch_deltanet(j, b, nb, rec, conv, Wf)
-                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
+                        if not LL:
+                            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                         if L2_MIX > 0 and tid == 0:
                             pf = l2_top_up(issued, pf, total, b, pb, table, Ww, L2_MIX)
                         if FO:  # the items and their share of out_proj, one phase
@@ -1380,7 +1420,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                                 cursor, issued, total, pb, table, Ww, ring, bars, d1, d2, d3, d4)
                             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                         else:
-                            if MIXERS:
+                            if MIXERS and LL:
+                                count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag,
+                                                      grid, count, prof, hacc[LL0:LL0 + P_LIN], tag)
+                            elif MIXERS:
                                 count = deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, xs, flag,
                                                       grid, count, prof)
                             else:
@@ -1530,4 +1573,4 @@ def extra_args(decoder) -> list:
     return cached[1]
 
 
-__all__ = ["VERSION", "DESCRIPTION", "configure", "build", "kernel_key", "extra_args"]
+__all__ = ["VERSION", "DESCRIPTION", "configure", "build", "kernel_key", "extra_args", "ll_offset", "ll_words"]

@@ -1079,6 +1079,18 @@ def atomic_add_plain(arr, index: int, value: int) -> int:
     return old
 
 
+def store_atomic_plain(arr, index: int, value: int) -> None:
+    """``arr[index] = value`` as one atomic write (``st.relaxed.gpu``: a reader sees the whole old word or the
+    whole new one): under the simulator's atomic lock, and for the race detector an atomic access, which releases
+    only what this thread's earlier fences released (a relaxed write orders nothing else by itself)."""
+    a = plain_array(arr)
+    th, races = _tracker(arr)
+    with _ATOMIC_LOCK:
+        if races is not None:
+            races.atomic(th, arr, index)
+        a[index] = value
+
+
 def sync_acquire(arr, index: int):
     """The running simulated thread reads ``arr[index]`` and acquires what the releases on it so far released,
     both under the atomic lock (so the value read and the releases acquired agree): an mbarrier wait's poll, an

@@ -214,6 +214,41 @@ def test_the_producer_warp_computes_version_12s_bits_on_the_gpu(ref):
             assert torch.equal(getattr(s0, name)[layer], getattr(s1, name)[layer]), f"producer {name}[{layer}]"
 
 
+@pytest.mark.parametrize("more", [{}, {"producer": True, "producer_regs": 40, "inline_decode": False}],
+                         ids=["v12", "producer"])
+def test_flag_in_data_inproj_computes_version_12s_bits_on_the_gpu(ref, more):
+    """``ll_inproj``: no grid barrier between a DeltaNet layer's in_proj and its items, which spin on flag-in-data
+    words (value and tag in one 64-bit store). Memory ordering is what the simulator cannot check: here 24-step
+    launches, 3 runs on each of 3 grid sizes, must give the tokens, logits and every state of the same build
+    without ``ll_inproj``, bit for bit (a word read before its store landed would carry an older tag and be
+    waited for; a torn word, or a value taken without its tag, would change the bits)."""
+    from megakernel.persistent import PersistentDecoder
+
+    decs = [PersistentDecoder(ref, max_context=1024, version=12, prefill_mode="reference",
+                              options={**more, **options}) for options in ({}, {"ll_inproj": True})]
+    full = decs[1].resize_grid(None)
+    baseline = None
+    for dec, grids in ((decs[0], (full,)), (decs[1], (full, full // 2, 37))):
+        for blocks in grids:
+            dec.resize_grid(blocks)
+            for run in range(3 if dec is decs[1] else 1):
+                logits, state = dec.prefill(PROMPTS[1])
+                tokens = dec.run(state, int(logits[-1].argmax()), 24)
+                result = (tokens, dec.logits.clone(), state.to_reference())
+                if baseline is None:
+                    baseline = result
+                    continue
+                where = f"ll_inproj{'+producer' if more else ''} on {blocks} blocks, run {run}"
+                assert result[0] == baseline[0], f"tokens differ: {where}"
+                assert torch.equal(result[1], baseline[1]), f"logits differ: {where}"
+                for name in ("conv", "recurrent", "k_cache", "v_cache"):
+                    for layer in getattr(result[2], name):
+                        assert torch.equal(getattr(result[2], name)[layer], getattr(baseline[2], name)[layer]), \
+                            f"{name}[{layer}] differs: {where}"
+    assert decs[1].last_run["barriers"] == 24 * decs[1].barriers_per_step() + 1
+    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - len(ref.config.linear_layers)
+
+
 @pytest.mark.parametrize("blocks,lto", [(1, True), (132, True), (132, False)])
 def test_the_warp_roles_probe_on_the_gpu(blocks, lto):
     """The producer/consumer hand-off and the narrowed barriers in a small kernel (``warp_roles_probe``): 8

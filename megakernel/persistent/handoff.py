@@ -1,0 +1,62 @@
+"""Flag-in-data hand-offs between blocks: a value and the tag of the phase that wrote it in one 64-bit word.
+
+A grid barrier hands data over in three steps: the writers' stores, a release (``red.release.gpu``, which
+compiles to ``MEMBAR.ALL.GPU`` and waits until every store of the block is acknowledged), then the readers' acquire
+polls. On the H100 the release is most of a barrier's latency while weight pages are in flight to the SM (NOTES.md:
+2.8 of 3.4 us after an input projection), because the stores' acknowledgements queue behind the pages. NCCL's
+"LL" protocol avoids the fence altogether: each 32-bit value travels with a 32-bit flag in one 64-bit word, written
+by one single-copy-atomic store, so a reader that sees the flag it expects sees the value written with it, whatever
+the order in which the writer's other stores land. A reader spins only on the words it reads, not on the grid.
+
+Here the flag is the ``tag`` of the hand-off: the target of the monotonic grid barrier that follows it
+(``phases.make_barrier``: ``base + blocks x (barriers passed + 1)`` mod 2^32). It grows with every barrier of every
+launch (the arrival counter is never reset), so a word left over from an earlier layer, step or launch never
+carries the tag a reader waits for. What a tag does not order is everything else: a reader may use the words it
+waited for and nothing their writers wrote beside them; and a buffer of such words may be rewritten only past a
+grid barrier after its last reader (the schedule model checks both: ``schedule.check_dependencies``).
+
+    ll_store(words, i, value, tag)   int64 words[i] = (tag << 32) | bits(value), one 64-bit store
+    ll_load(words, i, tag)           float32 value of words[i] once it carries ``tag`` (spins until then)
+    ll_first(words, i)               the word's first read, to issue several reads before waiting on any
+    ll_value(words, i, word, tag)    ``word``'s value once it carries ``tag`` (re-reading words[i] until then)
+    ll_tag(base, blocks, count)      the tag of the hand-off before the grid barrier ``count`` (0-based)
+"""
+
+from __future__ import annotations
+
+from numba import cuda, float32, int64
+
+from .. import device as D
+from . import tma
+
+_LOW32 = (1 << 32) - 1
+
+
+@cuda.jit(device=True)
+def ll_tag(base, blocks, count):
+    return (int64(base) + int64(blocks) * (int64(count) + 1)) & _LOW32
+
+
+@cuda.jit(device=True)
+def ll_store(words, i, value, tag):
+    tma.st_relaxed_u64(words, i, (int64(tag) << 32) | (int64(D.f32_to_bits(float32(value))) & _LOW32))
+
+
+@cuda.jit(device=True)
+def ll_first(words, i):
+    return tma.ld_relaxed_u64(words, i)
+
+
+@cuda.jit(device=True)
+def ll_value(words, i, word, tag):
+    while ((word >> 32) & _LOW32) != tag:
+        word = tma.ld_relaxed_u64(words, i)
+    return D.bits_to_f32(word & _LOW32)
+
+
+@cuda.jit(device=True)
+def ll_load(words, i, tag):
+    return ll_value(words, i, tma.ld_relaxed_u64(words, i), tag)
+
+
+__all__ = ["ll_tag", "ll_store", "ll_first", "ll_value", "ll_load"]
