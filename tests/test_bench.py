@@ -286,6 +286,11 @@ def test_results_cli_and_merge(tmp_path, monkeypatch):
     assert layered.pop("tg128@32768") == 5.0 and set(layered.values()) == {999.0} and layered
     assert both["settings"]["contexts"] == sorted(set(later["settings"]["contexts"]) | {32768})
     assert any(r["system"] == "llama.cpp" for r in merged["rows"]) and "reference-compile" in merged["systems"]
+    # rows keep their run's date: a merge of two days' runs names both in the README section
+    assert R._dates(merged) == R.load_results(RESULTS)["date"]
+    other_day = dict(later, date="2099-01-02")
+    assert R._dates(R.merge_results([R.load_results(RESULTS), other_day])) == \
+        f"2099-01-02 (`layered`); {R.load_results(RESULTS)['date']} (the other rows)"
     assert R.main(["--json", str(RESULTS), str(p2), "--readme", str(readme), "--no-chart"]) == 0
     saved = list((tmp_path / "results").glob("bench_*.json"))
     assert len(saved) == 1 and R.find_latest(tmp_path / "results") == saved[0]

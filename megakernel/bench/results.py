@@ -91,7 +91,7 @@ def merge_results(runs: list[dict]) -> dict:
         systems.update(run.get("systems", {}))
         for r in run["rows"]:
             rows.pop((r.get("system"), r.get("workload")), None)  # re-inserted last: the table keeps run order
-            rows[(r.get("system"), r.get("workload"))] = r
+            rows[(r.get("system"), r.get("workload"))] = dict(r, date=r.get("date") or run.get("date"))
     merged["systems"] = systems
     order = list(dict.fromkeys(name for name, _ in rows))
     merged["rows"] = [r for name in order for key, r in rows.items() if key[0] == name]
@@ -372,12 +372,27 @@ def _floor_line(results: dict) -> str:
             f"`reference/budget.py`): " + " · ".join(parts))
 
 
+def _dates(results: dict) -> str:
+    """The run's date; for a merge of runs of several days (each row keeps its run's date), the newer days with the
+    systems they measured, then the oldest day for the other rows."""
+    days: dict[str, list[str]] = {}
+    for r in results.get("rows", []):
+        systems = days.setdefault(str(r.get("date") or results.get("date", "?")), [])
+        if r.get("system") not in systems:
+            systems.append(r.get("system"))
+    if len(days) <= 1:
+        return str(results.get("date", "?"))
+    order = sorted(days, reverse=True)
+    return "; ".join([f"{d} ({', '.join(f'`{s}`' for s in days[d])})" for d in order[:-1]]
+                     + [f"{order[-1]} (the other rows)"])
+
+
 def results_markdown(results: dict, chart_link: str | None = None) -> str:
     """The README section: run facts, the floor, the table, what did not run, the chart."""
     s = results.get("settings", {})
     v = results.get("versions", {})
     model = results.get("model", {})
-    facts = [f"**Device:** {results.get('device', '?')}", f"**date:** {results.get('date', '?')}"]
+    facts = [f"**Device:** {results.get('device', '?')}", f"**date:** {_dates(results)}"]
     sw = ", ".join(f"{k} {v[k]}" for k in ("torch", "cuda", "transformers", "numba-cuda") if v.get(k))
     if sw:
         facts.append(sw)
@@ -508,7 +523,9 @@ def plot_results(results: dict, path: str | Path | None = None):
         r.get("system") == n and r.get("status") == "ok" for r in results["rows"]) else "") for n in names],
         rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("tokens / second (batch 1, log scale)")
-    ax.set_title(f"tg{gen} decode on {results.get('device', '?')} ({results.get('date', '')})", fontsize=10)
+    days = sorted({str(r.get("date") or results.get("date", "")) for r in results.get("rows", [])}, reverse=True)
+    ax.set_title(f"tg{gen} decode on {results.get('device', '?')} ({', '.join(days) or results.get('date', '')})",
+                 fontsize=10)
     ax.grid(True, axis="y", which="major", alpha=0.3)
     if names:
         from matplotlib.patches import Patch
