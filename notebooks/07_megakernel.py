@@ -137,11 +137,12 @@ print(inspect.getsource(dn_kernels.deltanet_kernel))
 
 # %% [markdown]
 # and the phase of the megakernel that runs the same body: each block loops over the work items its index gives
-# it, then every block meets at the barrier.
+# it, then every block meets at the barrier (`run_item`'s first form is version 13's, whose items read their
+# inputs as flag-in-data words, below).
 
 # %%
 src = inspect.getsource(mk_phases.make_mixers)
-print(src[src.index("    @cuda.jit(device=True)\n    def deltanet_core"):src.index("    @cuda.jit(device=True)\n    def attention_phases")])
+print(src[src.index("    if LL:  # the items read"):src.index("    @cuda.jit(device=True)\n    def attention_phases")])
 
 # %% [markdown]
 # Version 1's header says what it costs:
@@ -787,3 +788,52 @@ if ladder7_path.exists():
     print_ladder(ladder7["rows"])
 else:
     print(f"{ladder7_path.name} not found")
+
+# %% [markdown]
+# ## Version 13: a hand-off without a fence
+#
+# The producer warp's lesson was that a grid barrier after an input projection waits mostly for the last block's
+# release: `red.release.gpu` begins with `MEMBAR.ALL.GPU`, which waits until the block's stores are acknowledged,
+# and the acknowledgements come back behind the weight pages in flight to the SM. NCCL's "LL" protocol hands data
+# over with no fence at all: each 32-bit value travels with a 32-bit flag in one 64-bit word, written by a single
+# store that a reader sees whole or not at all. A reader that sees the flag it expects has the value.
+#
+# Version 13 does that for each DeltaNet layer's input projection (`persistent/handoff.py`): in_proj writes every
+# row as a float (for out_proj, two barriers later) and as a word `(tag << 32) | bits(value)`, and the DeltaNet
+# items, with no grid barrier before them, spin on the words they read until they carry the tag. The tag is the
+# target of the next grid barrier, a count that grows over every barrier of every launch, so a word left from an
+# earlier layer or step never carries it. The schedule model marks the words' buffer with a `~`: a read of it needs
+# no barrier after the write, a rewrite still needs one after the last read.
+
+# %%
+hand_off = schedule.step_phases(published, context=512, version=13, fused_down=True, ll_inproj=True)
+schedule.check_dependencies(hand_off)  # the items read in_proj's words with no barrier: allowed for "~" buffers
+print("grid barriers per token (0.8B):", schedule.barriers_per_token(published, version=12, fused_down=True),
+      "(v12) ->", schedule.barriers_per_token(published, version=13, fused_down=True, ll_inproj=True), "(v13)")
+print([(p.label, p.reads, p.writes, p.barrier_after) for p in hand_off if p.layer == 0][:2])
+
+# %% [markdown]
+# On the H100 the 18 barriers after in_proj took ~37 us per step (latency and spread); without them the items wait
+# ~1 us per layer for their words, a poll's round trip behind the same pages in flight: net 14 us per profiled step,
+# and in the benchmark 1,049 tok/s at context 512 against version 12's 1,022 and the CUDA graph's 982 in the same
+# call (54% of the floor). With the producer warp, whose barriers were the slow ones, the barriers' latency halves
+# and the phases grow by as much: a fence removed moves the wait to the next read. The same bits as version 12.
+
+# %%
+if ladder7_path.exists():
+    v13 = {r["variant"]: r for r in ladder7["rows"] if r["call"] == 72}
+    shown = {"version 12": "12", "version 13\n(12 + ll_inproj)": "12+ll", "producer": "12+prod+noindec+preg=40",
+             "producer\n+ ll_inproj": "12+prod+noindec+preg=40+ll"}
+    crit = [v13[k]["sum_of_critical_paths_us"] for k in shown.values()]
+    lat = [v13[k]["barrier_latency_us"] for k in shown.values()]
+    rest = [v13[k]["us_per_step"] - c - b for k, c, b in zip(shown.values(), crit, lat)]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.barh(list(shown), crit, color="tab:blue", label="phases (critical paths)")
+    ax.barh(list(shown), lat, left=crit, color="tab:red", label="barrier latency")
+    ax.barh(list(shown), rest, left=np.add(crit, lat), color="tab:gray", label="departure spread, other")
+    ax.invert_yaxis()
+    ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)
+    ax.set_title("Flag-in-data words instead of a barrier: the latency moves into the phases")
+    plt.show()
+    print_ladder([v13[k] for k in shown.values()])

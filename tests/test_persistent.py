@@ -738,6 +738,22 @@ def test_schedule_dependencies_bytes_and_barriers():
               for p in both]
     with pytest.raises(ScheduleError, match=r"mlp\[0\] reads '(h|h_out)' written by deltanet\[0\]"):
         check_dependencies(broken)
+    # ll_inproj: the items wait for flag-in-data words, not for a barrier; out_proj still reads in_proj's floats,
+    # two barriers later; a phase reading the floats with no barrier between is named, as is one rewriting the words
+    # before the items' barrier
+    hand = step_phases(published, context=100, version=13, fused_down=True, ll_inproj=True)
+    check_dependencies(hand)
+    assert barriers_per_token(published, version=13, fused_down=True, ll_inproj=True) == 110 - 18 == 92
+    assert bytes_per_step(hand) == bytes_per_step(step_phases(published, context=100, version=13, fused_down=True))
+    broken = [p if p.name != "deltanet" or p.layer != 0 else type(p)(**{**p.__dict__, "reads": ("proj_lin",)})
+              for p in hand]
+    with pytest.raises(ScheduleError, match=r"deltanet\[0\] reads 'proj_lin' written by in_proj\[0\]"):
+        check_dependencies(broken)
+    broken = [p if p.name != "deltanet" or p.layer != 0 else type(p)(**{**p.__dict__, "writes": ("proj_ll~",)})
+              for p in hand]
+    with pytest.raises(ScheduleError, match=r"deltanet\[0\] overwrites 'proj_ll~' that deltanet\[0\]|"
+                                            r"deltanet\[0\] and in_proj\[0\] both write 'proj_ll~'"):
+        check_dependencies(broken)
 
 
 def test_barrier_bound_of_a_barrier_per_phase_kernel():

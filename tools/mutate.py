@@ -57,6 +57,7 @@ PERSISTENT_V1 = "tests/test_persistent.py::test_logits_every_state_and_layer_and
 PERSISTENT_V2 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v2]"
 PERSISTENT_COUNTER = "tests/test_persistent.py::test_measured_build_variants_stay_correct[counter-barrier]"
 PRODUCER = "tests/test_persistent.py::test_the_producer_warp_computes_version_12s_bits[3-hold-throttle]"
+FLAG_IN_DATA = "tests/test_persistent.py::test_flag_in_data_inproj_computes_version_12s_bits[3]"
 PERSISTENT_V4 = "tests/test_persistent.py::test_logits_every_state_and_layer_and_n_tokens_per_launch[v4]"
 PERSISTENT_MONOTONIC = ("tests/test_persistent.py::test_measured_build_variants_stay_correct"
                         "[monotonic-barrier-warp-release]")
@@ -108,12 +109,10 @@ MUTATIONS = [
     # stress tests (repeat-run bit identity) can catch it.
     # ---- the persistent megakernel's own hand-offs
     Mutation("persistent: no grid barrier between the DeltaNet items and out_proj", "megakernel/persistent/phases.py",
-             (("""                dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
-            item += nb
-        return barrier(grid, count, prof)
-""", """                dn_body(item, proj_lin, conv_ws[j], conv[j], a_log, dt_bias, rec[j], o_lin, counters, ws, flag)
-            item += nb
-        return count + 1
+             (("""            deltanet_items(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, scr, 0)
+            return barrier(grid, count, prof)
+""", """            deltanet_items(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, scr, 0)
+            return count + 1
 """),),
              (PERSISTENT_V1, PERSISTENT_V2), race=True),
     Mutation("persistent v2: a ring slot refilled before every warp has read it", "megakernel/persistent/v2.py",
@@ -269,6 +268,20 @@ MUTATIONS = [
              (("            while c < QKC:\n                shift_channel(conv_state, proj, c)\n",
                "            while c < 0:\n                shift_channel(conv_state, proj, c)\n"),),
              ("tests/test_persistent.py::test_version_12_shifts_more_q_k_channels_than_the_grid_has_threads",)),
+    Mutation("persistent v13: a DeltaNet item takes an in_proj word's value without waiting for its tag",
+             "megakernel/persistent/handoff.py",
+             (("    while ((word >> 32) & _LOW32) != tag:\n", "    while False:\n"),),
+             (FLAG_IN_DATA,), race=True),
+    Mutation("persistent v13: the words' tag does not change from step to step (an item may take the last step's "
+             "values)", "megakernel/persistent/handoff.py",
+             (("    return (int64(base) + int64(blocks) * (int64(count) + 1)) & _LOW32\n",
+               "    return int64(base) & _LOW32\n"),),
+             (FLAG_IN_DATA,), race=True),
+    Mutation("persistent v13: the schedule model lets any phase read a buffer with no barrier after its write (not "
+             "only the flag-in-data words)", "megakernel/persistent/schedule.py",
+             (("            if w is not None and w != idx and epoch_of[w] == epoch and not buf.endswith(\"~\"):\n",
+               "            if w is not None and w != idx and epoch_of[w] == epoch and not buf:\n"),),
+             ("tests/test_persistent.py::test_schedule_dependencies_bytes_and_barriers",)),
     Mutation("persistent packed_descs: the carried descriptor index not wrapped at the end of a step",
              "megakernel/persistent/v2.py",
              (("            bars[DIDX] = d + 1 if d + 1 < pb else 0\n", "            bars[DIDX] = d + 1\n"),),
