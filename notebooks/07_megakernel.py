@@ -800,9 +800,9 @@ else:
 #
 # Version 13 does that for each DeltaNet layer's input projection (`persistent/handoff.py`): in_proj writes every
 # row as a float (for out_proj, two barriers later) and as a word `(tag << 32) | bits(value)`, and the DeltaNet
-# items, with no grid barrier before them, spin on the words they read until they carry the tag. The tag is the
-# target of the next grid barrier, a count that grows over every barrier of every launch, so a word left from an
-# earlier layer or step never carries it. The schedule model marks the words' buffer with a `~`: a read of it needs
+# items, with no grid barrier before them, spin on the words they read until they carry the tag. The tag counts
+# the grid barriers of every launch so far (block 0 stores where the next launch starts), so a word left from an
+# earlier layer, step or launch never carries it. The schedule model marks the words' buffer with a `~`: a read of it needs
 # no barrier after the write, a rewrite still needs one after the last read.
 
 # %%

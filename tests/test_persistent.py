@@ -372,17 +372,26 @@ def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
     steps give version 12's logits and every state bit for bit, through one barrier fewer per DeltaNet layer (the
     kernel's own count against the schedule's). An item reading a word before its writer stored it would read the
     last layer's tag and wait; one reading the floats instead of the words is a race the simulator names; a tag
-    that did not change from layer to layer would let it take the last layer's values (other bits). Several steps
-    in one launch give the same tokens."""
+    that did not change from step to step would let it take the last step's values (other bits). Several steps
+    in one launch give the same tokens. The flag-in-data build runs under the reverse schedule (the last block
+    starts first and reaches its items while the first blocks are still in in_proj: the forward and random ones
+    let an item that does not wait find its words already written)."""
     from megakernel.persistent import PersistentDecoder
+    from megakernel.testing import schedules
 
     decs = [PersistentDecoder(ref, max_context=32, version=12, blocks=blocks, prefill_mode="reference",
                               options={**more, **options}) for options in ({}, {"ll_inproj": True})]
-    runs = [_two_steps(d, PROMPT) for d in decs]
+    runs = [_two_steps(decs[0], PROMPT)]
+    with schedules.use("reverse"):
+        runs.append(_two_steps(decs[1], PROMPT))
+        barriers = decs[1].last_run["barriers"]
+        ll_tokens = decs[1].greedy_tokens(PROMPT, 4)
+        ll_logits = decs[1].logits.clone()
     assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - len(CONFIG.linear_layers)
-    assert decs[1].last_run["barriers"] == decs[1].barriers_per_step() + 1
+    assert barriers == decs[1].barriers_per_step() + 1
     _assert_same_bits(runs[0], runs[1], f"version 12 with ll_inproj on {blocks} blocks against without")
-    assert decs[1].greedy_tokens(PROMPT, 4) == decs[0].greedy_tokens(PROMPT, 4)
+    assert ll_tokens == decs[0].greedy_tokens(PROMPT, 4)
+    assert torch.equal(ll_logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
 
 
 def test_load_takes_build_options_for_the_persistent_stage_only(tiny_checkpoint):

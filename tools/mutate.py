@@ -272,10 +272,14 @@ MUTATIONS = [
              "megakernel/persistent/handoff.py",
              (("    while ((word >> 32) & _LOW32) != tag:\n", "    while False:\n"),),
              (FLAG_IN_DATA,), race=True),
-    Mutation("persistent v13: the words' tag does not change from step to step (an item may take the last step's "
+    Mutation("persistent v13: the words' tag does not change within a launch (an item may take the last step's "
              "values)", "megakernel/persistent/handoff.py",
-             (("    return (int64(base) + int64(blocks) * (int64(count) + 1)) & _LOW32\n",
+             (("    return (int64(base) + int64(count) + 1) & _LOW32\n",
                "    return int64(base) & _LOW32\n"),),
+             (FLAG_IN_DATA,), race=True),
+    Mutation("persistent v13: the next launch's tags start where this one's did (a word of the last launch may "
+             "carry the tag an item waits for)", "megakernel/persistent/handoff.py",
+             (("    v = (int64(base) + int64(count)) & _LOW32\n", "    v = int64(base) & _LOW32\n"),),
              (FLAG_IN_DATA,), race=True),
     Mutation("persistent v13: the schedule model lets any phase read a buffer with no barrier after its write (not "
              "only the flag-in-data words)", "megakernel/persistent/schedule.py",

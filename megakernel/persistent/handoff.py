@@ -8,10 +8,11 @@ polls. On the H100 the release is most of a barrier's latency while weight pages
 by one single-copy-atomic store, so a reader that sees the flag it expects sees the value written with it, whatever
 the order in which the writer's other stores land. A reader spins only on the words it reads, not on the grid.
 
-Here the flag is the ``tag`` of the hand-off: the target of the monotonic grid barrier that follows it
-(``phases.make_barrier``: ``base + blocks x (barriers passed + 1)`` mod 2^32). It grows with every barrier of every
-launch (the arrival counter is never reset), so a word left over from an earlier layer, step or launch never
-carries the tag a reader waits for. What a tag does not order is everything else: a reader may use the words it
+Here the flag is the ``tag`` of the hand-off: the count of grid barriers before the next one, over every launch
+of the decoder (``ll_tag``: the launch's base, the control block's ``CTL_LL_BASE``, plus the barriers it has passed,
+plus 1; block 0 stores the next launch's base when a launch ends, and the host never zeroes it, unlike the
+barriers' own words). So a word left over from an earlier layer, step or launch never carries the tag a reader
+waits for (until 2^32 barriers later, long after every word was rewritten), and a new buffer's zeros never do. What a tag does not order is everything else: a reader may use the words it
 waited for and nothing their writers wrote beside them; and a buffer of such words may be rewritten only past a
 grid barrier after its last reader (the schedule model checks both: ``schedule.check_dependencies``).
 
@@ -19,22 +20,37 @@ grid barrier after its last reader (the schedule model checks both: ``schedule.c
     ll_load(words, i, tag)           float32 value of words[i] once it carries ``tag`` (spins until then)
     ll_first(words, i)               the word's first read, to issue several reads before waiting on any
     ll_value(words, i, word, tag)    ``word``'s value once it carries ``tag`` (re-reading words[i] until then)
-    ll_tag(base, blocks, count)      the tag of the hand-off before the grid barrier ``count`` (0-based)
+    ll_tag(base, count)              the tag of a hand-off after ``count`` grid barriers of a launch from ``base``
+    ll_close(ctl, base, count)       (thread 0 of block 0, after the launch's last barrier) the next launch's base
 """
 
 from __future__ import annotations
 
-from numba import cuda, float32, int64
+from numba import cuda, float32, int32, int64
 
 from .. import device as D
+from . import plan as P
 from . import tma
 
 _LOW32 = (1 << 32) - 1
+_HALF32 = 1 << 31
+BASE = P.CTL_LL_BASE
 
 
 @cuda.jit(device=True)
-def ll_tag(base, blocks, count):
-    return (int64(base) + int64(blocks) * (int64(count) + 1)) & _LOW32
+def ll_base(ctl):
+    return int64(ctl[BASE]) & _LOW32
+
+
+@cuda.jit(device=True)
+def ll_tag(base, count):
+    return (int64(base) + int64(count) + 1) & _LOW32
+
+
+@cuda.jit(device=True)
+def ll_close(ctl, base, count):
+    v = (int64(base) + int64(count)) & _LOW32
+    ctl[BASE] = int32(v - (_LOW32 + 1) if v >= _HALF32 else v)
 
 
 @cuda.jit(device=True)
@@ -59,4 +75,4 @@ def ll_load(words, i, tag):
     return ll_value(words, i, tma.ld_relaxed_u64(words, i), tag)
 
 
-__all__ = ["ll_tag", "ll_store", "ll_first", "ll_value", "ll_load"]
+__all__ = ["ll_base", "ll_tag", "ll_close", "ll_store", "ll_first", "ll_value", "ll_load"]

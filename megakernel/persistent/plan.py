@@ -53,6 +53,7 @@ CTL_BAR_COUNT = 11   # kernel: the counter barrier's arrivals (0 between barrier
 CTL_BAR_GEN = 12     # kernel: the counter barrier's generation (bumped by the last block to arrive)
 CTL_ARRIVALS = 13    # kernel: the monotonic barrier's arrivals (mod 2^32; the host zeroes it before a run)
 CTL_BAR_BASE = 14    # kernel: CTL_ARRIVALS when this launch starts (block 0 writes it when a launch ends)
+CTL_LL_BASE = 15     # kernel: flag-in-data tags used by the launches so far (never zeroed: a tag never repeats)
 CTL_LEN = 16
 
 ALIGN = 64  # floats: 256 bytes
@@ -231,4 +232,4 @@ def make_plan(config: Qwen35Config, capacity: int, threads: int, blocks: int,
 __all__ = ["Plan", "make_plan", "counter_slots", "head_counter_slot",
            "CTL_TOKEN", "CTL_STEPS", "CTL_EOS", "CTL_SAMPLE", "CTL_SEED_LO",
            "CTL_SEED_HI", "CTL_INV_T", "CTL_TRACE", "CTL_DONE", "CTL_LAST", "CTL_BARRIERS", "CTL_BAR_COUNT",
-           "CTL_BAR_GEN", "CTL_ARRIVALS", "CTL_BAR_BASE", "CTL_LEN"]
+           "CTL_BAR_GEN", "CTL_ARRIVALS", "CTL_BAR_BASE", "CTL_LL_BASE", "CTL_LEN"]

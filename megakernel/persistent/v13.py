@@ -11,9 +11,9 @@ that sees the flag it expects has the value written with it.
 
 Version 13 writes every in_proj row twice: as a float (for the out_proj phase, two barriers later: z and the q/k
 conv shift's inputs) and as a word ``(tag << 32) | bits(value)`` in the int64 buffer after the residual
-accumulator (``v2.ll_offset``). The tag is the target of the next grid barrier (``base + blocks x (barriers passed
-+ 1)`` mod 2^32), which grows with every barrier of every launch, so a word left from an earlier layer or step
-never carries it. A block goes from its last in_proj page straight to its DeltaNet items; each item issues its
+accumulator (``v2.ll_offset``). The tag counts the grid barriers of every launch so far (``handoff.ll_tag``: the
+control block's ``CTL_LL_BASE``, which block 0 moves on when a launch ends and the host never zeroes, plus the
+barriers this launch has passed, plus 1), so a word left from an earlier layer, step or launch never carries it. A block goes from its last in_proj page straight to its DeltaNet items; each item issues its
 reads (conv taps and state, then the first read of each word) and spins only on the words it uses until they carry
 the tag (``deltanet.deltanet_item(ll_inputs=True)``). 92 grid barriers per token instead of 110 (0.8B). The words'
 buffer is rewritten by the next DeltaNet layer's in_proj three barriers later, after every item has read it (the

@@ -328,13 +328,14 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (measured: the barriers faster, the mixers slower, whose reads then queue behind the refills). ``lto`` (on):
     link through LTO-IR, numba-cuda's default where nvJitLink is installed; off, through Numba's PTX and
     ``ptxas``, where the out-of-line mixer bodies are called with whole array descriptors (every mixer ~1.6x
-    slower on the H100). ``ll_inproj`` (with ``monotonic``, ``fused_down`` and ``deferred_shift``): no grid barrier
+    slower on the H100). ``ll_inproj`` (with ``fused_down`` and ``deferred_shift``): no grid barrier
     between a DeltaNet layer's in_proj and its items. The in_proj rows are written twice, as floats (for the
     out_proj phase, two barriers later: z and the q/k shift) and as flag-in-data words (``handoff``: value and
     tag in one 64-bit store, after the residual accumulator in ``hacc``), which the items spin on
     (``deltanet.deltanet_item(ll_inputs=True)``): a block goes from its last in_proj page to its items, and an item
-    waits only for the rows it reads, with no release (``MEMBAR.ALL.GPU``) on anyone's path. The tag is the
-    target of the grid barrier after the items, unique over launches. The same bits."""
+    waits only for the rows it reads, with no release (``MEMBAR.ALL.GPU``) on anyone's path. The tag counts
+    the grid barriers of every launch so far (``handoff.ll_tag``, ``CTL_LL_BASE``): unique over launches. The same
+    bits."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
@@ -365,11 +366,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                          "warp_release, page_pairs or lm_pool")
     if count_smem and not monotonic:
         raise ValueError("persistent kernel build option count_smem needs monotonic (its barrier)")
-    if ll_inproj and (not monotonic or not fused_down or not deferred_shift or fused_out or mma_pages or lean_calls
-                      or fold_attention or not barriers):
-        raise ValueError("persistent kernel build option ll_inproj needs monotonic (its tags), fused_down (its words "
-                         "follow the accumulator) and deferred_shift, and does not combine with fused_out, mma_pages, "
-                         "lean_calls, fold_attention or a build without barriers")
+    if ll_inproj and (not fused_down or not deferred_shift or fused_out or mma_pages or lean_calls or fold_attention
+                      or not barriers):
+        raise ValueError("persistent kernel build option ll_inproj needs fused_down (its words follow the "
+                         "accumulator) and deferred_shift, and does not combine with fused_out, mma_pages, lean_calls, "
+                         "fold_attention or a build without barriers")
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -1374,6 +1375,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         done = 0
         h = scr[H0:H0 + D_]
         tag = int64(0)  # ``ll_inproj``: the tag of this layer's in_proj words
+        ll_base = HO.ll_base(ctl)  # (block 0 moves it on only after the launch's last barrier)
         for step in range(n_steps):
             pos = pos0 + step
             embed_rows(Ww[W_EMB:W_EMB + V * D_ // 2], token, h, D_ // 2, b, nb)
@@ -1400,7 +1402,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 if KIND[i] == 0:
                     if HAS_LIN:
                         if LL:  # the rows as words tagged for the items; no barrier before them
-                            tag = HO.ll_tag(grid[1], nb, barrier_count(grid, count))
+                            tag = HO.ll_tag(ll_base, barrier_count(grid, count))
                             cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
                                 K_NORM_LL, D_, P_LIN, rstd, scr[PL0:PL0 + P_LIN], h, h, h, hacc, tag, cursor, issued,
                                 total, pb, b, nb, table, Ww, ring, bars, xs, part, d1, d2, d3, d4, DEFER or THROTTLE)
@@ -1545,6 +1547,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         count = barrier_count(grid, count)
         close_launch(first, position, pos0, done, ctl, token, count)
         close_barriers(first, grid, count)
+        if LL and first:
+            HO.ll_close(ctl, ll_base, count)
 
     if producer:  # the name tells the compiler hook (and the simulator) how many threads are consumers
         persistent_v2.__name__ = persistent_v2.__qualname__ = warp_roles.consumer_name("persistent_v2", T)
