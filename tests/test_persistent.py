@@ -394,6 +394,22 @@ def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
     assert torch.equal(ll_logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
 
 
+def test_the_simulator_refuses_a_flag_in_data_word_rewritten_with_its_tag():
+    """A flag-in-data word must change its tag with every store (a reader waiting for a tag could otherwise take
+    the old value or the new one): the simulator's ``st_relaxed_u64`` raises on a store that keeps it, which makes a
+    tag that repeats (within a launch or across launches) fail every schedule, not only the ones that would read
+    early."""
+    from megakernel.persistent import tma
+    from megakernel.testing.races import SimulatorRace
+
+    words = np.zeros(3, dtype=np.int64)
+    tma.st_relaxed_u64(words, 1, (7 << 32) | 0x3FC00000)
+    tma.st_relaxed_u64(words, 1, (8 << 32) | 0x3FC00000)  # a new tag: fine, even with the same value
+    assert int(words[1]) >> 32 == 8 and int(tma.ld_relaxed_u64(words, 1)) == int(words[1])
+    with pytest.raises(SimulatorRace, match="rewritten with the tag it already carries"):
+        tma.st_relaxed_u64(words, 1, (8 << 32) | 0x40000000)
+
+
 def test_load_takes_build_options_for_the_persistent_stage_only(tiny_checkpoint):
     """``megakernel.load(..., options=)``: a persistent version with build options on top (what the benchmark's
     build variants load); the other stages refuse them, naming the argument."""

@@ -59,8 +59,8 @@ if SIMULATOR:
     import time
 
     from ..testing.simulator import plain_array as _np
-    from ..testing.simulator import (atomic_add_plain, record_reads, store_atomic_plain, sync_acquire,
-                                     sync_release, waiting_on_mbarrier)
+    from ..testing.simulator import (SimulatorRace, atomic_add_plain, record_reads, store_atomic_plain,
+                                     sync_acquire, sync_release, waiting_on_mbarrier)
 
     # An mbarrier in the simulator: its int64 word counts the completed phases (so the current phase's parity is
     # the count's low bit); per (array, slot) here: [arrivals per phase, arrivals still expected this phase, bytes
@@ -159,6 +159,14 @@ if SIMULATOR:
         return np.int64(sync_acquire(arr, int(i)))
 
     def st_relaxed_u64(arr, i, v):
+        """In this project a relaxed 64-bit store writes a flag-in-data word (``handoff``): its upper half is the
+        tag a reader waits for, so the simulator also checks that every store to a word changes its tag (a word
+        rewritten with the tag it carries is indistinguishable from the old one: a reader could take either)."""
+        old = int(_np(arr)[int(i)])
+        if old != 0 and (old >> 32) & 0xFFFFFFFF == (int(v) >> 32) & 0xFFFFFFFF:
+            raise SimulatorRace(f"st_relaxed_u64: word {int(i)} rewritten with the tag it already carries "
+                                f"({(int(v) >> 32) & 0xFFFFFFFF}): a reader waiting for that tag may take the old "
+                                "value or the new one")
         store_atomic_plain(arr, int(i), int(v))
 
     def fence_proxy_async():
