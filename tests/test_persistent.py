@@ -394,6 +394,28 @@ def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
     assert torch.equal(ll_logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
 
 
+def test_version_13_waits_for_more_q_k_words_than_the_block_has_threads(checkpoint_factory):
+    """Two DeltaNet layers a step (the words rewritten from layer to layer within a launch) and 256 q/k channels on
+    blocks of 64 threads: each item's threads wait for their channels' words one after another in the conv's loop
+    (not all at once, as where a thread has one channel). A 3-step launch on 2 blocks under the reverse schedule
+    gives version 12's tokens and logits bit for bit, through one barrier fewer per DeltaNet layer."""
+    import megakernel
+    from megakernel.persistent import PersistentDecoder
+    from megakernel.testing import schedules
+
+    config = Qwen35Config.tiny(vocab_size=200, num_hidden_layers=3, layer_types=(LINEAR, FULL, LINEAR),
+                               linear_key_head_dim=64)
+    ref = megakernel.load(checkpoint_factory("persistent_two_deltanet_wide_qk", config=config), "reference")
+    runs = []
+    for version in (12, 13):
+        dec = PersistentDecoder(ref, max_context=16, version=version, blocks=2, prefill_mode="reference")
+        with schedules.use("reverse"):
+            runs.append((dec.greedy_tokens(PROMPT, 4), dec.logits.clone(), dec.last_run["barriers"]))
+    assert 2 * config.linear_num_key_heads * config.linear_key_head_dim > dec.plan.threads
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+    assert runs[1][2] == runs[0][2] - 3 * len(config.linear_layers)  # 3 steps
+
+
 def test_the_simulator_refuses_a_flag_in_data_word_rewritten_with_its_tag():
     """A flag-in-data word must change its tag with every store (a reader waiting for a tag could otherwise take
     the old value or the new one): the simulator's ``st_relaxed_u64`` raises on a store that keeps it, which makes a
