@@ -768,24 +768,33 @@ if ladder6_path.exists():
 
 # %%
 ladder7_path = R.results_dir() / "profile_ladder_nvidia-h100_2026-11-28.json"
+
+
+def plot_step_parts(rows, title):
+    """Profile-ladder rows (label -> row) as stacked bars: the phases' critical paths, the barriers' latency and
+    what is left of the step (the departure spread, the rest)."""
+    crit = [r["sum_of_critical_paths_us"] for r in rows.values()]
+    lat = [r["barrier_latency_us"] for r in rows.values()]
+    rest = [r["us_per_step"] - c - b for r, c, b in zip(rows.values(), crit, lat)]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.barh(list(rows), crit, color="tab:blue", label="phases (critical paths)")
+    ax.barh(list(rows), lat, left=crit, color="tab:red", label="barrier latency")
+    ax.barh(list(rows), rest, left=np.add(crit, lat), color="tab:gray", label="departure spread, other")
+    ax.invert_yaxis()
+    ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)
+    ax.set_title(title)
+    plt.show()
+
+
 if ladder7_path.exists():
     ladder7 = json.loads(ladder7_path.read_text())
     parts = {(r["call"], r["variant"]): r for r in ladder7["rows"]}
     shown = {"version 12": (69, "12"), "version 12,\nno copies": (69, "12+nocopy"),
              "producer": (69, "12+prod+noindec+preg=40"), "producer,\nno copies": (68, "12+prod+noindec+preg=40+nocopy")}
-    crit = [parts[k]["sum_of_critical_paths_us"] for k in shown.values()]
-    lat = [parts[k]["barrier_latency_us"] for k in shown.values()]
-    rest = [parts[k]["us_per_step"] - c - b for k, c, b in zip(shown.values(), crit, lat)]
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.barh(list(shown), crit, color="tab:blue", label="phases (critical paths)")
-    ax.barh(list(shown), lat, left=crit, color="tab:red", label="barrier latency")
-    ax.barh(list(shown), rest, left=np.add(crit, lat), color="tab:gray", label="departure spread, other")
-    ax.invert_yaxis()
-    ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)
-    ax.set_title("Where a step goes: the producer's phases are shorter, its barriers longer")
-    plt.show()
-    print_ladder(ladder7["rows"])
+    plot_step_parts({label: parts[k] for label, k in shown.items()},
+                    "Where a step goes: the producer's phases are shorter, its barriers longer")
+    print_ladder([r for r in ladder7["rows"] if r["call"] <= 71])
 else:
     print(f"{ladder7_path.name} not found")
 
@@ -824,16 +833,6 @@ if ladder7_path.exists():
     v13 = {r["variant"]: r for r in ladder7["rows"] if r["call"] == 72}
     shown = {"version 12": "12", "version 13\n(12 + ll_inproj)": "12+ll", "producer": "12+prod+noindec+preg=40",
              "producer\n+ ll_inproj": "12+prod+noindec+preg=40+ll"}
-    crit = [v13[k]["sum_of_critical_paths_us"] for k in shown.values()]
-    lat = [v13[k]["barrier_latency_us"] for k in shown.values()]
-    rest = [v13[k]["us_per_step"] - c - b for k, c, b in zip(shown.values(), crit, lat)]
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.barh(list(shown), crit, color="tab:blue", label="phases (critical paths)")
-    ax.barh(list(shown), lat, left=crit, color="tab:red", label="barrier latency")
-    ax.barh(list(shown), rest, left=np.add(crit, lat), color="tab:gray", label="departure spread, other")
-    ax.invert_yaxis()
-    ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)
-    ax.set_title("Flag-in-data words instead of a barrier: the latency moves into the phases")
-    plt.show()
+    plot_step_parts({label: v13[k] for label, k in shown.items()},
+                    "Flag-in-data words instead of a barrier: the latency moves into the phases")
     print_ladder([v13[k] for k in shown.values()])
