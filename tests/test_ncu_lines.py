@@ -53,7 +53,7 @@ def test_samples_are_summed_per_function_and_line(tmp_path):
     assert p.returncode == 0, p.stderr
     out = p.stdout
     # 100 samples: 40 in issue_next (v2.py), 60 in the DeltaNet item's body
-    assert "60.00%  kernels/deltanet.py:deltanet_item_body" in out and "long_sb 100%" in out
+    assert "60.00%  kernels/deltanet.py:deltanet_item_tagged" in out and "long_sb 100%" in out
     assert "40.00%  persistent/v2.py:issue_next" in out and "barrier 75%" in out
     assert f"persistent/v2.py:{l_issue}" in out and f"kernels/deltanet.py:{l_item}" in out
 

@@ -366,11 +366,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                          "warp_release, page_pairs or lm_pool")
     if count_smem and not monotonic:
         raise ValueError("persistent kernel build option count_smem needs monotonic (its barrier)")
-    if ll_inproj and (not fused_down or not deferred_shift or fused_out or mma_pages or lean_calls or fold_attention
-                      or not barriers):
+    if ll_inproj and (not fused_down or not deferred_shift or fused_out or mma_pages or lean_calls or fold_attention):
         raise ValueError("persistent kernel build option ll_inproj needs fused_down (its words follow the "
-                         "accumulator) and deferred_shift, and does not combine with fused_out, mma_pages, lean_calls, "
-                         "fold_attention or a build without barriers")
+                         "accumulator) and deferred_shift, and does not combine with fused_out, mma_pages, lean_calls "
+                         "or fold_attention")
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
