@@ -17,7 +17,6 @@ waited for and nothing their writers wrote beside them; and a buffer of such wor
 grid barrier after its last reader (the schedule model checks both: ``schedule.check_dependencies``).
 
     ll_store(words, i, value, tag)   int64 words[i] = (tag << 32) | bits(value), one 64-bit store
-    ll_load(words, i, tag)           float32 value of words[i] once it carries ``tag`` (spins until then)
     ll_first(words, i)               the word's first read, to issue several reads before waiting on any
     ll_value(words, i, word, tag)    ``word``'s value once it carries ``tag`` (re-reading words[i] until then)
     ll_tag(base, count)              the tag of a hand-off after ``count`` grid barriers of a launch from ``base``
@@ -70,9 +69,4 @@ def ll_value(words, i, word, tag):
     return D.bits_to_f32(word & _LOW32)
 
 
-@cuda.jit(device=True)
-def ll_load(words, i, tag):
-    return ll_value(words, i, tma.ld_relaxed_u64(words, i), tag)
-
-
-__all__ = ["ll_base", "ll_tag", "ll_close", "ll_store", "ll_first", "ll_value", "ll_load"]
+__all__ = ["ll_base", "ll_tag", "ll_close", "ll_store", "ll_first", "ll_value"]
