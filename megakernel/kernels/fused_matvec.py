@@ -445,33 +445,53 @@ def gated_put(xs, value, i, d, head_dim, nv):
 
 
 @cuda.jit(device=True)
+def gated_head(o, z, norm_w, base, lane, head_dim):
+    """A lane's four elements of a head of up to 128 (lane + 0/32/64/96): their unscaled gated values
+    ``norm_w * o * silu(z)`` and their sum of o^2.  ``head_dim`` 0 stands for a head that is not there (zeros).
+    Inlined, so a caller can have two heads' twelve loads each in flight before it uses any of them."""
+    oa, za, wa = gated_load(o, z, norm_w, base, lane, head_dim)
+    ob, zb, wb = gated_load(o, z, norm_w, base, lane + WARP, head_dim)
+    oc, zc, wc = gated_load(o, z, norm_w, base, lane + 2 * WARP, head_dim)
+    oe, ze, we = gated_load(o, z, norm_w, base, lane + 3 * WARP, head_dim)
+    ss = oa * oa + ob * ob + oc * oc + oe * oe
+    return wa * oa * D.silu(za), wb * ob * D.silu(zb), wc * oc * D.silu(zc), we * oe * D.silu(ze), ss
+
+
+@cuda.jit(device=True)
+def gated_head_put(xs, ta, tb, tc, te, r, base, lane, head_dim, nv):
+    gated_put(xs, ta * r, base + lane, lane, head_dim, nv)
+    gated_put(xs, tb * r, base + lane + WARP, lane + WARP, head_dim, nv)
+    gated_put(xs, tc * r, base + lane + 2 * WARP, lane + 2 * WARP, head_dim, nv)
+    gated_put(xs, te * r, base + lane + 3 * WARP, lane + 3 * WARP, head_dim, nv)
+
+
+@cuda.jit(device=True)
 def stage_gated(o, z, norm_w, xs, heads, head_dim, eps):
     """xs <- gated_rms_norm(o, z) (per head: o * rstd_head * norm_w * silu(z)) in the split layout, one warp
-    per head.  Each lane first loads o, z and norm_w of four elements (twelve loads in flight together: a
-    store to shared memory in between would keep the compiler from issuing the next loads early, as it cannot
-    tell the arrays apart).  Heads of up to 128 elements (Qwen3.5's) keep the four values in registers until
-    the warp's sum of o^2 gives rstd, then store them once; longer heads stage unscaled values chunk by chunk
-    and rescale them.  The caller synchronizes."""
+    per head.  Heads of up to 128 elements (Qwen3.5's): a warp takes two heads per pass (``hd`` and ``hd`` plus
+    the warp count) and each lane first loads o, z and norm_w of four elements of each (24 loads in flight
+    together: one L2 round trip per pass instead of one per head; a store to shared memory in between would
+    keep the compiler from issuing the next loads early, as it cannot tell the arrays apart), keeps the values
+    in registers until the warps' sums of o^2 give the heads' rstd, then stores them once.  Longer heads stage
+    unscaled values chunk by chunk and rescale them.  Each head's arithmetic is the same either way (the same
+    bits).  The caller synchronizes."""
     lane = cuda.threadIdx.x % WARP
     nv = heads * head_dim // 8
+    nw = cuda.blockDim.x // WARP
     hd = cuda.threadIdx.x // WARP
     while hd < heads:  # (not range(): its trip count would be a 64-bit division by the warp count)
         base = hd * head_dim
         if head_dim <= 4 * WARP:
-            oa, za, wa = gated_load(o, z, norm_w, base, lane, head_dim)
-            ob, zb, wb = gated_load(o, z, norm_w, base, lane + WARP, head_dim)
-            oc, zc, wc = gated_load(o, z, norm_w, base, lane + 2 * WARP, head_dim)
-            oe, ze, we = gated_load(o, z, norm_w, base, lane + 3 * WARP, head_dim)
-            ss = oa * oa + ob * ob + oc * oc + oe * oe
-            ta = wa * oa * D.silu(za)
-            tb = wb * ob * D.silu(zb)
-            tc = wc * oc * D.silu(zc)
-            te = we * oe * D.silu(ze)
+            hd2 = hd + nw
+            dim2 = head_dim if hd2 < heads else 0  # (warp-uniform: both warp sums run in every lane)
+            base2 = hd2 * head_dim
+            ta, tb, tc, te, ss = gated_head(o, z, norm_w, base, lane, head_dim)
+            ua, ub, uc, ue, ss2 = gated_head(o, z, norm_w, base2, lane, dim2)
             r = D.rsqrt(D.warp_sum(ss) / float32(head_dim) + eps)
-            gated_put(xs, ta * r, base + lane, lane, head_dim, nv)
-            gated_put(xs, tb * r, base + lane + WARP, lane + WARP, head_dim, nv)
-            gated_put(xs, tc * r, base + lane + 2 * WARP, lane + 2 * WARP, head_dim, nv)
-            gated_put(xs, te * r, base + lane + 3 * WARP, lane + 3 * WARP, head_dim, nv)
+            r2 = D.rsqrt(D.warp_sum(ss2) / float32(head_dim) + eps)
+            gated_head_put(xs, ta, tb, tc, te, r, base, lane, head_dim, nv)
+            gated_head_put(xs, ua, ub, uc, ue, r2, base2, lane, dim2, nv)
+            hd += 2 * nw
         else:
             ss = float32(0)
             for d in range(lane, head_dim, 4 * WARP):
@@ -488,7 +508,7 @@ def stage_gated(o, z, norm_w, xs, heads, head_dim, eps):
             for d in range(lane, head_dim, WARP):
                 j = split_index(base + d, nv)
                 xs[j] = xs[j] * r
-        hd += cuda.blockDim.x // WARP
+            hd += nw
 
 
 # Each variant is a device body over a work range (``block`` of ``nblocks``, shared arrays passed in: see
