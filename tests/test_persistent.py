@@ -394,6 +394,28 @@ def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
     assert torch.equal(ll_logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
 
 
+LONG_PROMPT = [(7 * i + 3) % 250 + 1 for i in range(40)]  # 40 tokens: three attention splits of 16 positions
+
+
+@pytest.mark.parametrize("blocks, cols", [(3, 12), (2, 32)], ids=["3-blocks-8-columns", "2-blocks-32-columns"])
+def test_column_combine_computes_version_13s_bits(ref, blocks, cols):
+    """``combine_cols``: the attention combine over items of a few columns of a head, each thread's partials of
+    every split loaded at once, parked in shared memory and summed in split order by one row of threads. The same
+    sums: after a 40-token prompt (three splits on three blocks) two decode steps give version 13's logits and
+    every state bit for bit. A wish of 12 columns becomes 8 (they must divide the head's 32 and the block's 64
+    threads): eight row groups, four items per head, looped over by three blocks; 32 columns on two blocks: two
+    row groups, so a thread loads two splits and the items of both heads queue on the blocks."""
+    from megakernel.kernels.attention import combine_columns
+    from megakernel.persistent import PersistentDecoder
+
+    assert combine_columns(32, 64, 12) == 8 and combine_columns(24, 64, 32) == 8 and combine_columns(32, 64, 32) == 32
+    decs = [PersistentDecoder(ref, max_context=64, version=13, blocks=blocks, prefill_mode="reference",
+                              options=options) for options in ({}, {"combine_cols": cols})]
+    runs = [_two_steps(d, LONG_PROMPT) for d in decs]
+    assert decs[1].plan.workspace >= decs[0].plan.workspace
+    _assert_same_bits(runs[0], runs[1], f"version 13 with combine_cols={cols} on {blocks} blocks against without")
+
+
 def test_version_13_waits_for_more_q_k_words_than_the_block_has_threads(checkpoint_factory):
     """Two DeltaNet layers a step (the words rewritten from layer to layer within a launch) and 256 q/k channels on
     blocks of 64 threads: each item's threads wait for their channels' words one after another in the conv's loop

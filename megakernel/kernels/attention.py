@@ -76,6 +76,9 @@ __all__ = [
     "group_query_item",
     "decode_item",
     "combine_item",
+    "combine_cols_item",
+    "combine_columns",
+    "combine_cols_workspace",
     "decode_workspace",
     "combine_workspace",
     "splits_for_length",
@@ -590,6 +593,84 @@ def combine_item(Hq: int, Dh: int, T: int, gate_stride: int = 0, batch: int = 0)
         cuda.syncthreads()
 
     return attn_combine_body
+
+
+def combine_columns(Dh: int, T: int, cols: int) -> int:
+    """``combine_cols_item``'s column width for a wish of ``cols``: the largest width <= ``cols`` that divides both
+    ``Dh`` (a head's columns split evenly) and ``T`` (whole row groups of threads)."""
+    return max(c for c in range(1, max(1, min(cols, Dh, T)) + 1) if Dh % c == 0 and T % c == 0)
+
+
+def combine_cols_workspace(cols: int) -> int:
+    """float32 shared-memory elements one ``combine_cols_item`` of width ``cols`` needs: ``combine_workspace()``
+    and every split's partials of its columns."""
+    return combine_workspace() + cols * MAX_SPLITS
+
+
+@functools.lru_cache(maxsize=None)
+def combine_cols_item(Hq: int, Dh: int, T: int, cols: int):
+    """``attn_combine`` over ``cols`` columns of a query head, with all of its partials in one L2 round trip:
+
+        body(item, n_splits, partial_ml, partial_o, gate, out, ws)
+
+    item ``h * (Dh / cols) + c``: columns ``[c cols, (c+1) cols)`` of head ``h`` (``cols`` from
+    ``combine_columns``). ``combine_item`` gives each thread a column and the splits ``COMBINE_BATCH`` at a time:
+    at the persistent kernel's 16 positions per split a 512-token context has 33 splits, three round trips one
+    after the other. Here the block's ``T / cols`` row groups of threads share a head's columns: thread ``(r, j)``
+    loads split ``r + k T/cols`` of column ``j`` for every ``k`` at once (at most ``MAX_SPLITS / (T/cols)`` loads,
+    issued together with the splits' ``(m, l)`` and the gate), parks them in shared memory, and after the block's
+    reductions of ``m`` and ``L`` (the same code on the same threads as ``combine_item``: the same sums) the
+    first row group sums its column over the splits in split order, as ``combine_item`` does: the same bits, on
+    ``Dh / cols`` times as many blocks. ``ws``: >= ``combine_cols_workspace(cols)`` floats. Returns with the block
+    synchronised."""
+    if Dh % cols or T % cols:
+        raise ValueError(f"combine_cols_item: cols = {cols} must divide head_dim ({Dh}) and the block size ({T})")
+    NEG_INF = np.float32(-np.inf)
+    CPH = Dh // cols  # items per head
+    RG = T // cols  # row groups
+    B = -(-MAX_SPLITS // RG)  # loads per thread: every split at once
+    BUF = combine_workspace()
+
+    @cuda.jit(device=True)
+    def attn_combine_cols_body(item, n_splits, partial_ml, partial_o, gate, out, ws):
+        wsh = ws[0:MAX_SPLITS]
+        scratch = ws[MAX_SPLITS:MAX_SPLITS + 32]
+        buf = ws[BUF:BUF + cols * MAX_SPLITS]  # [split, column]
+        tid = cuda.threadIdx.x
+        h = item // CPH
+        j = tid % cols
+        r = tid // cols
+        d = (item % CPH) * cols + j
+        vals = cuda.local.array(B, float32)
+        for k in range(B):  # every load first (a store to shared memory in between would hold the next back)
+            i = r + k * RG
+            vals[k] = partial_o[h, i, d] if i < n_splits else float32(0)
+        g0 = gate[h * Dh + d] if r == 0 else float32(0)
+        m = NEG_INF
+        for i in range(tid, n_splits, T):
+            mi = partial_ml[h, i, 0]
+            if mi > m:
+                m = mi
+        for k in range(B):
+            i = r + k * RG
+            if i < n_splits:
+                buf[i * cols + j] = vals[k]
+        m = D.block_max(m, scratch)
+        lsum = float32(0)
+        for i in range(tid, n_splits, T):
+            mi = partial_ml[h, i, 0]
+            w = float32(math.exp(mi - m)) if mi > NEG_INF else float32(0)  # an empty split weighs 0
+            wsh[i] = w
+            lsum += partial_ml[h, i, 1] * w
+        lsum = D.block_sum(lsum, scratch)  # its barriers also publish wsh and buf
+        if r == 0:
+            o = float32(0)
+            for i in range(n_splits):  # split order, as combine_item sums
+                o += buf[i * cols + j] * wsh[i]
+            out[h * Dh + d] = o / lsum * D.sigmoid(g0)
+        cuda.syncthreads()
+
+    return attn_combine_cols_body
 
 
 @functools.lru_cache(maxsize=None)

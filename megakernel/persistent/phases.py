@@ -246,7 +246,7 @@ DEC_ARRAYS = (4, 5, 6, 7, 8, 9)
 def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False, fold_attention: bool = False,
                 deltanet_out_of_line: bool = False, inline_decode: bool = False, late_shift: bool = False,
                 twice: bool = False, lean_calls: bool = False, deferred_shift: bool = False,
-                combine_batch: int = 0, ll_inproj: bool = False):
+                combine_batch: int = 0, ll_inproj: bool = False, combine_cols: int = 0):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
@@ -264,6 +264,8 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     inputs on the SM: what a run costs cold and warm). ``deferred_shift``: the DeltaNet body leaves the q/k conv
     state to the caller (``deltanet.qk_conv_shift`` after the phase's barrier; no "last reader" count).
     ``combine_batch``: the partials an attention-combine thread loads at once (``attention.combine_item(batch=)``).
+    ``combine_cols``: the combine over items of that many columns of a head (``attention.combine_cols_item``; width
+    from ``attention.combine_columns``), every split's partials loaded at once; the same bits.
     ``ll_inproj`` (with ``deferred_shift``): the DeltaNet items read the input projection as flag-in-data words
     (``handoff``), with no grid barrier between the projection and them; ``deltanet_core`` then takes two more
     arguments, the words and their tag: ``deltanet_core(..., grid, count, prof, words, tag)``.
@@ -285,7 +287,13 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     LL = ll_inproj
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None
-    comb_body = attn.combine_item(Hq, Dh, T, batch=combine_batch) if o.HAS_ATT else None
+    CC = attn.combine_columns(Dh, T, combine_cols) if combine_cols and o.HAS_ATT else 0
+    if o.HAS_ATT:
+        comb_body = (attn.combine_cols_item(Hq, Dh, T, CC) if CC
+                     else attn.combine_item(Hq, Dh, T, batch=combine_batch))
+    else:
+        comb_body = None
+    N_COMB = Hq * (Dh // CC) if CC else Hq  # combine items
     lean = lean_calls  # pass the bodies' arrays (at the positions *_ARRAYS) as (address, shape) pairs
     if out_of_line:
         dn_body, prep_body, comb_body = (_out_of_line(f, arrays if lean else None) if f is not None else None
@@ -354,7 +362,7 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
             item += nb
         count = barrier(grid, count, prof)
         item = b
-        while item < Hq:
+        while item < N_COMB:
             for _ in range(REPS):
                 comb_body(item, ns, pml, po, gate, attn_out, ws)
             item += nb

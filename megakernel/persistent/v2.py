@@ -40,6 +40,7 @@ from numba.cuda import float32, int32, int64, uint32
 
 from megakernel import device as D
 
+from ..kernels import attention as attn
 from ..kernels import deltanet as dn
 from ..kernels import lm_head as lmh
 from ..kernels.embedding import embed_rows
@@ -72,20 +73,24 @@ DESC_PAGES = 1024            # ``smem_descs``: copy descriptors a block keeps in
 
 def configure(plan, ring: int | None = None, page_kb: int | None = None, fused_down: bool = False,
               fused_out: bool = False, smem_descs: bool = False, producer: bool = False, producer_regs: int = 0,
-              **_options):
+              combine_cols: int = 0, **_options):
     """The plan with the ring's size: as many 32 KB pages as fit next to the workspace (at most ``RING_PAGES``);
     in the simulator 3 small pages (two rows of the widest phase each), so rows, pages and ring wrap-around are
     all exercised on a tiny model. ``ring`` / ``page_kb``: another ring (measured variants, NOTES.md).
     ``fused_down``: a workspace with room for the block's rows of act after x (``D + F`` floats); ``fused_out``:
     room for the gated values of out_proj's input there too (``D + value_dim``); ``smem_descs``: room for
     ``DESC_PAGES`` copy descriptors in static shared memory (``desc_pages``); ``producer``: a producer warp beside
-    the block's threads (``producer_threads``; with ``producer_regs`` a warpgroup of 4 warps)."""
+    the block's threads (``producer_threads``; with ``producer_regs`` a warpgroup of 4 warps); ``combine_cols``: room
+    for an attention-combine item's partials (``attention.combine_cols_workspace``)."""
     c = plan.config
     plan = dataclasses.replace(plan, producer_threads=(4 * WARP if producer_regs else WARP) if producer else 0)
     if fused_down:
         plan = dataclasses.replace(plan, workspace=max(plan.workspace, c.hidden_size + c.intermediate_size))
     if fused_out:
         plan = dataclasses.replace(plan, workspace=max(plan.workspace, out_gate_offset(plan) + c.value_dim))
+    if combine_cols and c.full_layers:
+        cols = attn.combine_columns(c.head_dim, plan.threads, combine_cols)
+        plan = dataclasses.replace(plan, workspace=max(plan.workspace, attn.combine_cols_workspace(cols)))
     # (an int: that capacity instead; the tests give a small one so the fallback to global memory runs)
     desc_pages = (DESC_PAGES if smem_descs is True else int(smem_descs)) if smem_descs else 0
     plan = dataclasses.replace(plan, desc_pages=desc_pages)
@@ -150,7 +155,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "packed_descs": False, "producer": False,
            "producer_backoff": 0, "producer_regs": 0, "lto": True,
            "producer_hold": False, "release_stamp": False,
-           "producer_throttle": False, "ll_inproj": False}  # measured variants (NOTES.md); the defaults are the kept ones
+           "producer_throttle": False, "ll_inproj": False, "combine_cols": 0}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -196,7 +201,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False,
            producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True,
            producer_hold: bool = False, release_stamp: bool = False, producer_throttle: bool = False,
-           ll_inproj: bool = False):
+           ll_inproj: bool = False, combine_cols: int = 0):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -289,7 +294,9 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     ``deltanet.deltanet_item(deferred_shift=True)``); the out_proj phase after them does, its loads in flight with
     those of the gated norm's staging, its stores right after it (``deltanet.qk_conv_shift``); the same bits.
     ``combine_batch``: an attention-combine thread's partials loaded that many at a time (0: ``attention
-    .COMBINE_BATCH``); at least the splits in use, one round trip; the same bits. ``skeleton`` (timing only, with
+    .COMBINE_BATCH``); at least the splits in use, one round trip; the same bits. ``combine_cols`` (with a plan
+    configured with it): the attention combine over items of that many columns of a head, every split's partials
+    loaded at once (``attention.combine_cols_item``); the same bits. ``skeleton`` (timing only, with
     ``nocopy`` and ``nocompute``: what each part of a page's bookkeeping costs): a bit mask of what the page loops
     leave out, 1 the wait for the slot's mbarrier, 2 the block barrier after each page, 4 the slot's refill (needs
     1), 8 the refill's load of the next copy descriptor, 16 the refill's mbarrier arrival (needs 1).
@@ -366,6 +373,13 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                          "warp_release, page_pairs or lm_pool")
     if count_smem and not monotonic:
         raise ValueError("persistent kernel build option count_smem needs monotonic (its barrier)")
+    if combine_cols and (fold_attention or combine_batch):
+        raise ValueError("persistent kernel build option combine_cols does not combine with fold_attention or "
+                         "combine_batch")
+    if combine_cols and plan.config.full_layers and plan.workspace < attn.combine_cols_workspace(
+            attn.combine_columns(plan.config.head_dim, plan.threads, combine_cols)):
+        raise ValueError("persistent kernel build option combine_cols needs a plan configured with it (room for "
+                         "the partials): pass it to configure too")
     if ll_inproj and (not fused_down or not deferred_shift or fused_out or mma_pages or lean_calls or fold_attention):
         raise ValueError("persistent kernel build option ll_inproj needs fused_down (its words follow the "
                          "accumulator) and deferred_shift, and does not combine with fused_out, mma_pages, lean_calls "
@@ -458,7 +472,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     close_barriers = make_barrier_close(barriers, monotonic)
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
                                                 deltanet_out_of_line, inline_decode, deltanet_late_shift,
-                                                mixer_twice, lean_calls, deferred_shift, combine_batch, LL)
+                                                mixer_twice, lean_calls, deferred_shift, combine_batch, LL,
+                                                combine_cols)
     DSHIFT = deferred_shift and HAS_LIN
     KM1 = o.KC - 1
     if DSHIFT:
