@@ -250,13 +250,13 @@ def test_flag_in_data_inproj_computes_version_12s_bits_on_the_gpu(ref, more):
 
 
 def test_column_combine_computes_version_13s_bits_on_the_gpu(ref):
-    """``combine_cols``: the attention combine over items of 32 columns of a head, every split's partials loaded at
+    """``combine_cols``: the attention combine over items of 16 columns of a head, every split's partials loaded at
     once. After a 520-token prompt (33 splits of 16 positions on the full grid, 18 on 37 blocks), 16-step launches
     give version 13's tokens, logits and every state bit for bit on each grid size, twice."""
     from megakernel.persistent import PersistentDecoder
 
     decs = [PersistentDecoder(ref, max_context=1024, version=13, prefill_mode="reference", options=options)
-            for options in ({}, {"combine_cols": 32})]
+            for options in ({}, {"combine_cols": 16})]
     full = decs[1].resize_grid(None)
     for blocks in (full, 37):
         results = []
@@ -267,7 +267,7 @@ def test_column_combine_computes_version_13s_bits_on_the_gpu(ref):
                 tokens = dec.run(state, int(logits[-1].argmax()), 16)
                 results.append((tokens, dec.logits.clone(), state.to_reference()))
         for run, result in enumerate(results[1:]):
-            where = f"combine_cols=32 on {blocks} blocks, run {run}"
+            where = f"combine_cols=16 on {blocks} blocks, run {run}"
             assert result[0] == results[0][0], f"tokens differ: {where}"
             assert torch.equal(result[1], results[0][1]), f"logits differ: {where}"
             for name in ("conv", "recurrent", "k_cache", "v_cache"):
