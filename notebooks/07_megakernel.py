@@ -770,7 +770,7 @@ if ladder6_path.exists():
 ladder7_path = R.results_dir() / "profile_ladder_nvidia-h100_2026-11-28.json"
 
 
-def plot_step_parts(rows, title):
+def plot_step_parts(rows, title, device="H100"):
     """Profile-ladder rows (label -> row) as stacked bars: the phases' critical paths, the barriers' latency and
     what is left of the step (the departure spread, the rest)."""
     crit = [r["sum_of_critical_paths_us"] for r in rows.values()]
@@ -781,7 +781,7 @@ def plot_step_parts(rows, title):
     ax.barh(list(rows), lat, left=crit, color="tab:red", label="barrier latency")
     ax.barh(list(rows), rest, left=np.add(crit, lat), color="tab:gray", label="departure spread, other")
     ax.invert_yaxis()
-    ax.set_xlabel("us per decode step (profiling build, context 512, H100)")
+    ax.set_xlabel(f"us per decode step (profiling build, context 512, {device})")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3)
     ax.set_title(title)
     plt.show()
@@ -836,3 +836,29 @@ if ladder7_path.exists():
     plot_step_parts({label: v13[k] for label, k in shown.items()},
                     "Flag-in-data words instead of a barrier: the latency moves into the phases")
     print_ladder([v13[k] for k in shown.values()])
+
+# %% [markdown]
+# ## On the H200: a faster memory, the same skeleton
+#
+# The H200 streams 4.24 TB/s against the H100's 3.02, so its floor at context 512 is 0.366 ms per token (2,732
+# tok/s). Version 13 runs 1,237 tok/s there, 18% faster than on the H100 but only 45% of that floor; the CUDA
+# graph runs 1,113. Without any weight copied (`nocopy`, a timing-only build) the kernel takes 796 of its 868 us
+# per profiled step: on the H200 the stream adds 72 us to the skeleton, on the H100 ~170. What bounds every
+# version is the phases' latency chains and the grid barriers, which a faster memory does not shorten. Two
+# attempts at those chains, both with the same bits: the gated norm's staging with two heads' loads in flight
+# (kept; out_proj ~8 us per step shorter in the profile, the benchmark within its noise) and the attention
+# combine over column items with all partials loaded at once (`combine_cols`: the combine phase 34 -> 27 us per
+# step in the profile, yet 1.5% slower in the benchmark, so not kept).
+
+# %%
+ladder_h200_path = R.results_dir() / "profile_ladder_nvidia-h200_2026-11-28.json"
+if ladder_h200_path.exists():
+    ladder_h200 = json.loads(ladder_h200_path.read_text())
+    h200 = {(r["call"], r["variant"]): r for r in ladder_h200["rows"]}
+    shown = {"version 13": (3, "13"), "version 13,\nno copies": (3, "13+nocopy"),
+             "+ combine_cols=16": (6, "13+cc=16")}
+    plot_step_parts({label: h200[k] for label, k in shown.items()},
+                    "On the H200 the skeleton is almost the whole step", device="H200")
+    print_ladder(ladder_h200["rows"])
+else:
+    print(f"{ladder_h200_path.name} not found")
