@@ -155,7 +155,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "packed_descs": False, "producer": False,
            "producer_backoff": 0, "producer_regs": 0, "lto": True,
            "producer_hold": False, "release_stamp": False,
-           "producer_throttle": False, "ll_inproj": False, "combine_cols": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "producer_throttle": False, "ll_inproj": False,
+           "combine_cols": 0}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
