@@ -536,6 +536,38 @@ def combine_workspace() -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def split_weights(T: int):
+    """The combine's reductions over the splits, one copy for ``combine_item`` and ``combine_cols_item`` so that both
+    take the same sums (``T`` = the block size; thread ``t`` takes splits ``t, t + T, ...``):
+
+        thread_max(h, n_splits, partial_ml) -> this thread's largest ``m_i`` (``block_max`` gives ``m``)
+        weights(h, n_splits, partial_ml, m, wsh) -> this thread's share of ``L = sum_i l_i w_i`` (``block_sum``
+            gives ``L``), each ``w_i = exp(m_i - m)`` (0 for an empty split) written to ``wsh[i]``"""
+    NEG_INF = np.float32(-np.inf)
+
+    @cuda.jit(device=True)
+    def thread_max(h, n_splits, partial_ml):
+        m = NEG_INF
+        for i in range(cuda.threadIdx.x, n_splits, T):
+            mi = partial_ml[h, i, 0]
+            if mi > m:
+                m = mi
+        return m
+
+    @cuda.jit(device=True)
+    def weights(h, n_splits, partial_ml, m, wsh):
+        lsum = float32(0)
+        for i in range(cuda.threadIdx.x, n_splits, T):
+            mi = partial_ml[h, i, 0]
+            w = float32(math.exp(mi - m)) if mi > NEG_INF else float32(0)  # an empty split weighs 0
+            wsh[i] = w
+            lsum += partial_ml[h, i, 1] * w
+        return lsum
+
+    return thread_max, weights
+
+
+@functools.lru_cache(maxsize=None)
 def combine_item(Hq: int, Dh: int, T: int, gate_stride: int = 0, batch: int = 0):
     """``attn_combine`` for one query head as a device function (``T`` = the block size):
 
@@ -547,7 +579,7 @@ def combine_item(Hq: int, Dh: int, T: int, gate_stride: int = 0, batch: int = 0)
     ``COMBINE_BATCH``; with at least as many as there are splits, the body waits for one round trip of partials,
     the first, loaded with the m/L pairs and the gate before the block's reductions). The same sums in the same
     order whatever the batch."""
-    NEG_INF = np.float32(-np.inf)
+    thread_max, weights = split_weights(T)
     GS = gate_stride or Dh
     B = batch or COMBINE_BATCH
 
@@ -562,19 +594,8 @@ def combine_item(Hq: int, Dh: int, T: int, gate_stride: int = 0, batch: int = 0)
         for k in range(B):
             vals[k] = partial_o[h, k, tid] if (k < n_splits and tid < Dh) else float32(0)
         g0 = gate[h * GS + tid] if tid < Dh else float32(0)
-        m = NEG_INF
-        for i in range(tid, n_splits, T):
-            mi = partial_ml[h, i, 0]
-            if mi > m:
-                m = mi
-        m = D.block_max(m, scratch)
-        lsum = float32(0)
-        for i in range(tid, n_splits, T):
-            mi = partial_ml[h, i, 0]
-            w = float32(math.exp(mi - m)) if mi > NEG_INF else float32(0)  # an empty split weighs 0
-            wsh[i] = w
-            lsum += partial_ml[h, i, 1] * w
-        lsum = D.block_sum(lsum, scratch)  # its barriers also publish wsh
+        m = D.block_max(thread_max(h, n_splits, partial_ml), scratch)
+        lsum = D.block_sum(weights(h, n_splits, partial_ml, m, wsh), scratch)  # its barriers also publish wsh
         d = tid
         while d < Dh:
             o = float32(0)
@@ -619,13 +640,13 @@ def combine_cols_item(Hq: int, Dh: int, T: int, cols: int):
     after the other. Here the block's ``T / cols`` row groups of threads share a head's columns: thread ``(r, j)``
     loads split ``r + k T/cols`` of column ``j`` for every ``k`` at once (at most ``MAX_SPLITS / (T/cols)`` loads,
     issued together with the splits' ``(m, l)`` and the gate), parks them in shared memory, and after the block's
-    reductions of ``m`` and ``L`` (the same code on the same threads as ``combine_item``: the same sums) the
+    reductions of ``m`` and ``L`` (``split_weights``, as in ``combine_item``: the same sums on the same threads) the
     first row group sums its column over the splits in split order, as ``combine_item`` does: the same bits, on
     ``Dh / cols`` times as many blocks. ``ws``: >= ``combine_cols_workspace(cols)`` floats. Returns with the block
     synchronised."""
     if Dh % cols or T % cols:
         raise ValueError(f"combine_cols_item: cols = {cols} must divide head_dim ({Dh}) and the block size ({T})")
-    NEG_INF = np.float32(-np.inf)
+    thread_max, weights = split_weights(T)
     CPH = Dh // cols  # items per head
     RG = T // cols  # row groups
     B = -(-MAX_SPLITS // RG)  # loads per thread: every split at once
@@ -646,23 +667,13 @@ def combine_cols_item(Hq: int, Dh: int, T: int, cols: int):
             i = r + k * RG
             vals[k] = partial_o[h, i, d] if i < n_splits else float32(0)
         g0 = gate[h * Dh + d] if r == 0 else float32(0)
-        m = NEG_INF
-        for i in range(tid, n_splits, T):
-            mi = partial_ml[h, i, 0]
-            if mi > m:
-                m = mi
+        m = thread_max(h, n_splits, partial_ml)  # (its loads issued before the stores below)
         for k in range(B):
             i = r + k * RG
             if i < n_splits:
                 buf[i * cols + j] = vals[k]
         m = D.block_max(m, scratch)
-        lsum = float32(0)
-        for i in range(tid, n_splits, T):
-            mi = partial_ml[h, i, 0]
-            w = float32(math.exp(mi - m)) if mi > NEG_INF else float32(0)  # an empty split weighs 0
-            wsh[i] = w
-            lsum += partial_ml[h, i, 1] * w
-        lsum = D.block_sum(lsum, scratch)  # its barriers also publish wsh and buf
+        lsum = D.block_sum(weights(h, n_splits, partial_ml, m, wsh), scratch)  # its barriers also publish wsh, buf
         if r == 0:
             o = float32(0)
             for i in range(n_splits):  # split order, as combine_item sums
