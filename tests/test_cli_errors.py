@@ -305,6 +305,7 @@ def test_no_gpu_for_a_gpu_stage_says_how_to_simulate(tiny, capsys, no_model_load
     assert_one_line_error("megakernel.bench.kernels", [], capsys, 2, "needs a CUDA GPU",
                           "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_kernels_matvec.py")
     assert_one_line_error("megakernel.bench.consumer", [], capsys, 2, "needs a CUDA GPU")
+    assert_one_line_error("megakernel.bench.l2_prefetch", [], capsys, 2, "needs a CUDA GPU")
 
 
 def test_no_gpu_in_the_library(tiny, monkeypatch):
@@ -420,7 +421,8 @@ def test_the_real_entry_points_print_no_traceback(tmp_path):
 
 # ------------------------------------------------------------------------------------------ help
 CLIS = ["reference.generate", "megakernel.generate", "megakernel.demo", "megakernel.compare",
-        "megakernel.bench.decode", "megakernel.bench.results", "megakernel.bench.kernels", "megakernel.bench.consumer"]
+        "megakernel.bench.decode", "megakernel.bench.results", "megakernel.bench.kernels", "megakernel.bench.consumer",
+        "megakernel.bench.l2_prefetch"]
 
 
 @pytest.mark.parametrize("module", CLIS)

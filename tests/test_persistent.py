@@ -394,6 +394,34 @@ def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
     assert torch.equal(ll_logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
 
 
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_flag_in_data_residual_computes_version_13s_bits(ref, blocks):
+    """``ll_residual``: no grid barrier between a residual phase (out_proj, o_proj) and the MLP after it; the MLP's
+    norm spins on h's rows, written as flag-in-data words, and the MLP accumulator alternates between two regions
+    by layer parity. The same sums: two decode steps give version 13's logits and every state bit for bit, through
+    one barrier fewer per layer (the kernel's own count against the schedule's), under the reverse schedule (the
+    last block reaches its MLP while the first are still in the residual phase). A norm reading h's floats would
+    be a race the simulator names; one accumulator for both parities would lose a fast block's down sums to a slow
+    block's clear (other bits); the words carrying the last layer's tag would give it the last layer's h. Several
+    steps in one launch give the same tokens."""
+    from megakernel.persistent import PersistentDecoder
+    from megakernel.testing import schedules
+
+    decs = [PersistentDecoder(ref, max_context=32, version=13, blocks=blocks, prefill_mode="reference",
+                              options=options) for options in ({}, {"ll_residual": True})]
+    runs = [_two_steps(decs[0], PROMPT)]
+    with schedules.use("reverse"):
+        runs.append(_two_steps(decs[1], PROMPT))
+        barriers = decs[1].last_run["barriers"]
+        tokens = decs[1].greedy_tokens(PROMPT, 4)
+        logits = decs[1].logits.clone()
+    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - CONFIG.num_hidden_layers
+    assert barriers == decs[1].barriers_per_step() + 1
+    _assert_same_bits(runs[0], runs[1], f"version 13 with ll_residual on {blocks} blocks against without")
+    assert tokens == decs[0].greedy_tokens(PROMPT, 4)
+    assert torch.equal(logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
+
+
 LONG_PROMPT = [(7 * i + 3) % 250 + 1 for i in range(40)]  # 40 tokens: three attention splits of 16 positions
 
 
@@ -823,6 +851,23 @@ def test_schedule_dependencies_bytes_and_barriers():
     with pytest.raises(ScheduleError, match=r"deltanet\[0\] overwrites 'proj_ll~' that deltanet\[0\]|"
                                             r"deltanet\[0\] and in_proj\[0\] both write 'proj_ll~'"):
         check_dependencies(broken)
+    # ll_residual: the MLP's norm waits for h's words, not for a barrier; the accumulators alternate by layer, so
+    # one accumulator for both parities (a residual phase clearing what an MLP past it adds into) is named, as is an
+    # MLP reading h's floats
+    res = step_phases(published, context=100, version=13, fused_down=True, ll_inproj=True, ll_residual=True)
+    check_dependencies(res)
+    assert barriers_per_token(published, version=13, fused_down=True, ll_inproj=True, ll_residual=True) == 92 - 24
+    assert bytes_per_step(res) == bytes_per_step(hand)
+    one_acc = [type(p)(**{**p.__dict__, "reads": tuple(b.rstrip("01") if b.startswith("h_acc") else b for b in p.reads),
+                          "writes": tuple(b.rstrip("01") if b.startswith("h_acc") else b for b in p.writes)})
+               for p in res]
+    with pytest.raises(ScheduleError, match=r"mlp\[0\] overwrites 'h_acc' that out_proj\[0\] reads"):
+        check_dependencies(one_acc)
+    broken = [p if p.name != "mlp" or p.layer != 0 else type(p)(**{**p.__dict__, "reads": ("h",)}) for p in res]
+    with pytest.raises(ScheduleError, match=r"mlp\[0\] reads 'h' written by out_proj\[0\]"):
+        check_dependencies(broken)
+    with pytest.raises(ValueError, match="ll_residual needs fused_down"):
+        step_phases(published, ll_residual=True)
 
 
 def test_barrier_bound_of_a_barrier_per_phase_kernel():

@@ -83,12 +83,10 @@ class PersistentDecoder(PrefillModes):
         self.counters = torch.zeros(P.counter_slots(c)[1], dtype=torch.int32, device=dev)
         self.trace = torch.zeros(c.num_hidden_layers, c.hidden_size, dtype=torch.float32, device=dev)
         # ``fused_down``: the residual stream's fixed-point accumulator (the kernel clears it before use)
-        reps = self.option_value("fd_reps", 1)
-        words = c.hidden_size * (reps + int(self.fuses_out)) * self.option_value("fd_stride", 1)
-        if self.hands_off_inproj:  # and after it, the input projection's flag-in-data words (``v2.ll_offset``)
-            from .v2 import ll_words
+        from .v2 import hacc_words  # the accumulator, the input projection's and the residual's words
 
-            words += ll_words(c)
+        words = hacc_words(c, self.option_value("fd_reps", 1), self.option_value("fd_stride", 1), self.fuses_out,
+                           self.hands_off_inproj, self.hands_off_residual)
         self.h_acc = torch.zeros(words if self.fuses_down else 1, dtype=torch.int64, device=dev)
         off, n = self.plan.scratch["logits"]
         self.logits = self.scratch[off : off + n]
@@ -244,7 +242,7 @@ class PersistentDecoder(PrefillModes):
 
         return barriers_per_token(self.config, version=self.version, fold_attention=self.folds_attention,
                                   fused_down=self.fuses_down, fused_out=self.fuses_out,
-                                  ll_inproj=self.hands_off_inproj)
+                                  ll_inproj=self.hands_off_inproj, ll_residual=self.hands_off_residual)
 
     def option_value(self, name: str, default=None):
         """A build option as this decoder's kernel has it (passed, else the version's default)."""
@@ -269,6 +267,12 @@ class PersistentDecoder(PrefillModes):
         """Whether a DeltaNet layer's items read its in_proj as flag-in-data words, with no grid barrier between
         (``ll_inproj``)."""
         return self._option("ll_inproj") and LINEAR in self.config.layer_types
+
+    @property
+    def hands_off_residual(self) -> bool:
+        """Whether the residual phases hand h to the MLP as flag-in-data words, with no grid barrier between
+        (``ll_residual``)."""
+        return self._option("ll_residual")
 
     @property
     def fuses_down(self) -> bool:

@@ -21,6 +21,8 @@ grid barrier after its last reader (the schedule model checks both: ``schedule.c
     ll_value(words, i, word, tag)    ``word``'s value once it carries ``tag`` (re-reading words[i] until then)
     ll_tag(base, count)              the tag of a hand-off after ``count`` grid barriers of a launch from ``base``
     ll_close(ctl, base, count)       (thread 0 of block 0, after the launch's last barrier) the next launch's base
+    ll_stage_norm(words, off, tag, gw, xs, nv, scratch)
+                                     ``fused_matvec.stage_norm`` of the vector held as words ``words[off:]``
 """
 
 from __future__ import annotations
@@ -69,4 +71,34 @@ def ll_value(words, i, word, tag):
     return D.bits_to_f32(word & _LOW32)
 
 
-__all__ = ["ll_base", "ll_tag", "ll_close", "ll_store", "ll_first", "ll_value"]
+@cuda.jit(device=True)
+def ll_stage_norm(words, off, tag, gw, xs, nv, scratch):
+    """``fused_matvec.stage_norm`` (xs <- h * (1 + gw) in the split layout; returns sum(h^2), the same in every
+    block) of ``h`` given as ``8 nv`` flag-in-data words from ``words[off]``: a thread issues the first read of
+    all four of its words before it waits for any, then spins on each until it carries ``tag``. The same
+    arithmetic in the same order as ``stage_norm``: the same bits."""
+    one = float32(1)
+    ss = float32(0)
+    q = cuda.threadIdx.x
+    while q < 2 * nv:
+        i = off + 4 * q
+        w0 = ll_first(words, i)
+        w1 = ll_first(words, i + 1)
+        w2 = ll_first(words, i + 2)
+        w3 = ll_first(words, i + 3)
+        g0, g1, g2, g3 = D.load_f32x4(gw, q)
+        h0 = ll_value(words, i, w0, tag)
+        h1 = ll_value(words, i + 1, w1, tag)
+        h2 = ll_value(words, i + 2, w2, tag)
+        h3 = ll_value(words, i + 3, w3, tag)
+        ss += h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
+        j = 4 * ((q & 1) * nv + (q >> 1))
+        xs[j] = h0 * (one + g0)
+        xs[j + 1] = h1 * (one + g1)
+        xs[j + 2] = h2 * (one + g2)
+        xs[j + 3] = h3 * (one + g3)
+        q += cuda.blockDim.x
+    return D.block_sum(ss, scratch)
+
+
+__all__ = ["ll_base", "ll_tag", "ll_close", "ll_store", "ll_first", "ll_value", "ll_stage_norm"]

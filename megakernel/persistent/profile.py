@@ -72,7 +72,7 @@ def read_timeline(decoder, steps: int, context: int, sample: bool = False) -> Ti
     phases = step_phases(decoder.config, context=context, sample=sample, version=decoder.version,
                          blocks=decoder.blocks, fold_attention=decoder.folds_attention,
                          fused_down=decoder.fuses_down, fused_out=decoder.fuses_out,
-                         ll_inproj=decoder.hands_off_inproj)
+                         ll_inproj=decoder.hands_off_inproj, ll_residual=decoder.hands_off_residual)
     labels = [lab for _ in range(steps) for lab in barrier_labels(phases)] + ["end"]
     kinds = [lab.split("[")[0] for lab in labels]
     prof = decoder.prof.cpu().numpy()
@@ -170,7 +170,8 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "dsh": "deferred_shift", "nfence": "_no_refill_fence",
           "pd": "packed_descs", "prod": "producer", "noindec": "_no_inline_decode",
           "nolto": "_no_lto", "hold": "producer_hold",
-          "rst": "release_stamp", "thr": "producer_throttle", "ll": "ll_inproj"}
+          "rst": "release_stamp", "thr": "producer_throttle", "ll": "ll_inproj",
+          "llr": "ll_residual"}
 _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride",
            "lmp=": "lm_pool",
            "l2=": "l2_ahead",

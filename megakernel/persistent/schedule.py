@@ -48,7 +48,7 @@ class Phase:
 
 def step_phases(config, context: int = 1, sample: bool = False, version: int = 1,
                 blocks: int | None = None, fold_attention: bool = False, fused_down: bool = False,
-                fused_out: bool = False, ll_inproj: bool = False) -> list[Phase]:
+                fused_out: bool = False, ll_inproj: bool = False, ll_residual: bool = False) -> list[Phase]:
     """The phases of one decode step at a context of ``context`` cached positions (the new token included).
     ``blocks``: the grid, for versions that cap the attention splits at one item per block (versions 3, 4).
     ``fold_attention``: the build option of versions 2+ (``phases.make_folded_attention``). ``fused_down``
@@ -59,7 +59,13 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
     value head for the gated norm's sum of squares, within the phase), and the same phase folds the last MLP's
     ``h_acc`` into h (no phase reads h then): one phase and one barrier fewer per DeltaNet layer. ``ll_inproj``:
     in_proj also writes its rows as flag-in-data words (``proj_ll~``: a reader waits for each word's tag, so it
-    needs no barrier after the write, ``handoff``), which the DeltaNet items read; no barrier between them."""
+    needs no barrier after the write, ``handoff``), which the DeltaNet items read; no barrier between them.
+    ``ll_residual`` (with ``fused_down``): the residual phases (out_proj, o_proj) also write h's rows as words
+    (``h_ll~``), which the MLP's norm reads, with no barrier between; the MLP accumulator alternates between two
+    buffers by layer parity (``h_acc0``, ``h_acc1``): layer i's residual phase folds and clears the last MLP's
+    while the MLP after it adds into the other."""
+    if ll_residual and not fused_down:
+        raise ValueError("step_phases: ll_residual needs fused_down (the accumulators it alternates)")
     c = config
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
     Hv, Dk, Dv = c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim
@@ -79,8 +85,13 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
     # weight bytes as reference.budget counts them (2 bytes per parameter; the small fp32 parameters too)
     acc = ("h_acc",) if fused_down else ()
     acc += ("h_out",) if fused_out else ()
-    phases = [Phase("embed", None, "all", 1, ("token",), ("h",) + acc, D * 2)]
+    mlp_acc = ("h_acc",)
+    res = ()  # what a residual phase writes besides h and the accumulators
+    phases = [Phase("embed", None, "all", 1, ("token",), ("h",) + (("h_acc0", "h_acc1") if ll_residual else acc),
+                    D * 2)]
     for i, kind in enumerate(c.layer_types):
+        if ll_residual:  # the last MLP's accumulator (read and cleared by this layer's residual phase), this one's
+            acc, mlp_acc, res = (f"h_acc{(i - 1) % 2}",), (f"h_acc{i % 2}",), ("h_ll~",)
         if kind == LINEAR:
             small = c.conv_dim * c.linear_conv_kernel_dim + 2 * Hv  # conv taps, A_log, dt_bias
             state = 2 * Hv * Dk * Dv * 4 + 2 * c.conv_dim * (c.linear_conv_kernel_dim - 1) * 2
@@ -96,16 +107,18 @@ def step_phases(config, context: int = 1, sample: bool = False, version: int = 1
                     Phase("deltanet", i, "items", Hv * Dv // item_columns(c),
                           ("proj_ll~" if ll_inproj else "proj_lin", "conv", "rec"), ("o_lin", "conv", "rec"), small * 2,
                           state_bytes=state),
-                    Phase("out_proj", i, "rows", D, ("o_lin", "proj_lin") + acc, ("h+",) + acc,
-                          (D * c.value_dim + Dv) * 2),
+                    Phase("out_proj", i, "rows", D, ("o_lin", "proj_lin") + acc, ("h+",) + acc + res,
+                          (D * c.value_dim + Dv) * 2, barrier_after=not ll_residual),
                 ]
         else:
             phases.append(Phase("qkv", i, "rows", rows_qkv, ("h",) + acc, ("proj_att",), (rows_qkv + 1) * D * 2))
             phases += _attention_phases(i, Hq, Hkv, Dh, splits, context, fold_attention)
-            phases.append(Phase("o_proj", i, "rows", D, ("attn_out",) + acc, ("h+",) + acc, D * Hq * Dh * 2))
+            phases.append(Phase("o_proj", i, "rows", D, ("attn_out",) + acc, ("h+",) + acc + res, D * Hq * Dh * 2,
+                                barrier_after=not ll_residual))
         if fused_down:  # act stays in the block that made it: no buffer between the blocks, no barrier
-            phases.append(Phase("mlp", i, "rows", F, ("h",) + (("h_out",) if fused_out else ()), ("h_acc",),
-                                (2 * F + 1) * D * 2 + D * F * 2))
+            h_in = ("h_ll~",) if ll_residual else ("h",) + (("h_out",) if fused_out else ())
+            phases.append(Phase("mlp", i, "rows", F, h_in, mlp_acc, (2 * F + 1) * D * 2 + D * F * 2))
+            acc = mlp_acc + (("h_out",) if fused_out else ())
         else:
             phases += [
                 Phase("mlp_gate_up", i, "rows", F, ("h",), ("act",), (2 * F + 1) * D * 2),
@@ -133,13 +146,15 @@ def _attention_phases(i, Hq, Hkv, Dh, splits, context, fold: bool) -> list[Phase
 
 
 def barriers_per_token(config, sample: bool = False, version: int = 1, fold_attention: bool = False,
-                       fused_down: bool = False, fused_out: bool = False, ll_inproj: bool = False) -> int:
+                       fused_down: bool = False, fused_out: bool = False, ll_inproj: bool = False,
+                       ll_residual: bool = False) -> int:
     """Grid barriers one decode step costs (the kernel adds one per launch, after its last step); with
     ``fold_attention`` one per attention layer instead of three, with ``fused_down`` one per MLP instead of two,
-    with ``fused_out`` or ``ll_inproj`` one per DeltaNet layer fewer."""
+    with ``fused_out`` or ``ll_inproj`` one per DeltaNet layer fewer, with ``ll_residual`` one per layer fewer."""
     return sum(p.barrier_after for p in step_phases(config, sample=sample, version=version,
                                                     fold_attention=fold_attention, fused_down=fused_down,
-                                                    fused_out=fused_out, ll_inproj=ll_inproj))
+                                                    fused_out=fused_out, ll_inproj=ll_inproj,
+                                                    ll_residual=ll_residual))
 
 
 def barrier_bound(config, context: int, barrier_seconds: float, barriers: int | None = None,

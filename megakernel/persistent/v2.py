@@ -39,6 +39,7 @@ from numba import cuda
 from numba.cuda import float32, int32, int64, uint32
 
 from megakernel import device as D
+from reference.config import LINEAR
 
 from ..kernels import attention as attn
 from ..kernels import deltanet as dn
@@ -119,15 +120,38 @@ def out_gate_offset(plan) -> int:
     return max(c.hidden_size, ws_dn)
 
 
-def ll_offset(config, fd_reps: int = 1, fd_stride: int = 1, fused_out: bool = False) -> int:
+def ll_offset(config, fd_reps: int = 1, fd_stride: int = 1, fused_out: bool = False,
+              ll_residual: bool = False) -> int:
     """``ll_inproj``: where in ``hacc`` (int64) the input projection's flag-in-data words start, after the residual
-    accumulator's words (``decoder``'s allocation adds ``ll_words`` there)."""
+    accumulator's words (with ``ll_residual``, after the first of its two regions: ``residual_regions``)."""
+    if ll_residual:
+        return 2 * config.hidden_size
     return config.hidden_size * (fd_reps + int(fused_out)) * fd_stride
 
 
 def ll_words(config) -> int:
     """``ll_inproj``: one flag-in-data word per row of a DeltaNet input projection."""
     return config.conv_dim + config.value_dim + 2 * config.linear_num_value_heads
+
+
+def residual_regions(config, ll_inproj: bool) -> tuple[int, int]:
+    """``ll_residual``: where in ``hacc`` its two regions start. Region ``p`` is the MLP accumulator of the layers
+    of parity ``p`` (``hidden`` int64 words) followed by the residual stream as flag-in-data words written by the
+    residual phase of the layer after (``hidden`` more); the input projection's words lie between them."""
+    lin = ll_inproj and LINEAR in config.layer_types
+    return 0, 2 * config.hidden_size + (-(-ll_words(config) // 2) * 2 if lin else 0)
+
+
+def hacc_words(config, fd_reps: int = 1, fd_stride: int = 1, fused_out: bool = False, ll_inproj: bool = False,
+               ll_residual: bool = False) -> int:
+    """The int64 words ``hacc`` needs: the accumulator, then (``ll_inproj``) the input projection's words; with
+    ``ll_residual`` its two regions around them."""
+    if ll_residual:
+        return residual_regions(config, ll_inproj)[1] + 2 * config.hidden_size
+    words = config.hidden_size * (fd_reps + int(fused_out)) * fd_stride
+    if ll_inproj and LINEAR in config.layer_types:
+        words += ll_words(config)
+    return words
 
 
 def kernel_key(plan) -> tuple:
@@ -156,7 +180,7 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "producer_backoff": 0, "producer_regs": 0, "lto": True,
            "producer_hold": False, "release_stamp": False,
            "producer_throttle": False, "ll_inproj": False,
-           "combine_cols": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "combine_cols": 0, "ll_residual": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -202,7 +226,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            skeleton: int = 0, refill_fence: bool = True, packed_descs: bool = False, producer: bool = False,
            producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True,
            producer_hold: bool = False, release_stamp: bool = False, producer_throttle: bool = False,
-           ll_inproj: bool = False, combine_cols: int = 0):
+           ll_inproj: bool = False, combine_cols: int = 0, ll_residual: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -343,7 +367,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     (``deltanet.deltanet_item(ll_inputs=True)``): a block goes from its last in_proj page to its items, and an item
     waits only for the rows it reads, with no release (``MEMBAR.ALL.GPU``) on anyone's path. The tag counts
     the grid barriers of every launch so far (``handoff.ll_tag``, ``CTL_LL_BASE``): unique over launches. The same
-    bits."""
+    bits. ``ll_residual`` (with ``fused_down``): no grid barrier between a residual phase (out_proj, o_proj) and the
+    MLP after it. The residual phase writes each new row of h also as a flag-in-data word, and the MLP's norm
+    spins on the words (``handoff.ll_stage_norm``). The MLP's accumulator alternates between two regions of
+    ``hacc`` by layer parity (``residual_regions``): a residual phase folds and clears the last MLP's region while
+    a block already past it may add into the other. The same bits."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
@@ -385,6 +413,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         raise ValueError("persistent kernel build option ll_inproj needs fused_down (its words follow the "
                          "accumulator) and deferred_shift, and does not combine with fused_out, mma_pages, lean_calls "
                          "or fold_attention")
+    if ll_residual and (not fused_down or fused_out or fd_reps != 1 or fd_stride != 1 or not monotonic
+                        or fold_attention or lean_calls or mma_pages or early_residual):
+        raise ValueError("persistent kernel build option ll_residual needs fused_down (one accumulator, fd_reps and "
+                         "fd_stride 1) and monotonic, and does not combine with fused_out, fold_attention, lean_calls, "
+                         "mma_pages or early_residual")
     if split_sums and not paired_rows or early_residual and not split_sums:
         raise ValueError("persistent kernel build option split_sums needs paired_rows, early_residual needs "
                          "split_sums")
@@ -555,7 +588,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
         raise ValueError("persistent kernel build option fused_out needs a plan configured with it (room for the "
                          "gated values in the workspace): pass it to configure too")
     norm_acc, fold_acc, clear_acc, fold_mlp, clear_mlp = SD.accumulator(D_, fd_reps, fd_stride, FO)
-    LL0 = ll_offset(plan.config, fd_reps, fd_stride, FO)  # ``ll_inproj``: in_proj's words in hacc from here
+    LLR = ll_residual
+    LL0 = ll_offset(plan.config, fd_reps, fd_stride, FO, LLR)  # ``ll_inproj``: in_proj's words in hacc from here
+    _, R1 = residual_regions(plan.config, ll_inproj)  # ``ll_residual``: the odd layers' region
+    RW = 2 * D_  # ``ll_residual``: a region's words (the accumulator, then h as words)
     if FD and XA + F > XS:
         raise ValueError("persistent kernel build option fused_down needs a plan configured with it (room for act "
                          "in the workspace): pass it to configure too")
@@ -835,8 +871,11 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 mine = key
         elif FD:  # K_GATED, K_PLAIN with the last MLP's down projection still in the accumulator: fold it in
             if lane == 0:
-                h[row] = (h[row] + fold_acc(hacc, row)) + acc
+                hn = (h[row] + fold_acc(hacc, row)) + acc
+                h[row] = hn
                 clear_acc(hacc, row)
+                if LLR:  # ``hacc`` is the last MLP's region: h's words follow its accumulator; ``mine``: the tag
+                    HO.ll_store(hacc, D_ + row, hn, mine)
         else:  # K_GATED, K_PLAIN: the residual add
             if lane == 0:
                 h[row] += acc
@@ -1397,11 +1436,24 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
             if FD:  # the last step's LM head has read it (a barrier ago); the first MLP adds into it
                 for d in range(b * T + tid, D_, nb * T):
                     clear_acc(hacc, d)
+                    if LLR:  # (and the other region, which layer 0's residual phase folds)
+                        clear_acc(hacc, R1 + d)
             if POOL > 0 and first:  # every claim on the last step's pool was made before its LM head's barrier
                 table_g[nb, 0, 0] = 0
             count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
             for i in range(L):
                 j = SLOT[i]
+                if LLR:  # the region of the last MLP (its accumulator, the residual phase's words) and this MLP's
+                    if (i & 1) == 0:
+                        acc_in = hacc[R1:R1 + RW]
+                        acc_mlp = hacc[0:RW]
+                    else:
+                        acc_in = hacc[0:RW]
+                        acc_mlp = hacc[R1:R1 + RW]
+                else:
+                    acc_in = hacc
+                    acc_mlp = hacc
+                rtag = NO_KEY  # ``ll_residual``: the tag of this layer's residual words
                 if PREFETCH:
                     if KIND[i] == 0:
                         if HAS_LIN:
@@ -1410,7 +1462,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                         prefetch_kv(j, pos, b, nb, kc, vc)
                 in_norm = Wf[F_IN + i * NS_:F_IN + i * NS_ + D_]
                 if NORM_ACC:
-                    ss = norm_acc(h, hacc, in_norm, xs, D_ // 8, scratch)
+                    ss = norm_acc(h, acc_in, in_norm, xs, D_ // 8, scratch)
                 else:
                     ss = stage_norm(h, in_norm, xs, D_ // 8, scratch)
                 rstd = D.rsqrt(ss / float32(D_) + EPS)
@@ -1457,10 +1509,13 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                             if DSHIFT:  # (its loads were in flight with the staging's: no wait of its own)
                                 shift_store(conv[j], scr[PL0:PL0 + P_LIN], b, nb, shifted)
                             cuda.syncthreads()
+                            if LLR:
+                                rtag = HO.ll_tag(ll_base, barrier_count(grid, count))
                             cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
-                                K_GATED, HVDV, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
+                                K_GATED, HVDV, D_, rstd, h, h, h, h, acc_in, rtag, cursor, issued, total, pb, b, nb,
                                 table, Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
-                            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
+                            if not LLR:
+                                count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 else:
                     if HAS_ATT:
                         cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
@@ -1482,13 +1537,18 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                                                             d1, d2, d3, d4)
                         stage_split(scr[AO0:AO0 + HQDH], xs, HQDH // 8)
                         cuda.syncthreads()
+                        if LLR:
+                            rtag = HO.ll_tag(ll_base, barrier_count(grid, count))
                         cursor, issued, _m, d1, d2, d3, d4 = rows_phase(
-                            K_PLAIN, HQDH, D_, rstd, h, h, h, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb, table,
+                            K_PLAIN, HQDH, D_, rstd, h, h, h, h, acc_in, rtag, cursor, issued, total, pb, b, nb, table,
                             Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
-                        count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
+                        if not LLR:
+                            count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 post_norm = Wf[F_POST + i * NS_:F_POST + i * NS_ + D_]
                 if FO and NORM_ACC:  # h_out is not folded into h before the next attention layer
                     ss = norm_acc(h, hacc, post_norm, xs, D_ // 8, scratch)
+                elif LLR:  # h as the residual phase's words, each awaited by its tag
+                    ss = HO.ll_stage_norm(acc_in, D_, rtag, post_norm, xs, D_ // 8, scratch)
                 else:
                     ss = stage_norm(h, post_norm, xs, D_ // 8, scratch)
                 rstd = D.rsqrt(ss / float32(D_) + EPS)
@@ -1498,10 +1558,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 if FD:  # one phase: the block's act rows stay in its workspace, its down rows add into hacc
                     act_rows = xs[XA:XA + F]
                     cursor, issued, _m, d1, d2, d3, d4 = rows_hidden(
-                        K_SWIGLU, D_, F, rstd, h, h, act_rows, h, hacc, NO_KEY, cursor, issued, total, pb, b, nb,
+                        K_SWIGLU, D_, F, rstd, h, h, act_rows, h, acc_mlp, NO_KEY, cursor, issued, total, pb, b, nb,
                         table, Ww, ring, bars, xs, part, d1, d2, d3, d4, False)
                     cuda.syncthreads()  # (the last page's barrier already published the block's rows of act)
-                    cursor, issued, d1, d2, d3, d4 = down_phase(F, act_rows, hacc, acc_stage, cursor, issued, total,
+                    cursor, issued, d1, d2, d3, d4 = down_phase(F, act_rows, acc_mlp, acc_stage, cursor, issued, total,
                                                                 pb, b, nb, table, Ww, ring, bars, d1, d2, d3, d4)
                     count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 else:
@@ -1518,10 +1578,12 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     count, pf = bar(grid, count, prof, issued, pf, total, b, pb, table, Ww, bars)
                 if ctl[P.CTL_TRACE] != 0:
                     for d in range(b * T + tid, D_, nb * T):
-                        trace[i, d] = h[d] + fold_acc(hacc, d) if FD else h[d]
+                        trace[i, d] = h[d] + fold_acc(acc_mlp, d) if FD else h[d]
             # ---- LM head + argmax, and the next token
             final_norm = Wf[F_FINAL:F_FINAL + D_]
-            if NORM_ACC:
+            if LLR:  # the last layer's MLP region
+                ss = norm_acc(h, hacc[R1:R1 + RW] if (L & 1) == 0 else hacc[0:RW], final_norm, xs, D_ // 8, scratch)
+            elif NORM_ACC:
                 ss = norm_acc(h, hacc, final_norm, xs, D_ // 8, scratch)
             else:
                 ss = stage_norm(h, final_norm, xs, D_ // 8, scratch)
