@@ -249,6 +249,38 @@ def test_flag_in_data_inproj_computes_version_12s_bits_on_the_gpu(ref, more):
     assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - len(ref.config.linear_layers)
 
 
+def test_flag_in_data_residual_computes_version_13s_bits_on_the_gpu(ref):
+    """``ll_residual``: no grid barrier between a residual phase and the MLP, whose norm spins on h's rows as
+    flag-in-data words, with the MLP accumulators alternating by layer. 24-step launches, 3 runs on each of 3 grid
+    sizes, must give version 13's tokens, logits and every state bit for bit (a word taken before its store landed,
+    or a fast block's down sums added into an accumulator a slow block then cleared, would change the bits)."""
+    from megakernel.persistent import PersistentDecoder
+
+    decs = [PersistentDecoder(ref, max_context=1024, version=13, prefill_mode="reference", options=options)
+            for options in ({}, {"ll_residual": True})]
+    full = decs[1].resize_grid(None)
+    baseline = None
+    for dec, grids in ((decs[0], (full,)), (decs[1], (full, full // 2, 37))):
+        for blocks in grids:
+            dec.resize_grid(blocks)
+            for run in range(3 if dec is decs[1] else 1):
+                logits, state = dec.prefill(PROMPTS[1])
+                tokens = dec.run(state, int(logits[-1].argmax()), 24)
+                result = (tokens, dec.logits.clone(), state.to_reference())
+                if baseline is None:
+                    baseline = result
+                    continue
+                where = f"ll_residual on {blocks} blocks, run {run}"
+                assert result[0] == baseline[0], f"tokens differ: {where}"
+                assert torch.equal(result[1], baseline[1]), f"logits differ: {where}"
+                for name in ("conv", "recurrent", "k_cache", "v_cache"):
+                    for layer in getattr(result[2], name):
+                        assert torch.equal(getattr(result[2], name)[layer], getattr(baseline[2], name)[layer]), \
+                            f"{name}[{layer}] differs: {where}"
+    assert decs[1].last_run["barriers"] == 24 * decs[1].barriers_per_step() + 1
+    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - ref.config.num_hidden_layers
+
+
 def test_column_combine_computes_version_13s_bits_on_the_gpu(ref):
     """``combine_cols``: the attention combine over items of 16 columns of a head, every split's partials loaded at
     once. After a 520-token prompt (33 splits of 16 positions on the full grid, 18 on 37 blocks), 16-step launches
