@@ -394,8 +394,8 @@ def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
     assert torch.equal(ll_logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
 
 
-@pytest.mark.parametrize("blocks", [1, 3])
-def test_flag_in_data_residual_computes_version_13s_bits(ref, blocks):
+@pytest.mark.parametrize("blocks, more", [(1, {}), (3, {"ll_backoff": 100})], ids=["1", "3-backoff"])
+def test_flag_in_data_residual_computes_version_13s_bits(ref, blocks, more):
     """``ll_residual``: no grid barrier between a residual phase (out_proj, o_proj) and the MLP after it; the MLP's
     norm spins on h's rows, written as flag-in-data words, and the MLP accumulator alternates between two regions
     by layer parity. The same sums: two decode steps give version 13's logits and every state bit for bit, through
@@ -403,12 +403,12 @@ def test_flag_in_data_residual_computes_version_13s_bits(ref, blocks):
     last block reaches its MLP while the first are still in the residual phase). A norm reading h's floats would
     be a race the simulator names; one accumulator for both parities would lose a fast block's down sums to a slow
     block's clear (other bits); the words carrying the last layer's tag would give it the last layer's h. Several
-    steps in one launch give the same tokens."""
+    steps in one launch give the same tokens. On three blocks with ``ll_backoff`` (a sleep between re-reads)."""
     from megakernel.persistent import PersistentDecoder
     from megakernel.testing import schedules
 
     decs = [PersistentDecoder(ref, max_context=32, version=13, blocks=blocks, prefill_mode="reference",
-                              options=options) for options in ({}, {"ll_residual": True})]
+                              options=options) for options in ({}, {"ll_residual": True, **more})]
     runs = [_two_steps(decs[0], PROMPT)]
     with schedules.use("reverse"):
         runs.append(_two_steps(decs[1], PROMPT))

@@ -21,7 +21,7 @@ grid barrier after its last reader (the schedule model checks both: ``schedule.c
     ll_value(words, i, word, tag)    ``word``'s value once it carries ``tag`` (re-reading words[i] until then)
     ll_tag(base, count)              the tag of a hand-off after ``count`` grid barriers of a launch from ``base``
     ll_close(ctl, base, count)       (thread 0 of block 0, after the launch's last barrier) the next launch's base
-    ll_stage_norm(words, off, tag, gw, xs, nv, scratch)
+    ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff)
                                      ``fused_matvec.stage_norm`` of the vector held as words ``words[off:]``
 """
 
@@ -72,11 +72,23 @@ def ll_value(words, i, word, tag):
 
 
 @cuda.jit(device=True)
-def ll_stage_norm(words, off, tag, gw, xs, nv, scratch):
+def ll_value_sleep(words, i, word, tag, backoff):
+    """``ll_value`` that sleeps ``backoff`` ns (``nanosleep``) between the re-reads of a word (0: spin)."""
+    while ((word >> 32) & _LOW32) != tag:
+        if backoff > 0:
+            cuda.nanosleep(backoff)
+        word = tma.ld_relaxed_u64(words, i)
+    return D.bits_to_f32(word & _LOW32)
+
+
+@cuda.jit(device=True)
+def ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff):
     """``fused_matvec.stage_norm`` (xs <- h * (1 + gw) in the split layout; returns sum(h^2), the same in every
     block) of ``h`` given as ``8 nv`` flag-in-data words from ``words[off]``: a thread issues the first read of
-    all four of its words before it waits for any, then spins on each until it carries ``tag``. The same
-    arithmetic in the same order as ``stage_norm``: the same bits."""
+    all four of its words before it waits for any, then re-reads each until it carries ``tag``, sleeping
+    ``backoff`` ns between the reads (every block reads every word: without a pause the polls of the blocks that
+    are done load L2 while the last writers are still at work). The same arithmetic in the same order as
+    ``stage_norm``: the same bits."""
     one = float32(1)
     ss = float32(0)
     q = cuda.threadIdx.x
@@ -87,10 +99,10 @@ def ll_stage_norm(words, off, tag, gw, xs, nv, scratch):
         w2 = ll_first(words, i + 2)
         w3 = ll_first(words, i + 3)
         g0, g1, g2, g3 = D.load_f32x4(gw, q)
-        h0 = ll_value(words, i, w0, tag)
-        h1 = ll_value(words, i + 1, w1, tag)
-        h2 = ll_value(words, i + 2, w2, tag)
-        h3 = ll_value(words, i + 3, w3, tag)
+        h0 = ll_value_sleep(words, i, w0, tag, backoff)
+        h1 = ll_value_sleep(words, i + 1, w1, tag, backoff)
+        h2 = ll_value_sleep(words, i + 2, w2, tag, backoff)
+        h3 = ll_value_sleep(words, i + 3, w3, tag, backoff)
         ss += h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
         j = 4 * ((q & 1) * nv + (q >> 1))
         xs[j] = h0 * (one + g0)
@@ -101,4 +113,4 @@ def ll_stage_norm(words, off, tag, gw, xs, nv, scratch):
     return D.block_sum(ss, scratch)
 
 
-__all__ = ["ll_base", "ll_tag", "ll_close", "ll_store", "ll_first", "ll_value", "ll_stage_norm"]
+__all__ = ["ll_base", "ll_tag", "ll_close", "ll_store", "ll_first", "ll_value", "ll_value_sleep", "ll_stage_norm"]

@@ -178,7 +178,8 @@ _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=":
            "l2m=": "l2_mixer", "ring=": "ring", "page=": "page_kb", "regs=": "max_registers",
            "ool=": "out_of_line", "mch=": "mma_chains", "bt=": "bar_thread", "cb=": "combine_batch",
            "cc=": "combine_cols", "skel=": "skeleton",
-           "pbo=": "producer_backoff", "preg=": "producer_regs"}
+           "pbo=": "producer_backoff", "preg=": "producer_regs",
+           "llb=": "ll_backoff"}
 
 
 def parse_variant(variant: str) -> tuple[int, dict]:
