@@ -299,6 +299,16 @@ MUTATIONS = [
              (("            if i < n_splits:\n                buf[i * cols + j] = vals[k]\n",
                "            if i < n_splits and k > 0:\n                buf[i * cols + j] = vals[k]\n"),),
              ("tests/test_persistent.py::test_column_combine_computes_version_13s_bits[3-blocks-8-columns]",)),
+    Mutation("persistent ll_residual: the embedding phase clears only the even layers' accumulator (the last "
+             "step's final MLP sums are folded again by layer 0)", "megakernel/persistent/v2.py",
+             (("                    if LLR:  # (and the other region, which layer 0's residual phase folds)\n"
+               "                        clear_acc(hacc, R1 + d)\n", ""),),
+             ("tests/test_persistent.py::test_flag_in_data_residual_computes_version_13s_bits[1]",)),
+    Mutation("persistent ll_residual: the MLP's norm reads h's floats, not its flag-in-data words",
+             "megakernel/persistent/v2.py",
+             (("                    ss = HO.ll_stage_norm(acc_in, D_, rtag, post_norm, xs, D_ // 8, scratch, LL_BACKOFF)\n",
+               "                    ss = stage_norm(h, post_norm, xs, D_ // 8, scratch)\n"),),
+             ("tests/test_persistent.py::test_flag_in_data_residual_computes_version_13s_bits[3-backoff]",)),
     Mutation("persistent packed_descs: the carried descriptor index not wrapped at the end of a step",
              "megakernel/persistent/v2.py",
              (("            bars[DIDX] = d + 1 if d + 1 < pb else 0\n", "            bars[DIDX] = d + 1\n"),),
