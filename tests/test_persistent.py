@@ -364,8 +364,8 @@ def test_the_producer_warp_computes_version_12s_bits(ref, blocks, more):
     _assert_same_bits(runs[0], runs[1], f"version 12 with a producer warp on {blocks} blocks against without")
 
 
-@pytest.mark.parametrize("blocks, more", [(1, {}), (3, {}), (3, {"producer": True})],
-                         ids=["1", "3", "3-producer"])
+@pytest.mark.parametrize("blocks, more", [(1, {}), (3, {}), (3, {"producer": True}), (3, {"ll_together": True})],
+                         ids=["1", "3", "3-producer", "3-together"])
 def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
     """``ll_inproj``: no grid barrier between a DeltaNet layer's in_proj and its items, which spin on the rows they
     read, written as flag-in-data words (value and tag in one 64-bit store, ``handoff``). The same sums: two decode
@@ -375,12 +375,14 @@ def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
     that did not change from step to step would let it take the last step's values (other bits). Several steps
     in one launch give the same tokens. The flag-in-data build runs under the reverse schedule (the last block
     starts first and reaches its items while the first blocks are still in in_proj: the forward and random ones
-    let an item that does not wait find its words already written)."""
+    let an item that does not wait find its words already written). With ``ll_together`` an item re-reads its
+    words not yet written together (``handoff.ll_wait4``)."""
     from megakernel.persistent import PersistentDecoder
     from megakernel.testing import schedules
 
+    base = {k: v for k, v in more.items() if k != "ll_together"}  # (ll_together needs ll_inproj)
     decs = [PersistentDecoder(ref, max_context=32, version=12, blocks=blocks, prefill_mode="reference",
-                              options={**more, **options}) for options in ({}, {"ll_inproj": True})]
+                              options={**base, **options}) for options in ({}, {"ll_inproj": True, **more})]
     runs = [_two_steps(decs[0], PROMPT)]
     with schedules.use("reverse"):
         runs.append(_two_steps(decs[1], PROMPT))
@@ -394,7 +396,8 @@ def test_flag_in_data_inproj_computes_version_12s_bits(ref, blocks, more):
     assert torch.equal(ll_logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
 
 
-@pytest.mark.parametrize("blocks, more", [(1, {}), (3, {"ll_backoff": 100})], ids=["1", "3-backoff"])
+@pytest.mark.parametrize("blocks, more", [(1, {}), (3, {"ll_backoff": 100, "ll_together": True})],
+                         ids=["1", "3-backoff-together"])
 def test_flag_in_data_residual_computes_version_13s_bits(ref, blocks, more):
     """``ll_residual``: no grid barrier between a residual phase (out_proj, o_proj) and the MLP after it; the MLP's
     norm spins on h's rows, written as flag-in-data words, and the MLP accumulator alternates between two regions
@@ -403,7 +406,8 @@ def test_flag_in_data_residual_computes_version_13s_bits(ref, blocks, more):
     last block reaches its MLP while the first are still in the residual phase). A norm reading h's floats would
     be a race the simulator names; one accumulator for both parities would lose a fast block's down sums to a slow
     block's clear (other bits); the words carrying the last layer's tag would give it the last layer's h. Several
-    steps in one launch give the same tokens. On three blocks with ``ll_backoff`` (a sleep between re-reads)."""
+    steps in one launch give the same tokens. On three blocks with ``ll_backoff`` (a sleep between re-reads) and
+    ``ll_together`` (a thread's four words re-read together)."""
     from megakernel.persistent import PersistentDecoder
     from megakernel.testing import schedules
 

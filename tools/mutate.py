@@ -306,9 +306,16 @@ MUTATIONS = [
              ("tests/test_persistent.py::test_flag_in_data_residual_computes_version_13s_bits[1]",)),
     Mutation("persistent ll_residual: the MLP's norm reads h's floats, not its flag-in-data words",
              "megakernel/persistent/v2.py",
-             (("                    ss = HO.ll_stage_norm(acc_in, D_, rtag, post_norm, xs, D_ // 8, scratch, LL_BACKOFF)\n",
+             (("                    ss = HO.ll_stage_norm(acc_in, D_, rtag, post_norm, xs, D_ // 8, scratch, LL_BACKOFF,\n"
+               "                                              ll_together)\n",
                "                    ss = stage_norm(h, post_norm, xs, D_ // 8, scratch)\n"),),
-             ("tests/test_persistent.py::test_flag_in_data_residual_computes_version_13s_bits[3-backoff]",)),
+             ("tests/test_persistent.py::test_flag_in_data_residual_computes_version_13s_bits[3-backoff-together]",)),
+    Mutation("handoff ll_wait4: the wait ends once the first two words carry the tag (the other two may be "
+             "taken stale)", "megakernel/persistent/handoff.py",
+             (("    while not (ll_ready(w0, tag) and ll_ready(w1, tag) and ll_ready(w2, tag) and ll_ready(w3, tag)):\n",
+               "    while not (ll_ready(w0, tag) and ll_ready(w1, tag)):\n"),),
+             ("tests/test_persistent.py::test_flag_in_data_inproj_computes_version_12s_bits[3-together]",
+              "tests/test_persistent.py::test_flag_in_data_residual_computes_version_13s_bits[3-backoff-together]")),
     Mutation("persistent packed_descs: the carried descriptor index not wrapped at the end of a step",
              "megakernel/persistent/v2.py",
              (("            bars[DIDX] = d + 1 if d + 1 < pb else 0\n", "            bars[DIDX] = d + 1\n"),),

@@ -163,7 +163,8 @@ def deltanet_workspace(Dk: int, CW: int, T: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, state_first: bool = False,
-                  late_shift: bool = False, deferred_shift: bool = False, ll_inputs: bool = False):
+                  late_shift: bool = False, deferred_shift: bool = False, ll_inputs: bool = False,
+                  ll_together: bool = False):
     """The decode step of one work item as a device function (one per size tuple):
 
         body(item, proj, conv_w, conv_state, A_log, dt_bias, state, o, counters, ws, flag)
@@ -191,7 +192,8 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
     projection as flag-in-data words (``megakernel.persistent.handoff``: int64, the value's bits and the writing
     phase's tag): the item spins on the words it reads until they carry ``tag``, so it needs no grid barrier
     after the projection that writes them. Its reads are issued together (the conv taps and state, then the first
-    read of every word) before it waits on any. The same arithmetic: the same bits."""
+    read of every word) before it waits on any. ``ll_together``: the words not yet written are re-read together,
+    one round trip a round (``handoff.ll_wait4``), not one after another. The same arithmetic: the same bits."""
     G = Hv // Hk
     NS = Dv // CW
     QK = 2 * Dk
@@ -215,10 +217,11 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
     LL = ll_inputs
     if LL and not deferred_shift:
         raise ValueError("deltanet_item: ll_inputs needs deferred_shift (the in-place q/k shift reads proj as floats)")
+    TOGETHER = ll_together and ll_inputs
     if LL:
-        from ..persistent.handoff import ll_first, ll_value
+        from ..persistent.handoff import ll_first, ll_value, ll_wait4
     else:  # (never called: the plain body reads proj as floats)
-        ll_first = ll_value = None
+        ll_first = ll_value = ll_wait4 = None
     LATE = late_shift and not deferred_shift
     ONE_QK = QK <= T  # one q/k channel per thread (the 0.8B shapes): its loads can be hoisted
 
@@ -302,12 +305,19 @@ def deltanet_item(Hk: int, Hv: int, Dk: int, Dv: int, K: int, CW: int, T: int, s
             wa = ll_first(proj, A_OFF + h)
             wq = ll_first(proj, iq)
             wv = ll_first(proj, iv)
-            bx = ll_value(proj, B_OFF + h, wb, tag)
-            ax = ll_value(proj, A_OFF + h, wa, tag)
-            if ONE_QK and tid < QK:
-                x_qk = ll_value(proj, iq, wq, tag)
-            if tid < CW:
-                x_v = ll_value(proj, iv, wv, tag)
+            if TOGETHER:  # (a thread without a q/k or v channel waits on the b word twice more: no later)
+                bx, ax, xq, xv = ll_wait4(proj, B_OFF + h, wb, A_OFF + h, wa, iq, wq, iv, wv, tag, 0)
+                if ONE_QK and tid < QK:
+                    x_qk = xq
+                if tid < CW:
+                    x_v = xv
+            else:
+                bx = ll_value(proj, B_OFF + h, wb, tag)
+                ax = ll_value(proj, A_OFF + h, wa, tag)
+                if ONE_QK and tid < QK:
+                    x_qk = ll_value(proj, iq, wq, tag)
+                if tid < CW:
+                    x_v = ll_value(proj, iv, wv, tag)
         else:
             bx = proj[B_OFF + h]
             ax = proj[A_OFF + h]

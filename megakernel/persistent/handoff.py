@@ -21,7 +21,8 @@ grid barrier after its last reader (the schedule model checks both: ``schedule.c
     ll_value(words, i, word, tag)    ``word``'s value once it carries ``tag`` (re-reading words[i] until then)
     ll_tag(base, count)              the tag of a hand-off after ``count`` grid barriers of a launch from ``base``
     ll_close(ctl, base, count)       (thread 0 of block 0, after the launch's last barrier) the next launch's base
-    ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff)
+    ll_wait4(words, i0, w0, ..., i3, w3, tag, backoff)   four words' values, re-read together until all carry ``tag``
+    ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff, together)
                                      ``fused_matvec.stage_norm`` of the vector held as words ``words[off:]``
 """
 
@@ -82,13 +83,39 @@ def ll_value_sleep(words, i, word, tag, backoff):
 
 
 @cuda.jit(device=True)
-def ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff):
+def ll_ready(word, tag):
+    return ((word >> 32) & _LOW32) == tag
+
+
+@cuda.jit(device=True)
+def ll_wait4(words, i0, w0, i1, w1, i2, w2, i3, w3, tag, backoff):
+    """The values of four words (``w*``: their first reads) once all four carry ``tag``. Every round re-reads all
+    the words not yet written, together: one memory round trip a round, where waiting on them one after another
+    (``ll_value``) costs a round trip for each word whose first read came too early, one after the other.
+    ``backoff``: ns to sleep between rounds (0: none)."""
+    while not (ll_ready(w0, tag) and ll_ready(w1, tag) and ll_ready(w2, tag) and ll_ready(w3, tag)):
+        if backoff > 0:
+            cuda.nanosleep(backoff)
+        if not ll_ready(w0, tag):
+            w0 = tma.ld_relaxed_u64(words, i0)
+        if not ll_ready(w1, tag):
+            w1 = tma.ld_relaxed_u64(words, i1)
+        if not ll_ready(w2, tag):
+            w2 = tma.ld_relaxed_u64(words, i2)
+        if not ll_ready(w3, tag):
+            w3 = tma.ld_relaxed_u64(words, i3)
+    return (D.bits_to_f32(w0 & _LOW32), D.bits_to_f32(w1 & _LOW32), D.bits_to_f32(w2 & _LOW32),
+            D.bits_to_f32(w3 & _LOW32))
+
+
+@cuda.jit(device=True)
+def ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff, together):
     """``fused_matvec.stage_norm`` (xs <- h * (1 + gw) in the split layout; returns sum(h^2), the same in every
     block) of ``h`` given as ``8 nv`` flag-in-data words from ``words[off]``: a thread issues the first read of
     all four of its words before it waits for any, then re-reads each until it carries ``tag``, sleeping
     ``backoff`` ns between the reads (every block reads every word: without a pause the polls of the blocks that
-    are done load L2 while the last writers are still at work). The same arithmetic in the same order as
-    ``stage_norm``: the same bits."""
+    are done load L2 while the last writers are still at work); with ``together``, all four re-read in each round
+    (``ll_wait4``). The same arithmetic in the same order as ``stage_norm``: the same bits."""
     one = float32(1)
     ss = float32(0)
     q = cuda.threadIdx.x
@@ -99,10 +126,13 @@ def ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff):
         w2 = ll_first(words, i + 2)
         w3 = ll_first(words, i + 3)
         g0, g1, g2, g3 = D.load_f32x4(gw, q)
-        h0 = ll_value_sleep(words, i, w0, tag, backoff)
-        h1 = ll_value_sleep(words, i + 1, w1, tag, backoff)
-        h2 = ll_value_sleep(words, i + 2, w2, tag, backoff)
-        h3 = ll_value_sleep(words, i + 3, w3, tag, backoff)
+        if together:
+            h0, h1, h2, h3 = ll_wait4(words, i, w0, i + 1, w1, i + 2, w2, i + 3, w3, tag, backoff)
+        else:
+            h0 = ll_value_sleep(words, i, w0, tag, backoff)
+            h1 = ll_value_sleep(words, i + 1, w1, tag, backoff)
+            h2 = ll_value_sleep(words, i + 2, w2, tag, backoff)
+            h3 = ll_value_sleep(words, i + 3, w3, tag, backoff)
         ss += h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
         j = 4 * ((q & 1) * nv + (q >> 1))
         xs[j] = h0 * (one + g0)
@@ -113,4 +143,5 @@ def ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff):
     return D.block_sum(ss, scratch)
 
 
-__all__ = ["ll_base", "ll_tag", "ll_close", "ll_store", "ll_first", "ll_value", "ll_value_sleep", "ll_stage_norm"]
+__all__ = ["ll_base", "ll_tag", "ll_close", "ll_store", "ll_first", "ll_value", "ll_value_sleep", "ll_ready", "ll_wait4",
+           "ll_stage_norm"]

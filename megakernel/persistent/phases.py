@@ -246,7 +246,7 @@ DEC_ARRAYS = (4, 5, 6, 7, 8, 9)
 def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = False, fold_attention: bool = False,
                 deltanet_out_of_line: bool = False, inline_decode: bool = False, late_shift: bool = False,
                 twice: bool = False, lean_calls: bool = False, deferred_shift: bool = False,
-                combine_batch: int = 0, ll_inproj: bool = False, combine_cols: int = 0):
+                combine_batch: int = 0, ll_inproj: bool = False, combine_cols: int = 0, ll_together: bool = False):
     """(deltanet_core, attention_core): the phases between a layer's input projection and its output projection.
 
     deltanet_core(j, Wf, conv_ws, conv, rec, scr, counters, b, nb, ws, flag, grid, count, prof) -> count
@@ -268,7 +268,8 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     from ``attention.combine_columns``), every split's partials loaded at once; the same bits.
     ``ll_inproj`` (with ``deferred_shift``): the DeltaNet items read the input projection as flag-in-data words
     (``handoff``), with no grid barrier between the projection and them; ``deltanet_core`` then takes two more
-    arguments, the words and their tag: ``deltanet_core(..., grid, count, prof, words, tag)``.
+    arguments, the words and their tag: ``deltanet_core(..., grid, count, prof, words, tag)``. ``ll_together``:
+    the items re-read the words not yet written together (``deltanet.deltanet_item(ll_together=True)``).
     """
     if ll_inproj and (not deferred_shift or lean_calls):
         raise ValueError("make_mixers: ll_inproj needs deferred_shift and does not combine with lean_calls")
@@ -283,7 +284,7 @@ def make_mixers(plan, barrier, out_of_line: bool = False, state_first: bool = Fa
     F_QN, F_KN, ASS, F_FREQ = lay.q_norm, lay.k_norm, lay.att_small_stride, lay.inv_freq
     splits = make_splits(plan)
     dn_body = (dn.deltanet_item(Hk, Hv, Dk, Dv, KC, plan.cw, T, state_first, late_shift, deferred_shift,
-                                ll_inproj) if o.HAS_LIN else None)
+                                ll_inproj, ll_together) if o.HAS_LIN else None)
     LL = ll_inproj
     prep_body = attn.prepare_item(Hq, Hkv, Dh, R, float(EPS), T) if o.HAS_ATT else None
     dec_body = attn.decode_item(Hq, Hkv, Dh, NW) if o.HAS_ATT else None

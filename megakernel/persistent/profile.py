@@ -171,7 +171,7 @@ _FLAGS = {"ool": "out_of_line", "nocompute": "nocompute", "nomixer": "nomixer", 
           "pd": "packed_descs", "prod": "producer", "noindec": "_no_inline_decode",
           "nolto": "_no_lto", "hold": "producer_hold",
           "rst": "release_stamp", "thr": "producer_throttle", "ll": "ll_inproj",
-          "llr": "ll_residual"}
+          "llr": "ll_residual", "llt": "ll_together"}
 _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=": "fd_reps", "fds=": "fd_stride",
            "lmp=": "lm_pool",
            "l2=": "l2_ahead",

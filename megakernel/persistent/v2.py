@@ -180,7 +180,8 @@ OPTIONS = {"out_of_line": False, "l2_ahead": 0, "nocompute": False, "nomixer": F
            "producer_backoff": 0, "producer_regs": 0, "lto": True,
            "producer_hold": False, "release_stamp": False,
            "producer_throttle": False, "ll_inproj": False,
-           "combine_cols": 0, "ll_residual": False, "ll_backoff": 0}  # measured variants (NOTES.md); the defaults are the kept ones
+           "combine_cols": 0, "ll_residual": False, "ll_backoff": 0,
+           "ll_together": False}  # measured variants (NOTES.md); the defaults are the kept ones
 
 
 PLAN_OPTIONS = ("ring", "page_kb")  # read by ``configure`` (they shape the plan, which ``plan_key`` covers)
@@ -227,7 +228,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True,
            producer_hold: bool = False, release_stamp: bool = False, producer_throttle: bool = False,
            ll_inproj: bool = False, combine_cols: int = 0, ll_residual: bool = False,
-           ll_backoff: int = 0):
+           ll_backoff: int = 0, ll_together: bool = False):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -373,7 +374,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     spins on the words (``handoff.ll_stage_norm``). The MLP's accumulator alternates between two regions of
     ``hacc`` by layer parity (``residual_regions``): a residual phase folds and clears the last MLP's region while
     a block already past it may add into the other. The same bits. ``ll_backoff``: with ``ll_residual``, the norm's
-    threads sleep this many ns between the re-reads of a word not yet written (``handoff.ll_value_sleep``)."""
+    threads sleep this many ns between the re-reads of a word not yet written (``handoff.ll_value_sleep``).
+    ``ll_together`` (with ``ll_inproj`` or ``ll_residual``): a reader re-reads all its words not yet written in each
+    round (``handoff.ll_wait4``): one memory round trip a round, where waiting on them one after another costs a
+    round trip for each word whose first read came too early. The same bits."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
@@ -509,7 +513,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
                                                 deltanet_out_of_line, inline_decode, deltanet_late_shift,
                                                 mixer_twice, lean_calls, deferred_shift, combine_batch, LL,
-                                                combine_cols)
+                                                combine_cols, ll_together)
     DSHIFT = deferred_shift and HAS_LIN
     KM1 = o.KC - 1
     if DSHIFT:
@@ -594,6 +598,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     LL_BACKOFF = ll_backoff
     if ll_backoff and not ll_residual:
         raise ValueError("persistent kernel build option ll_backoff needs ll_residual")
+    if ll_together and not (ll_inproj or ll_residual):
+        raise ValueError("persistent kernel build option ll_together needs ll_inproj or ll_residual")
     LL0 = ll_offset(plan.config, fd_reps, fd_stride, FO, LLR)  # ``ll_inproj``: in_proj's words in hacc from here
     _, R1 = residual_regions(plan.config, ll_inproj)  # ``ll_residual``: the odd layers' region
     RW = 2 * D_  # ``ll_residual``: a region's words (the accumulator, then h as words)
@@ -1553,7 +1559,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                 if FO and NORM_ACC:  # h_out is not folded into h before the next attention layer
                     ss = norm_acc(h, hacc, post_norm, xs, D_ // 8, scratch)
                 elif LLR:  # h as the residual phase's words, each awaited by its tag
-                    ss = HO.ll_stage_norm(acc_in, D_, rtag, post_norm, xs, D_ // 8, scratch, LL_BACKOFF)
+                    ss = HO.ll_stage_norm(acc_in, D_, rtag, post_norm, xs, D_ // 8, scratch, LL_BACKOFF,
+                                              ll_together)
                 else:
                     ss = stage_norm(h, post_norm, xs, D_ // 8, scratch)
                 rstd = D.rsqrt(ss / float32(D_) + EPS)

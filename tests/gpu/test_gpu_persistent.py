@@ -249,15 +249,17 @@ def test_flag_in_data_inproj_computes_version_12s_bits_on_the_gpu(ref, more):
     assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - len(ref.config.linear_layers)
 
 
-def test_flag_in_data_residual_computes_version_13s_bits_on_the_gpu(ref):
+@pytest.mark.parametrize("options", [{"ll_residual": True}, {"ll_together": True}], ids=["residual", "together"])
+def test_flag_in_data_options_compute_version_13s_bits_on_the_gpu(ref, options):
     """``ll_residual``: no grid barrier between a residual phase and the MLP, whose norm spins on h's rows as
-    flag-in-data words, with the MLP accumulators alternating by layer. 24-step launches, 3 runs on each of 3 grid
-    sizes, must give version 13's tokens, logits and every state bit for bit (a word taken before its store landed,
-    or a fast block's down sums added into an accumulator a slow block then cleared, would change the bits)."""
+    flag-in-data words, with the MLP accumulators alternating by layer. ``ll_together``: the DeltaNet items re-read
+    their in_proj words not yet written together. 24-step launches, 3 runs on each of 3 grid sizes, must give
+    version 13's tokens, logits and every state bit for bit (a word taken before its store landed, or a fast
+    block's down sums added into an accumulator a slow block then cleared, would change the bits)."""
     from megakernel.persistent import PersistentDecoder
 
-    decs = [PersistentDecoder(ref, max_context=1024, version=13, prefill_mode="reference", options=options)
-            for options in ({}, {"ll_residual": True})]
+    decs = [PersistentDecoder(ref, max_context=1024, version=13, prefill_mode="reference", options=o)
+            for o in ({}, options)]
     full = decs[1].resize_grid(None)
     baseline = None
     for dec, grids in ((decs[0], (full,)), (decs[1], (full, full // 2, 37))):
@@ -270,7 +272,7 @@ def test_flag_in_data_residual_computes_version_13s_bits_on_the_gpu(ref):
                 if baseline is None:
                     baseline = result
                     continue
-                where = f"ll_residual on {blocks} blocks, run {run}"
+                where = f"{options} on {blocks} blocks, run {run}"
                 assert result[0] == baseline[0], f"tokens differ: {where}"
                 assert torch.equal(result[1], baseline[1]), f"logits differ: {where}"
                 for name in ("conv", "recurrent", "k_cache", "v_cache"):
@@ -278,7 +280,8 @@ def test_flag_in_data_residual_computes_version_13s_bits_on_the_gpu(ref):
                         assert torch.equal(getattr(result[2], name)[layer], getattr(baseline[2], name)[layer]), \
                             f"{name}[{layer}] differs: {where}"
     assert decs[1].last_run["barriers"] == 24 * decs[1].barriers_per_step() + 1
-    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - ref.config.num_hidden_layers
+    fewer = ref.config.num_hidden_layers if options.get("ll_residual") else 0
+    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - fewer
 
 
 def test_column_combine_computes_version_13s_bits_on_the_gpu(ref):
