@@ -307,7 +307,7 @@ MUTATIONS = [
     Mutation("persistent ll_residual: the MLP's norm reads h's floats, not its flag-in-data words",
              "megakernel/persistent/v2.py",
              (("                    ss = HO.ll_stage_norm(acc_in, D_, rtag, post_norm, xs, D_ // 8, scratch, LL_BACKOFF,\n"
-               "                                              ll_together)\n",
+               "                                              LL_TOGETHER_NORM)\n",
                "                    ss = stage_norm(h, post_norm, xs, D_ // 8, scratch)\n"),),
              ("tests/test_persistent.py::test_flag_in_data_residual_computes_version_13s_bits[3-backoff-together]",)),
     Mutation("handoff ll_wait4: the wait ends once the first two words carry the tag (the other two may be "

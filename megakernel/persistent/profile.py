@@ -179,7 +179,7 @@ _VALUES = {"pc=": "pair_copies", "fdp=": "fd_probe", "fdc=": "fd_chunk", "fdr=":
            "ool=": "out_of_line", "mch=": "mma_chains", "bt=": "bar_thread", "cb=": "combine_batch",
            "cc=": "combine_cols", "skel=": "skeleton",
            "pbo=": "producer_backoff", "preg=": "producer_regs",
-           "llb=": "ll_backoff"}
+           "llb=": "ll_backoff", "llt=": "ll_together"}
 
 
 def parse_variant(variant: str) -> tuple[int, dict]:

@@ -228,7 +228,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
            producer_backoff: int = 0, producer_regs: int = 0, lto: bool = True,
            producer_hold: bool = False, release_stamp: bool = False, producer_throttle: bool = False,
            ll_inproj: bool = False, combine_cols: int = 0, ll_residual: bool = False,
-           ll_backoff: int = 0, ll_together: bool = False):
+           ll_backoff: int = 0, ll_together: int = 0):
     """``out_of_line``: the mixer bodies as real calls (``noinline``: their own register allocation);
     ``l2_ahead``: before each barrier, thread 0 asks the copy engine to prefetch into L2 the next ``l2_ahead``
     pages beyond those already in the ring (so HBM keeps streaming while the block waits or runs a mixer).
@@ -377,7 +377,8 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     threads sleep this many ns between the re-reads of a word not yet written (``handoff.ll_value_sleep``).
     ``ll_together`` (with ``ll_inproj`` or ``ll_residual``): a reader re-reads all its words not yet written in each
     round (``handoff.ll_wait4``): one memory round trip a round, where waiting on them one after another costs a
-    round trip for each word whose first read came too early. The same bits."""
+    round trip for each word whose first read came too early (1 or True: every reader; 2: the MLP's norm only; 3:
+    the DeltaNet items only). The same bits."""
     if producer and (not lean or not plan.producer_threads or warp_release or page_pairs or defer or l2_ahead
                      or l2_mixer or lm_pool or mma_pages or fused_out or skeleton or bar_thread >= plan.threads):
         raise ValueError("persistent kernel build option producer needs lean and a plan configured with it, and "
@@ -513,7 +514,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     deltanet_core, attention_core = make_mixers(plan, barrier, out_of_line, state_first, fold_attention,
                                                 deltanet_out_of_line, inline_decode, deltanet_late_shift,
                                                 mixer_twice, lean_calls, deferred_shift, combine_batch, LL,
-                                                combine_cols, ll_together)
+                                                combine_cols, int(ll_together) in (1, 3))
     DSHIFT = deferred_shift and HAS_LIN
     KM1 = o.KC - 1
     if DSHIFT:
@@ -596,6 +597,10 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
     norm_acc, fold_acc, clear_acc, fold_mlp, clear_mlp = SD.accumulator(D_, fd_reps, fd_stride, FO)
     LLR = ll_residual
     LL_BACKOFF = ll_backoff
+    LL_TOGETHER_NORM = int(ll_together) in (1, 2)
+    if int(ll_together) not in (0, 1, 2, 3):
+        raise ValueError(f"persistent kernel build option ll_together={ll_together}: 0-3 (1 every reader, 2 the MLP's "
+                         "norm, 3 the DeltaNet items)")
     if ll_backoff and not ll_residual:
         raise ValueError("persistent kernel build option ll_backoff needs ll_residual")
     if ll_together and not (ll_inproj or ll_residual):
@@ -1560,7 +1565,7 @@ def _build(plan, barriers: bool, profile: bool = False, out_of_line: bool = Fals
                     ss = norm_acc(h, hacc, post_norm, xs, D_ // 8, scratch)
                 elif LLR:  # h as the residual phase's words, each awaited by its tag
                     ss = HO.ll_stage_norm(acc_in, D_, rtag, post_norm, xs, D_ // 8, scratch, LL_BACKOFF,
-                                              ll_together)
+                                              LL_TOGETHER_NORM)
                 else:
                     ss = stage_norm(h, post_norm, xs, D_ // 8, scratch)
                 rstd = D.rsqrt(ss / float32(D_) + EPS)
