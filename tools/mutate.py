@@ -186,14 +186,16 @@ MUTATIONS = [
              (PERSISTENT_FOLD,)),
     Mutation("persistent v7: the residual phase folds the MLP's accumulator into h but does not clear it",
              "megakernel/persistent/v2.py",
-             (("""                h[row] = (h[row] + fold_acc(hacc, row)) + acc
-                clear_acc(hacc, row)""", """                h[row] = (h[row] + fold_acc(hacc, row)) + acc"""),),
+             (("""                h[row] = hn
+                clear_acc(hacc, row)
+""", """                h[row] = hn
+"""),),
              (PERSISTENT_V7,)),
     Mutation("persistent v7: the step's embedding leaves the accumulator as the last step left it",
              "megakernel/persistent/v2.py",
              (("""                    clear_acc(hacc, d)
-            if POOL > 0 and first:""", """                    pass
-            if POOL > 0 and first:"""),),
+                    if LLR:""", """                    pass
+                    if LLR:"""),),
              (PERSISTENT_V7,)),
     Mutation("persistent v7: a down page's slot refilled before every thread has read it",
              "megakernel/persistent/v2.py",
@@ -270,7 +272,8 @@ MUTATIONS = [
              ("tests/test_persistent.py::test_version_12_shifts_more_q_k_channels_than_the_grid_has_threads",)),
     Mutation("persistent v13: a DeltaNet item takes an in_proj word's value without waiting for its tag",
              "megakernel/persistent/handoff.py",
-             (("    while ((word >> 32) & _LOW32) != tag:\n", "    while False:\n"),),
+             (("    while ((word >> 32) & _LOW32) != tag:\n        word = tma.ld_relaxed_u64(words, i)\n",
+               "    while False:\n        word = tma.ld_relaxed_u64(words, i)\n"),),
              (FLAG_IN_DATA,), race=True),
     Mutation("persistent v13: the words' tag does not change within a launch (an item may take the last step's "
              "values)", "megakernel/persistent/handoff.py",
