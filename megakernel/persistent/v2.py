@@ -148,7 +148,7 @@ def hacc_words(config, fd_reps: int = 1, fd_stride: int = 1, fused_out: bool = F
     ``ll_residual`` its two regions around them."""
     if ll_residual:
         return residual_regions(config, ll_inproj)[1] + 2 * config.hidden_size
-    words = config.hidden_size * (fd_reps + int(fused_out)) * fd_stride
+    words = ll_offset(config, fd_reps, fd_stride, fused_out)
     if ll_inproj and LINEAR in config.layer_types:
         words += ll_words(config)
     return words
