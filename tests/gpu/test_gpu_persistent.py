@@ -214,6 +214,34 @@ def test_the_producer_warp_computes_version_12s_bits_on_the_gpu(ref):
             assert torch.equal(getattr(s0, name)[layer], getattr(s1, name)[layer]), f"producer {name}[{layer}]"
 
 
+def _assert_same_result(result, baseline, where: str) -> None:
+    """Two runs' (tokens, logits, state.to_reference()) bit for bit: tokens, logits and every state per layer."""
+    assert result[0] == baseline[0], f"tokens differ: {where}"
+    assert torch.equal(result[1], baseline[1]), f"logits differ: {where}"
+    for name in ("conv", "recurrent", "k_cache", "v_cache"):
+        for layer in getattr(result[2], name):
+            assert torch.equal(getattr(result[2], name)[layer], getattr(baseline[2], name)[layer]), \
+                f"{name}[{layer}] differs: {where}"
+
+
+def _same_bits_over_runs_and_grids(plain, build, what: str) -> None:
+    """24-step launches after the same prompt: ``build`` must give ``plain``'s result (one run on the full grid)
+    bit for bit in 3 runs on each of 3 grid sizes (the full grid, half of it, 37 blocks)."""
+    full = build.resize_grid(None)
+    baseline = None
+    for dec, grids in ((plain, (full,)), (build, (full, full // 2, 37))):
+        for blocks in grids:
+            dec.resize_grid(blocks)
+            for run in range(3 if dec is build else 1):
+                logits, state = dec.prefill(PROMPTS[1])
+                tokens = dec.run(state, int(logits[-1].argmax()), 24)
+                result = (tokens, dec.logits.clone(), state.to_reference())
+                if baseline is None:
+                    baseline = result
+                    continue
+                _assert_same_result(result, baseline, f"{what} on {blocks} blocks, run {run}")
+
+
 @pytest.mark.parametrize("more", [{}, {"producer": True, "producer_regs": 40, "inline_decode": False}],
                          ids=["v12", "producer"])
 def test_flag_in_data_inproj_computes_version_12s_bits_on_the_gpu(ref, more):
@@ -226,25 +254,7 @@ def test_flag_in_data_inproj_computes_version_12s_bits_on_the_gpu(ref, more):
 
     decs = [PersistentDecoder(ref, max_context=1024, version=12, prefill_mode="reference",
                               options={**more, **options}) for options in ({}, {"ll_inproj": True})]
-    full = decs[1].resize_grid(None)
-    baseline = None
-    for dec, grids in ((decs[0], (full,)), (decs[1], (full, full // 2, 37))):
-        for blocks in grids:
-            dec.resize_grid(blocks)
-            for run in range(3 if dec is decs[1] else 1):
-                logits, state = dec.prefill(PROMPTS[1])
-                tokens = dec.run(state, int(logits[-1].argmax()), 24)
-                result = (tokens, dec.logits.clone(), state.to_reference())
-                if baseline is None:
-                    baseline = result
-                    continue
-                where = f"ll_inproj{'+producer' if more else ''} on {blocks} blocks, run {run}"
-                assert result[0] == baseline[0], f"tokens differ: {where}"
-                assert torch.equal(result[1], baseline[1]), f"logits differ: {where}"
-                for name in ("conv", "recurrent", "k_cache", "v_cache"):
-                    for layer in getattr(result[2], name):
-                        assert torch.equal(getattr(result[2], name)[layer], getattr(baseline[2], name)[layer]), \
-                            f"{name}[{layer}] differs: {where}"
+    _same_bits_over_runs_and_grids(*decs, f"ll_inproj{'+producer' if more else ''}")
     assert decs[1].last_run["barriers"] == 24 * decs[1].barriers_per_step() + 1
     assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - len(ref.config.linear_layers)
 
@@ -260,25 +270,7 @@ def test_flag_in_data_options_compute_version_13s_bits_on_the_gpu(ref, options):
 
     decs = [PersistentDecoder(ref, max_context=1024, version=13, prefill_mode="reference", options=o)
             for o in ({}, options)]
-    full = decs[1].resize_grid(None)
-    baseline = None
-    for dec, grids in ((decs[0], (full,)), (decs[1], (full, full // 2, 37))):
-        for blocks in grids:
-            dec.resize_grid(blocks)
-            for run in range(3 if dec is decs[1] else 1):
-                logits, state = dec.prefill(PROMPTS[1])
-                tokens = dec.run(state, int(logits[-1].argmax()), 24)
-                result = (tokens, dec.logits.clone(), state.to_reference())
-                if baseline is None:
-                    baseline = result
-                    continue
-                where = f"{options} on {blocks} blocks, run {run}"
-                assert result[0] == baseline[0], f"tokens differ: {where}"
-                assert torch.equal(result[1], baseline[1]), f"logits differ: {where}"
-                for name in ("conv", "recurrent", "k_cache", "v_cache"):
-                    for layer in getattr(result[2], name):
-                        assert torch.equal(getattr(result[2], name)[layer], getattr(baseline[2], name)[layer]), \
-                            f"{name}[{layer}] differs: {where}"
+    _same_bits_over_runs_and_grids(*decs, str(options))
     assert decs[1].last_run["barriers"] == 24 * decs[1].barriers_per_step() + 1
     fewer = ref.config.num_hidden_layers if options.get("ll_residual") else 0
     assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - fewer
@@ -303,12 +295,7 @@ def test_column_combine_computes_version_13s_bits_on_the_gpu(ref):
                 results.append((tokens, dec.logits.clone(), state.to_reference()))
         for run, result in enumerate(results[1:]):
             where = f"combine_cols=16 on {blocks} blocks, run {run}"
-            assert result[0] == results[0][0], f"tokens differ: {where}"
-            assert torch.equal(result[1], results[0][1]), f"logits differ: {where}"
-            for name in ("conv", "recurrent", "k_cache", "v_cache"):
-                for layer in getattr(result[2], name):
-                    assert torch.equal(getattr(result[2], name)[layer], getattr(results[0][2], name)[layer]), \
-                        f"{name}[{layer}] differs: {where}"
+            _assert_same_result(result, results[0], where)
 
 
 @pytest.mark.parametrize("blocks,lto", [(1, True), (132, True), (132, False)])
