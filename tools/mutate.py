@@ -403,7 +403,8 @@ MUTATIONS = [
              (("                        y[row] += acc\n", "                        y[row] = acc\n"),),
              ("tests/test_kernels_matvec.py::test_matvec_residual_adds_exactly_the_product", DECODER)),
     Mutation("fused RMSNorm: weight w instead of (1 + w)", KERNELS + "fused_matvec.py",
-             (("    one = float32(1)\n    ss = float32(0)\n", "    one = float32(0)\n    ss = float32(0)\n"),),
+             (("    one = float32(1)\n    j = 4 * ((q & 1) * nv + (q >> 1))\n",
+               "    one = float32(0)\n    j = 4 * ((q & 1) * nv + (q >> 1))\n"),),
              ("tests/test_kernels_matvec.py::test_norm_matvec", DECODER)),
     Mutation("norm_matvec: eps dropped from the RMSNorm", KERNELS + "fused_matvec.py",
              (("""            cur = load_batch(W, row, n, nv, v0, stride)

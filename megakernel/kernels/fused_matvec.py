@@ -385,20 +385,28 @@ def stage_norm(h, gw, xs, nv, scratch):
     """xs <- h * (1 + gw) in the split layout (see matvec.dot16_split), by the whole block; returns sum(h^2) over
     all of h (every thread gets it: a block reduction, the same order in every block, so every block computes
     the bit-identical rstd).  Its barriers also publish xs."""
-    one = float32(1)
     ss = float32(0)
     q = cuda.threadIdx.x
     while q < 2 * nv:  # (not range(): its trip count would be a 64-bit division by the block size)
         h0, h1, h2, h3 = D.load_f32x4(h, q)
         g0, g1, g2, g3 = D.load_f32x4(gw, q)
-        ss += h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
-        j = 4 * ((q & 1) * nv + (q >> 1))
-        xs[j] = h0 * (one + g0)
-        xs[j + 1] = h1 * (one + g1)
-        xs[j + 2] = h2 * (one + g2)
-        xs[j + 3] = h3 * (one + g3)
+        ss += stage_norm4(xs, q, nv, h0, h1, h2, h3, g0, g1, g2, g3)
         q += cuda.blockDim.x
     return D.block_sum(ss, scratch)
+
+
+@cuda.jit(device=True)
+def stage_norm4(xs, q, nv, h0, h1, h2, h3, g0, g1, g2, g3):
+    """One thread's step of ``stage_norm`` (and of its variants that get h another way: ``split_down``'s with the
+    MLP's accumulator folded in, ``handoff.ll_stage_norm`` from flag-in-data words): stores h[4q:4q+4] * (1 + g)
+    at the split layout's place of float4 ``q`` and returns the four squares' sum, for the caller's ``ss +=``."""
+    one = float32(1)
+    j = 4 * ((q & 1) * nv + (q >> 1))
+    xs[j] = h0 * (one + g0)
+    xs[j + 1] = h1 * (one + g1)
+    xs[j + 2] = h2 * (one + g2)
+    xs[j + 3] = h3 * (one + g3)
+    return h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
 
 
 @cuda.jit(device=True)
@@ -844,6 +852,6 @@ PTX_SIGNATURES = {
 PTX_CHECK_OPTIONS = {"norm_matvec_v7": {"launch_bounds": V6_BOUNDS},
                      "norm_swiglu_matvec_v7": {"launch_bounds": V6_BOUNDS}}
 
-__all__ = ["norm_matvec", "norm_swiglu_matvec", "matvec_residual", "gated_norm_matvec_residual",
+__all__ = ["stage_norm4", "norm_matvec", "norm_swiglu_matvec", "matvec_residual", "gated_norm_matvec_residual",
            "norm_matvec_rows", "norm_swiglu_rows", "gated_norm_matvec_residual_rows", "stage_norm",
            "dot_row_norm", "dot_rows2_norm", "PTX_SIGNATURES"]

@@ -33,6 +33,7 @@ from numba import cuda, float32, int32, int64
 from .. import device as D
 from . import plan as P
 from . import tma
+from ..kernels.fused_matvec import stage_norm4
 
 _LOW32 = (1 << 32) - 1
 _HALF32 = 1 << 31
@@ -116,7 +117,6 @@ def ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff, together):
     ``backoff`` ns between the reads (every block reads every word: without a pause the polls of the blocks that
     are done load L2 while the last writers are still at work); with ``together``, all four re-read in each round
     (``ll_wait4``). The same arithmetic in the same order as ``stage_norm``: the same bits."""
-    one = float32(1)
     ss = float32(0)
     q = cuda.threadIdx.x
     while q < 2 * nv:
@@ -133,12 +133,7 @@ def ll_stage_norm(words, off, tag, gw, xs, nv, scratch, backoff, together):
             h1 = ll_value_sleep(words, i + 1, w1, tag, backoff)
             h2 = ll_value_sleep(words, i + 2, w2, tag, backoff)
             h3 = ll_value_sleep(words, i + 3, w3, tag, backoff)
-        ss += h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
-        j = 4 * ((q & 1) * nv + (q >> 1))
-        xs[j] = h0 * (one + g0)
-        xs[j + 1] = h1 * (one + g1)
-        xs[j + 2] = h2 * (one + g2)
-        xs[j + 3] = h3 * (one + g3)
+        ss += stage_norm4(xs, q, nv, h0, h1, h2, h3, g0, g1, g2, g3)
         q += cuda.blockDim.x
     return D.block_sum(ss, scratch)
 

@@ -45,6 +45,7 @@ from numba.cuda import float32, int64, uint64
 from megakernel import device as D
 
 from . import tma
+from ..kernels.fused_matvec import stage_norm4
 
 FIXED_SCALE = np.float32(2.0**32)  # one unit of h_acc is 2^-32
 FIXED_UNIT = np.float32(2.0**-32)
@@ -107,7 +108,6 @@ def accumulator(hidden: int, reps: int, stride: int = 1, out: bool = False):
 
     @cuda.jit(device=True)
     def stage_norm_acc(h, hacc, gw, xs, nv, scratch):
-        one = float32(1)
         ss = float32(0)
         q = cuda.threadIdx.x
         while q < 2 * nv:  # (not range(): its trip count would be a 64-bit division by the block size)
@@ -117,12 +117,7 @@ def accumulator(hidden: int, reps: int, stride: int = 1, out: bool = False):
             h1 = h1 + fold(hacc, 4 * q + 1)
             h2 = h2 + fold(hacc, 4 * q + 2)
             h3 = h3 + fold(hacc, 4 * q + 3)
-            ss += h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
-            j = 4 * ((q & 1) * nv + (q >> 1))
-            xs[j] = h0 * (one + g0)
-            xs[j + 1] = h1 * (one + g1)
-            xs[j + 2] = h2 * (one + g2)
-            xs[j + 3] = h3 * (one + g3)
+            ss += stage_norm4(xs, q, nv, h0, h1, h2, h3, g0, g1, g2, g3)
             q += cuda.blockDim.x
         return D.block_sum(ss, scratch)
 

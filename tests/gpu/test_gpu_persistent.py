@@ -259,11 +259,13 @@ def test_flag_in_data_inproj_computes_version_12s_bits_on_the_gpu(ref, more):
     assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - len(ref.config.linear_layers)
 
 
-@pytest.mark.parametrize("options", [{"ll_residual": True}, {"ll_together": True}], ids=["residual", "together"])
+@pytest.mark.parametrize("options", [{"ll_residual": True}, {"ll_together": True},
+                                     {"ll_residual": True, "ll_together": 2}],
+                         ids=["residual", "together", "residual+together=2"])
 def test_flag_in_data_options_compute_version_13s_bits_on_the_gpu(ref, options):
     """``ll_residual``: no grid barrier between a residual phase and the MLP, whose norm spins on h's rows as
     flag-in-data words, with the MLP accumulators alternating by layer. ``ll_together``: the DeltaNet items re-read
-    their in_proj words not yet written together. 24-step launches, 3 runs on each of 3 grid sizes, must give
+    their in_proj words not yet written together (``2``: only the MLP's norm its h words). 24-step launches, 3 runs on each of 3 grid sizes, must give
     version 13's tokens, logits and every state bit for bit (a word taken before its store landed, or a fast
     block's down sums added into an accumulator a slow block then cleared, would change the bits)."""
     from megakernel.persistent import PersistentDecoder
