@@ -103,6 +103,7 @@ __all__ = [
     "silu",
     "softplus",
     "rsqrt",
+    "fma",
 ]
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -233,6 +234,13 @@ if not SIMULATOR:
     def _sqrtf(x):
         return math.sqrt(x)
 
+    @cuda.jit(device=True)
+    def fma(a, b, c):
+        # One rounding, and the operation fixed: a product left to the compiler may be contracted into an fma
+        # with either neighbour, chosen by the context the code is inlined into (LTO links the whole kernel), so
+        # two inlined copies of one expression can round differently (NOTES.md, "fma contraction").
+        return cuda.fma(a, b, c)
+
     # Warp reductions: xor butterflies, so every lane ends with the same bits.
     @cuda.jit(device=True)
     def warp_sum(x):
@@ -349,6 +357,11 @@ else:
 
     def _sqrtf(x):
         return np.sqrt(np.float32(x))
+
+    def fma(a, b, c):
+        # a*b is exact in float64 (24 x 24 bits); one rounding there and one to float32 (a true fma rounds
+        # once: the two differ only in rare halfway cases, which the tests' tolerances cover).
+        return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
 
     _LANES = np.arange(WARP_SIZE)
 

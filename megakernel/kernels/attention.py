@@ -132,22 +132,8 @@ def attention_splits(length: int, positions_per_split: int = POSITIONS_PER_SPLIT
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Device helpers: fma, fp32 sin/cos, bf16 bits for an int16 cache
+# Device helpers: fp32 sin/cos (with D.fma), bf16 bits for an int16 cache
 # --------------------------------------------------------------------------------------------------------------
-
-if D.SIMULATOR:
-
-    def _fma(a, b, c):
-        # a*b is exact in float64 (24 x 24 bits); one rounding there and one to float32 (a true fma rounds
-        # once: the two differ only in rare halfway cases, which do not matter for the uses below).
-        return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
-
-else:
-
-    @cuda.jit(device=True)
-    def _fma(a, b, c):
-        return cuda.fma(a, b, c)
-
 
 def _split_pio2():
     """pi/2 as three float32 pieces (Cody-Waite), from a 60-digit rational pi."""
@@ -177,15 +163,15 @@ def sincos(a):
 
     ``a = j pi/2 + r``: ``j = rint(a 2/pi)``, ``r`` by a three-piece fma reduction (the first step is exact),
     then polynomials in ``r`` on [-pi/4, pi/4] and the quadrant ``j mod 4`` picks signs and swaps."""
-    j = _fma(a, _TWO_OVER_PI, _ROUND_MAGIC) - _ROUND_MAGIC
-    r = _fma(j, _PIO2_1, a)
-    r = _fma(j, _PIO2_2, r)
-    r = _fma(j, _PIO2_3, r)
+    j = D.fma(a, _TWO_OVER_PI, _ROUND_MAGIC) - _ROUND_MAGIC
+    r = D.fma(j, _PIO2_1, a)
+    r = D.fma(j, _PIO2_2, r)
+    r = D.fma(j, _PIO2_3, r)
     r2 = r * r
-    ps = _fma(_fma(_fma(_fma(_S11, r2, _S9), r2, _S7), r2, _S5), r2, _S3)
-    sin_r = _fma(ps * r2, r, r)
-    pc = _fma(_fma(_fma(_fma(_fma(_C12, r2, _C10), r2, _C8), r2, _C6), r2, _C4), r2, _C2)
-    cos_r = _fma(pc, r2, float32(1))
+    ps = D.fma(D.fma(D.fma(D.fma(_S11, r2, _S9), r2, _S7), r2, _S5), r2, _S3)
+    sin_r = D.fma(ps * r2, r, r)
+    pc = D.fma(D.fma(D.fma(D.fma(D.fma(_C12, r2, _C10), r2, _C8), r2, _C6), r2, _C4), r2, _C2)
+    cos_r = D.fma(pc, r2, float32(1))
     quadrant = int32(j) & int32(3)
     if quadrant == 0:
         return sin_r, cos_r

@@ -399,14 +399,16 @@ def stage_norm(h, gw, xs, nv, scratch):
 def stage_norm4(xs, q, nv, h0, h1, h2, h3, g0, g1, g2, g3):
     """One thread's step of ``stage_norm`` (and of its variants that get h another way: ``split_down``'s with the
     MLP's accumulator folded in, ``handoff.ll_stage_norm`` from flag-in-data words): stores h[4q:4q+4] * (1 + g)
-    at the split layout's place of float4 ``q`` and returns the four squares' sum, for the caller's ``ss +=``."""
+    at the split layout's place of float4 ``q`` and returns the four squares' sum, for the caller's ``ss +=``.
+    The sum is written as explicit fmas: as ``h0*h0 + h1*h1 + ...`` LTO chose which product to contract by the
+    context, and ``ll_stage_norm`` with ``ll_wait4`` rounded differently from the other two (GPU bits test)."""
     one = float32(1)
     j = 4 * ((q & 1) * nv + (q >> 1))
     xs[j] = h0 * (one + g0)
     xs[j + 1] = h1 * (one + g1)
     xs[j + 2] = h2 * (one + g2)
     xs[j + 3] = h3 * (one + g3)
-    return h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3
+    return D.fma(h3, h3, D.fma(h2, h2, D.fma(h0, h0, h1 * h1)))  # the contraction the other contexts chose
 
 
 @cuda.jit(device=True)
