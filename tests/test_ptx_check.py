@@ -7,7 +7,11 @@ subprocess runs once for the whole file.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 from numba import config, cuda
@@ -249,3 +253,39 @@ def test_compiling_needs_the_simulator_off():
         pytest.skip("only meaningful in the simulator process")
     with pytest.raises(RuntimeError, match="NUMBA_ENABLE_CUDASIM=0"):
         ptx_check.compile_ptx_sm90(matvec_bf16, PTX_SIGNATURES["matvec_bf16"][0])
+
+
+_SQUARES = """
+mul.f32 %f9, %f5, %f5;
+fma.rn.f32 %f10, %f6, %f6, %f9;
+fma.rn.f32 %f11, %f7, %f7, %f10;
+fma.rn.f32 %f12, %f8, %f8, %f11;
+"""
+_STAGING = "".join(f"add.f32 %f{21 + k}, %f{1 + k}, 0f3F800000;\nmul.f32 %f{31 + k}, %f{21 + k}, %f{5 + k};\n"
+                   f"st.global.f32 [%rd9{'+' + str(4 * k) if k else ''}], %f{31 + k};\n" for k in range(4))
+
+
+def test_square_order_reads_the_chain_by_the_staging_stores():
+    """``norm_contexts.square_order``: h's values numbered by the store they feed; the chain read in fma order,
+    whichever value the plain product squares; no chain is an error, not an empty answer."""
+    from megakernel.testing.norm_contexts import square_order
+
+    assert square_order(_STAGING + _SQUARES) == [0, 1, 2, 3]
+    swapped = _SQUARES.replace("%f5, %f5", "%fA, %fA").replace("%f6, %f6", "%f5, %f5").replace("%fA, %fA", "%f6, %f6")
+    assert square_order(_STAGING + swapped) == [1, 0, 2, 3]
+    with pytest.raises(ValueError, match="no chain of four squares"):
+        square_order(_STAGING)
+
+
+@pytest.mark.skipif(not config.ENABLE_CUDASIM, reason="checks from the simulator's test run, as CI has it")
+def test_the_norm_staging_rounds_alike_in_every_context():
+    """The RMSNorm staging (``fused_matvec.stage_norm4``) inlined into each of its callers and linked through LTO
+    for sm_90a, as a launch on an H100 does: the squares' sum must be the same chain of fmas in every context
+    (versions and build options that use different callers are held to each other's bits). Left as
+    ``h0*h0 + h1*h1 + ...``, LTO contracted a different product beside ``ll_wait4``."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    r = subprocess.run([sys.executable, "-m", "megakernel.testing.norm_contexts"], capture_output=True, text=True,
+                       env=env, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    orders = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(orders) == 4 and len({tuple(o) for o in orders.values()}) == 1, orders

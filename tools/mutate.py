@@ -406,6 +406,11 @@ MUTATIONS = [
              (("    one = float32(1)\n    j = 4 * ((q & 1) * nv + (q >> 1))\n",
                "    one = float32(0)\n    j = 4 * ((q & 1) * nv + (q >> 1))\n"),),
              ("tests/test_kernels_matvec.py::test_norm_matvec", DECODER)),
+    Mutation("stage_norm4: the squares' sum left to the compiler (LTO contracts it by context)",
+             KERNELS + "fused_matvec.py",
+             (("    return D.fma(h3, h3, D.fma(h2, h2, D.fma(h0, h0, h1 * h1)))  # the contraction the other contexts "
+               "chose\n", "    return h0 * h0 + h1 * h1 + h2 * h2 + h3 * h3\n"),),
+             ("tests/test_ptx_check.py::test_the_norm_staging_rounds_alike_in_every_context",)),
     Mutation("norm_matvec: eps dropped from the RMSNorm", KERNELS + "fused_matvec.py",
              (("""            cur = load_batch(W, row, n, nv, v0, stride)
             r = D.rsqrt(stage_norm(h, norm_w, xs, nv, scratch) / float32(k) + eps)
