@@ -6,7 +6,8 @@
 #   STEPS  comma-separated, in order (default: env,checkpoint,tests,kernels,llama,bench)
 #          env         versions, GPU, numba-cuda import and a grid-sync smoke kernel
 #          checkpoint  generate the synthetic 0.8B checkpoint (data/checkpoints/, ~1.5 GB)
-#          tests       pytest -m gpu tests/gpu (kernels vs reference ops, layered decoder vs reference)
+#          tests       pytest -m gpu tests/gpu (kernels vs reference ops, layered decoder vs reference); GPU_TESTS,
+#                      GPU_TESTS_K and GPU_TESTS_LIMIT pick a batch: paths, a -k expression, the step's seconds
 #          kernels     python -m megakernel.bench.kernels (per-kernel time, GB/s, fraction of copy bandwidth)
 #          fla         flash-linear-attention (carried in .whl/ with einops) against the torch delta rule on the GPU;
 #                      if it disagrees or fails, it is removed so the prefill falls back to torch
@@ -101,7 +102,11 @@ EOF'
                 "from reference import ensure_synthetic_checkpoint as e; print(e())"
             ;;
         tests)
-            run_step tests 540 python3 -m pytest -m gpu tests/gpu -v -rA -p no:cacheprovider --durations=15 -s
+            # GPU_TESTS (paths, default tests/gpu), GPU_TESTS_K (a -k expression) and GPU_TESTS_LIMIT (seconds,
+            # default 540) pick a batch that fits one call; -rA lists every outcome, so a cut run still shows them
+            # shellcheck disable=SC2086
+            run_step tests "${GPU_TESTS_LIMIT:-540}" python3 -m pytest -m gpu ${GPU_TESTS:-tests/gpu} \
+                ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} -v -rA -p no:cacheprovider --durations=15 -s
             ;;
         kernels)
             run_step kernels 400 python3 -m megakernel.bench.kernels --out "$RESULTS"
