@@ -401,7 +401,7 @@ def stage_norm4(xs, q, nv, h0, h1, h2, h3, g0, g1, g2, g3):
     MLP's accumulator folded in, ``handoff.ll_stage_norm`` from flag-in-data words): stores h[4q:4q+4] * (1 + g)
     at the split layout's place of float4 ``q`` and returns the four squares' sum, for the caller's ``ss +=``.
     The sum is written as explicit fmas: as ``h0*h0 + h1*h1 + ...`` LTO chose which product to contract by the
-    context, and ``ll_stage_norm`` with ``ll_wait4`` rounded differently from the other two (GPU bits test)."""
+    context, and ``ll_stage_norm`` with ``ll_wait4`` rounded differently from the other callers (GPU bits test)."""
     one = float32(1)
     j = 4 * ((q & 1) * nv + (q >> 1))
     xs[j] = h0 * (one + g0)

@@ -48,16 +48,14 @@ def square_order(ptx: str) -> list[int]:
         ones = [a for a in args if defs.get(a, ("", []))[0].startswith("add.") and _ONE in defs[a][1]]
         if len(ones) == 1:
             index[next(a for a in args if a != ones[0])] = int(m.group(1) or 0) // 4
+    squares = {a[2]: (r, a[0]) for r, (o, a) in defs.items()  # a staged value's square fma'd onto a[2]
+               if o.startswith("fma.") and len(a) == 3 and a[0] == a[1] and a[0] in index}
     for reg, (op, args) in defs.items():
         if op.startswith("mul.") and len(args) == 2 and args[0] == args[1] and args[0] in index:
-            order, last = [index[args[0]]], reg
-            while True:
-                nxt = [(r, a) for r, (o, a) in defs.items()
-                       if o.startswith("fma.") and len(a) == 3 and a[2] == last and a[0] == a[1] and a[0] in index]
-                if not nxt:
-                    break
-                last, args3 = nxt[0]
-                order.append(index[args3[0]])
+            order = [index[args[0]]]
+            while reg in squares:
+                reg, value = squares[reg]
+                order.append(index[value])
             if len(order) == 4:
                 return order
     raise ValueError(f"no chain of four squares over the staged values found (staged values: {len(index)})")

@@ -265,9 +265,10 @@ def test_flag_in_data_inproj_computes_version_12s_bits_on_the_gpu(ref, more):
 def test_flag_in_data_options_compute_version_13s_bits_on_the_gpu(ref, options):
     """``ll_residual``: no grid barrier between a residual phase and the MLP, whose norm spins on h's rows as
     flag-in-data words, with the MLP accumulators alternating by layer. ``ll_together``: the DeltaNet items re-read
-    their in_proj words not yet written together (``2``: only the MLP's norm its h words). 24-step launches, 3 runs on each of 3 grid sizes, must give
-    version 13's tokens, logits and every state bit for bit (a word taken before its store landed, or a fast
-    block's down sums added into an accumulator a slow block then cleared, would change the bits)."""
+    their in_proj words not yet written together (``2``: only the MLP's norm, its h words). 24-step launches, 3 runs
+    on each of 3 grid sizes, must give version 13's tokens, logits and every state bit for bit (a word taken before
+    its store landed, or a fast block's down sums added into an accumulator a slow block then cleared, would change
+    the bits; so did the norm's squares contracted otherwise beside ``ll_wait4``: ``D.fma``)."""
     from megakernel.persistent import PersistentDecoder
 
     decs = [PersistentDecoder(ref, max_context=1024, version=13, prefill_mode="reference", options=o)
