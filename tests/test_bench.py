@@ -459,3 +459,52 @@ def test_the_results_table_orders_every_persistent_version():
 
     missing = [n for v in VERSIONS for n in (f"persistent-v{v}", f"persistent-v{v}-step") if n not in SYSTEM_ORDER]
     assert not missing, missing
+
+
+# ------------------------------------------------------------------------------------------ the A/B timing
+def test_ab_variants_are_parsed_before_anything_loads():
+    """``python -m megakernel.bench.ab --variants``: two or more distinct builds, each a known version with known
+    options; a misspelling is refused with a line naming it, before a model or kernel loads."""
+    import argparse
+
+    from megakernel.bench.ab import parse_variants
+
+    assert parse_variants("13, 14") == ["13", "14"]
+    assert parse_variants("13,13+llr+llt=2+pd,12") == ["13", "13+llr+llt=2+pd", "12"]
+    for text, needle in (("13", "two or more"), ("13,13", "distinct"), ("13,99", "no persistent version 99"),
+                         ("13,13+bogus", "unknown option 'bogus'"), ("13,13+nobar", "grid barriers")):
+        with pytest.raises(argparse.ArgumentTypeError, match=needle):
+            parse_variants(text)
+
+
+def test_ab_ratios_are_taken_round_by_round():
+    """The per-round ratio (not the ratio of medians) is what cancels the drift between rounds; each round starts
+    at another variant."""
+    from megakernel.bench.ab import ratio_summary, rotated
+
+    r = ratio_summary([100.0, 200.0, 100.0], [101.0, 202.0, 103.0])
+    assert r["ratio"] == pytest.approx(1.01) and r["ratio_min"] == pytest.approx(1.01)
+    assert r["ratio_max"] == pytest.approx(1.03) and r["ratios"] == [1.01, 1.01, 1.03]
+    assert [rotated(["a", "b", "c"], k) for k in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
+                                                               ["a", "b", "c"]]
+
+
+def test_ab_results_render_as_a_table_and_a_chart():
+    """The stored A/B run (version 14 against 13 on the H200) renders: every checked row with its ratio to the
+    baseline, and one bar per variant and context with a dot per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from megakernel.bench.ab import format_ab, plot_ab
+
+    doc = json.loads((Path(__file__).resolve().parents[1] / "data" / "results"
+                      / "ab-v14_nvidia-h200_2026-11-28.json").read_text())
+    assert doc["variants"] == ["13", "14"] and all(r["check"]["passed"] for rows in doc["contexts"].values()
+                                                   for r in rows.values())
+    text = format_ab(doc)
+    assert text.count("(baseline)") == len(doc["contexts"]) and "x1.02" in text
+    ax = plot_ab(doc)
+    assert len(ax.patches) == len(doc["contexts"]) and len(ax.lines) == len(doc["contexts"]) + 1
+    failed = json.loads(json.dumps(doc))
+    failed["contexts"]["16"]["14"] = {"status": "failed", "check": {"passed": False, "detail": "x"}}
+    assert "FAILED its check: not timed" in format_ab(failed)

@@ -306,6 +306,7 @@ def test_no_gpu_for_a_gpu_stage_says_how_to_simulate(tiny, capsys, no_model_load
                           "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_kernels_matvec.py")
     assert_one_line_error("megakernel.bench.consumer", [], capsys, 2, "needs a CUDA GPU")
     assert_one_line_error("megakernel.bench.l2_prefetch", [], capsys, 2, "needs a CUDA GPU")
+    assert_one_line_error("megakernel.bench.ab", ["--variants", "13,14"], capsys, 2, "needs a CUDA GPU")
 
 
 def test_no_gpu_in_the_library(tiny, monkeypatch):
@@ -422,7 +423,7 @@ def test_the_real_entry_points_print_no_traceback(tmp_path):
 # ------------------------------------------------------------------------------------------ help
 CLIS = ["reference.generate", "megakernel.generate", "megakernel.demo", "megakernel.compare",
         "megakernel.bench.decode", "megakernel.bench.results", "megakernel.bench.kernels", "megakernel.bench.consumer",
-        "megakernel.bench.l2_prefetch"]
+        "megakernel.bench.l2_prefetch", "megakernel.bench.ab"]
 
 
 @pytest.mark.parametrize("module", CLIS)

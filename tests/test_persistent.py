@@ -426,6 +426,32 @@ def test_flag_in_data_residual_computes_version_13s_bits(ref, blocks, more):
     assert torch.equal(logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
 
 
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_version_14_computes_version_13s_bits(ref, blocks):
+    """Version 14 is version 13 with ``ll_residual``, ``ll_together=2`` and ``packed_descs`` on by default: two
+    decode steps give version 13's logits and every state bit for bit under the reverse schedule, through one grid
+    barrier fewer per layer (the kernel's own count against the schedule's), and a 3-step launch the same tokens
+    and last logits."""
+    from megakernel.persistent import PersistentDecoder
+    from megakernel.testing import schedules
+
+    decs = [PersistentDecoder(ref, max_context=32, version=v, blocks=blocks, prefill_mode="reference")
+            for v in (13, 14)]
+    assert decs[1].option_value("ll_residual") and decs[1].option_value("ll_together") == 2
+    assert decs[1].option_value("packed_descs")
+    runs = [_two_steps(decs[0], PROMPT)]
+    with schedules.use("reverse"):
+        runs.append(_two_steps(decs[1], PROMPT))
+        barriers = decs[1].last_run["barriers"]
+        tokens = decs[1].greedy_tokens(PROMPT, 4)
+        logits = decs[1].logits.clone()
+    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - CONFIG.num_hidden_layers
+    assert barriers == decs[1].barriers_per_step() + 1
+    _assert_same_bits(runs[0], runs[1], f"version 14 on {blocks} blocks against version 13")
+    assert tokens == decs[0].greedy_tokens(PROMPT, 4)
+    assert torch.equal(logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
+
+
 LONG_PROMPT = [(7 * i + 3) % 250 + 1 for i in range(40)]  # 40 tokens: three attention splits of 16 positions
 
 
@@ -929,7 +955,7 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     the inline PTX, ``setmaxnreg``) and a register regression. Measured through LTO (2026-11-28): v1 255 registers
     / 1,004 B of spill stores, v5 255 / 376 B, v5 with ``fold_attention`` 255 / 412 B, v6 255 / 192 B, v10 255 /
     152 B, v11 255 / 184 B, v12 255 / 168 B, v12 with the producer warp (``producer_regs``: compiled for 168, the
-    consumers raised to 232 by ``setmaxnreg``) 168 / 64 B, v13 255 / 260 B. (Numba's PTX assembled on its own, which the reports
+    consumers raised to 232 by ``setmaxnreg``) 168 / 64 B, v13 255 / 260 B, v14 255 / 252 B. (Numba's PTX assembled on its own, which the reports
     used until then, compiles each out-of-line body separately: v12 200 B and a 720 B stack frame against 160.)"""
     import re
     import subprocess
@@ -940,12 +966,12 @@ def test_the_gpu_build_compiles_for_sm90_within_its_spill_budget():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, str(root / "tools" / "ptxas_report.py"),
-                           "1,5,5+fold,6,10,11,12,12+prod+noindec+preg=40,13"],
+                           "1,5,5+fold,6,10,11,12,12+prod+noindec+preg=40,13,14"],
                           capture_output=True, text=True, cwd=root, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # spill-store bytes allowed (about 2x what was measured)
     budget = {"1": 2048, "5": 768, "5+fold": 1024, "6": 384, "10": 320, "11": 384, "12": 384,
-              "12+prod+noindec+preg=40": 256, "13": 512}
+              "12+prod+noindec+preg=40": 256, "13": 512, "14": 512}
     rows = re.findall(r"^(\S+)\s+(\d+) registers\s+spill stores\s+(\d+) B", proc.stdout, re.M)
     assert {v for v, _, _ in rows} == set(budget), proc.stdout
     for variant, registers, spills in rows:

@@ -33,7 +33,7 @@ SCHEMA = 1
 SYSTEM_ORDER = (
     "llama.cpp", "hf-generate-eager", "hf-generate-sdpa", "hf-loop-eager", "hf-loop-sdpa", "reference-eager",
     "reference-graph", "reference-compile", "layered", "layered-graph",
-    *(f"persistent-v{v}{m}" for v in range(1, 14) for m in ("-step", "")),
+    *(f"persistent-v{v}{m}" for v in range(1, 15) for m in ("-step", "")),
 )
 
 

@@ -25,8 +25,10 @@
 * ``v11``      -- version 11: version 10 with the pages of hidden-size rows multiplied on the tensor cores;
 * ``v12``      -- version 12: version 10 with the DeltaNet q/k conv-state shift done by the next
                   phase (no reader count on the items' critical path) and the state slabs loaded first;
-* ``v13``      -- version 13 (the default): version 12 with each DeltaNet layer's in_proj handed to its items as
+* ``v13``      -- version 13: version 12 with each DeltaNet layer's in_proj handed to its items as
                   flag-in-data words (``handoff``: value and tag in one 64-bit store), with no grid barrier between;
+* ``v14``      -- version 14 (the default): version 13 with the residual stream handed to the MLP's norm as
+                  flag-in-data words too (no grid barrier between), and the copy descriptors packed in shared memory;
 * ``handoff``  -- the flag-in-data words (NCCL's "LL" protocol): a reader spins on the words it reads, no fence;
 * ``mma``      -- version 11's ``ldmatrix`` / ``mma.sync`` intrinsics, their simulator models, its page consumer;
 * ``warp_roles`` -- the ``producer`` build option's machinery: a kernel's block barriers and block size narrowed to

@@ -32,10 +32,11 @@ from ..launch import SIMULATOR, allow_dynamic_shared, as_kernel_array, current_s
 from ..layout import DeviceState, DeviceWeights, check_supported
 from ..prefill.modes import PrefillModes
 from . import plan as P
-from . import v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13
+from . import v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14
 
-VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6, 7: v7, 8: v8, 9: v9, 10: v10, 11: v11, 12: v12, 13: v13}
-DEFAULT_VERSION = 13
+VERSIONS = {1: v1, 2: v2, 3: v3, 4: v4, 5: v5, 6: v6, 7: v7, 8: v8, 9: v9, 10: v10, 11: v11, 12: v12, 13: v13,
+            14: v14}
+DEFAULT_VERSION = 14
 DEFAULT_THREADS = 256
 SIMULATOR_THREADS = 64
 SIMULATOR_BLOCKS = 3

@@ -279,6 +279,17 @@ def test_flag_in_data_options_compute_version_13s_bits_on_the_gpu(ref, options):
     assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - fewer
 
 
+def test_version_14_computes_version_13s_bits_on_the_gpu(ref):
+    """Version 14 (version 13 with ``ll_residual``, ``ll_together=2`` and ``packed_descs``): 24-step launches, 3
+    runs on each of 3 grid sizes, give version 13's tokens, logits and every state bit for bit."""
+    from megakernel.persistent import PersistentDecoder
+
+    decs = [PersistentDecoder(ref, max_context=1024, version=v, prefill_mode="reference") for v in (13, 14)]
+    _same_bits_over_runs_and_grids(*decs, "version 14")
+    assert decs[1].last_run["barriers"] == 24 * decs[1].barriers_per_step() + 1
+    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - ref.config.num_hidden_layers
+
+
 def test_column_combine_computes_version_13s_bits_on_the_gpu(ref):
     """``combine_cols``: the attention combine over items of 16 columns of a head, every split's partials loaded at
     once. After a 520-token prompt (33 splits of 16 positions on the full grid, 18 on 37 blocks), 16-step launches
