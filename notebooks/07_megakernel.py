@@ -878,7 +878,7 @@ else:
 # Side by side with version 13 the three together are 2.0-2.2% faster at every context, and faster in every
 # round: version 14 makes them its defaults. It computes version 13's bits. The profiling build shows the two
 # level (849 us per step each), another case of the profiling build's stamps moving with the code. On top of
-# version 14, three more options measured in the same way were all slower.
+# version 14, five more options measured in the same way were all slower.
 
 # %%
 print("grid barriers per token (0.8B):",
@@ -886,7 +886,8 @@ print("grid barriers per token (0.8B):",
       schedule.barriers_per_token(published, version=14, fused_down=True, ll_inproj=True, ll_residual=True), "(v14)")
 from megakernel.bench.ab import format_ab, plot_ab  # noqa: E402
 
-for name in ("ab-v14_nvidia-h200_2026-11-28.json", "ab-v14-options_nvidia-h200_2026-11-28.json"):
+for name in ("ab-v14_nvidia-h200_2026-11-28.json", "ab-v14-options_nvidia-h200_2026-11-28.json",
+             "ab-v14-copies_nvidia-h200_2026-11-28.json"):
     ab_path = R.results_dir() / name
     if ab_path.exists():
         ab_doc = json.loads(ab_path.read_text())
