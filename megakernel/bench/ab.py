@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
