@@ -14,6 +14,8 @@
 #          llama       tools/llama_cpp_peer.sh (llama-bench tg128 at depths, pp512, pp4096, pp32768; LLAMA_REPS
 #                      repetitions, default 5)
 #          bench       python -m megakernel.bench (every system side by side) + README table
+#          ab          python -m megakernel.bench.ab --variants AB_VARIANTS (default 13,14) --contexts AB_CONTEXTS
+#                      (default 16,512): persistent builds checked, then timed side by side, round after round
 #          profile     tools/profile_persistent.py for each of PROFILE_VARIANTS (comma-separated, default "3") at
 #                      PROFILE_CONTEXT (default 512): one process per variant, compiling in parallel, timing one
 #                      at a time (PROFILE_LOCK); tables in the log, timelines in results/profile/
@@ -126,6 +128,10 @@ EOF'
             llama_json=()
             [ -f "$LOGS/llama/llama_bench.json" ] && llama_json=(--llama-json "$LOGS/llama/llama_bench.json")
             run_step bench 560 python3 -m megakernel.bench --out "$RESULTS" "${llama_json[@]}" "${BENCH_ARGS[@]}"
+            ;;
+        ab)
+            run_step ab 560 python3 -m megakernel.bench.ab --variants "${AB_VARIANTS:-13,14}" \
+                --contexts "${AB_CONTEXTS:-16,512}" --out "$RESULTS"
             ;;
         profile)
             run_step profile 560 bash -c '
