@@ -37,6 +37,19 @@ def gpu_available() -> bool:
         return False
 
 
+def timing_problem(tool: str, simulator_tests: str = "") -> str | None:
+    """Why this machine cannot run ``tool``, a command that times the GPU, as one line; None if it can. In the
+    simulator its times would be the CPU's; without a usable GPU it cannot run at all. ``simulator_tests``: the
+    command that checks the tool's kernels on the CPU instead, named in both lines."""
+    hint = f" (its kernels' correctness runs in the simulator: {simulator_tests})" if simulator_tests else ""
+    if SIMULATOR:
+        return (f"NUMBA_ENABLE_CUDASIM is set, so the kernels would run in the CPU simulator; unset it to run {tool} "
+                f"on the GPU{hint}")
+    if not gpu_available():
+        return f"{tool} times the GPU and needs a CUDA GPU (none is usable here){hint}"
+    return None
+
+
 def kernel_device() -> torch.device:
     """The torch device whose tensors kernels can use: 'cuda' on a GPU, 'cpu' in the simulator."""
     if SIMULATOR:
@@ -149,6 +162,6 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
     return t.fill_(-0x5A5A5A5A if t.dtype in (torch.int32, torch.int64) else -1)
 
 
-__all__ = ["SIMULATOR", "NoGPUError", "gpu_available", "kernel_device", "require_gpu", "words", "halves",
+__all__ = ["SIMULATOR", "NoGPUError", "gpu_available", "timing_problem", "kernel_device", "require_gpu", "words", "halves",
            "as_kernel_array", "launch_stream", "current_stream", "configured", "synchronize", "poison_",
            "allow_dynamic_shared"]

@@ -309,6 +309,22 @@ def test_no_gpu_for_a_gpu_stage_says_how_to_simulate(tiny, capsys, no_model_load
     assert_one_line_error("megakernel.bench.ab", ["--variants", "13,14"], capsys, 2, "needs a CUDA GPU")
 
 
+def test_a_timing_tool_refuses_the_simulator_and_a_machine_without_a_gpu(monkeypatch):
+    """``launch.timing_problem``, shared by the GPU timing tools: one line, naming the tool and, where given, the
+    command that checks its kernels on the CPU instead; None on a GPU."""
+    from megakernel import launch
+
+    monkeypatch.setattr(launch, "SIMULATOR", True)
+    line = launch.timing_problem("the probe", "python -m pytest tests/x.py")
+    assert line.startswith("NUMBA_ENABLE_CUDASIM is set") and "unset it to run the probe on the GPU" in line
+    assert line.endswith("(its kernels' correctness runs in the simulator: python -m pytest tests/x.py)")
+    monkeypatch.setattr(launch, "SIMULATOR", False)
+    monkeypatch.setattr(launch, "gpu_available", lambda: False)
+    assert launch.timing_problem("the probe") == "the probe times the GPU and needs a CUDA GPU (none is usable here)"
+    monkeypatch.setattr(launch, "gpu_available", lambda: True)
+    assert launch.timing_problem("the probe") is None
+
+
 def test_no_gpu_in_the_library(tiny, monkeypatch):
     import megakernel
     from megakernel import launch

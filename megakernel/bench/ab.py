@@ -116,13 +116,11 @@ def plot_ab(doc: dict, ax=None):
 
 
 def gpu_problem() -> str | None:
+    """Why this machine cannot run the A/B timing, or None (one line)."""
     from .. import launch
 
-    if launch.SIMULATOR:
-        return "NUMBA_ENABLE_CUDASIM is set: the A/B timing runs the kernels on the GPU; unset it to run it there"
-    if not launch.gpu_available():
-        return "the A/B timing of persistent builds needs a CUDA GPU (none is usable here)"
-    return None
+    return launch.timing_problem("the A/B timing of persistent builds",
+                                 "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_persistent.py")
 
 
 parser = cli.parser("megakernel.bench.ab", __doc__)

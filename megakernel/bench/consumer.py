@@ -247,13 +247,8 @@ def gpu_problem() -> str | None:
     """Why this machine cannot run the benchmark, or None (one line)."""
     from megakernel import launch
 
-    if launch.SIMULATOR:
-        return ("NUMBA_ENABLE_CUDASIM is set, so the kernels would run in the CPU simulator; unset it to time the "
-                "consumer on the GPU (its correctness runs in the simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest "
-                "tests/test_persistent.py -k bits)")
-    if not launch.gpu_available():
-        return "the consumer benchmark measures GPU time and needs a CUDA GPU (none is usable here)"
-    return None
+    return launch.timing_problem("the consumer benchmark",
+                                 "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_persistent.py -k bits")
 
 
 parser = cli.parser("megakernel.bench.consumer", __doc__)

@@ -106,15 +106,8 @@ DELTANET_HEADS, DELTANET_HEAD_DIM = 16, 128
 # ------------------------------------------------------------------------------------------------ environment
 def gpu_problem() -> str | None:
     """Why this machine cannot run the benchmark, or None (one line)."""
-    if launch.SIMULATOR:
-        return ("NUMBA_ENABLE_CUDASIM is set, so the kernels would run in the CPU simulator; unset it to benchmark "
-                "the GPU (the simulator tests are tests/test_kernels_*.py)")
-    if not launch.gpu_available():
-        return ("the kernel benchmark measures GPU time and needs a CUDA GPU (numba.cuda.is_available() / "
-                "torch.cuda.is_available() is False here); on this machine the kernels' correctness tests run in the "
-                "simulator: NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_kernels_matvec.py "
-                "tests/test_kernels_lm_head.py")
-    return None
+    return launch.timing_problem("the kernel benchmark", "NUMBA_ENABLE_CUDASIM=1 python -m pytest "
+                                 "tests/test_kernels_matvec.py tests/test_kernels_lm_head.py")
 
 
 

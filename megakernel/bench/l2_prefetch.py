@@ -97,11 +97,7 @@ def gpu_problem() -> str | None:
     """Why this machine cannot run the probe, or None (one line)."""
     from megakernel import launch
 
-    if launch.SIMULATOR:
-        return "NUMBA_ENABLE_CUDASIM is set: the probe times the GPU's memory system; unset it to run on the GPU"
-    if not launch.gpu_available():
-        return "the L2 prefetch probe measures the GPU's memory system and needs a CUDA GPU (none is usable here)"
-    return None
+    return launch.timing_problem("the L2 prefetch probe")
 
 
 parser = cli.parser("megakernel.bench.l2_prefetch", __doc__)
