@@ -409,21 +409,33 @@ def test_flag_in_data_residual_computes_version_13s_bits(ref, blocks, more):
     steps in one launch give the same tokens. On three blocks with ``ll_backoff`` (a sleep between re-reads) and
     ``ll_together`` (a thread's four words re-read together)."""
     from megakernel.persistent import PersistentDecoder
+
+    _residual_hand_off_keeps_version_13s_bits(
+        ref, PersistentDecoder(ref, max_context=32, version=13, blocks=blocks, prefill_mode="reference",
+                               options={"ll_residual": True, **more}),
+        f"version 13 with ll_residual on {blocks} blocks")
+
+
+def _residual_hand_off_keeps_version_13s_bits(ref, build, what):
+    """``build`` (a decoder with ``ll_residual``) against version 13 on the same grid: two decode steps under the
+    reverse schedule give its logits and every state bit for bit, through one barrier fewer per layer (the kernel's
+    own count against the schedule's), and a 3-step launch the same tokens and last logits."""
+    from megakernel.persistent import PersistentDecoder
     from megakernel.testing import schedules
 
-    decs = [PersistentDecoder(ref, max_context=32, version=13, blocks=blocks, prefill_mode="reference",
-                              options=options) for options in ({}, {"ll_residual": True, **more})]
-    runs = [_two_steps(decs[0], PROMPT)]
+    plain = PersistentDecoder(ref, max_context=32, version=13, blocks=build.requested_blocks,
+                              prefill_mode="reference")
+    runs = [_two_steps(plain, PROMPT)]
     with schedules.use("reverse"):
-        runs.append(_two_steps(decs[1], PROMPT))
-        barriers = decs[1].last_run["barriers"]
-        tokens = decs[1].greedy_tokens(PROMPT, 4)
-        logits = decs[1].logits.clone()
-    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - CONFIG.num_hidden_layers
-    assert barriers == decs[1].barriers_per_step() + 1
-    _assert_same_bits(runs[0], runs[1], f"version 13 with ll_residual on {blocks} blocks against without")
-    assert tokens == decs[0].greedy_tokens(PROMPT, 4)
-    assert torch.equal(logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
+        runs.append(_two_steps(build, PROMPT))
+        barriers = build.last_run["barriers"]
+        tokens = build.greedy_tokens(PROMPT, 4)
+        logits = build.logits.clone()
+    assert build.barriers_per_step() == plain.barriers_per_step() - CONFIG.num_hidden_layers
+    assert barriers == build.barriers_per_step() + 1
+    _assert_same_bits(runs[0], runs[1], f"{what} against version 13")
+    assert tokens == plain.greedy_tokens(PROMPT, 4)
+    assert torch.equal(logits, plain.logits), "the last step's logits of a 3-step launch differ"
 
 
 @pytest.mark.parametrize("blocks", [1, 3])
@@ -433,23 +445,11 @@ def test_version_14_computes_version_13s_bits(ref, blocks):
     barrier fewer per layer (the kernel's own count against the schedule's), and a 3-step launch the same tokens
     and last logits."""
     from megakernel.persistent import PersistentDecoder
-    from megakernel.testing import schedules
 
-    decs = [PersistentDecoder(ref, max_context=32, version=v, blocks=blocks, prefill_mode="reference")
-            for v in (13, 14)]
-    assert decs[1].option_value("ll_residual") and decs[1].option_value("ll_together") == 2
-    assert decs[1].option_value("packed_descs")
-    runs = [_two_steps(decs[0], PROMPT)]
-    with schedules.use("reverse"):
-        runs.append(_two_steps(decs[1], PROMPT))
-        barriers = decs[1].last_run["barriers"]
-        tokens = decs[1].greedy_tokens(PROMPT, 4)
-        logits = decs[1].logits.clone()
-    assert decs[1].barriers_per_step() == decs[0].barriers_per_step() - CONFIG.num_hidden_layers
-    assert barriers == decs[1].barriers_per_step() + 1
-    _assert_same_bits(runs[0], runs[1], f"version 14 on {blocks} blocks against version 13")
-    assert tokens == decs[0].greedy_tokens(PROMPT, 4)
-    assert torch.equal(logits, decs[0].logits), "the last step's logits of a 3-step launch differ"
+    v14 = PersistentDecoder(ref, max_context=32, version=14, blocks=blocks, prefill_mode="reference")
+    assert v14.option_value("ll_residual") and v14.option_value("ll_together") == 2
+    assert v14.option_value("packed_descs")
+    _residual_hand_off_keeps_version_13s_bits(ref, v14, f"version 14 on {blocks} blocks")
 
 
 LONG_PROMPT = [(7 * i + 3) % 250 + 1 for i in range(40)]  # 40 tokens: three attention splits of 16 positions
