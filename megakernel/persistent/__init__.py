@@ -28,7 +28,7 @@
 * ``v13``      -- version 13: version 12 with each DeltaNet layer's in_proj handed to its items as
                   flag-in-data words (``handoff``: value and tag in one 64-bit store), with no grid barrier between;
 * ``v14``      -- version 14 (the default): version 13 with the residual stream handed to the MLP's norm as
-                  flag-in-data words too (no grid barrier between), and the copy descriptors packed in shared memory;
+                  flag-in-data words too (no grid barrier between), and the copy descriptors packed beside the mbarriers;
 * ``handoff``  -- the flag-in-data words (NCCL's "LL" protocol): a reader spins on the words it reads, no fence;
 * ``mma``      -- version 11's ``ldmatrix`` / ``mma.sync`` intrinsics, their simulator models, its page consumer;
 * ``warp_roles`` -- the ``producer`` build option's machinery: a kernel's block barriers and block size narrowed to

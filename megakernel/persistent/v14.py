@@ -33,7 +33,7 @@ from . import v2, v3, v9, v13
 
 VERSION = 14
 DESCRIPTION = ("version 13 with the residual stream handed to the MLP's norm as flag-in-data words (no grid barrier "
-               "between), their pending words re-read together, and the copy descriptors packed in shared memory")
+               "between), their pending words re-read together, and the copy descriptors packed beside the mbarriers")
 DEFAULTS = {**v13.DEFAULTS, "ll_residual": True, "ll_together": 2, "packed_descs": True}
 OPTIONS = {**v2.OPTIONS, **DEFAULTS}
 POSITIONS_PER_SPLIT = v3.POSITIONS_PER_SPLIT
