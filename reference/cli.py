@@ -29,6 +29,7 @@ import argparse
 import functools
 import math
 import sys
+from pathlib import Path
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -240,6 +241,12 @@ def checkpoint_argument(flag: str, path, config=None):
         return check_checkpoint(path, config)
     except (ValueError, OSError) as e:
         raise UsageError(f"{flag}: {one_line(e)}") from e
+
+
+def output_directory(flag: str, path) -> None:
+    """Refuse an output directory argument that names an existing file (a directory is created if missing)."""
+    if path is not None and Path(path).is_file():
+        raise UsageError(f"{flag} {path} is a file; give a directory (created if missing)")
 
 
 def check_prompt(flag: str, ids: list[int], config, max_new_tokens: int, capacity: int, capacity_note: str) -> None:

@@ -309,6 +309,15 @@ def test_no_gpu_for_a_gpu_stage_says_how_to_simulate(tiny, capsys, no_model_load
     assert_one_line_error("megakernel.bench.ab", ["--variants", "13,14"], capsys, 2, "needs a CUDA GPU")
 
 
+def test_an_output_directory_that_is_a_file_is_refused(tmp_path, capsys):
+    """``--out`` of the tools that write results (``cli.output_directory``), refused before any GPU work."""
+    f = tmp_path / "results.json"
+    f.write_text("{}")
+    for module, argv in (("megakernel.bench.decode", ["--out", f]), ("megakernel.bench.kernels", ["--out", f]),
+                         ("megakernel.bench.ab", ["--variants", "13,14", "--out", f])):
+        assert_one_line_error(module, argv, capsys, 2, "--out .*results.json is a file; give a directory")
+
+
 def test_a_timing_tool_refuses_the_simulator_and_a_machine_without_a_gpu(monkeypatch):
     """``launch.timing_problem``, shared by the GPU timing tools: one line, naming the tool and, where given, the
     command that checks its kernels on the CPU instead; None on a GPU."""

@@ -141,8 +141,7 @@ parser.add_argument("--seed", type=cli.seed, default=0, help="seed of the random
 def check_args(a) -> None:
     if a.model is not None:
         cli.checkpoint_argument("--model", a.model)
-    if a.out is not None and Path(a.out).is_file():
-        raise cli.UsageError(f"--out {a.out} is a file; give a directory (created if missing)")
+    cli.output_directory("--out", a.out)
     problem = gpu_problem()
     if problem:
         raise cli.UsageError(problem)
@@ -155,7 +154,7 @@ def main(args) -> int:
     from reference import Qwen35Config
 
     from . import run_info
-    from .decode import _shown_path, floor_seconds, measure_copy_bandwidth, prompt_ids
+    from .decode import _shown_path, floor_seconds, fraction_of_floor, measure_copy_bandwidth, prompt_ids
     from .results import quantiles, results_dir
     from .systems import TOL_FP32, BenchContext, check_system, make_oracle, make_system
 
@@ -210,7 +209,7 @@ def main(args) -> int:
                 continue
             med, p10, p90 = quantiles(samples[v])
             rows[v] = dict(status="ok", tok_s=med, tok_s_p10=p10, tok_s_p90=p90, samples_tok_s=samples[v],
-                           fraction_of_floor=floor_s * med, check=checks[v])
+                           fraction_of_floor=fraction_of_floor(floor_s, 1 / med), check=checks[v])
             if base in samples and v != base:
                 rows[v].update(ratio_summary(samples[base], samples[v]))
         doc["contexts"][str(c)] = rows

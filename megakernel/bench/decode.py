@@ -551,8 +551,7 @@ def check_args(a) -> None:
     for flag, path in (("--llama-json", a.llama_json), ("--readme", a.readme)):
         if path is not None and not Path(path).is_file():
             raise cli.UsageError(f"{flag} {path}: no such file")
-    if Path(a.out).is_file():
-        raise cli.UsageError(f"--out {a.out} is a file; give a directory (created if missing)")
+    cli.output_directory("--out", a.out)
     problem = gpu_problem()
     if problem:
         raise cli.UsageError(problem)

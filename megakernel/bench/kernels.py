@@ -837,8 +837,7 @@ def check_args(a) -> None:
             from None
     if not a.versions or not set(a.versions) <= set(VERSIONS):
         raise cli.UsageError(f"--versions: choose from {sorted(VERSIONS)}, got {a.versions}")
-    if a.out.is_file():
-        raise cli.UsageError(f"--out {a.out} is a file; give a directory (created if missing)")
+    cli.output_directory("--out", a.out)
     problem = gpu_problem()
     if problem:
         raise cli.UsageError(problem)
